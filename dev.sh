@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# nnseg developer entry point: `./dev.sh demo` (set up, then run the demo) or `./dev.sh test` (set up, then run the tests).
+# Setup makes ./.venv, installs the CPU build of torch first (so no dependency pulls a multi-GB CUDA build),
+# then nnseg itself in editable mode. An existing .venv is reused.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+TORCH_VERSION=${NNSEG_TORCH_VERSION:-2.13.0}
+
+setup() {
+    if [ ! -x .venv/bin/python ]; then
+        "$PY" -m venv .venv
+    fi
+    if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+        .venv/bin/python -m pip install -q "torch==${TORCH_VERSION}" \
+            || .venv/bin/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+    fi
+    .venv/bin/python -m pip install -q -e ".[test]"
+}
+
+case "${1:-}" in
+    demo)
+        setup
+        shift
+        exec .venv/bin/nnseg demo "$@"
+        ;;
+    test)
+        setup
+        shift
+        exec .venv/bin/python -m pytest -q "$@"
+        ;;
+    setup)
+        setup
+        ;;
+    *)
+        echo "usage: ./dev.sh demo|test|setup [args]" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,69 @@
+"""``nnseg <command>`` dispatcher and the shared runner of every ``nnUNetv2_*`` script."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from nnseg.cli.context import Context
+from nnseg.cli.table import COMMANDS, Command, by_name
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, PermissionError, RuntimeError)
+
+
+def _functions(cmd: Command):  # type: ignore[no-untyped-def]
+    module = importlib.import_module(f"nnseg.cli.{cmd.module}")
+    snake = cmd.name.replace("-", "_")
+    return getattr(module, f"add_{snake}"), getattr(module, f"run_{snake}")
+
+
+def build_parser(cmd: Command, *, prog: str) -> argparse.ArgumentParser:
+    add, _ = _functions(cmd)
+    parser = argparse.ArgumentParser(prog=prog, description=cmd.help, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add(parser)
+    return parser
+
+
+def run_command(cmd: Command, argv: Sequence[str], *, prog: str, env: Mapping[str, str] | None = None,
+                cwd: Path | None = None) -> int:
+    """Parse ``argv`` for ``cmd`` and run it; user errors print one clear line and return exit code 1."""
+    parser = build_parser(cmd, prog=prog)
+    args = parser.parse_args(list(argv))
+    _, run = _functions(cmd)
+    ctx = Context(env=dict(os.environ) if env is None else env, cwd=Path.cwd() if cwd is None else cwd)
+    try:
+        return int(run(args, ctx) or 0)
+    except USER_ERRORS as e:
+        if ctx.env.get("NNSEG_DEBUG"):
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = by_name()
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: nnseg <command> [options]\n\ncommands:")
+        for c in COMMANDS:
+            alias = f"  (= {c.script})" if c.script else ""
+            print(f"  {c.name:<26}{c.help}{alias}")
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from nnseg import __version__
+
+        print(f"nnseg {__version__}")
+        return 0
+    if argv[0] not in commands:
+        print(f"nnseg: unknown command {argv[0]!r}; commands: {', '.join(commands)}", file=sys.stderr)
+        return 2
+    return run_command(commands[argv[0]], argv[1:], prog=f"nnseg {argv[0]}", env=env, cwd=cwd)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""JSON and file persistence helpers: numpy-safe, atomic (write to a temporary name, then rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays and tuples (recursively) into plain JSON types."""
+    if isinstance(obj, dict):
+        return {str(k) if not isinstance(k, str) else k: to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def load_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file; a parse error names the file and the position."""
+    path = Path(path)
+    try:
+        with path.open("r", encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); fix or regenerate the file") from None
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success it is renamed onto ``path``.
+
+    Nothing half-written is ever left under the final name; on error the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_atomic(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> None:
+    """Call ``writer(tmp_path)`` and rename the result onto ``path``."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+
+
+def save_json(obj: Any, path: str | os.PathLike[str], *, sort_keys: bool = False, indent: int = 4) -> None:
+    """Write JSON atomically the way nnU-Net does (``indent=4``); numpy values are converted."""
+    text = json.dumps(to_jsonable(obj), sort_keys=sort_keys, indent=indent)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

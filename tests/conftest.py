@@ -1,0 +1,54 @@
+"""Shared fixtures: the read-only shared data, golden files, and isolated nnU-Net folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_dir() -> Path:
+    env = os.environ.get("NNSEG_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+SHARED = _shared_dir()
+EXPECTED = SHARED / "reference" / "expected"
+DATA = SHARED / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"shared datasets not found at {DATA} (set NNSEG_SHARED)")
+    return DATA
+
+
+@pytest.fixture
+def expected_dir() -> Path:
+    if not EXPECTED.is_dir():
+        pytest.skip(f"golden files not found at {EXPECTED} (set NNSEG_SHARED)")
+    return EXPECTED
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def roots_env(tmp_path: Path) -> dict[str, str]:
+    """An environment with the three nnU-Net folders in a temporary folder (for in-process CLI calls)."""
+    env = {
+        "nnUNet_raw": str(tmp_path / "raw"),
+        "nnUNet_preprocessed": str(tmp_path / "preprocessed"),
+        "nnUNet_results": str(tmp_path / "results"),
+        "HOME": str(tmp_path / "home"),
+    }
+    for key in ("raw", "preprocessed", "results"):
+        (tmp_path / key).mkdir()
+    return env

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nnseg.cli.main import main
+from nnseg.paths import find_dataset_name, resolve_roots
+from nnseg.registry import Registry
+
+
+def test_env_vars_win(tmp_path: Path) -> None:
+    env = {"nnUNet_raw": "/r", "nnUNet_preprocessed": "/p", "nnUNet_results": "/x"}
+    (tmp_path / "nnseg.toml").write_text('[paths]\nroot = "elsewhere"\n')
+    roots = resolve_roots(env, cwd=tmp_path)
+    assert roots.raw == Path("/r") and roots.preprocessed == Path("/p") and roots.results == Path("/x")
+    assert "nnUNet_raw" in roots.sources["raw"]
+
+
+def test_config_file_then_default(tmp_path: Path) -> None:
+    (tmp_path / "nnseg.toml").write_text('[paths]\nroot = "data"\nresults = "/abs/results"\n')
+    roots = resolve_roots({"nnUNet_raw": "/r"}, cwd=tmp_path)
+    assert roots.raw == Path("/r")
+    assert roots.preprocessed == tmp_path / "data" / "preprocessed"
+    assert roots.results == Path("/abs/results")
+    assert "config file" in roots.sources["preprocessed"]
+    roots = resolve_roots({}, cwd=tmp_path / "nowhere")
+    assert roots.raw == tmp_path / "nowhere" / "nnseg_data" / "raw"
+    assert roots.sources["raw"].startswith("default")
+
+
+def test_user_config_folder(tmp_path: Path) -> None:
+    cfg = tmp_path / "xdg" / "nnseg"
+    cfg.mkdir(parents=True)
+    (cfg / "nnseg.toml").write_text('[paths]\nraw = "/data/raw"\n')
+    roots = resolve_roots({"XDG_CONFIG_HOME": str(tmp_path / "xdg")}, cwd=tmp_path)
+    assert roots.raw == Path("/data/raw")
+
+
+def test_bad_config_is_named(tmp_path: Path) -> None:
+    (tmp_path / "nnseg.toml").write_text('[paths]\nrw = "x"\n')
+    with pytest.raises(ValueError, match="unknown keys"):
+        resolve_roots({}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("ref", ["4", "004", 4, "Dataset004_Hippocampus"])
+def test_dataset_refs(tmp_path: Path, ref: object) -> None:
+    (tmp_path / "raw" / "Dataset004_Hippocampus").mkdir(parents=True)
+    (tmp_path / "results" / "Dataset002_Heart").mkdir(parents=True)
+    roots = resolve_roots({"nnUNet_raw": str(tmp_path / "raw"), "nnUNet_preprocessed": str(tmp_path / "pre"),
+                           "nnUNet_results": str(tmp_path / "results")}, cwd=tmp_path)
+    assert find_dataset_name(ref, roots) == "Dataset004_Hippocampus"  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Dataset002_Heart, Dataset004_Hippocampus"):
+        find_dataset_name(7, roots)
+
+
+def test_paths_command(roots_env: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["paths"], env=roots_env, cwd=tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "environment variable nnUNet_raw" in out
+
+
+def test_registry_lists_known_names() -> None:
+    reg = Registry[int]("thing")
+    reg.add("a", 1, aliases=("A",))
+    assert reg["A"] == 1 and "a" in reg and reg.names() == ["A", "a"]
+    with pytest.raises(KeyError, match="registered"):
+        reg["zzz"]
