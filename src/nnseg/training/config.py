@@ -1,0 +1,138 @@
+"""TrainConfig: every training knob in one dataclass with nnU-Net's defaults, and nnU-Net's trainer names as presets.
+
+nnU-Net varies training by subclassing (``nnUNetTrainer_250epochs``). nnseg keeps those names, so the results folder
+``<Trainer>__<Plans>__<config>`` and ``-tr`` for prediction are the same in both tools, but a name is only a preset of
+this dataclass. Overrides beyond the preset are saved in the fold's ``train_config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+from nnseg.jsonio import to_jsonable
+
+NNUNET_EPOCH_PRESETS = (1, 5, 10, 20, 50, 100, 250, 500, 750, 2000, 4000, 8000)
+DEFAULT_TRAINER = "nnUNetTrainer"
+_EPOCHS_RE = re.compile(r"^nnUNetTrainer_(\d+)epochs?(_NoMirroring)?$")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """nnU-Net v2's training recipe (reference §1.9). Change a field with ``--set key=value``."""
+
+    num_epochs: int = 1000
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+    initial_lr: float = 1e-2
+    weight_decay: float = 3e-5
+    momentum: float = 0.99
+    optimizer: str = "sgd_nesterov"
+    lr_schedule: str = "poly"
+    grad_clip: float = 12.0
+    loss: str = "dice_ce"
+    dice_smooth: float = 1e-5
+    oversample_foreground: float = 0.33
+    deep_supervision: bool = True
+    mirroring: bool = True
+    augmentation: str = "default"
+    batch_size: int | None = None
+    seed: int | None = None
+    precision: str = "auto"
+    compile: str = "auto"
+    early_stopping_patience: int | None = None
+    time_budget_hours: float | None = None
+    save_every: int = 50
+    ema_alpha: float = 0.9
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return to_jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def preset_for_trainer(name: str) -> TrainConfig:
+    """The TrainConfig an nnU-Net trainer name stands for.
+
+    Raises:
+        ValueError: a trainer name nnseg has no preset for (the message lists the known ones).
+    """
+    base = TrainConfig()
+    if name == DEFAULT_TRAINER:
+        return base
+    if name == "nnUNetTrainerNoMirroring":
+        return base.replace(mirroring=False)
+    m = _EPOCHS_RE.match(name)
+    if m and int(m.group(1)) >= 1:
+        epochs, mirroring = int(m.group(1)), m.group(2) is None
+        if name == trainer_name_for_epochs(epochs, mirroring=mirroring):
+            return base.replace(num_epochs=epochs, mirroring=mirroring)
+    known = ", ".join(known_trainer_names())
+    raise ValueError(f"unknown trainer {name!r}; nnseg knows {known} (any nnUNetTrainer_<N>epochs[_NoMirroring] works too). "
+                     "Other settings go through --set key=value instead of a trainer class")
+
+
+def known_trainer_names() -> list[str]:
+    names = [DEFAULT_TRAINER, "nnUNetTrainerNoMirroring"]
+    for n in NNUNET_EPOCH_PRESETS:
+        stem = "nnUNetTrainer_1epoch" if n == 1 else f"nnUNetTrainer_{n}epochs"
+        names += [stem, f"{stem}_NoMirroring"]
+    return names
+
+
+def trainer_name_for_epochs(epochs: int, *, mirroring: bool = True) -> str:
+    """The nnU-Net trainer name of ``--epochs N`` (``1`` is nnU-Net's ``nnUNetTrainer_1epoch``)."""
+    if epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {epochs}")
+    stem = "nnUNetTrainer_1epoch" if epochs == 1 else f"nnUNetTrainer_{epochs}epochs"
+    return stem if mirroring else f"{stem}_NoMirroring"
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key=value`` into a typed value for that TrainConfig field."""
+    if "=" not in text:
+        raise ValueError(f"--set expects key=value, got {text!r}")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    if key not in types:
+        raise ValueError(f"--set {text!r}: unknown field {key!r}; fields: {sorted(types)}")
+    kind = str(types[key])
+    if raw.lower() in ("none", "null") and "None" in kind:
+        return key, None
+    try:
+        if kind.startswith("bool"):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return key, raw.lower() in ("true", "1")
+        if kind.startswith("int"):
+            return key, int(raw)
+        if kind.startswith("float"):
+            return key, float(raw)
+    except ValueError:
+        raise ValueError(f"--set {text!r}: {raw!r} is not a valid {kind}") from None
+    return key, raw
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    return config.replace(**dict(parse_override(o) for o in overrides))
+
+
+def config_differences(saved: TrainConfig, requested: TrainConfig) -> list[str]:
+    """Human-readable list of fields that differ (``name: saved -> requested``)."""
+    out = []
+    for f in fields(TrainConfig):
+        a, b = getattr(saved, f.name), getattr(requested, f.name)
+        if a != b:
+            out.append(f"{f.name}: {a!r} (saved) vs {b!r} (requested)")
+    return out

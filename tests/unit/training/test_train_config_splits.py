@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nnseg.training.config import (
+    TrainConfig,
+    apply_overrides,
+    config_differences,
+    known_trainer_names,
+    preset_for_trainer,
+    trainer_name_for_epochs,
+)
+from nnseg.training.schedule import poly_lr
+from nnseg.training.splits import fold_cases, kfold_splits, load_or_create_splits, random_split
+
+
+def test_split_equals_nnunet_on_hippocampus(expected_dir: Path) -> None:
+    golden = json.loads((expected_dir / "Dataset004_Hippocampus" / "splits_final.json").read_text())
+    identifiers = sorted({c for fold in golden for c in fold["train"] + fold["val"]})
+    assert len(identifiers) == 200
+    assert kfold_splits(list(reversed(identifiers))) == golden
+
+
+def test_kfold_uneven_sizes_and_coverage() -> None:
+    ids = [f"c{i:02d}" for i in range(12)]
+    splits = kfold_splits(ids)
+    assert [len(s["val"]) for s in splits] == [3, 3, 2, 2, 2]
+    assert sorted(c for s in splits for c in s["val"]) == ids
+    for s in splits:
+        assert set(s["train"]).isdisjoint(s["val"]) and len(s["train"]) + len(s["val"]) == 12
+    with pytest.raises(ValueError, match="cannot be split"):
+        kfold_splits(ids[:3])
+
+
+def test_splits_file_reused_and_fold_all(tmp_path: Path) -> None:
+    ids = [f"c{i}" for i in range(10)]
+    f = tmp_path / "splits_final.json"
+    custom = [{"train": ids[:8], "val": ids[8:]}]
+    f.write_text(json.dumps(custom))
+    assert load_or_create_splits(f, ids) == custom
+    assert fold_cases(custom, "all", ids) == {"train": ids, "val": ids}
+    extra = fold_cases(custom, 3, ids)
+    assert extra == random_split(ids, 3) and len(extra["train"]) == 8
+    f.unlink()
+    assert load_or_create_splits(f, ids) == kfold_splits(ids) and f.is_file()
+
+
+def test_trainer_presets() -> None:
+    assert preset_for_trainer("nnUNetTrainer") == TrainConfig()
+    assert preset_for_trainer("nnUNetTrainer_1epoch").num_epochs == 1
+    c = preset_for_trainer("nnUNetTrainer_250epochs_NoMirroring")
+    assert c.num_epochs == 250 and not c.mirroring
+    assert not preset_for_trainer("nnUNetTrainerNoMirroring").mirroring
+    for name in known_trainer_names():
+        preset_for_trainer(name)
+    for bad in ("nnUNetTrainer_1epochs", "nnUNetTrainer_5epoch", "nnUNetTrainerDA5"):
+        with pytest.raises(ValueError, match="unknown trainer"):
+            preset_for_trainer(bad)
+    assert trainer_name_for_epochs(1) == "nnUNetTrainer_1epoch"
+    assert trainer_name_for_epochs(50) == "nnUNetTrainer_50epochs"
+
+
+def test_overrides_typed_and_differences() -> None:
+    c = apply_overrides(TrainConfig(), ["num_epochs=3", "initial_lr=0.1", "mirroring=false", "seed=none"])
+    assert (c.num_epochs, c.initial_lr, c.mirroring, c.seed) == (3, 0.1, False, None)
+    with pytest.raises(ValueError, match="unknown field"):
+        apply_overrides(TrainConfig(), ["epochs=3"])
+    with pytest.raises(ValueError, match="not a valid"):
+        apply_overrides(TrainConfig(), ["num_epochs=three"])
+    diff = config_differences(TrainConfig(), c)
+    assert any(d.startswith("num_epochs") for d in diff) and len(diff) == 3
+    assert TrainConfig.from_json(c.to_json()) == c
+
+
+def test_poly_lr() -> None:
+    assert poly_lr(0, 1000, 0.01) == 0.01
+    assert poly_lr(500, 1000, 0.01) == pytest.approx(0.01 * 0.5**0.9)
+    assert poly_lr(1000, 1000, 0.01) == 0.0
