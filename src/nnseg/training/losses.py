@@ -1,0 +1,129 @@
+"""Segmentation losses of nnU-Net's recipe: soft Dice + cross-entropy (labels) or + BCE (regions), deep supervision.
+
+Targets are integer label maps ``(B, 1, *spatial)`` for labels, or binary region maps ``(B, R, *spatial)`` for
+regions (with an ignore label, one extra last channel marks the ignored voxels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnseg.registry import Registry
+
+LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
+
+DEFAULT_SMOOTH = 1e-5
+DENOMINATOR_FLOOR = 1e-8
+
+
+def soft_dice(probs: torch.Tensor, onehot: torch.Tensor, *, batch_dice: bool, smooth: float = DEFAULT_SMOOTH,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean soft Dice over channels of ``probs``/``onehot`` ``(B, C, *spatial)``; ``mask`` ``(B, 1, *spatial)``."""
+    axes = tuple(range(2, probs.ndim))
+    if mask is not None:
+        probs, onehot = probs * mask, onehot * mask
+    intersect = (probs * onehot).sum(axes)
+    sum_pred = probs.sum(axes)
+    sum_gt = onehot.sum(axes)
+    if batch_dice:
+        intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
+    dice = (2 * intersect + smooth) / torch.clip(sum_gt + sum_pred + smooth, DENOMINATOR_FLOOR)
+    return dice.mean()
+
+
+class DiceCELoss(nn.Module):
+    """nnU-Net's ``DC_and_CE_loss``: softmax soft Dice without background + cross-entropy, weights 1 and 1."""
+
+    def __init__(self, *, batch_dice: bool, smooth: float = DEFAULT_SMOOTH, ignore_label: int | None = None,
+                 weight_ce: float = 1.0, weight_dice: float = 1.0) -> None:
+        super().__init__()
+        self.batch_dice, self.smooth, self.ignore_label = batch_dice, smooth, ignore_label
+        self.weight_ce, self.weight_dice = weight_ce, weight_dice
+        self.ce = nn.CrossEntropyLoss(ignore_index=ignore_label if ignore_label is not None else -100)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.ndim != logits.ndim or target.shape[1] != 1:
+            raise ValueError(f"target must be (B, 1, *spatial) labels, got shape {tuple(target.shape)}")
+        mask = None
+        target_dice = target
+        if self.ignore_label is not None:
+            mask = (target != self.ignore_label)
+            target_dice = torch.where(mask, target, torch.zeros_like(target))
+        with torch.no_grad():
+            onehot = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+            onehot.scatter_(1, target_dice.long(), True)
+            onehot = onehot[:, 1:]
+        probs = torch.softmax(logits, 1)[:, 1:]
+        dice = soft_dice(probs, onehot, batch_dice=self.batch_dice, smooth=self.smooth, mask=mask)
+        loss = -dice * self.weight_dice
+        if self.weight_ce and (mask is None or bool(mask.any())):
+            loss = loss + self.weight_ce * self.ce(logits, target[:, 0].long())
+        return loss
+
+
+class DiceBCELoss(nn.Module):
+    """nnU-Net's ``DC_and_BCE_loss`` for regions: sigmoid soft Dice (background included) + BCE, masked for ignore."""
+
+    def __init__(self, *, batch_dice: bool, smooth: float = DEFAULT_SMOOTH, use_ignore_label: bool = False,
+                 weight_ce: float = 1.0, weight_dice: float = 1.0) -> None:
+        super().__init__()
+        self.batch_dice, self.smooth, self.use_ignore_label = batch_dice, smooth, use_ignore_label
+        self.weight_ce, self.weight_dice = weight_ce, weight_dice
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        mask = None
+        regions = target
+        if self.use_ignore_label:
+            mask = (1 - target[:, -1:].float())
+            regions = target[:, :-1]
+        regions = regions.float()
+        dice = soft_dice(torch.sigmoid(logits), regions, batch_dice=self.batch_dice, smooth=self.smooth, mask=mask)
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, regions, reduction="none")
+        if mask is not None:
+            bce_value = (bce * mask).sum() / torch.clip(mask.sum(), min=DENOMINATOR_FLOOR)  # as nnU-Net: not divided by R
+        else:
+            bce_value = bce.mean()
+        return self.weight_ce * bce_value - self.weight_dice * dice
+
+
+def deep_supervision_weights(num_outputs: int, *, last_weight: float = 0.0) -> list[float]:
+    """Weights ``1/2^i`` from full resolution down, the lowest set to ``last_weight`` (0 in nnU-Net), summing to 1."""
+    weights = np.array([1 / (2**i) for i in range(num_outputs)])
+    if num_outputs > 1:
+        weights[-1] = last_weight
+    return (weights / weights.sum()).tolist()
+
+
+def deep_supervision_scales(strides: Sequence[Sequence[int]]) -> list[list[float]]:
+    """Scale of each deep-supervision output relative to the patch: ``1 / cumprod(strides)`` without the last."""
+    cum = np.cumprod(np.vstack([np.asarray(s, dtype=float) for s in strides]), axis=0)
+    return [list(1 / row) for row in cum][:-1]
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Weighted sum of ``loss(output_i, target_i)``; outputs with weight 0 are skipped."""
+
+    def __init__(self, loss: nn.Module, weights: Sequence[float]) -> None:
+        super().__init__()
+        self.loss, self.weights = loss, list(weights)
+
+    def forward(self, outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
+        if len(outputs) != len(targets) or len(outputs) > len(self.weights):
+            raise ValueError(f"{len(outputs)} outputs, {len(targets)} targets, {len(self.weights)} weights must agree")
+        total = outputs[0].new_zeros(())
+        for w, out, tgt in zip(self.weights, outputs, targets):
+            if w != 0:
+                total = total + w * self.loss(out, tgt)
+        return total
+
+
+@LOSSES.register("dice_ce")
+def make_dice_ce(*, batch_dice: bool, smooth: float = DEFAULT_SMOOTH, ignore_label: int | None = None,
+                 has_regions: bool = False) -> nn.Module:
+    if has_regions:
+        return DiceBCELoss(batch_dice=batch_dice, smooth=smooth, use_ignore_label=ignore_label is not None)
+    return DiceCELoss(batch_dice=batch_dice, smooth=smooth, ignore_label=ignore_label)
