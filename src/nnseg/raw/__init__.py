@@ -1,0 +1,1 @@
+"""Stage 0: raw datasets (image readers/writers, ``dataset.json``, case discovery, cropping, verification)."""
