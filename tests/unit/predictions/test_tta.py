@@ -1,0 +1,86 @@
+"""Mirroring TTA: pass count, equivariant predictors unchanged, batched == unbatched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nnseg.predictions.sliding_window import sliding_window_predict
+from nnseg.predictions.tta import mirror_combinations, mirror_tta
+
+
+def test_combinations_in_nnunet_order():
+    assert mirror_combinations((0, 1, 2)) == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    assert len(mirror_combinations((0, 1))) == 3
+
+
+@pytest.mark.parametrize("axes,ndim,passes", [((0, 1, 2), 3, 8), ((0, 1), 2, 4), ((1,), 3, 2)])
+def test_number_of_passes_unbatched(axes, ndim, passes):
+    calls = []
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return x
+
+    x = torch.zeros((2, 1) + (4,) * ndim)
+    mirror_tta(predictor, axes, batched=False)(x)
+    assert calls == [2] * passes
+    calls.clear()
+    mirror_tta(predictor, axes, batched=True)(x)
+    assert calls == [2 * passes]
+
+
+@pytest.mark.parametrize("ndim,axes", [(3, (0, 1, 2)), (2, (0, 1))])
+@pytest.mark.parametrize("batched", [True, False])
+def test_flip_equivariant_predictor_is_unchanged(ndim, axes, batched, rng):
+    x = torch.from_numpy(rng.standard_normal((2, 2) + (6, 5, 4)[:ndim]).astype(np.float32))
+
+    def predictor(t: torch.Tensor) -> torch.Tensor:  # pointwise: commutes with every flip
+        return torch.cat([t * 2 - 1, t.square()], dim=1)
+
+    out = mirror_tta(predictor, axes, batched=batched)(x)
+    torch.testing.assert_close(out, predictor(x), rtol=1e-6, atol=1e-6)
+
+
+def test_average_of_mirrored_predictions_matches_definition(rng):
+    x = torch.from_numpy(rng.standard_normal((1, 1, 4, 3)).astype(np.float32))
+    ramp = torch.arange(4, dtype=torch.float32).view(1, 1, 4, 1)
+
+    def predictor(t: torch.Tensor) -> torch.Tensor:  # not equivariant along axis 0
+        return t + ramp
+
+    out = mirror_tta(predictor, (0,), batched=False)(x)
+    expected = (x + ramp + torch.flip(torch.flip(x, (2,)) + ramp, (2,))) / 2
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("ndim,axes", [(3, (0, 1, 2)), (2, (0, 1)), (3, (0, 2))])
+def test_batched_equals_unbatched_with_a_network(ndim, axes, rng):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d if ndim == 3 else torch.nn.Conv2d
+    net = torch.nn.Sequential(conv(2, 4, 3, padding=1), torch.nn.LeakyReLU(), conv(4, 3, 3, padding=1)).eval()
+    x = torch.from_numpy(rng.standard_normal((2, 2) + (8, 7, 6)[:ndim]).astype(np.float32))
+    with torch.inference_mode():
+        a = mirror_tta(net, axes, batched=True)(x)
+        b = mirror_tta(net, axes, batched=False)(x)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a, net(x).detach(), atol=1e-3)  # the network is not flip-equivariant: TTA changes it
+
+
+def test_no_axes_returns_predictor_and_bad_axes_raise():
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    assert mirror_tta(f, None) is f
+    assert mirror_tta(f, ()) is f
+    with pytest.raises(ValueError, match="distinct"):
+        mirror_tta(f, (0, 0))
+    with pytest.raises(ValueError, match="do not exist"):
+        mirror_tta(f, (0, 1, 2))(torch.zeros((1, 1, 4, 4)))
+
+
+def test_tta_inside_sliding_window(rng):
+    x = torch.from_numpy(rng.standard_normal((1, 10, 9, 7)).astype(np.float32))
+    out = sliding_window_predict(mirror_tta(lambda t: t * 3, (0, 1, 2)), x, (6, 6, 6), num_outputs=1)
+    torch.testing.assert_close(out, x * 3, rtol=1e-5, atol=1e-5)
