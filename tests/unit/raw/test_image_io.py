@@ -199,3 +199,219 @@ def test_prediction_properties_and_writer_match_nnunet(shared_data: Path, expect
     np.testing.assert_array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
     assert (a.GetSpacing(), a.GetOrigin(), a.GetDirection(), a.GetPixelID()) == \
         (b.GetSpacing(), b.GetOrigin(), b.GetDirection(), b.GetPixelID())
+
+
+# -------------------------------------------------------------------------------------- nibabel readers
+NON_RAS = np.array([[0.0, 0.0, -2.0, 10.0], [-0.5, 0.0, 0.0, 5.0], [0.0, 0.75, 0.0, -3.0], [0.0, 0.0, 0.0, 1.0]])  # P, S, L
+
+
+def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel
+
+    nibabel.save(nibabel.Nifti1Image(array, affine), str(path))
+
+
+@pytest.mark.parametrize("ending", [".nii", ".nii.gz"])
+def test_nibabel_round_trip_keeps_affine(tmp_path: Path, rng: np.random.Generator, ending: str) -> None:
+    import nibabel
+
+    vol = _labels((4, 5, 6), rng)  # nibabel (i, j, k)
+    src = tmp_path / f"img{ending}"
+    _write_nifti(src, vol, NON_RAS)
+    io = get_io("NibabelIO")
+    data, geo = io.read_images([src])
+    assert data.dtype == np.float32 and data.shape == (1, 6, 5, 4)
+    np.testing.assert_array_equal(data[0], vol.transpose(2, 1, 0))
+    assert geo.spacing == (2.0, 0.75, 0.5)  # zooms reversed
+    np.testing.assert_array_equal(geo.to_properties()["nibabel_stuff"]["original_affine"], NON_RAS)
+    out = tmp_path / f"seg{ending}"
+    write_seg(data[0], out, geo)
+    written = nibabel.load(str(out))
+    np.testing.assert_array_equal(np.asarray(written.dataobj), vol)
+    np.testing.assert_allclose(written.affine, NON_RAS)
+    assert written.get_data_dtype() == np.uint8
+    assert io.read_seg(out)[1] == geo
+
+
+def test_nibabel_matches_simpleitk_axis_order(tmp_path: Path, rng: np.random.Generator) -> None:
+    src = tmp_path / "img.nii.gz"
+    _write_nifti(src, rng.normal(size=(4, 5, 6)).astype(np.float32), np.diag([0.5, 0.75, 2.0, 1.0]))
+    a, ga = read_images([src], "NibabelIO")
+    b, gb = read_images([src], "SimpleITKIO")
+    np.testing.assert_array_equal(a, b)
+    assert ga.spacing == gb.spacing == (2.0, 0.75, 0.5)
+
+
+def test_nibabel_reorient_to_ras_and_back(tmp_path: Path, rng: np.random.Generator) -> None:
+    import nibabel
+
+    vol = _labels((4, 5, 6), rng)  # axes P, S, L
+    src = tmp_path / "img.nii.gz"
+    _write_nifti(src, vol, NON_RAS)
+    io = get_io("NibabelIOWithReorient")
+    data, geo = io.read_images([src])
+    ras = vol.transpose(2, 0, 1)[::-1, ::-1, :]  # (L->R flipped, P->A flipped, S)
+    np.testing.assert_array_equal(data[0], ras.transpose(2, 1, 0))
+    assert geo.spacing == (0.75, 0.5, 2.0)
+    stuff = geo.to_properties()["nibabel_stuff"]
+    np.testing.assert_array_equal(stuff["original_affine"], NON_RAS)
+    assert nibabel.aff2axcodes(stuff["reoriented_affine"]) == ("R", "A", "S")
+    out = tmp_path / "seg.nii.gz"
+    write_seg(data[0], out, geo)
+    written = nibabel.load(str(out))
+    np.testing.assert_array_equal(np.asarray(written.dataobj), vol)  # original orientation restored
+    np.testing.assert_allclose(written.affine, NON_RAS)
+    again, geo2 = io.read_seg(out)
+    np.testing.assert_array_equal(again, data)
+    assert geo2 == geo
+
+
+def test_nibabel_refuses_non_3d(tmp_path: Path) -> None:
+    src = tmp_path / "img.nii"
+    _write_nifti(src, np.zeros((3, 4, 5, 2), np.float32), np.eye(4))
+    with pytest.raises(ValueError, match=r"3D images only.*img\.nii"):
+        read_images([src], "NibabelIO")
+
+
+# ------------------------------------------------------------------------------------ NaturalImage2DIO
+def test_natural_png_grey_and_rgb(tmp_path: Path, rng: np.random.Generator) -> None:
+    from PIL import Image
+
+    grey = rng.integers(0, 256, size=(7, 9), dtype=np.uint8)
+    rgb = rng.integers(0, 256, size=(7, 9, 3), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "c_0000.png")
+    Image.fromarray(rgb).save(tmp_path / "c_0001.png")
+    data, geo = read_images([tmp_path / "c_0000.png", tmp_path / "c_0001.png"], "NaturalImage2DIO")
+    assert data.dtype == np.float32 and data.shape == (4, 1, 7, 9)
+    np.testing.assert_array_equal(data[0, 0], grey)
+    np.testing.assert_array_equal(data[1:, 0], rgb.transpose(2, 0, 1))
+    assert geo.to_properties() == {"spacing": [999.0, 1.0, 1.0]}
+    out = tmp_path / "seg.png"
+    write_seg(data[:1, 0] > 100, out, geo)  # bool (1, X, Y) -> uint8 PNG
+    back = np.array(Image.open(out))
+    assert back.dtype == np.uint8
+    np.testing.assert_array_equal(back, grey > 100)
+
+
+def test_natural_rgba_palette_and_16bit_png(tmp_path: Path, rng: np.random.Generator) -> None:
+    from PIL import Image
+
+    rgba = rng.integers(0, 256, size=(4, 5, 4), dtype=np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    assert read_images([tmp_path / "rgba.png"], "NaturalImage2DIO")[0].shape == (4, 1, 4, 5)
+    pal = Image.fromarray(rng.integers(0, 3, size=(4, 5), dtype=np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255] + [0] * 759)
+    pal.save(tmp_path / "pal.png")
+    data, _ = read_images([tmp_path / "pal.png"], "NaturalImage2DIO")  # palette -> RGB, as imageio
+    np.testing.assert_array_equal(data[:, 0].transpose(1, 2, 0), np.array(pal.convert("RGB")))
+    labels = np.zeros((1, 4, 5), np.int64)
+    labels[0, 1, 2] = 300  # >= 255: written as 16 bit
+    write_seg(labels, tmp_path / "seg16.png", Geometry(spacing=(999.0, 1.0, 1.0), reader="NaturalImage2DIO"))
+    back, _ = read_images([tmp_path / "seg16.png"], "NaturalImage2DIO")
+    np.testing.assert_array_equal(back[0], labels)
+
+
+@pytest.mark.parametrize("ending", [".bmp", ".tif"])
+def test_natural_bmp_and_2d_tif_round_trip(tmp_path: Path, rng: np.random.Generator, ending: str) -> None:
+    labels = _labels((1, 6, 8), rng)
+    geo = Geometry(spacing=(999.0, 1.0, 1.0), reader="NaturalImage2DIO")
+    out = tmp_path / f"seg{ending}"
+    write_seg(labels, out, geo)
+    data, geo2 = read_images([out], "NaturalImage2DIO")
+    np.testing.assert_array_equal(data[0], labels)
+    assert data.shape == (1, 1, 6, 8) and geo2 == geo
+    assert determine_io(ending, out).name == "NaturalImage2DIO"
+
+
+def test_natural_writer_refuses_16bit_bmp_and_3d(tmp_path: Path) -> None:
+    geo = Geometry(spacing=(999.0, 1.0, 1.0), reader="NaturalImage2DIO")
+    with pytest.raises(ValueError, match=r"BMP.*\.png"):
+        write_seg(np.full((1, 2, 2), 300), tmp_path / "s.bmp", geo)
+    with pytest.raises(ValueError, match=r"\(1, X, Y\)"):
+        write_seg(np.zeros((2, 2, 2), np.uint8), tmp_path / "s.png", geo)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.golden
+def test_isbi_png_reads_as_nnunet(shared_data: Path) -> None:
+    from PIL import Image
+
+    folder = shared_data / "ISBI2012_EM_2D"
+    image = folder / "imagesTr" / "em_00_0000.png"
+    io = determine_io(".png", image)
+    assert io.name == "NaturalImage2DIO"
+    data, geo = io.read_images([image])
+    assert data.shape == (1, 1, 512, 512) and geo.spacing == (999.0, 1.0, 1.0)
+    np.testing.assert_array_equal(data[0, 0], np.array(Image.open(image)))
+    seg, _ = io.read_seg(folder / "labelsTr" / "em_00.png")
+    assert set(np.unique(seg).tolist()) == {0.0, 1.0}
+
+
+# -------------------------------------------------------------------------------------------- Tiff3DIO
+@pytest.mark.parametrize("ending", [".tif", ".tiff"])
+def test_tiff3d_round_trip_with_sidecar(tmp_path: Path, rng: np.random.Generator, ending: str) -> None:
+    import json
+
+    import tifffile
+
+    stack = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    tifffile.imwrite(tmp_path / f"case_0000{ending}", stack, photometric="minisblack")
+    tifffile.imwrite(tmp_path / f"case_0001{ending}", stack * 2, photometric="minisblack")
+    (tmp_path / "case.json").write_text(json.dumps({"spacing": [2.5, 0.5, 0.75]}))
+    data, geo = read_images([tmp_path / f"case_0000{ending}", tmp_path / f"case_0001{ending}"], "Tiff3DIO")
+    assert data.shape == (2, 3, 4, 5) and data.dtype == np.float32
+    np.testing.assert_array_equal(data[1], stack * 2)
+    assert geo.to_properties() == {"spacing": [2.5, 0.5, 0.75]}
+    labels = _labels((3, 4, 5), rng)
+    out = tmp_path / "labels" / f"case{ending}"
+    write_seg(labels, out, geo)
+    assert json.loads((tmp_path / "labels" / "case.json").read_text()) == {"spacing": [2.5, 0.5, 0.75]}
+    with tifffile.TiffFile(out) as tif:
+        assert tif.pages[0].compression == 8  # zlib (ADOBE_DEFLATE)
+    back, geo2 = get_io("Tiff3DIO").read_seg(out)
+    np.testing.assert_array_equal(back[0], labels)
+    assert geo2 == geo
+
+
+def test_tiff3d_sidecar_missing_or_bad(tmp_path: Path) -> None:
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "case_0000.tif", np.zeros((2, 3, 4), np.uint8))
+    with pytest.warns(UserWarning, match=r"case\.json.*\(1, 1, 1\)"):
+        _, geo = read_images([tmp_path / "case_0000.tif"], "Tiff3DIO")
+    assert geo.spacing == (1.0, 1.0, 1.0)
+    (tmp_path / "case.json").write_text('{"spacing": [1, 2]}')
+    with pytest.raises(ValueError, match=r"case\.json must hold"):
+        read_images([tmp_path / "case_0000.tif"], "Tiff3DIO")
+    tifffile.imwrite(tmp_path / "flat_0000.tif", np.zeros((3, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"3D stacks only.*flat_0000\.tif"):
+        read_images([tmp_path / "flat_0000.tif"], "Tiff3DIO")
+
+
+# ----------------------------------------------------------------------------- determine_io, all formats
+def test_determine_io_picks_first_reader_that_can_read(tmp_path: Path, rng: np.random.Generator) -> None:
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "stack.tif", rng.normal(size=(5, 6, 7)).astype(np.float32))
+    tifffile.imwrite(tmp_path / "flat.tif", rng.normal(size=(6, 7)).astype(np.float32))
+    assert determine_io(".tif").name == "NaturalImage2DIO"
+    assert determine_io(".tif", tmp_path / "flat.tif").name == "NaturalImage2DIO"
+    assert determine_io(".tif", tmp_path / "stack.tif").name == "Tiff3DIO"  # NaturalImage2DIO cannot read 3D
+    assert determine_io(".tiff").name == "Tiff3DIO"
+    assert determine_io(".png").name == "NaturalImage2DIO"
+    assert determine_io(".bmp").name == "NaturalImage2DIO"
+    assert determine_io(".nii").name == "NibabelIO"  # SimpleITKIO does not list .nii
+    _write_nifti(tmp_path / "img.nii", np.zeros((2, 3, 4), np.float32), np.eye(4))
+    assert determine_io(".nii", tmp_path / "img.nii").name == "NibabelIO"
+    assert determine_io(".nii.gz", overwrite="NibabelIOWithReorient").name == "NibabelIOWithReorient"
+    with pytest.raises(FileNotFoundError, match="nothere"):
+        determine_io(".nii.gz", tmp_path / "nothere.nii.gz")
+
+
+def test_corrupt_files_of_every_format_name_the_file(tmp_path: Path) -> None:
+    for name, ending in (("NaturalImage2DIO", ".png"), ("Tiff3DIO", ".tif"), ("NibabelIO", ".nii"),
+                         ("NibabelIOWithReorient", ".nii.gz")):
+        bad = tmp_path / f"broken_0000{ending}"
+        bad.write_bytes(b"\x00garbage" * 10)
+        with pytest.raises(ValueError, match=rf"{name} cannot read .*broken_0000\{ending}"):
+            read_images([bad], name)
