@@ -1,0 +1,242 @@
+"""Resampling of images and segmentations to a new shape (nnU-Net's ``default_resampling``, reference §1.8 step 6).
+
+Images are resized with spline interpolation the way scikit-image's ``resize(order, mode='edge',
+anti_aliasing=False, clip=True)`` does it, which is ``scipy.ndimage.zoom(order=order, mode='nearest',
+grid_mode=True)`` followed by clipping to the input's value range. Segmentations are resized per label: each
+label's one-hot mask is interpolated (order 1 by default) and voxels where it reaches 0.5 take the label (labels
+in increasing order, later ones win), as batchgenerators' ``resize_segmentation`` does.
+
+Anisotropic data (``max(spacing) / min(spacing) > 3``, on the current spacing, else on the target spacing) is
+resampled "separate z": each slice across the unique low-resolution axis in-plane with ``order``, then along
+that axis with ``order_z`` (0 = nearest neighbour).
+
+The registry :data:`RESAMPLERS` is keyed by nnU-Net's function names so that plans files resolve in both tools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import numpy as np
+from scipy import ndimage
+
+from nnseg.registry import Registry
+
+ANISO_THRESHOLD = 3.0
+
+RESAMPLERS: Registry[Callable[..., Any]] = Registry("resampling function")
+
+
+def compute_new_shape(old_shape: Sequence[int], old_spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int, ...]:
+    """``round(old_spacing / new_spacing * old_shape)`` per axis (nnU-Net's ``compute_new_shape``)."""
+    if not len(old_shape) == len(old_spacing) == len(new_spacing):
+        raise ValueError(f"shape {tuple(old_shape)}, spacing {tuple(old_spacing)} and target spacing {tuple(new_spacing)} differ in length")
+    return tuple(int(round(float(sp) / float(nsp) * int(s))) for s, sp, nsp in zip(old_shape, old_spacing, new_spacing))
+
+
+def get_lowres_axis(spacing: Sequence[float]) -> np.ndarray:
+    """Indices of the axes with the largest spacing."""
+    sp = np.asarray(spacing, dtype=float)
+    return np.where(max(sp) / sp == 1)[0]
+
+
+def get_do_separate_z(spacing: Sequence[float], anisotropy_threshold: float = ANISO_THRESHOLD) -> bool:
+    sp = np.asarray(spacing, dtype=float)
+    return bool(np.max(sp) / np.min(sp) > anisotropy_threshold)
+
+
+def determine_do_sep_z_and_axis(
+    force_separate_z: bool | None,
+    current_spacing: Sequence[float],
+    new_spacing: Sequence[float],
+    anisotropy_threshold: float = ANISO_THRESHOLD,
+) -> tuple[bool, int | None]:
+    """nnU-Net's separate-z decision: ``(do_separate_z, lowres_axis)``.
+
+    ``force_separate_z`` True/False overrides the rule (True uses the current spacing's low-res axis). Otherwise
+    the current spacing decides if it is anisotropic, else the target spacing. If the largest spacing is shared
+    by two or three axes there is no unique low-res axis and no separate z.
+    """
+    if force_separate_z is not None:
+        do_sep = bool(force_separate_z)
+        axes = get_lowres_axis(current_spacing) if do_sep else None
+    elif get_do_separate_z(current_spacing, anisotropy_threshold):
+        do_sep, axes = True, get_lowres_axis(current_spacing)
+    elif get_do_separate_z(new_spacing, anisotropy_threshold):
+        do_sep, axes = True, get_lowres_axis(new_spacing)
+    else:
+        do_sep, axes = False, None
+    if axes is None or len(axes) != 1:
+        return False, None
+    return do_sep, int(axes[0])
+
+
+# -- single-volume kernels --------------------------------------------------------------------------------------------
+
+
+def resize_image(image: np.ndarray, new_shape: Sequence[int], order: int, out: np.ndarray | None = None) -> np.ndarray:
+    """skimage ``resize(image, new_shape, order, mode='edge', anti_aliasing=False, clip=True)`` without skimage.
+
+    Args:
+        image: ``(X, Y[, Z])`` array (computed in double precision; the result has ``out``'s dtype or float32).
+        new_shape: output shape.
+        order: spline order 0-5.
+        out: optional output array of shape ``new_shape``.
+    """
+    new_shape = tuple(int(s) for s in new_shape)
+    if out is None:
+        out = np.empty(new_shape, dtype=np.float32 if image.dtype != np.float64 else np.float64)
+    if tuple(image.shape) == new_shape:
+        out[...] = image
+        return out
+    factors = [n / o for n, o in zip(new_shape, image.shape)]
+    ndimage.zoom(image, factors, output=out, order=order, mode="nearest", grid_mode=True)
+    if order > 0:
+        np.clip(out, image.min(), image.max(), out=out)
+    return out
+
+
+def resize_segmentation(seg: np.ndarray, new_shape: Sequence[int], order: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+    """batchgenerators' ``resize_segmentation``: per-label one-hot interpolation thresholded at 0.5.
+
+    Args:
+        seg: integer-valued label map ``(X, Y[, Z])`` (any dtype).
+        new_shape: output shape.
+        order: interpolation order of the one-hot masks (0 = nearest neighbour on the label values).
+        out: optional output array (zeros are assumed where no label reaches 0.5).
+
+    Returns:
+        label map of shape ``new_shape`` with ``seg``'s dtype (or ``out``).
+    """
+    new_shape = tuple(int(s) for s in new_shape)
+    if out is None:
+        out = np.zeros(new_shape, dtype=seg.dtype)
+    if order == 0:
+        ndimage.zoom(seg, [n / o for n, o in zip(new_shape, seg.shape)], output=out, order=0, mode="nearest", grid_mode=True)
+        return out
+    labels = np.unique(seg)
+    skip_zero = labels[0] >= 0  # 0 would only overwrite zeros
+    buf = np.empty(new_shape, dtype=np.float32)
+    factors = [n / o for n, o in zip(new_shape, seg.shape)]
+    for label in labels:
+        if label == 0 and skip_zero:
+            continue
+        ndimage.zoom((seg == label).astype(np.float32), factors, output=buf, order=order, mode="nearest", grid_mode=True)
+        out[buf >= 0.5] = label
+    return out
+
+
+def _z_coordinates(n_in: int, n_out: int) -> np.ndarray:
+    """Source coordinates along the low-res axis (nnU-Net's ``map_coordinates`` grid: ``s * (i + 0.5) - 0.5``)."""
+    scale = float(n_in) / n_out
+    return scale * (np.arange(n_out, dtype=np.float64) + 0.5) - 0.5
+
+
+def _resample_along_axis0(vol: np.ndarray, n_out: int, *, order_z: int, is_seg: bool, out: np.ndarray) -> None:
+    """Resample ``vol`` (low-res axis first) along axis 0 to ``n_out`` slices into ``out``."""
+    coords = _z_coordinates(vol.shape[0], n_out)
+    if order_z == 0:
+        # map_coordinates(order=0, mode='nearest') picks floor(c + 0.5), clamped to the volume
+        idx = np.clip(np.floor(coords + 0.5), 0, vol.shape[0] - 1).astype(np.intp)
+        out[...] = vol[idx]
+        return
+    grid = np.meshgrid(coords, *[np.arange(s, dtype=np.float64) for s in vol.shape[1:]], indexing="ij")
+    coord_map = np.stack(grid)
+    if not is_seg:
+        out[...] = ndimage.map_coordinates(vol.astype(np.float64, copy=False), coord_map, order=order_z, mode="nearest")
+        return
+    out[...] = 0
+    for label in np.unique(vol):
+        interp = ndimage.map_coordinates((vol == label).astype(np.float64), coord_map, order=order_z, mode="nearest")
+        out[np.round(interp) > 0.5] = label
+
+
+def _resample_separate_z(
+    vol: np.ndarray, new_shape: tuple[int, ...], axis: int, *, is_seg: bool, order: int, order_z: int, out: np.ndarray
+) -> None:
+    """In-plane resize of every slice across ``axis``, then ``order_z`` resampling along ``axis``."""
+    vol_f = np.moveaxis(vol, axis, 0)
+    out_f = np.moveaxis(out, axis, 0)
+    plane_shape = tuple(s for i, s in enumerate(new_shape) if i != axis)
+    n_out = new_shape[axis]
+    same_z = vol_f.shape[0] == n_out
+    inter = out_f if same_z else np.zeros((vol_f.shape[0], *plane_shape), dtype=out.dtype)
+    resize2d = resize_segmentation if is_seg else resize_image
+    for i in range(vol_f.shape[0]):
+        resize2d(vol_f[i], plane_shape, order, out=inter[i])
+    if not same_z:
+        _resample_along_axis0(inter, n_out, order_z=order_z, is_seg=is_seg, out=out_f)
+
+
+@RESAMPLERS.register("resample_data_or_seg_to_shape")
+def resample_data_or_seg_to_shape(
+    data: np.ndarray,
+    new_shape: Sequence[int],
+    current_spacing: Sequence[float],
+    new_spacing: Sequence[float],
+    *,
+    is_seg: bool = False,
+    order: int = 3,
+    order_z: int = 0,
+    force_separate_z: bool | None = None,
+    separate_z_anisotropy_threshold: float = ANISO_THRESHOLD,
+) -> np.ndarray:
+    """Resample every channel of ``data`` to ``new_shape`` (nnU-Net's function of the same name).
+
+    Args:
+        data: ``(C, X, Y, Z)`` image (any float dtype; the result keeps it) or segmentation (``is_seg``; integer
+            labels in any dtype, kept). A torch tensor is converted to numpy.
+        new_shape: target spatial shape ``(X', Y', Z')``.
+        current_spacing, new_spacing: spacings used only for the separate-z decision.
+        is_seg: resample as a label map (per-label one-hot interpolation).
+        order: interpolation order (in-plane order when separate z).
+        order_z: order along the low-res axis when separate z (0 = nearest).
+        force_separate_z: None applies nnU-Net's rule; True/False forces it.
+        separate_z_anisotropy_threshold: spacing ratio above which separate z kicks in.
+
+    Returns:
+        ``(C, X', Y', Z')`` array; ``data`` itself if the shape does not change.
+    """
+    if not isinstance(data, np.ndarray):
+        data = np.asarray(data.detach().cpu().numpy() if hasattr(data, "detach") else data)
+    if data.ndim != 4:
+        raise ValueError(f"resampling expects data of shape (C, X, Y, Z), got {data.shape}; 2D images are (C, 1, X, Y)")
+    new_shape = tuple(int(s) for s in new_shape)
+    if len(new_shape) != 3:
+        raise ValueError(f"new_shape must have 3 entries (X, Y, Z), got {new_shape}")
+    if tuple(data.shape[1:]) == new_shape:
+        return data
+    do_sep, axis = determine_do_sep_z_and_axis(force_separate_z, current_spacing, new_spacing, separate_z_anisotropy_threshold)
+    out = np.zeros((data.shape[0], *new_shape), dtype=data.dtype)
+    for c in range(data.shape[0]):
+        if do_sep and axis is not None:
+            _resample_separate_z(data[c], new_shape, axis, is_seg=is_seg, order=order, order_z=order_z, out=out[c])
+        elif is_seg:
+            resize_segmentation(data[c], new_shape, order, out=out[c])
+        else:
+            resize_image(data[c], new_shape, order, out=out[c])
+    return out
+
+
+@RESAMPLERS.register("resample_torch_fornnunet")
+def _resample_torch_fornnunet_lazy(*args: Any, **kwargs: Any) -> Any:
+    """Lazy entry for :func:`nnseg.preprocessed.resample_torch.resample_torch_fornnunet` (torch is imported on use)."""
+    from nnseg.preprocessed.resample_torch import resample_torch_fornnunet
+
+    return resample_torch_fornnunet(*args, **kwargs)
+
+
+def get_resampler(name: str, kwargs: dict[str, Any] | None = None) -> Callable[..., Any]:
+    """The function a plans file names (``resampling_fn_data`` etc.) with its ``*_kwargs`` bound.
+
+    The result is called as ``fn(data, new_shape, current_spacing, new_spacing)``.
+    """
+    fn = RESAMPLERS[name]
+    bound = dict(kwargs or {})
+
+    def call(data: Any, new_shape: Sequence[int], current_spacing: Sequence[float], new_spacing: Sequence[float]) -> Any:
+        return fn(data, new_shape, current_spacing, new_spacing, **bound)
+
+    call.__name__ = name
+    return call
