@@ -89,16 +89,23 @@ def determine_io(file_ending: str, example_file: PathLike | None = None, *, over
     failures = []
     for cls in candidates:
         io = cls()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                io.read_images([example])
-        except Exception as e:  # any failure means "this reader cannot read it": try the next one
-            failures.append(f"{cls.name}: {e}")
-            continue
-        return io
+        problem = _cannot_read(io, example)
+        if problem is None:
+            return io
+        failures.append(f"{cls.name}: {problem}")
     raise ValueError(f"no image reader/writer for {file_ending!r} can read {example}:\n  " + "\n  ".join(failures)
                      + "\nConvert the file, or set dataset.json['overwrite_image_reader_writer']")
+
+
+def _cannot_read(io: ImageIO, example: Path) -> str | None:
+    """None if ``io`` reads ``example`` (warnings silenced), else why not."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            io.read_images([example])
+    except Exception as e:  # any failure means "this reader cannot read it": the caller tries the next one
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def read_images(paths: Sequence[PathLike], io: str | ImageIO) -> tuple[np.ndarray, Geometry]:

@@ -16,7 +16,7 @@ import numpy as np
 from nnseg._types import Geometry
 from nnseg.raw.io_common import BaseImageIO, ImageReadError
 
-NATURAL_SPACING = (999.0, 1.0, 1.0)
+NATURAL_SPACING = (999, 1, 1)  # ints, as nnU-Net (its fingerprint JSON shows [999, 1, 1])
 
 
 def imread_like_skimage(path: Path) -> np.ndarray:

@@ -53,7 +53,7 @@ class Tiff3DIO(BaseImageIO):
         if stack.ndim != 3:
             raise ImageReadError(f"Tiff3DIO reads 3D stacks only; {path} has shape {stack.shape} "
                                  f"(2D images: use the .tif ending with NaturalImage2DIO)")
-        return stack[None], Geometry(spacing=(1.0, 1.0, 1.0), reader=self.name)
+        return stack[None], Geometry(spacing=(1, 1, 1), reader=self.name)
 
     def _write_file(self, seg: np.ndarray, path: Path, geometry: Geometry) -> None:
         import tifffile
@@ -64,7 +64,7 @@ class Tiff3DIO(BaseImageIO):
         """Write a label stack ``(X, Y, Z)`` (zlib TIFF) and its spacing sidecar ``<name>.json``."""
         super().write_seg(seg, path, geometry)
         path = Path(path)
-        spacing = [float(s) for s in as_geometry(geometry, self.name).spacing]
+        spacing = list(as_geometry(geometry, self.name).spacing)  # as nnU-Net: the values as they are
         save_json({"spacing": spacing}, path.with_name(path.name[: -len(path.suffix)] + ".json"))
 
 
@@ -72,11 +72,11 @@ def _read_spacing(sidecar: Path, files: Sequence[Path]) -> tuple[float, ...]:
     if not sidecar.is_file():
         warnings.warn(f"no spacing file {sidecar} for {[str(f) for f in files]}; assuming spacing (1, 1, 1)",
                       UserWarning, stacklevel=4)
-        return (1.0, 1.0, 1.0)
+        return (1, 1, 1)
     content = load_json(sidecar)
     spacing = content.get("spacing") if isinstance(content, dict) else None
     if not isinstance(spacing, list) or len(spacing) != 3 or not all(
             isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in spacing):
         raise ImageReadError(f"{sidecar} must hold {{\"spacing\": [s0, s1, s2]}} with three positive numbers, "
                              f"got {content!r}")
-    return tuple(float(s) for s in spacing)
+    return tuple(spacing)  # as written (ints stay ints, as in nnU-Net's properties)

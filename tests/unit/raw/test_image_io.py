@@ -177,19 +177,49 @@ def test_hippocampus_geometry_matches_nnunet_properties(shared_data: Path, expec
 
 
 @pytest.mark.golden
+def test_synth_aniso_two_channels_match_nnunet_properties(shared_data: Path, expected_dir: Path) -> None:
+    import json
+
+    expected = json.loads((expected_dir / "Dataset901_SynthAniso" / "preprocessed_3d_fullres" / "syn_000.json").read_text())
+    files = sorted((shared_data / "Dataset901_SynthAniso" / "imagesTr").glob("syn_000_000?.nii.gz"))
+    io = determine_io(".nii.gz", files[0])
+    data, geo = io.read_images(files)
+    props = geo.to_properties()
+    assert data.shape[0] == 2 and list(data.shape[1:]) == expected["shape_before_cropping"]
+    assert {k: list(v) for k, v in props["sitk_stuff"].items()} == expected["sitk_stuff"]
+    assert props["spacing"] == expected["spacing"]  # anisotropic, exact float values
+
+
+@pytest.mark.golden
+def test_isbi_spacing_is_nnunets_integer_placeholder(shared_data: Path, expected_dir: Path) -> None:
+    import json
+
+    expected = json.loads((expected_dir / "Dataset120_ISBI2012" / "preprocessed_2d" / "em_00.json").read_text())
+    data, geo = read_images([shared_data / "ISBI2012_EM_2D" / "imagesTr" / "em_00_0000.png"], "NaturalImage2DIO")
+    assert json.loads(json.dumps(list(geo.spacing))) == expected["spacing"] == [999, 1, 1]
+    assert all(type(s) is int for s in geo.spacing)  # nnU-Net's fingerprint JSON holds [999, 1, 1]
+    assert list(data.shape[1:]) == expected["shape_before_cropping"]
+
+
+@pytest.mark.golden
 def test_prediction_properties_and_writer_match_nnunet(shared_data: Path, expected_dir: Path, tmp_path: Path) -> None:
     import SimpleITK as sitk
 
     pred_dir = expected_dir / "Dataset004_Hippocampus" / "model" / "predictions_tta"
-    case = "hippocampus_020"
-    with (pred_dir / f"{case}.pkl").open("rb") as f:
-        nn_props = pickle.load(f)  # nnU-Net's own file (plain pickle), read in a test only
-    data, geo = read_images([shared_data / HIPPO / "imagesTr" / f"{case}.nii.gz"], "SimpleITKIO")
-    ours = geo.to_properties()
-    assert ours["sitk_stuff"] == nn_props["sitk_stuff"]
-    assert all(type(v) is tuple and all(type(x) is float for x in v) for v in ours["sitk_stuff"].values())
-    assert ours["spacing"] == [float(s) for s in nn_props["spacing"]] and type(ours["spacing"]) is list
-    assert tuple(data.shape[1:]) == tuple(nn_props["shape_before_cropping"])
+    pkls = sorted(pred_dir.glob("*.pkl"))
+    assert len(pkls) >= 10
+    for pkl in pkls:
+        with pkl.open("rb") as f:
+            nn_props = pickle.load(f)  # nnU-Net's own file (plain pickle), read in a test only
+        data, geo = read_images([shared_data / HIPPO / "imagesTr" / f"{pkl.stem}.nii.gz"], "SimpleITKIO")
+        ours = geo.to_properties()
+        assert ours["sitk_stuff"] == nn_props["sitk_stuff"]
+        assert all(type(v) is tuple and all(type(x) is float for x in v) for v in ours["sitk_stuff"].values())
+        assert ours["spacing"] == [float(s) for s in nn_props["spacing"]] and type(ours["spacing"]) is list
+        assert tuple(data.shape[1:]) == tuple(nn_props["shape_before_cropping"])
+    case = pkls[0].stem
+    with pkls[0].open("rb") as f:
+        nn_props = pickle.load(f)
     # write nnU-Net's prediction again from its properties dict: same voxels, header and pixel type
     nn_file = pred_dir / f"{case}.nii.gz"
     seg, _ = read_images([nn_file], "SimpleITKIO")
@@ -285,7 +315,7 @@ def test_natural_png_grey_and_rgb(tmp_path: Path, rng: np.random.Generator) -> N
     assert data.dtype == np.float32 and data.shape == (4, 1, 7, 9)
     np.testing.assert_array_equal(data[0, 0], grey)
     np.testing.assert_array_equal(data[1:, 0], rgb.transpose(2, 0, 1))
-    assert geo.to_properties() == {"spacing": [999.0, 1.0, 1.0]}
+    assert geo.to_properties() == {"spacing": [999.0, 1.0, 1.0]} and geo.spacing == (999, 1, 1)
     out = tmp_path / "seg.png"
     write_seg(data[:1, 0] > 100, out, geo)  # bool (1, X, Y) -> uint8 PNG
     back = np.array(Image.open(out))
