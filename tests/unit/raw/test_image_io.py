@@ -445,3 +445,13 @@ def test_corrupt_files_of_every_format_name_the_file(tmp_path: Path) -> None:
         bad.write_bytes(b"\x00garbage" * 10)
         with pytest.raises(ValueError, match=rf"{name} cannot read .*broken_0000\{ending}"):
             read_images([bad], name)
+
+
+def test_natural_tif_with_leading_colour_axis_is_moved_like_skimage(tmp_path: Path, rng: np.random.Generator) -> None:
+    import tifffile
+
+    planes = rng.integers(0, 256, size=(3, 6, 7), dtype=np.uint8)  # (C, H, W): skimage moves C to the end
+    tifffile.imwrite(tmp_path / "rgb.tif", planes, photometric="minisblack")
+    data, _ = read_images([tmp_path / "rgb.tif"], "NaturalImage2DIO")
+    assert data.shape == (3, 1, 6, 7)
+    np.testing.assert_array_equal(data[:, 0], planes)
