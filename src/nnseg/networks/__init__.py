@@ -13,12 +13,15 @@ from nnseg.networks.build import NETWORKS, build_network, resolve_architecture
 from nnseg.networks.memory import estimate_feature_map_size
 from nnseg.networks.plain_unet import PlainConvUNet
 from nnseg.networks.resenc_unet import ResidualEncoderUNet
+from nnseg.networks.summary import count_parameters, network_summary
 
 __all__ = [
     "NETWORKS",
     "PlainConvUNet",
     "ResidualEncoderUNet",
     "build_network",
+    "count_parameters",
     "estimate_feature_map_size",
+    "network_summary",
     "resolve_architecture",
 ]
