@@ -1,0 +1,129 @@
+"""Logits -> files: resampling, cropping, transposition, regions, and the nnU-Net-compatible .npz/.pkl."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from nnseg._types import Geometry
+from nnseg.plans.schema import Plans
+from nnseg.predictions.export import (
+    convert_logits,
+    export_prediction,
+    probabilities_to_segmentation,
+    resample_logits,
+)
+from nnseg.predictions.predict_io import load_probabilities_npz, load_properties_pkl, properties_for_pickle
+from nnseg.preprocessed.resample import resample_data_or_seg_to_shape
+from nnseg.raw.dataset_json import DatasetSpec
+
+SPEC = DatasetSpec.from_json({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2},
+                              "numTraining": 1, "file_ending": ".nii.gz"})
+
+
+@pytest.fixture
+def plans(expected_dir: Path) -> Plans:
+    import json
+
+    return Plans.from_json(json.loads((expected_dir / "Dataset004_Hippocampus" / "nnUNetPlans.json").read_text()))
+
+
+@pytest.mark.parametrize("spacing_in,spacing_out,shape_in,shape_out", [
+    ((1.0, 1.0, 1.0), (0.7, 1.3, 1.1), (9, 11, 8), (13, 8, 10)),   # isotropic: trilinear
+    ((4.0, 1.0, 1.0), (1.0, 1.0, 1.0), (5, 11, 8), (19, 15, 6)),   # anisotropic: separate z, nearest along axis 0
+    ((1.0, 1.0, 5.0), (1.0, 1.0, 1.0), (9, 7, 4), (9, 10, 17)),    # low-res axis last
+])
+def test_torch_resampling_matches_numpy(rng, spacing_in, spacing_out, shape_in, shape_out) -> None:
+    data = rng.normal(size=(3, *shape_in)).astype(np.float32)
+    expected = resample_data_or_seg_to_shape(data, shape_out, spacing_in, spacing_out, is_seg=False, order=1, order_z=0)
+    got = resample_logits(torch.from_numpy(data), shape_out, spacing_in, spacing_out, order=1, order_z=0).numpy()
+    assert got.shape == (3, *shape_out)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_same_shape_is_not_resampled() -> None:
+    x = torch.ones(2, 3, 4, 5)
+    assert resample_logits(x, (3, 4, 5), (1, 1, 1), (2, 2, 2)) is x
+
+
+def _properties(shape_before, bbox, spacing=(1.0, 1.0, 1.0)):
+    return {"sitk_stuff": {"spacing": tuple(spacing[::-1]), "origin": (0.0, 0.0, 0.0), "direction": (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)},
+            "spacing": list(spacing), "shape_before_cropping": shape_before, "bbox_used_for_cropping": bbox,
+            "shape_after_cropping_and_before_resampling": tuple(hi - lo for lo, hi in bbox),
+            "class_locations": {1: np.zeros((0, 4))}}
+
+
+def test_convert_logits_reverts_cropping_and_transpose(plans: Plans) -> None:
+    # transposed array axes (t0, t1, t2) = original axes (2, 0, 1)
+    plans = dataclasses.replace(plans, transpose_forward=[2, 0, 1], transpose_backward=[1, 2, 0])
+    cfg = plans.configuration("3d_fullres")
+    shape_orig = (6, 7, 8)
+    bbox_orig = [[1, 5], [2, 7], [0, 8]]
+    bbox_t = [bbox_orig[i] for i in plans.transpose_forward]
+    shape_t = tuple(shape_orig[i] for i in plans.transpose_forward)
+    props = _properties(shape_t, bbox_t)
+    crop_shape = tuple(hi - lo for lo, hi in bbox_t)
+    logits = torch.zeros(3, *crop_shape)
+    logits[2, 0] = 5.0  # first transposed slice = original axis 2 index bbox lo -> label 2
+    logits[1, 1:] = 5.0
+    seg, probs = convert_logits(logits, props, plans=plans, configuration=cfg, spec=SPEC, return_probabilities=True)
+    assert seg.shape == shape_orig and seg.dtype == np.uint8
+    assert probs.shape == (3, *shape_orig) and probs.dtype == np.float32
+    inside = np.zeros(shape_orig, bool)
+    inside[1:5, 2:7, 0:8] = True
+    assert (seg[~inside] == 0).all() and (probs[0][~inside] == 1).all() and (probs[1:, ~inside] == 0).all()
+    assert (seg[1:5, 2:7, 0] == 2).all() and (seg[1:5, 2:7, 1:] == 1).all()
+    np.testing.assert_allclose(probs.sum(0), 1, atol=1e-6)
+
+
+def test_regions_are_painted_in_class_order() -> None:
+    spec = DatasetSpec.from_json({"channel_names": {"0": "T1"}, "labels": {"background": 0, "whole": [1, 2], "core": 2},
+                                  "regions_class_order": [1, 2], "numTraining": 1, "file_ending": ".nii.gz"})
+    probs = torch.tensor([[0.9, 0.9, 0.1], [0.2, 0.8, 0.8]])
+    assert probabilities_to_segmentation(probs, spec).tolist() == [1, 2, 2]
+
+
+def test_export_writes_files_like_nnunet(plans: Plans, tmp_path: Path, rng) -> None:
+    cfg = plans.configuration("3d_fullres")
+    props = _properties((5, 6, 7), [[1, 4], [0, 6], [2, 7]], spacing=(1.0, 1.0, 1.0))
+    geometry = Geometry(spacing=(1.0, 1.0, 1.0), reader="SimpleITKIO", origin=(0.0, 0.0, 0.0),
+                        direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), sitk_spacing=(1.0, 1.0, 1.0))
+    logits = torch.from_numpy(rng.normal(size=(3, 3, 6, 5)).astype(np.float32))
+    export_prediction(logits, props, tmp_path / "case_1", plans=plans, configuration=cfg, spec=SPEC,
+                      save_probabilities=True, geometry=geometry)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case_1.nii.gz", "case_1.npz", "case_1.pkl"]
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "case_1.nii.gz")))
+    probs = load_probabilities_npz(tmp_path / "case_1.npz")
+    np.testing.assert_array_equal(seg, probs.argmax(0))
+    pkl = load_properties_pkl(tmp_path / "case_1.pkl")
+    assert "class_locations" not in pkl
+    assert list(pkl) == ["sitk_stuff", "spacing", "shape_before_cropping", "bbox_used_for_cropping",
+                         "shape_after_cropping_and_before_resampling"]
+
+
+def test_properties_pickle_matches_nnunet(expected_dir: Path) -> None:
+    golden = expected_dir / "Dataset004_Hippocampus" / "model" / "predictions_tta" / "hippocampus_020.pkl"
+    props = load_properties_pkl(golden)
+    ours = properties_for_pickle({**props, "class_locations": {}})
+    assert pickle.dumps(ours, protocol=4) == golden.read_bytes()
+
+
+def test_restricted_unpickler_refuses_code(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (print, ("pwned",))
+
+    path = tmp_path / "case.pkl"
+    path.write_bytes(pickle.dumps({"spacing": [1.0], "x": Evil()}))
+    with pytest.raises(ValueError, match="builtins.print"):
+        load_properties_pkl(path)
+    arrays = tmp_path / "ok.pkl"
+    arrays.write_bytes(pickle.dumps({"a": np.arange(3), "s": np.float32(2), "d": np.dtype("int16")}))
+    loaded = load_properties_pkl(arrays)
+    assert loaded["a"].tolist() == [0, 1, 2] and loaded["s"] == 2 and loaded["d"] == np.int16
