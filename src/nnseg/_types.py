@@ -31,6 +31,8 @@ class Geometry:
         sitk_spacing: SimpleITK spacing in SimpleITK order (``sitk_stuff['spacing']``), or None.
         affine: the file's original 4x4 affine (nibabel readers, ``nibabel_stuff['original_affine']``), or None.
         reoriented_affine: the affine after reorientation to RAS (``nibabel_stuff['reoriented_affine']``), or None.
+        original_orientation: SimpleITK orientation code of the file before reorientation
+            (``sitk_stuff['original_orientation']``, ``SimpleITKIOWithReorient`` only), or None.
         extra: any further reader-specific entries, kept verbatim.
     """
 
@@ -41,6 +43,7 @@ class Geometry:
     sitk_spacing: tuple[float, ...] | None = None
     affine: tuple[tuple[float, ...], ...] | None = None
     reoriented_affine: tuple[tuple[float, ...], ...] | None = None
+    original_orientation: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_properties(self) -> dict[str, Any]:
@@ -52,6 +55,8 @@ class Geometry:
                 "origin": tuple(self.origin or ()),
                 "direction": tuple(self.direction or ()),
             }
+            if self.original_orientation is not None:
+                props["sitk_stuff"]["original_orientation"] = self.original_orientation
         if self.affine is not None:
             stuff: dict[str, Any] = {"original_affine": np.asarray(self.affine, dtype=np.float64)}
             if self.reoriented_affine is not None:
@@ -79,6 +84,7 @@ class Geometry:
             sitk_spacing=tuple(float(v) for v in sitk["spacing"]) if sitk else None,
             affine=_mat(nib.get("original_affine")) if nib else None,
             reoriented_affine=_mat(nib.get("reoriented_affine")) if nib else None,
+            original_orientation=sitk.get("original_orientation") if sitk else None,
             extra={k: v for k, v in props.items() if k not in known},
         )
 

@@ -23,21 +23,22 @@ from nnseg._types import Geometry, ImageIO, PathLike
 from nnseg.raw.io_common import BaseImageIO, ImageReadError
 from nnseg.raw.io_natural import NaturalImage2DIO
 from nnseg.raw.io_nibabel import NibabelIO, NibabelIOWithReorient
-from nnseg.raw.io_sitk import SimpleITKIO
+from nnseg.raw.io_sitk import SimpleITKIO, SimpleITKIOWithReorient
 from nnseg.raw.io_tiff import Tiff3DIO
 from nnseg.registry import Registry
 
 __all__ = [
     "IMAGE_IO", "SELECTION_ORDER", "ImageReadError", "BaseImageIO",
-    "NaturalImage2DIO", "SimpleITKIO", "Tiff3DIO", "NibabelIO", "NibabelIOWithReorient",
+    "NaturalImage2DIO", "SimpleITKIO", "Tiff3DIO", "NibabelIO", "NibabelIOWithReorient", "SimpleITKIOWithReorient",
     "get_io", "determine_io", "read_images", "read_seg", "write_seg",
 ]
 
 IMAGE_IO: Registry[type] = Registry("image reader/writer")
-for _cls in (NaturalImage2DIO, SimpleITKIO, Tiff3DIO, NibabelIO, NibabelIOWithReorient):
+for _cls in (NaturalImage2DIO, SimpleITKIO, Tiff3DIO, NibabelIO, NibabelIOWithReorient, SimpleITKIOWithReorient):
     IMAGE_IO.add(_cls.name, _cls)
 
-#: nnU-Net's ``LIST_OF_IO_CLASSES``: the order in which readers are tried for a file ending.
+#: nnU-Net's ``LIST_OF_IO_CLASSES``: the order in which readers are tried for a file ending
+#: (``SimpleITKIOWithReorient`` is registered but, as in nnU-Net, used only when named).
 SELECTION_ORDER: tuple[str, ...] = ("NaturalImage2DIO", "SimpleITKIO", "Tiff3DIO", "NibabelIO", "NibabelIOWithReorient")
 
 

@@ -1,9 +1,10 @@
-"""``SimpleITKIO``: NIfTI (``.nii.gz``), NRRD, MetaImage and GIPL files through SimpleITK (as nnU-Net's class)."""
+"""``SimpleITKIO`` and ``SimpleITKIOWithReorient``: NIfTI (``.nii.gz``), NRRD, MetaImage, GIPL through SimpleITK."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -27,46 +28,87 @@ class SimpleITKIO(BaseImageIO):
     def _read_file(self, path: Path) -> tuple[np.ndarray, Geometry]:
         import SimpleITK as sitk
 
-        image = sitk.ReadImage(str(path))
-        if image.GetNumberOfComponentsPerPixel() != 1:
-            raise ImageReadError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel (vector/RGB "
-                                 f"pixels); store each channel as its own file (CASE_0000, CASE_0001, ...)")
-        sitk_spacing = tuple(float(s) for s in image.GetSpacing())
-        array = sitk.GetArrayFromImage(image)
-        if array.ndim == 2:
-            array = array[None, None]
-            spacing = (max(sitk_spacing) * 999, *sitk_spacing[::-1])
-        elif array.ndim == 3:
-            array = array[None]
-            spacing = sitk_spacing[::-1]
-        elif array.ndim == 4:
-            spacing = sitk_spacing[::-1][1:]
-        else:
-            raise ImageReadError(f"{path} has {array.ndim} dimensions; SimpleITKIO reads 2D, 3D and 4D (channels) images")
-        geometry = Geometry(
-            spacing=tuple(abs(float(s)) for s in spacing),
-            reader=self.name,
-            origin=tuple(float(v) for v in image.GetOrigin()),
-            direction=tuple(float(v) for v in image.GetDirection()),
-            sitk_spacing=sitk_spacing,
-        )
-        return array, geometry
+        return _array_and_geometry(sitk.ReadImage(str(path)), path, self.name)
 
     def _write_file(self, seg: np.ndarray, path: Path, geometry: Geometry) -> None:
         import SimpleITK as sitk
 
-        spacing, origin, direction = _sitk_header(geometry)
-        if len(spacing) == 2:
-            if seg.shape[0] != 1:
-                raise ValueError(f"cannot write {path}: the geometry is 2D but the segmentation has shape {seg.shape} "
-                                 f"(expected (1, X, Y))")
-            seg = seg[0]
-        image = sitk.GetImageFromArray(seg)
-        image.SetSpacing(spacing)
-        image.SetOrigin(origin)
-        image.SetDirection(direction)
-        sitk.WriteImage(image, str(path), True)
+        sitk.WriteImage(_image_for_writing(seg, path, geometry), str(path), True)
 
+
+class SimpleITKIOWithReorient(SimpleITKIO):
+    """:class:`SimpleITKIO` after ``sitk.DICOMOrient(image, "RAS")`` (nnU-Net's class, chosen by name only).
+
+    ``sitk_stuff`` holds the reoriented header plus ``original_orientation``; the writer orients the label
+    map back to it. nnU-Net never picks this class from a file ending: set
+    ``dataset.json['overwrite_image_reader_writer'] = "SimpleITKIOWithReorient"``.
+    """
+
+    name: ClassVar[str] = "SimpleITKIOWithReorient"
+    target_orientation: ClassVar[str] = "RAS"
+
+    def _read_file(self, path: Path) -> tuple[np.ndarray, Geometry]:
+        import SimpleITK as sitk
+
+        image = sitk.ReadImage(str(path))
+        original = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(image.GetDirection())
+        array, geometry = _array_and_geometry(sitk.DICOMOrient(image, self.target_orientation), path, self.name)
+        return array, replace(geometry, original_orientation=original)
+
+    def _write_file(self, seg: np.ndarray, path: Path, geometry: Geometry) -> None:
+        import SimpleITK as sitk
+
+        if geometry.original_orientation is None:
+            raise ValueError(f"cannot write {path} with {self.name}: the geometry lacks sitk_stuff "
+                             f"'original_orientation' (was the image read with another reader?)")
+        image = _image_for_writing(seg, path, geometry)
+        sitk.WriteImage(sitk.DICOMOrient(image, geometry.original_orientation), str(path), True)
+
+
+def _array_and_geometry(image: Any, path: Path, reader: str) -> tuple[np.ndarray, Geometry]:
+    """nnU-Net's array ``(C, X, Y, Z)`` and geometry of a SimpleITK image (2D, 3D, or 4D = channels)."""
+    import SimpleITK as sitk
+
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageReadError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel (vector/RGB "
+                             f"pixels); store each channel as its own file (CASE_0000, CASE_0001, ...)")
+    sitk_spacing = tuple(float(s) for s in image.GetSpacing())
+    array = sitk.GetArrayFromImage(image)
+    if array.ndim == 2:
+        array = array[None, None]
+        spacing = (max(sitk_spacing) * 999, *sitk_spacing[::-1])
+    elif array.ndim == 3:
+        array = array[None]
+        spacing = sitk_spacing[::-1]
+    elif array.ndim == 4:
+        spacing = sitk_spacing[::-1][1:]
+    else:
+        raise ImageReadError(f"{path} has {array.ndim} dimensions; {reader} reads 2D, 3D and 4D (channels) images")
+    geometry = Geometry(
+        spacing=tuple(abs(float(s)) for s in spacing),
+        reader=reader,
+        origin=tuple(float(v) for v in image.GetOrigin()),
+        direction=tuple(float(v) for v in image.GetDirection()),
+        sitk_spacing=sitk_spacing,
+    )
+    return array, geometry
+
+
+def _image_for_writing(seg: np.ndarray, path: Path, geometry: Geometry) -> Any:
+    """A SimpleITK image of the label map ``(X, Y, Z)`` (2D geometry: ``(1, X, Y)``) with the stored header."""
+    import SimpleITK as sitk
+
+    spacing, origin, direction = _sitk_header(geometry)
+    if len(spacing) == 2:
+        if seg.shape[0] != 1:
+            raise ValueError(f"cannot write {path}: the geometry is 2D but the segmentation has shape {seg.shape} "
+                             f"(expected (1, X, Y))")
+        seg = seg[0]
+    image = sitk.GetImageFromArray(seg)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    return image
 
 def _sitk_header(geometry: Geometry) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
     """SimpleITK (spacing, origin, direction) to write: the stored ones (4D reduced to its first 3 axes).

@@ -154,7 +154,8 @@ def test_registry_names_are_nnunet_class_names() -> None:
         cls = IMAGE_IO[name]
         assert cls.name == name == cls.__name__
         assert get_io(name).name == name
-    assert set(image_io.SELECTION_ORDER) >= set(IMAGE_IO.names())
+    assert set(IMAGE_IO.names()) - set(image_io.SELECTION_ORDER) == {"SimpleITKIOWithReorient"}  # by name only
+    assert image_io.SELECTION_ORDER == ("NaturalImage2DIO", "SimpleITKIO", "Tiff3DIO", "NibabelIO", "NibabelIOWithReorient")
 
 
 # ------------------------------------------------------------------------------------ golden (nnU-Net v2)
@@ -455,3 +456,46 @@ def test_natural_tif_with_leading_colour_axis_is_moved_like_skimage(tmp_path: Pa
     data, _ = read_images([tmp_path / "rgb.tif"], "NaturalImage2DIO")
     assert data.shape == (3, 1, 6, 7)
     np.testing.assert_array_equal(data[:, 0], planes)
+
+
+# ---------------------------------------------------------------------------- SimpleITKIOWithReorient
+def test_sitk_reorient_by_name_only_and_restores_orientation(tmp_path: Path, rng: np.random.Generator) -> None:
+    import SimpleITK as sitk
+
+    vol = _labels((4, 5, 6), rng)
+    src = tmp_path / "img.nii.gz"
+    _write_sitk(src, vol, (0.5, 0.75, 2.5), (1.0, -2.0, 3.5), DIR3)
+    assert determine_io(".nii.gz", src).name == "SimpleITKIO"  # never chosen from the ending
+    io = determine_io(".nii.gz", src, overwrite="SimpleITKIOWithReorient")
+    data, geo = io.read_images([src])
+    ras = sitk.DICOMOrient(sitk.ReadImage(str(src)), "RAS")
+    np.testing.assert_array_equal(data[0], sitk.GetArrayFromImage(ras))
+    props = geo.to_properties()
+    assert props["sitk_stuff"]["original_orientation"] == \
+        sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(DIR3)
+    assert props["sitk_stuff"]["direction"] == ras.GetDirection() != DIR3
+    assert Geometry.from_properties(props, reader=io.name) == geo
+    out = tmp_path / "seg.nii.gz"
+    write_seg(data[0], out, props, io=io)
+    written = sitk.ReadImage(str(out))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), vol)
+    assert written.GetDirection() == pytest.approx(DIR3) and written.GetOrigin() == pytest.approx((1.0, -2.0, 3.5))
+
+
+def test_geometry_properties_round_trip_for_every_reader(tmp_path: Path, rng: np.random.Generator) -> None:
+    import json
+
+    import tifffile
+    from PIL import Image
+
+    _write_sitk(tmp_path / "a.nii.gz", _labels((3, 4, 5), rng), (0.5, 0.75, 2.5), (1.0, -2.0, 3.5), DIR3)
+    _write_nifti(tmp_path / "b.nii", _labels((3, 4, 5), rng), NON_RAS)
+    Image.fromarray(rng.integers(0, 255, (4, 5), dtype=np.uint8)).save(tmp_path / "c.png")
+    tifffile.imwrite(tmp_path / "d.tif", _labels((3, 4, 5), rng), photometric="minisblack")
+    (tmp_path / "d.json").write_text(json.dumps({"spacing": [1, 2.5, 3]}))
+    cases = {"SimpleITKIO": "a.nii.gz", "SimpleITKIOWithReorient": "a.nii.gz", "NibabelIO": "b.nii",
+             "NibabelIOWithReorient": "b.nii", "NaturalImage2DIO": "c.png", "Tiff3DIO": "d.tif"}
+    for name, file in cases.items():
+        _, geo = get_io(name).read_seg(tmp_path / file)
+        assert geo.reader == name
+        assert Geometry.from_properties(geo.to_properties(), reader=name) == geo, name
