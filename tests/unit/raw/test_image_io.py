@@ -153,7 +153,8 @@ def test_registry_names_are_nnunet_class_names() -> None:
     for name in IMAGE_IO:
         cls = IMAGE_IO[name]
         assert cls.name == name == cls.__name__
-        assert get_io(name).name == name
+        io = get_io(name)
+        assert io.name == name and pickle.loads(pickle.dumps(io)) == io  # spawn workers receive readers
     assert set(IMAGE_IO.names()) - set(image_io.SELECTION_ORDER) == {"SimpleITKIOWithReorient"}  # by name only
     assert image_io.SELECTION_ORDER == ("NaturalImage2DIO", "SimpleITKIO", "Tiff3DIO", "NibabelIO", "NibabelIOWithReorient")
 
