@@ -1,0 +1,303 @@
+"""Check a raw dataset before planning and report every problem at once (nnU-Net's ``verify_dataset_integrity``).
+
+Errors: missing/invalid ``dataset.json`` keys, ``numTraining`` different from the number of cases, missing or
+misnamed channel files, missing label files, unreadable files, label values not declared in ``dataset.json``,
+NaNs in images, image/label shape or spacing mismatch, wrong number of channels. Warnings: origin, direction or
+affine mismatch between the files of a case (nnU-Net only warns about these too).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnseg.jsonio import load_json
+from nnseg.raw.dataset_json import DatasetSpec, dataset_json_problems, labels_problems
+from nnseg.raw.discover import CaseFiles, scan_channel_files, training_cases
+
+ERROR = "error"
+WARNING = "warning"
+
+
+def default_num_processes() -> int:
+    """nnU-Net's default of 8 worker processes, capped at the number of CPUs."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: ``severity`` ("error" or "warning"), the file concerned (or None), what is wrong, and the fix."""
+
+    severity: str
+    file: Path | None
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: " if self.file is not None else ""
+        return f"{self.severity.upper()}: {where}{self.message}. Fix: {self.fix}"
+
+
+def format_report(problems: Sequence[Problem], raw_dataset_folder: Path | None = None) -> str:
+    """A printable report: one line per problem and a summary line."""
+    errors = sum(p.severity == ERROR for p in problems)
+    warns = len(problems) - errors
+    name = f"{raw_dataset_folder}: " if raw_dataset_folder is not None else ""
+    verdict = "dataset is OK" if errors == 0 else "dataset has errors; fix them before planning"
+    lines = [str(p) for p in problems] + [f"{name}{errors} error(s), {warns} warning(s): {verdict}"]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Expect:
+    """What the files of every case must satisfy (None: unknown because dataset.json is broken there)."""
+
+    reader: str
+    num_channels: int | None
+    allowed_labels: tuple[int, ...] | None
+
+
+def verify_dataset(raw_dataset_folder: Path, *, num_processes: int | None = None) -> list[Problem]:
+    """Check a raw dataset folder (``dataset.json``, ``imagesTr``, ``labelsTr``) and return every problem found.
+
+    Args:
+        raw_dataset_folder: ``nnUNet_raw/DatasetXXX_Name``.
+        num_processes: worker processes (spawn) reading the files; default ``min(8, cpu count)``; 1 reads in this process.
+
+    Returns:
+        Errors and warnings in file order; no error means the dataset can be planned.
+    """
+    folder = Path(raw_dataset_folder)
+    if not folder.is_dir():
+        return [Problem(ERROR, folder, "the raw dataset folder does not exist",
+                        "check the dataset id and nnUNet_raw (`nnseg paths` shows it)")]
+    problems, d = _check_json(folder / "dataset.json")
+    if d is None or not isinstance(d.get("file_ending"), str):
+        return problems
+    spec = _lenient_spec(d)
+    try:
+        cases = training_cases(folder, spec)
+    except ValueError as e:
+        return problems + [Problem(ERROR, folder / "dataset.json", str(e), "fix the 'dataset' entry")]
+    problems += _check_layout(folder, spec, cases, d)
+    expect = _expectations(folder, spec, cases, d, problems)
+    if expect is not None:
+        problems += _read_all(cases, expect, num_processes or default_num_processes())
+    return problems
+
+
+def _check_json(path: Path) -> tuple[list[Problem], dict[str, Any] | None]:
+    if not path.is_file():
+        return [Problem(ERROR, path, "dataset.json is missing", "write it (keys channel_names, labels, numTraining, "
+                        "file_ending; see nnU-Net's dataset_format documentation)")], None
+    try:
+        d = load_json(path)
+    except ValueError as e:
+        return [Problem(ERROR, path, str(e), "fix the JSON syntax")], None
+    problems = [Problem(ERROR, path, msg, "edit dataset.json as the message says") for msg in dataset_json_problems(d)]
+    if isinstance(d, dict) and "modality" in d and "channel_names" not in d:
+        problems.append(Problem(WARNING, path, "uses the legacy key 'modality'", "rename it to 'channel_names'"))
+    return problems, d if isinstance(d, dict) else None
+
+
+def _lenient_spec(d: Mapping[str, Any]) -> DatasetSpec:
+    """A spec from a possibly broken dict: what cannot be trusted is left empty (its checks are skipped)."""
+    channels = d.get("channel_names", d.get("modality"))
+    labels = d.get("labels")
+    return DatasetSpec(
+        channel_names=dict(channels) if isinstance(channels, Mapping) else {},
+        labels=dict(labels) if isinstance(labels, Mapping) else {},
+        num_training=d["numTraining"] if isinstance(d.get("numTraining"), int) else -1,
+        file_ending=d["file_ending"],
+        overwrite_image_reader_writer=d.get("overwrite_image_reader_writer"),
+        dataset=d.get("dataset") if isinstance(d.get("dataset"), Mapping) else None,
+    )
+
+
+def _check_layout(folder: Path, spec: DatasetSpec, cases: list[CaseFiles], d: Mapping[str, Any]) -> list[Problem]:
+    """File-name level checks: case count, misnamed/missing/extra channel files, missing labels."""
+    problems: list[Problem] = []
+    ending = spec.file_ending
+    if spec.dataset is None:
+        if not (folder / "imagesTr").is_dir():
+            problems.append(Problem(ERROR, folder / "imagesTr", "the training image folder is missing",
+                                    f"put the training images there as CASE_0000{ending}"))
+        _, misnamed = scan_channel_files(folder / "imagesTr", ending)
+        problems += [Problem(ERROR, p, "image file name has no 4-digit channel suffix",
+                             f"rename it to <case>_0000{ending} (and _0001, ... for further channels)") for p in misnamed]
+        problems += _orphan_labels(folder, ending, {c.identifier for c in cases})
+    if spec.num_training >= 0 and spec.num_training != len(cases):
+        problems.append(Problem(ERROR, folder / "dataset.json",
+                                f"numTraining is {spec.num_training} but {len(cases)} training cases were found",
+                                f"set \"numTraining\": {len(cases)} or add/remove cases"))
+    for case in cases:
+        problems += _case_files_problems(case, spec, explicit=spec.dataset is not None)
+    return problems
+
+
+def _orphan_labels(folder: Path, ending: str, identifiers: set[str]) -> list[Problem]:
+    labels = folder / "labelsTr"
+    if not labels.is_dir():
+        return []
+    return [Problem(WARNING, p, "label file has no training images",
+                    f"add {p.name[:-len(ending)]}_0000{ending} to imagesTr or remove the label")
+            for p in sorted(labels.iterdir()) if p.name.endswith(ending) and not p.name.startswith(".")
+            and p.name[: -len(ending)] not in identifiers]
+
+
+def _case_files_problems(case: CaseFiles, spec: DatasetSpec, *, explicit: bool) -> list[Problem]:
+    problems = []
+    n = spec.num_channels
+    if not explicit and n:
+        folder = case.images[0].parent
+        wanted = [folder / f"{case.identifier}_{c:04d}{spec.file_ending}" for c in range(n)]
+        problems += [Problem(ERROR, p, f"channel file of case {case.identifier!r} is missing (dataset.json declares "
+                             f"{n} channel(s))", "add the file, or fix channel_names in dataset.json")
+                     for p in wanted if p not in case.images]
+        problems += [Problem(ERROR, p, f"wrong number of channels: case {case.identifier!r} has a channel file beyond "
+                             f"the {n} declared in channel_names", "remove the file, or declare the channel in "
+                             "channel_names") for p in case.images if p not in wanted]
+    elif explicit:
+        if n and len(case.images) != n:
+            problems.append(Problem(ERROR, None, f"wrong number of channels: case {case.identifier!r} lists "
+                                    f"{len(case.images)} images, channel_names declares {n}",
+                                    "fix the 'dataset' entry or channel_names"))
+        problems += [Problem(ERROR, p, f"image of case {case.identifier!r} is missing", "fix the path in the "
+                             "'dataset' entry of dataset.json") for p in case.images if not p.is_file()]
+    if case.label is None or not case.label.is_file():
+        problems.append(Problem(ERROR, case.label, f"label file of case {case.identifier!r} is missing",
+                                "add the label map (labelsTr/<case><file_ending>) or remove the case's images"))
+    return problems
+
+
+def _expectations(folder: Path, spec: DatasetSpec, cases: list[CaseFiles], d: Mapping[str, Any],
+                  problems: list[Problem]) -> _Expect | None:
+    """Pick the reader (appends a problem and returns None when no reader fits)."""
+    from nnseg.raw.image_io import determine_io
+
+    example = next((p for c in cases for p in c.images if p.is_file()), None)
+    if example is None:
+        if cases or spec.dataset is None:
+            problems.append(Problem(ERROR, folder / "imagesTr", "no readable training image found",
+                                    f"add training images named CASE_0000{spec.file_ending}"))
+        return None
+    try:
+        io = determine_io(spec.file_ending, example, overwrite=spec.overwrite_image_reader_writer)
+    except (ValueError, FileNotFoundError) as e:
+        problems.append(Problem(ERROR, example, str(e), "fix file_ending or overwrite_image_reader_writer"))
+        return None
+    labels_ok = "labels" in d and not labels_problems(d)
+    allowed = tuple(spec.allowed_label_values) if labels_ok else None
+    return _Expect(reader=io.name, num_channels=spec.num_channels or None, allowed_labels=allowed)
+
+
+def _read_all(cases: list[CaseFiles], expect: _Expect, num_processes: int) -> list[Problem]:
+    jobs = [(c, expect) for c in cases]
+    if num_processes <= 1 or len(jobs) <= 1:
+        results = [check_case(c, e) for c, e in jobs]
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(num_processes, len(jobs))) as pool:
+            results = pool.starmap(check_case, jobs, chunksize=max(1, len(jobs) // (4 * num_processes)))
+    return [p for r in results for p in r]
+
+
+def check_case(case: CaseFiles, expect: _Expect) -> list[Problem]:
+    """Read one case's images and label and check them (a top-level function: runs in spawn workers)."""
+    from nnseg.raw.image_io import get_io
+
+    io = get_io(expect.reader)
+    problems: list[Problem] = []
+    images = []
+    for path in case.images:
+        got = _read(io.read_images, [path], path, problems)
+        if got is not None:
+            images.append((path, *got))
+            problems += _image_content_problems(path, got[0])
+    label = _read(io.read_seg, case.label, case.label, problems) if case.label and case.label.is_file() else None
+    if images:
+        problems += _channel_count_problems(case, images, expect)
+        ref_path, ref_data, ref_geo = images[0]
+        for path, data, geo in images[1:]:
+            problems += _geometry_problems(path, data, geo, ref_path, ref_data, ref_geo)
+        if label is not None:
+            problems += _geometry_problems(case.label, label[0], label[1], ref_path, ref_data, ref_geo)
+    if label is not None and expect.allowed_labels is not None:
+        problems += _label_value_problems(case.label, label[0], expect.allowed_labels)
+    return problems
+
+
+def _read(fn: Any, arg: Any, path: Path, problems: list[Problem]) -> tuple[np.ndarray, Any] | None:
+    """Call a reader; any failure becomes an "unreadable" error, reader warnings become warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = fn(arg)
+        except Exception as e:  # every library raises its own types: any failure means "unreadable"
+            text = str(e).splitlines()[0] if str(e) else ""
+            problems.append(Problem(ERROR, path, f"unreadable or corrupt file ({type(e).__name__}: {text})",
+                                    "re-export or replace the file"))
+            return None
+    problems += [Problem(WARNING, path, f"reader warning: {w.message}", "check the file") for w in caught]
+    return out
+
+
+def _image_content_problems(path: Path, data: np.ndarray) -> list[Problem]:
+    n_nan = int(np.isnan(data).sum())
+    if n_nan:
+        return [Problem(ERROR, path, f"image contains {n_nan} NaN value(s)",
+                        "replace the NaNs (e.g. with 0 or the background intensity) and save the image again")]
+    return []
+
+
+def _channel_count_problems(case: CaseFiles, images: list[tuple[Path, np.ndarray, Any]],
+                            expect: _Expect) -> list[Problem]:
+    n = expect.num_channels
+    total = sum(data.shape[0] for _, data, _ in images)
+    if n is None or total == n or len(images) != n:
+        return []
+    counts = {str(p): int(data.shape[0]) for p, data, _ in images}
+    return [Problem(ERROR, images[0][0], f"wrong number of channels: the files of case {case.identifier!r} hold "
+                    f"{total} channels {counts}, channel_names declares {n}",
+                    "store one channel per file (split 4D/RGB files into CASE_0000, CASE_0001, ...) or fix channel_names")]
+
+
+def _geometry_problems(path: Path, data: np.ndarray, geo: Any, ref_path: Path, ref_data: np.ndarray,
+                       ref_geo: Any) -> list[Problem]:
+    """Shape and spacing must match the case's first image (errors); origin/direction/affine only warn."""
+    problems = []
+    if data.shape[1:] != ref_data.shape[1:]:
+        problems.append(Problem(ERROR, path, f"shape mismatch: {tuple(data.shape[1:])} but {ref_path.name} has "
+                                f"{tuple(ref_data.shape[1:])}", f"resample or crop it to the voxel grid of {ref_path.name}"))
+    if not _close(geo.spacing, ref_geo.spacing):
+        problems.append(Problem(ERROR, path, f"spacing mismatch: {tuple(geo.spacing)} but {ref_path.name} has "
+                                f"{tuple(ref_geo.spacing)}", f"give it the spacing of {ref_path.name} (resample if the "
+                                "grids really differ)"))
+    for attr in ("origin", "direction", "affine"):
+        a, b = getattr(geo, attr), getattr(ref_geo, attr)
+        if a is not None and b is not None and not _close(a, b):
+            problems.append(Problem(WARNING, path, f"{attr} mismatch with {ref_path.name} ({a} vs {b})",
+                                    "check that image and label overlap in a viewer; copy the header if they do"))
+    return problems
+
+
+def _close(a: Any, b: Any) -> bool:
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return x.shape == y.shape and bool(np.allclose(x, y, rtol=1e-4, atol=1e-6))
+
+
+def _label_value_problems(path: Path, seg: np.ndarray, allowed: tuple[int, ...]) -> list[Problem]:
+    values = np.unique(seg)
+    bad = values[~np.isin(values, np.asarray(allowed, dtype=np.float64))]
+    if bad.size == 0:
+        return []
+    shown = [int(v) if float(v).is_integer() else float(v) for v in bad[:10]]
+    return [Problem(ERROR, path, f"label values {shown} are not declared in dataset.json (declared: {list(allowed)})",
+                    "declare them in dataset.json 'labels' or correct the label map")]
