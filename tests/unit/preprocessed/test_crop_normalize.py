@@ -1,0 +1,146 @@
+"""Cropping to the non-zero region, normalisation schemes and foreground class locations on tiny arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnseg.preprocessed.class_locations import class_location_key, classes_to_collect, sample_class_locations
+from nnseg.preprocessed.normalize import NORMALIZERS, normalize
+from nnseg.raw.crop import bbox_from_mask, crop_to_nonzero
+
+
+def _ring_image() -> np.ndarray:
+    """(2, 6, 7, 5): a hollow box in channel 0 (the hole must be filled), one extra voxel in channel 1."""
+    data = np.zeros((2, 6, 7, 5), dtype=np.float32)
+    data[0, 1:4, 2:6, 1:4] = 5.0
+    data[0, 2, 3:5, 2] = 0.0  # interior hole
+    data[1, 4, 2, 2] = 1.0
+    return data
+
+
+def test_crop_bbox_fill_holes_and_seg_marking() -> None:
+    data = _ring_image()
+    seg = np.zeros((1, 6, 7, 5), dtype=np.int16)
+    seg[0, 1, 2, 1] = 2
+    seg[0, 4, 5, 3] = 1  # a label outside the non-zero mask keeps its value
+    cropped, seg_c, bbox = crop_to_nonzero(data, seg.copy())
+    assert bbox == [[1, 5], [2, 6], [1, 4]]
+    assert cropped.shape == (2, 4, 4, 3)
+    np.testing.assert_array_equal(cropped, data[:, 1:5, 2:6, 1:4])
+    # the filled hole counts as inside: seg stays 0 there
+    assert seg_c[0, 1, 1, 1] == 0
+    # outside the mask (row x=4 except the channel-1 voxel) background becomes -1, labels stay
+    assert seg_c[0, 3, 1, 1] == -1
+    assert seg_c[0, 3, 0, 1] == 0
+    assert seg_c[0, 3, 3, 2] == 1
+    assert seg_c[0, 0, 0, 0] == 2
+
+
+def test_crop_without_seg_gives_int8_mask() -> None:
+    _, seg, _ = crop_to_nonzero(_ring_image())
+    assert seg.dtype == np.int8
+    assert set(np.unique(seg)) == {-1, 0}
+    assert (seg == 0).sum() == 3 * 4 * 3 + 1
+
+
+def test_crop_empty_image_keeps_full_extent() -> None:
+    data = np.zeros((1, 3, 4, 2), dtype=np.float32)
+    cropped, seg, bbox = crop_to_nonzero(data)
+    assert bbox == [[0, 3], [0, 4], [0, 2]]
+    assert cropped.shape == data.shape
+    assert (seg == -1).all()
+    assert bbox_from_mask(np.zeros((2, 2), bool)) == [[0, 2], [0, 2]]
+
+
+def test_crop_rejects_mismatched_seg() -> None:
+    with pytest.raises(ValueError, match="differ"):
+        crop_to_nonzero(np.ones((1, 3, 3, 3)), np.zeros((1, 3, 3, 2)))
+    with pytest.raises(ValueError, match="shape"):
+        crop_to_nonzero(np.ones((3, 3)))
+
+
+def test_registry_has_nnunet_names() -> None:
+    assert {"CTNormalization", "ZScoreNormalization", "RescaleTo01Normalization", "RGBTo01Normalization",
+            "NoNormalization"} <= set(NORMALIZERS.names())
+
+
+def test_zscore_plain_and_masked(rng: np.random.Generator) -> None:
+    img = rng.normal(10, 3, (4, 5, 6)).astype(np.float32)
+    out = NORMALIZERS["ZScoreNormalization"](img.copy(), None, use_mask_for_norm=False, intensity_properties=None)
+    assert out.dtype == np.float32
+    assert abs(out.mean()) < 1e-5 and abs(out.std() - 1) < 1e-5
+    seg = np.zeros((1, 4, 5, 6), dtype=np.int8)
+    seg[0, :2] = -1
+    img[:2] = 0.0
+    out = NORMALIZERS["ZScoreNormalization"](img.copy(), seg[0], use_mask_for_norm=True, intensity_properties=None)
+    assert (out[:2] == 0).all()
+    inside = img[2:]
+    np.testing.assert_allclose(out[2:], (inside - inside.mean()) / inside.std(), atol=1e-5)
+    with pytest.raises(ValueError, match="segmentation"):
+        NORMALIZERS["ZScoreNormalization"](img, None, use_mask_for_norm=True, intensity_properties=None)
+
+
+def test_ct_rescale_rgb_none() -> None:
+    img = np.array([[[-2000.0, 0.0, 40.0, 3000.0]]], dtype=np.float32)
+    props = {"mean": 40.0, "std": 20.0, "percentile_00_5": -100.0, "percentile_99_5": 200.0}
+    out = NORMALIZERS["CTNormalization"](img.copy(), None, use_mask_for_norm=False, intensity_properties=props)
+    np.testing.assert_allclose(out.ravel(), [-7.0, -2.0, 0.0, 8.0])
+    with pytest.raises(ValueError, match="intensity properties"):
+        NORMALIZERS["CTNormalization"](img, None, use_mask_for_norm=False, intensity_properties=None)
+    out = NORMALIZERS["RescaleTo01Normalization"](img.copy(), None, use_mask_for_norm=False, intensity_properties=None)
+    assert out.min() == 0.0 and out.max() == 1.0
+    rgb = np.array([[[0, 51, 255]]], dtype=np.uint8)
+    out = NORMALIZERS["RGBTo01Normalization"](rgb, None, use_mask_for_norm=False, intensity_properties=None)
+    np.testing.assert_allclose(out.ravel(), [0.0, 0.2, 1.0])
+    with pytest.raises(ValueError, match=r"\[0, 255\]"):
+        NORMALIZERS["RGBTo01Normalization"](img, None, use_mask_for_norm=False, intensity_properties=None)
+    ints = np.array([[[1, 2]]], dtype=np.int16)
+    out = NORMALIZERS["NoNormalization"](ints, None, use_mask_for_norm=False, intensity_properties=None)
+    assert out.dtype == np.float32 and out.ravel().tolist() == [1.0, 2.0]
+
+
+def test_normalize_per_channel_and_channel_count_check(rng: np.random.Generator) -> None:
+    data = rng.normal(5, 2, (2, 3, 4, 5)).astype(np.float32)
+    props = {"1": {"mean": 5.0, "std": 2.0, "percentile_00_5": 0.0, "percentile_99_5": 10.0}}
+    out = normalize(data.copy(), None, schemes=["NoNormalization", "CTNormalization"], use_mask_for_norm=[False, False],
+                    intensity_properties=props)
+    np.testing.assert_array_equal(out[0], data[0])
+    np.testing.assert_allclose(out[1], (np.clip(data[1], 0, 10) - 5) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="2 channels"):
+        normalize(data, None, schemes=["ZScoreNormalization"], use_mask_for_norm=[False])
+    with pytest.raises(KeyError, match="FancyNorm"):
+        normalize(data, None, schemes=["FancyNorm", "NoNormalization"], use_mask_for_norm=[False, False])
+
+
+def test_class_locations_counts_membership_and_seed(rng: np.random.Generator) -> None:
+    seg = np.zeros((1, 60, 50, 40), dtype=np.int8)
+    seg[0, :40] = 1  # 80 000 voxels: capped at 10 000
+    seg[0, 50:52, :10, :10] = 2  # 200 voxels: all of them
+    seg[0, 59, 0, :3] = -1
+    locs = sample_class_locations(seg, [1, 2, 3, (1, 2)])
+    assert len(locs["1"]) == 10_000 and len(locs["2"]) == 200 and locs["3"] == []
+    assert len(locs["(1, 2)"]) == 10_000
+    for key, want in (("1", {1}), ("2", {2}), ("(1, 2)", {1, 2})):
+        coords = np.array(locs[key])
+        assert (coords[:, 0] == 0).all()
+        assert set(np.unique(seg[tuple(coords.T)])) <= want
+        assert len({tuple(c) for c in locs[key]}) == len(locs[key])  # without replacement
+    # same numbers as nnU-Net's RandomState(1234) draws over argwhere order
+    fg = np.argwhere(seg != 0)
+    vals = seg[seg != 0]
+    rs = np.random.RandomState(1234)
+    expect1 = fg[vals == 1][rs.choice(int((vals == 1).sum()), 10_000, replace=False)]
+    np.testing.assert_array_equal(np.array(locs["1"]), expect1)
+
+
+def test_class_locations_min_coverage_above_cap() -> None:
+    seg = np.ones((1, 110, 100, 100), dtype=np.int8)  # 1.1e6 voxels: 1% = 11 000 > 10 000
+    assert len(sample_class_locations(seg, [1])["1"]) == 11_000
+
+
+def test_classes_to_collect_and_keys() -> None:
+    assert classes_to_collect([1, 2]) == [1, 2]
+    assert classes_to_collect([1, 2, 3], regions=[[1, 2, 3], [2, 3], 3]) == [(1, 2, 3), (2, 3), 3]
+    assert classes_to_collect([1, 2], ignore_label=3, all_labels=[0, 1, 2]) == [1, 2, (-1, 0, 1, 2)]
+    assert class_location_key(2) == "2" and class_location_key((1, 2)) == "(1, 2)"
