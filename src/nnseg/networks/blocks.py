@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -39,8 +40,8 @@ def as_dims(value: int | Sequence[int], dim: int) -> list[int]:
     Returns:
         List of `dim` ints.
     """
-    if isinstance(value, int):
-        return [value] * dim
+    if isinstance(value, Integral):
+        return [int(value)] * dim
     out = [int(v) for v in value]
     if len(out) != dim:
         raise ValueError(f"expected {dim} values (one per spatial axis), got {list(value)}; fix the plans arch_kwargs")
@@ -49,8 +50,8 @@ def as_dims(value: int | Sequence[int], dim: int) -> list[int]:
 
 def per_item(value: Any, n: int, name: str) -> list[Any]:
     """Expand a scalar to a list of `n` entries, or check that a sequence has `n` entries."""
-    if value is None or isinstance(value, int):
-        return [value] * n
+    if value is None or isinstance(value, Integral):
+        return [value if value is None else int(value)] * n
     out = list(value)
     if len(out) != n:
         raise ValueError(f"{name} must have {n} entries, got {len(out)}: {out}; fix the plans arch_kwargs")

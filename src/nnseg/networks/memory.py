@@ -83,6 +83,13 @@ def _decoder(kw: dict[str, Any], strides: list[list[int]], patch: list[int], num
     return total
 
 
+def _to_plain(obj: object) -> object:
+    """JSON fallback for numpy scalars and arrays in an architecture dict."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
 @lru_cache(maxsize=8192)
 def _estimate_cached(arch_json: str, patch: tuple[int, ...], num_classes: int, ds: bool) -> int:
     return _estimate(json.loads(arch_json), patch, num_classes, ds)
@@ -122,7 +129,7 @@ def estimate_feature_map_size(
         raise ValueError(f"input_channels and num_classes must be >= 1, got {input_channels}, {num_classes}")
     patch = tuple(int(p) for p in patch_size)
     try:
-        key = json.dumps(architecture, sort_keys=True)
+        key = json.dumps(architecture, sort_keys=True, default=_to_plain)
     except TypeError:  # resolved classes instead of names: compute without the cache
         return _estimate(architecture, patch, int(num_classes), bool(deep_supervision))
     return _estimate_cached(key, patch, int(num_classes), bool(deep_supervision))

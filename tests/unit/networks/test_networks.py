@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -290,3 +291,15 @@ def test_count_parameters_and_summary() -> None:
     assert f"{net.compute_conv_feature_map_size([32, 32]):,}" in text
     with pytest.raises(ValueError, match="encoder"):
         network_summary(nn.Linear(2, 2), [4, 4])
+
+
+def test_numpy_values_in_architecture() -> None:
+    arch = plain_arch(3)
+    expected = _estimate(arch, [16, 16, 16])
+    kw = arch["arch_kwargs"]
+    kw["n_stages"] = np.int64(3)
+    kw["strides"] = np.array(kw["strides"])
+    kw["n_conv_per_stage"] = np.int64(2)
+    assert _estimate(arch, np.array([16, 16, 16])) == expected
+    net = build_network(arch, input_channels=2, num_classes=3)
+    assert net.compute_conv_feature_map_size([16, 16, 16]) == expected
