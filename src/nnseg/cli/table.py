@@ -24,6 +24,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("convert-old", "nnUNetv2_convert_old_nnUNet_dataset", "raw_cmds", "convert an nnU-Net v1 raw dataset to the v2 format"),
     Command("verify", None, "raw_cmds", "check a raw dataset and report every problem (exit code 1 on errors)"),
     Command("demo-data", None, "raw_cmds", "write a small synthetic dataset in raw format (for trying nnseg out)"),
+    Command("evaluate", "nnUNetv2_evaluate_folder", "metrics_cmds", "evaluate predictions against references (labels from dataset.json); writes summary.json"),
+    Command("evaluate-simple", "nnUNetv2_evaluate_simple", "metrics_cmds", "evaluate predictions against references for the given labels; writes summary.json"),
 )
 
 
