@@ -5,11 +5,12 @@ Public API:
     estimate_feature_map_size(architecture, patch_size, *, input_channels, num_classes, deep_supervision=True) -> int
     NETWORKS: registry of network classes by the names plans files use
     count_parameters(net) -> int;  network_summary(net, patch_size) -> str
+    set_deep_supervision(net, enabled) (what nnU-Net's trainer does via net.decoder.deep_supervision)
 """
 
 from __future__ import annotations
 
-from nnseg.networks.build import NETWORKS, build_network, resolve_architecture
+from nnseg.networks.build import NETWORKS, build_network, resolve_architecture, set_deep_supervision
 from nnseg.networks.memory import estimate_feature_map_size
 from nnseg.networks.plain_unet import PlainConvUNet
 from nnseg.networks.resenc_unet import ResidualEncoderUNet
@@ -24,4 +25,5 @@ __all__ = [
     "estimate_feature_map_size",
     "network_summary",
     "resolve_architecture",
+    "set_deep_supervision",
 ]

@@ -13,7 +13,7 @@ from nnseg.networks.resenc_unet import ResidualEncoderUNet
 from nnseg.networks.residual import resolve_block
 from nnseg.registry import Registry
 
-__all__ = ["NETWORKS", "build_network", "resolve_architecture"]
+__all__ = ["NETWORKS", "build_network", "resolve_architecture", "set_deep_supervision"]
 
 NETWORKS: Registry[type[nn.Module]] = Registry("network class")
 NETWORKS.add(
@@ -114,3 +114,17 @@ def build_network(
     if initialize:
         net.apply(net.initialize)
     return net
+
+
+def set_deep_supervision(net: nn.Module, enabled: bool) -> None:
+    """Switch deep-supervision outputs on or off in place (also through a `torch.compile` wrapper).
+
+    Args:
+        net: a network from :func:`build_network`, possibly wrapped by `torch.compile` (`_orig_mod`).
+        enabled: True for the list of logits from full resolution down, False for one tensor.
+    """
+    module = getattr(net, "_orig_mod", net)
+    decoder = getattr(module, "decoder", None)
+    if decoder is None or not hasattr(decoder, "deep_supervision"):
+        raise ValueError(f"{type(module).__name__} has no decoder with deep supervision; build it with build_network")
+    decoder.deep_supervision = bool(enabled)

@@ -20,6 +20,7 @@ from nnseg.networks import (
     count_parameters,
     estimate_feature_map_size,
     network_summary,
+    set_deep_supervision,
 )
 from nnseg.networks.memory import _estimate_cached
 from nnseg.networks.residual import BasicBlockD, BottleneckD
@@ -303,3 +304,16 @@ def test_numpy_values_in_architecture() -> None:
     assert _estimate(arch, np.array([16, 16, 16])) == expected
     net = build_network(arch, input_channels=2, num_classes=3)
     assert net.compute_conv_feature_map_size([16, 16, 16]) == expected
+
+
+@pytest.mark.parametrize("make", [plain_arch, resenc_arch])
+def test_training_step_backward_and_toggle(make: object) -> None:
+    net = build_network(make(2), input_channels=2, num_classes=3)  # type: ignore[operator]
+    outs = net(torch.randn(2, 2, 16, 16))
+    sum(o.square().mean() for o in outs).backward()
+    first = next(net.parameters())
+    assert first.grad is not None and torch.isfinite(first.grad).all()
+    set_deep_supervision(net, False)
+    assert isinstance(net(torch.randn(1, 2, 16, 16)), torch.Tensor)
+    with pytest.raises(ValueError, match="decoder"):
+        set_deep_supervision(nn.Linear(1, 1), True)
