@@ -17,7 +17,7 @@ from nnseg.plans.schema import ConfigurationPlans, Plans
 from nnseg.preprocessed.class_locations import classes_to_collect, sample_class_locations
 from nnseg.preprocessed.normalize import normalize
 from nnseg.preprocessed.resample import compute_new_shape, get_resampler
-from nnseg.raw.crop import bbox_to_slices, bbox_from_mask, create_nonzero_mask
+from nnseg.raw.crop import bbox_to_slices, nonzero_mask_in_bbox
 from nnseg.raw.dataset_json import DatasetSpec
 
 __all__ = ["preprocess_case", "preprocess_files", "target_spacing_for", "seg_to_storage_dtype"]
@@ -49,10 +49,9 @@ def _transpose_and_crop(
     axes = (0, *[int(i) + 1 for i in transpose_forward])
     data = data.transpose(axes)
     shape_before = tuple(int(s) for s in data.shape[1:])
-    mask = create_nonzero_mask(data)
-    bbox = bbox_from_mask(mask)
+    mask, bbox = nonzero_mask_in_bbox(data)
     slicer = bbox_to_slices(bbox)
-    mask = mask[slicer][None]
+    mask = mask[None]
     cropped = np.array(data[(slice(None), *slicer)], dtype=np.float32, order="C")
     if seg is None:
         seg_c = np.where(mask, np.int16(0), np.int16(-1))

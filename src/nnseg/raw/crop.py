@@ -31,6 +31,28 @@ def create_nonzero_mask(data: np.ndarray) -> np.ndarray:
     return binary_fill_holes(mask)
 
 
+def nonzero_mask_in_bbox(data: np.ndarray) -> tuple[np.ndarray, BBox]:
+    """The filled non-zero mask, computed only inside its bounding box (faster; same result).
+
+    Filled holes lie inside the box of the unfilled mask, and background touching the box's faces touches the
+    image border (everything outside the box is background), so filling inside the box equals filling the
+    whole image and cropping.
+
+    Returns:
+        ``(mask, bbox)``: bool mask of the cropped region and the box ``[[lo, hi), ...]``.
+    """
+    if data.ndim not in (3, 4):
+        raise ValueError(f"crop_to_nonzero expects data of shape (C, X, Y[, Z]), got shape {data.shape}; add the channel axis first")
+    raw = data[0] != 0
+    for c in range(1, data.shape[0]):
+        raw |= data[c] != 0
+    bbox = bbox_from_mask(raw)
+    mask = raw[bbox_to_slices(bbox)]
+    if not mask.all():
+        mask = binary_fill_holes(mask)
+    return mask, bbox
+
+
 def bbox_from_mask(mask: np.ndarray) -> BBox:
     """Bounding box ``[[lo, hi), ...]`` (one pair per axis) of the True voxels; the full extent if the mask is empty."""
     bbox: BBox = []
@@ -72,10 +94,9 @@ def crop_to_nonzero(
             f"image shape {data.shape[1:]} and segmentation shape {seg.shape[1:]} differ; "
             "the label file must have the same size as the image files of the case"
         )
-    mask = create_nonzero_mask(data)
-    bbox = bbox_from_mask(mask)
+    mask, bbox = nonzero_mask_in_bbox(data)
     slicer = bbox_to_slices(bbox)
-    mask = mask[slicer][None]
+    mask = mask[None]
     data = data[(slice(None), *slicer)]
     if seg is None:
         seg = np.where(mask, np.int8(0), np.int8(nonzero_label))

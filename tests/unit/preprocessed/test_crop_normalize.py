@@ -7,7 +7,7 @@ import pytest
 
 from nnseg.preprocessed.class_locations import class_location_key, classes_to_collect, sample_class_locations
 from nnseg.preprocessed.normalize import NORMALIZERS, normalize
-from nnseg.raw.crop import bbox_from_mask, crop_to_nonzero
+from nnseg.raw.crop import bbox_from_mask, bbox_to_slices, create_nonzero_mask, crop_to_nonzero, nonzero_mask_in_bbox
 
 
 def _ring_image() -> np.ndarray:
@@ -35,6 +35,17 @@ def test_crop_bbox_fill_holes_and_seg_marking() -> None:
     assert seg_c[0, 3, 0, 1] == 0
     assert seg_c[0, 3, 3, 2] == 1
     assert seg_c[0, 0, 0, 0] == 2
+
+
+def test_mask_filled_inside_bbox_equals_full_fill(rng: np.random.Generator) -> None:
+    for _ in range(20):
+        data = np.zeros((2, 12, 11, 10), dtype=np.float32)
+        data[0, 2:10, 1:9, 3:9] = rng.random((8, 8, 6)) > 0.35  # holes, some touching the box faces
+        data[1, 5, 10, 0] = 1.0
+        full = create_nonzero_mask(data)
+        mask, bbox = nonzero_mask_in_bbox(data)
+        assert bbox == bbox_from_mask(full)
+        np.testing.assert_array_equal(mask, full[bbox_to_slices(bbox)])
 
 
 def test_crop_without_seg_gives_int8_mask() -> None:
