@@ -225,6 +225,25 @@ def sliding_window_predict(predictor: Predictor, image: torch.Tensor, patch_size
     return logits[(slice(None), *revert[1:])]
 
 
+def sliding_window_predict_slicewise(predictor: Predictor, volume: torch.Tensor, patch_size: Sequence[int], *,
+                                     num_outputs: int, **kwargs: object) -> torch.Tensor:
+    """2D configuration on a 3D volume: tile every slice ``volume[:, z]`` with a 2D patch (nnU-Net's 2D inference).
+
+    Args:
+        predictor: a 2D predictor, ``(B, C, px, py) -> (B, K, px, py)``.
+        volume: ``(C, Z, X, Y)``; 2D images are ``(C, 1, X, Y)``.
+        patch_size: the 2D patch ``(px, py)``.
+        **kwargs: the options of :func:`sliding_window_predict`.
+
+    Returns:
+        Logits ``(K, Z, X, Y)``.
+    """
+    if len(patch_size) != 2 or volume.ndim != 4:
+        raise ValueError(f"slice-wise prediction needs a (C, Z, X, Y) volume and a 2D patch, got shape "
+                         f"{tuple(volume.shape)} and patch {tuple(patch_size)}")
+    return sliding_window_predict(predictor, volume, patch_size, num_outputs=num_outputs, **kwargs)  # type: ignore[arg-type]
+
+
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """True when the CPU has native bfloat16 arithmetic (``avx512_bf16`` or ``amx_bf16`` flags; Linux only)."""
     if not sys.platform.startswith("linux"):

@@ -158,3 +158,25 @@ def test_case_metrics_adds_surface_metrics_only_when_asked():
     assert out[1]["Dice"] == 1.0
     with pytest.raises(ValueError, match="spacing"):
         case_metrics(ref, ref, [1], surface=SurfaceOptions())
+
+
+def test_cli_evaluate_simple_and_evaluate(tiny_folders, tmp_path: Path, capsys):
+    from nnseg.cli.main import main
+
+    gt, pred = tiny_folders
+    out = tmp_path / "cli.json"
+    rc = main(["evaluate-simple", str(gt), str(pred), "-l", "1", "2", "-np", "1", "-o", str(out),
+               "--surface_metrics", "--nsd_tolerance_mm", "1", "2"], env={}, cwd=tmp_path)
+    assert rc == 0 and "evaluated 3 cases" in capsys.readouterr().out
+    case = json.loads(out.read_text())["metric_per_case"][0]["metrics"]["1"]
+    assert {"HD95", "NSD@1.0mm", "NSD@2.0mm", "Dice"} <= set(case)
+    dj = tmp_path / "dataset.json"
+    dj.write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2},
+                              "numTraining": 3, "file_ending": ".nii.gz"}))
+    assert main(["evaluate", str(gt), str(pred), "-djfile", str(dj), "-pfile", str(tmp_path / "missing_plans.json"),
+                 "-np", "1"], env={}, cwd=tmp_path) == 1
+    assert "missing_plans.json" in capsys.readouterr().err
+    (gt / "extra.nii.gz").write_bytes((gt / "c0.nii.gz").read_bytes())
+    assert main(["evaluate-simple", str(gt), str(pred), "-l", "1", "-np", "1"], env={}, cwd=tmp_path) == 1
+    assert "extra.nii.gz" in capsys.readouterr().err
+    assert main(["evaluate-simple", str(gt), str(pred), "-l", "1", "-np", "1", "--chill"], env={}, cwd=tmp_path) == 0

@@ -247,3 +247,37 @@ def test_precision_helpers(tmp_path: Path, monkeypatch):
         assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.float32
     with pytest.raises(ValueError, match="precision"):
         autocast_context("cpu", "int8")
+
+
+def test_slicewise_helper_equals_per_slice_2d_prediction(rng):
+    from nnseg.predictions.sliding_window import sliding_window_predict_slicewise
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(2, 3, 3, padding=1).eval()
+    vol = torch.from_numpy(rng.standard_normal((2, 3, 11, 9)).astype(np.float32))
+    out = sliding_window_predict_slicewise(net, vol, (8, 8), num_outputs=3)
+    per_slice = torch.stack([sliding_window_predict(net, vol[:, z], (8, 8), num_outputs=3) for z in range(3)], dim=1)
+    torch.testing.assert_close(out, per_slice, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="slice-wise"):
+        sliding_window_predict_slicewise(net, vol[:, 0], (8, 8), num_outputs=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fp16_autocast_matches_cpu_fp32(rng):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.LeakyReLU(), torch.nn.Conv3d(4, 2, 1)).eval()
+    x = torch.from_numpy(rng.standard_normal((1, 30, 25, 20)).astype(np.float32))
+    ref = sliding_window_predict(net, x, (16, 16, 16), num_outputs=2, batch_size=2)
+    gpu_net = net.to("cuda")
+
+    def predictor(t: torch.Tensor) -> torch.Tensor:
+        with autocast_context("cuda", default_precision("cuda")):
+            return gpu_net(t)
+
+    for dtype in (torch.float32, torch.float16):
+        out = sliding_window_predict(predictor, x, (16, 16, 16), num_outputs=2, batch_size=2, device="cuda", dtype=dtype)
+        assert out.device.type == "cuda" and out.dtype == dtype
+        torch.testing.assert_close(out.float().cpu(), ref, rtol=2e-2, atol=2e-2)
+    out = sliding_window_predict(predictor, x, (16, 16, 16), num_outputs=2, device="cuda", accumulate_device="cpu")
+    assert out.device.type == "cpu"
