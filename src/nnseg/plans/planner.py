@@ -164,28 +164,26 @@ def plan_experiment(fingerprint: Any, spec: Any, *, dataset_name: str, image_rea
     def ident(cfg: str) -> str:
         return preset.data_identifier(plans_name, cfg)
 
-    configs: dict[str, dict[str, Any]] = {}
     plan_2d = plan_configuration(ctx, spacing_t[1:], median_t[1:], data_identifier=ident("2d"),
                                  n_voxels_dataset=n_voxels)
     plan_2d["batch_dice"] = True
-    configs["2d"] = plan_2d
+    configs: dict[str, dict[str, Any]] = {"2d": plan_2d}
     if median_t[0] != 1:
         configs.update(_plan_3d(ctx, spacing_t, median_t, n_voxels, int(sp["numTraining"]), ident))
     return Plans.from_json(to_jsonable({
-        "dataset_name": dataset_name,
-        "plans_name": plans_name,
-        "original_median_spacing_after_transp": [float(v) for v in np.median(np.vstack(
-            [np.asarray(s, dtype=np.float64) for s in fp["spacings"]]), axis=0)[forward]],
-        "original_median_shape_after_transp": [int(round(float(v))) for v in np.median(np.vstack(
-            [np.asarray(s, dtype=np.float64) for s in fp["shapes_after_crop"]]), axis=0)[forward]],
-        "image_reader_writer": image_reader_writer,
-        "transpose_forward": forward,
-        "transpose_backward": backward,
-        "configurations": configs,
-        "experiment_planner_used": preset.name,
-        "label_manager": "LabelManager",
+        "dataset_name": dataset_name, "plans_name": plans_name, **_original_medians(fp, forward),
+        "image_reader_writer": image_reader_writer, "transpose_forward": forward, "transpose_backward": backward,
+        "configurations": configs, "experiment_planner_used": preset.name, "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": _sorted_json(fp["foreground_intensity_properties_per_channel"]),
     }))
+
+
+def _original_medians(fp: dict[str, Any], forward: list[int]) -> dict[str, list[Any]]:
+    """Median spacing (floats) and median cropped shape (ints) of the raw cases, transposed."""
+    spacing = np.median(np.vstack([np.asarray(s, dtype=np.float64) for s in fp["spacings"]]), axis=0)[forward]
+    shape = np.median(np.vstack([np.asarray(s, dtype=np.float64) for s in fp["shapes_after_crop"]]), axis=0)[forward]
+    return {"original_median_spacing_after_transp": [float(v) for v in spacing],
+            "original_median_shape_after_transp": [int(round(float(v))) for v in shape]}
 
 
 def merge_existing_configurations(new: Plans, old: Plans | Mapping[str, Any] | None) -> Plans:

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 from nnseg._types import PathLike
 from nnseg.jsonio import atomic_path, load_json, to_jsonable
+from nnseg.plans.legacy import migrate_v1_architecture, needs_migration
 
 __all__ = ["ConfigurationPlans", "Plans", "load_plans", "save_plans", "plans_to_text"]
 
@@ -236,10 +237,16 @@ class Plans:
     def configuration(self, name: str) -> ConfigurationPlans:
         """The named configuration with inheritance resolved (like nnU-Net's ``PlansManager.get_configuration``).
 
+        Configurations in nnU-Net's old flat format (before ``architecture`` existed) are converted on the fly
+        (:func:`nnseg.plans.legacy.migrate_v1_architecture`); the plans themselves are not changed.
+
         Raises:
             ValueError: unknown configuration (the available ones are listed) or incomplete settings.
         """
-        return ConfigurationPlans.from_json(self.resolved_configuration_dict(name), name=name)
+        resolved = self.resolved_configuration_dict(name)
+        if needs_migration(resolved):
+            resolved = migrate_v1_architecture(resolved, name=name)
+        return ConfigurationPlans.from_json(resolved, name=name)
 
     @property
     def num_input_channels(self) -> int:

@@ -92,3 +92,21 @@ def test_save_is_atomic_on_error(tmp_path: Path, expected_dir: Path) -> None:
     assert out.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["p.json"]
     assert plans_to_text(plans) == json.dumps(plans.to_json(), indent=4)
+
+
+def test_old_flat_format_is_migrated_on_access(expected_dir: Path) -> None:
+    d = json.loads((expected_dir / "Dataset004_Hippocampus" / "nnUNetPlans.json").read_text())
+    new = d["configurations"]["3d_fullres"]
+    kw = new["architecture"]["arch_kwargs"]
+    old = {k: v for k, v in new.items() if k != "architecture"}
+    old.update({"UNet_class_name": "PlainConvUNet", "UNet_base_num_features": 32, "unet_max_num_features": 320,
+                "n_conv_per_stage_encoder": kw["n_conv_per_stage"], "n_conv_per_stage_decoder": [2, 2, 2],
+                "num_pool_per_axis": [3, 3, 3], "pool_op_kernel_sizes": kw["strides"],
+                "conv_kernel_sizes": kw["kernel_sizes"]})
+    d["configurations"]["3d_fullres"] = old
+    plans = Plans.from_json(d)
+    assert plans.configuration("3d_fullres").architecture == new["architecture"]
+    assert plans.configurations["3d_fullres"] == old  # the file content is not rewritten
+    old["UNet_class_name"] = "MyUNet"
+    with pytest.raises(ValueError, match="MyUNet"):
+        Plans.from_json(d).configuration("3d_fullres")
