@@ -1,0 +1,80 @@
+"""Devices and numeric precision, shared by training and prediction.
+
+``-device cpu|cuda|mps`` behaves as in nnU-Net (CPU: all cores for torch; CUDA: one intra-op thread). Precision:
+fp16 autocast on CUDA (nnU-Net's AMP), bf16 autocast on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 elsewhere;
+``fp32`` turns autocast off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU has native bfloat16 arithmetic (``avx512_bf16`` or ``amx_bf16`` flags; Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+def default_precision(device: torch.device | str) -> str:
+    """``'fp16'`` on CUDA, ``'bf16'`` on CPUs with native bf16, else ``'fp32'``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def resolve_precision(precision: str | None, device: torch.device | str) -> str:
+    """``None``/``'auto'`` -> :func:`default_precision`; otherwise validated."""
+    if precision in (None, "auto"):
+        return default_precision(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use auto, {', '.join(PRECISIONS)}")
+    if precision == "fp16" and torch.device(device).type == "cpu":
+        raise ValueError("fp16 autocast is not supported on the CPU; use --precision bf16 or fp32")
+    return precision
+
+
+def autocast_context(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager[object]:
+    """A context manager running code in ``precision`` (``'fp32'``: no autocast)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``'cpu'``, ``'cuda'`` (``'cuda:1'``) or ``'mps'``, checked to exist, with nnU-Net's thread settings applied."""
+    kind = name.split(":")[0]
+    if kind not in DEVICE_TYPES:
+        raise ValueError(f"unknown device {name!r}; use one of {', '.join(DEVICE_TYPES)}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError("-device cuda was requested but torch sees no CUDA GPU; use -device cpu (or install a CUDA build of torch)")
+    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError("-device mps was requested but MPS is not available; use -device cpu")
+    if kind == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    elif kind == "cuda":
+        torch.set_num_threads(1)
+    return torch.device(name)

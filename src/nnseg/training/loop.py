@@ -1,0 +1,202 @@
+"""The training loop: nnU-Net's recipe over a :class:`RunSpec`, observed through hooks.
+
+``train_step`` and ``validation_step`` are free functions of (network, batch, loss, optimizer, scaler). Checkpoints use
+nnU-Net's keys and are written atomically; ``resume=True`` continues from ``checkpoint_final`` (nothing left to do),
+``checkpoint_latest`` or ``checkpoint_best``, restoring weights, optimizer, scaler, logs, EMA and the data seed, so an
+interrupted run ends exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnseg.devices import autocast_context
+from nnseg.training.checkpoint import load_checkpoint, save_checkpoint
+from nnseg.training.data import prefetched
+from nnseg.training.hooks import Hooks
+from nnseg.training.run_spec import Components, RunSpec, build_components
+from nnseg.training.schedule import LR_SCHEDULES
+from nnseg.training.state import TrainState, checkpoint_dict, state_from_checkpoint
+
+CHECKPOINT_ORDER = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output_folder: Path
+    state: TrainState
+    stopped_early: bool
+
+
+def _as_list(output: Any) -> list[torch.Tensor]:
+    return list(output) if isinstance(output, (list, tuple)) else [output]
+
+
+def train_step(network: nn.Module, image: torch.Tensor, targets: list[torch.Tensor], loss_fn: nn.Module,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, *, precision: str,
+               grad_clip: float) -> float:
+    """One SGD step with gradient clipping (and fp16 loss scaling when ``scaler`` is given); returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_context(image.device, precision):
+        outputs = _as_list(network(image))
+        loss = loss_fn(outputs, targets[: len(outputs)])
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(network.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        nn.utils.clip_grad_norm_(network.parameters(), grad_clip)
+        optimizer.step()
+    return float(loss.detach().cpu())
+
+
+def tp_fp_fn(output: torch.Tensor, target: torch.Tensor, *, regions: bool, ignore_label: int | None) -> np.ndarray:
+    """Global TP/FP/FN per foreground class (or region) of a hard prediction, as nnU-Net's online validation."""
+    axes = [0, *range(2, output.ndim)]
+    if regions:
+        pred = (torch.sigmoid(output.float()) > 0.5)
+        mask = None
+        if ignore_label is not None:
+            mask, target = (target[:, -1:] == 0), target[:, :-1]
+        gt = target.bool()
+    else:
+        pred = torch.zeros_like(output, dtype=torch.bool).scatter_(1, output.argmax(1, keepdim=True), True)
+        mask = None if ignore_label is None else (target != ignore_label)
+        t = target.long() if mask is None else torch.where(mask, target, torch.zeros_like(target)).long()
+        gt = torch.zeros_like(pred).scatter_(1, t, True)
+    if mask is not None:
+        pred, gt = pred & mask, gt & mask
+    tp = (pred & gt).sum(axes)
+    fp = (pred & ~gt).sum(axes)
+    fn = (~pred & gt).sum(axes)
+    out = torch.stack([tp, fp, fn]).cpu().numpy().astype(np.float64)
+    return out if regions else out[:, 1:]
+
+
+def validation_step(network: nn.Module, image: torch.Tensor, targets: list[torch.Tensor], loss_fn: nn.Module, *,
+                    precision: str, regions: bool, ignore_label: int | None) -> tuple[float, np.ndarray]:
+    with torch.no_grad(), autocast_context(image.device, precision):
+        outputs = _as_list(network(image))
+        loss = loss_fn(outputs, targets[: len(outputs)])
+    return float(loss.cpu()), tp_fp_fn(outputs[0], targets[0], regions=regions, ignore_label=ignore_label)
+
+
+def pseudo_dice(counts: np.ndarray) -> list[float]:
+    tp, fp, fn = counts
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return [float(v) for v in 2 * tp / (2 * tp + fp + fn)]
+
+
+def _save(run: RunSpec, parts: Components, state: TrainState, name: str, next_epoch: int) -> None:
+    ckpt = checkpoint_dict(
+        state, network_weights=parts.network.state_dict(), optimizer_state=parts.optimizer.state_dict(),
+        grad_scaler_state=None if parts.scaler is None else parts.scaler.state_dict(), init_args=run.init_args,
+        trainer_name=run.trainer_name, mirror_axes=run.mirror_axes, next_epoch=next_epoch,
+        train_config=run.config.to_json())
+    save_checkpoint(ckpt, run.output_folder / name)
+
+
+def _restore(run: RunSpec, parts: Components) -> TrainState | None:
+    for name in CHECKPOINT_ORDER:
+        path = run.output_folder / name
+        if path.is_file():
+            ckpt = load_checkpoint(path, map_location=run.device)
+            parts.network.load_state_dict(ckpt["network_weights"])
+            if ckpt.get("optimizer_state") is not None:
+                parts.optimizer.load_state_dict(ckpt["optimizer_state"])
+            if parts.scaler is not None and ckpt.get("grad_scaler_state") is not None:
+                parts.scaler.load_state_dict(ckpt["grad_scaler_state"])
+            return state_from_checkpoint(ckpt, default_num_epochs=run.config.num_epochs)
+    return None
+
+
+def run_epoch(run: RunSpec, parts: Components, state: TrainState, hooks: Hooks) -> None:
+    """Train ``iterations_per_epoch`` steps, validate ``val_iterations_per_epoch`` batches, log, checkpoint."""
+    cfg, epoch, start = run.config, state.current_epoch, time.time()
+    lr = LR_SCHEDULES[cfg.lr_schedule](epoch, state.num_epochs, cfg.initial_lr)
+    for group in parts.optimizer.param_groups:
+        group["lr"] = lr
+    parts.network.train()
+    losses = []
+    batches = prefetched(lambda i: parts.batches.train_batch(epoch, i), cfg.iterations_per_epoch, background=run.background)
+    for image, targets in hooks.wrap_iterations(batches, epoch=epoch, total=cfg.iterations_per_epoch):
+        losses.append(train_step(parts.network, image, targets, parts.loss, parts.optimizer, parts.scaler,
+                                 precision=run.precision, grad_clip=cfg.grad_clip))
+    parts.network.eval()
+    val_losses, counts = [], np.zeros((3, run.num_heads))
+    for image, targets in prefetched(lambda i: parts.batches.val_batch(epoch, i), cfg.val_iterations_per_epoch,
+                                     background=run.background):
+        loss, c = validation_step(parts.network, image, targets, parts.loss, precision=run.precision,
+                                  regions=run.regions is not None, ignore_label=run.ignore_label)
+        val_losses.append(loss)
+        counts += c
+    ema = state.log_epoch(lr=lr, train_loss=float(np.mean(losses)), val_loss=float(np.mean(val_losses or [np.nan])),
+                          dice_per_class=pseudo_dice(counts), ema_alpha=cfg.ema_alpha, start=start, end=time.time())
+    if state.improved(ema) and not run.disable_checkpointing:
+        _save(run, parts, state, "checkpoint_best.pth", epoch + 1)
+    if (epoch + 1) % cfg.save_every == 0 and epoch != state.num_epochs - 1 and not run.disable_checkpointing:
+        _save(run, parts, state, "checkpoint_latest.pth", epoch + 1)
+    hooks.on_epoch_end(run, state)
+    state.current_epoch += 1
+
+
+def _apply_time_budget(run: RunSpec, state: TrainState) -> None:
+    """After the first epoch, fit the epoch count to ``time_budget_hours`` (the LR schedule then ends at 0 in time)."""
+    hours = run.config.time_budget_hours
+    if hours is None or state.current_epoch != 1:
+        return
+    per_epoch = state.mean_epoch_seconds()
+    state.num_epochs = max(1, int(math.floor(hours * 3600 / per_epoch)))
+
+
+def train(run: RunSpec, *, hooks: Hooks | None = None, resume: bool = False,
+          pretrained_weights: Path | None = None) -> TrainResult:
+    """Train one fold; returns when ``num_epochs`` are done or early stopping triggers."""
+    hooks = hooks or Hooks()
+    run.output_folder.mkdir(parents=True, exist_ok=True)
+    parts = build_components(run)
+    state = _restore(run, parts) if resume else None
+    if state is None:
+        if pretrained_weights is not None:
+            load_pretrained_weights(parts.network, pretrained_weights)
+        state = TrainState(seed=run.seed, num_epochs=run.config.num_epochs)
+    hooks.on_train_start(run, state, parts.network)
+    stopped_early = False
+    while state.current_epoch < state.num_epochs:
+        run_epoch(run, parts, state, hooks)
+        _apply_time_budget(run, state)
+        patience = run.config.early_stopping_patience
+        if patience is not None and state.epochs_without_improvement() > patience:
+            stopped_early = True
+            break
+    if not run.disable_checkpointing:
+        _save(run, parts, state, "checkpoint_final.pth", state.current_epoch)
+        (run.output_folder / "checkpoint_latest.pth").unlink(missing_ok=True)
+    hooks.on_train_end(run, state, stopped_early=stopped_early)
+    return TrainResult(run.output_folder, state, stopped_early)
+
+
+def load_pretrained_weights(network: nn.Module, path: Path, *, skip: Sequence[str] = (".seg_layers.",)) -> None:
+    """nnU-Net's rule: every weight except the segmentation heads must exist with the same shape, and is copied."""
+    source = load_checkpoint(path)["network_weights"]
+    source = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in source.items()}
+    own = network.state_dict()
+    problems = [k for k in own if not any(s in k for s in skip) and (k not in source or source[k].shape != own[k].shape)]
+    if problems:
+        raise ValueError(f"pretrained weights {path} do not fit this network ({len(problems)} keys missing or with "
+                         f"another shape, e.g. {problems[:3]}); plans of both must describe the same architecture "
+                         "(use nnUNetv2_move_plans_between_datasets)")
+    own.update({k: v for k, v in source.items() if k in own and not any(s in k for s in skip)})
+    network.load_state_dict(own)

@@ -1,0 +1,102 @@
+"""Everything a training run needs, resolved once from plans, dataset.json and the TrainConfig."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnseg.networks import build_network
+from nnseg.training.augment.pipeline import augmentation_setup, default_transforms
+from nnseg.training.config import TrainConfig
+from nnseg.training.data import BatchMaker, TargetSpec
+from nnseg.training.losses import LOSSES, DeepSupervisionLoss, deep_supervision_scales, deep_supervision_weights
+from nnseg.training.sampling import PatchSampler
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fold's training job. Build it with :func:`nnseg.training.setup.make_run_spec`."""
+
+    architecture: dict[str, Any]
+    patch_size: tuple[int, ...]
+    batch_size: int
+    batch_dice: bool
+    num_input_channels: int
+    num_heads: int
+    regions: tuple[tuple[int, ...], ...] | None
+    ignore_label: int | None
+    annotated_key: Any
+    mask_channels: tuple[int, ...]
+    data_folder: Path
+    output_folder: Path
+    train_ids: tuple[str, ...]
+    val_ids: tuple[str, ...]
+    trainer_name: str
+    init_args: dict[str, Any]
+    config: TrainConfig
+    device: torch.device
+    precision: str
+    seed: int
+    background: bool = True
+    disable_checkpointing: bool = False
+
+    @property
+    def strides(self) -> list[list[int]]:
+        kw = self.architecture["arch_kwargs"]
+        dims = len(self.patch_size)
+        return [[s] * dims if isinstance(s, int) else list(s) for s in kw["strides"]]
+
+    @property
+    def mirror_axes(self) -> tuple[int, ...] | None:
+        setup = augmentation_setup(self.patch_size, mirroring=self.config.mirroring)
+        return setup.mirror_axes or None
+
+
+@dataclass
+class Components:
+    network: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    loss: nn.Module
+    batches: BatchMaker
+
+
+def _loss(run: RunSpec) -> nn.Module:
+    base = LOSSES[run.config.loss](batch_dice=run.batch_dice, smooth=run.config.dice_smooth,
+                                   ignore_label=run.ignore_label, has_regions=run.regions is not None)
+    n_outputs = len(run.strides) - 1 if run.config.deep_supervision else 1
+    return DeepSupervisionLoss(base, deep_supervision_weights(max(1, n_outputs)))
+
+
+def _batches(run: RunSpec) -> BatchMaker:
+    setup = augmentation_setup(run.patch_size, mirroring=run.config.mirroring)
+    common = dict(folder=run.data_folder, final_patch_size=run.patch_size, batch_size=run.batch_size,
+                  oversample_foreground=run.config.oversample_foreground, annotated_key=run.annotated_key)
+    train = PatchSampler(identifiers=list(run.train_ids), patch_size=setup.initial_patch_size, **common)
+    val = PatchSampler(identifiers=list(run.val_ids or run.train_ids), patch_size=run.patch_size, **common)
+    scales = deep_supervision_scales(run.strides) if run.config.deep_supervision else None
+    targets = TargetSpec(regions=run.regions, ignore_label=run.ignore_label,
+                         ds_scales=None if scales is None else tuple(tuple(s) for s in scales),
+                         mask_channels=run.mask_channels)
+    aug_device = run.device if run.device.type == "cuda" else torch.device("cpu")
+    return BatchMaker(train, val, default_transforms(setup), targets, aug_device, run.seed)
+
+
+def build_components(run: RunSpec) -> Components:
+    """Network (He-initialised, seeded), SGD-Nesterov, loss with deep supervision, grad scaler, batch maker."""
+    torch.manual_seed(run.seed)
+    np.random.seed(run.seed % (2**32))
+    network = build_network(run.architecture, input_channels=run.num_input_channels, num_classes=run.num_heads,
+                            deep_supervision=run.config.deep_supervision).to(run.device)
+    cfg = run.config
+    if cfg.optimizer != "sgd_nesterov":
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; available: sgd_nesterov")
+    optimizer = torch.optim.SGD(network.parameters(), lr=cfg.initial_lr, weight_decay=cfg.weight_decay,
+                                momentum=cfg.momentum, nesterov=True)
+    scaler = torch.amp.GradScaler("cuda") if run.device.type == "cuda" and run.precision == "fp16" else None
+    return Components(network, optimizer, scaler, _loss(run), _batches(run))
