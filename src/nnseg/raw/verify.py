@@ -24,6 +24,7 @@ from nnseg.raw.discover import CaseFiles, scan_channel_files, training_cases
 
 ERROR = "error"
 WARNING = "warning"
+_MAX_EXAMPLES = 5  # image files tried when choosing the reader
 
 
 def default_num_processes() -> int:
@@ -56,7 +57,7 @@ def format_report(problems: Sequence[Problem], raw_dataset_folder: Path | None =
 
 
 @dataclass(frozen=True)
-class _Expect:
+class CaseExpectation:
     """What the files of every case must satisfy (None: unknown because dataset.json is broken there)."""
 
     reader: str
@@ -178,27 +179,31 @@ def _case_files_problems(case: CaseFiles, spec: DatasetSpec, *, explicit: bool) 
 
 
 def _expectations(folder: Path, spec: DatasetSpec, cases: list[CaseFiles], d: Mapping[str, Any],
-                  problems: list[Problem]) -> _Expect | None:
+                  problems: list[Problem]) -> CaseExpectation | None:
     """Pick the reader (appends a problem and returns None when no reader fits)."""
     from nnseg.raw.image_io import determine_io
 
-    example = next((p for c in cases for p in c.images if p.is_file()), None)
-    if example is None:
-        if cases or spec.dataset is None:
-            problems.append(Problem(ERROR, folder / "imagesTr", "no readable training image found",
-                                    f"add training images named CASE_0000{spec.file_ending}"))
+    examples = [p for c in cases for p in c.images if p.is_file()][:_MAX_EXAMPLES]
+    if not examples:
+        problems.append(Problem(ERROR, folder / "imagesTr", "no training image found",
+                                f"add training images named CASE_0000{spec.file_ending}"))
         return None
-    try:
-        io = determine_io(spec.file_ending, example, overwrite=spec.overwrite_image_reader_writer)
-    except (ValueError, FileNotFoundError) as e:
-        problems.append(Problem(ERROR, example, str(e), "fix file_ending or overwrite_image_reader_writer"))
+    failures = []
+    for example in examples:  # a corrupt first file must not hide the reader (it is reported per case later)
+        try:
+            io = determine_io(spec.file_ending, example, overwrite=spec.overwrite_image_reader_writer)
+            break
+        except (ValueError, FileNotFoundError) as e:
+            failures.append(Problem(ERROR, example, str(e), "fix file_ending or overwrite_image_reader_writer"))
+    else:
+        problems.append(failures[0])
         return None
     labels_ok = "labels" in d and not labels_problems(d)
     allowed = tuple(spec.allowed_label_values) if labels_ok else None
-    return _Expect(reader=io.name, num_channels=spec.num_channels or None, allowed_labels=allowed)
+    return CaseExpectation(reader=io.name, num_channels=spec.num_channels or None, allowed_labels=allowed)
 
 
-def _read_all(cases: list[CaseFiles], expect: _Expect, num_processes: int) -> list[Problem]:
+def _read_all(cases: list[CaseFiles], expect: CaseExpectation, num_processes: int) -> list[Problem]:
     jobs = [(c, expect) for c in cases]
     if num_processes <= 1 or len(jobs) <= 1:
         results = [check_case(c, e) for c, e in jobs]
@@ -209,14 +214,14 @@ def _read_all(cases: list[CaseFiles], expect: _Expect, num_processes: int) -> li
     return [p for r in results for p in r]
 
 
-def check_case(case: CaseFiles, expect: _Expect) -> list[Problem]:
+def check_case(case: CaseFiles, expect: CaseExpectation) -> list[Problem]:
     """Read one case's images and label and check them (a top-level function: runs in spawn workers)."""
     from nnseg.raw.image_io import get_io
 
     io = get_io(expect.reader)
     problems: list[Problem] = []
     images = []
-    for path in case.images:
+    for path in (p for p in case.images if p.is_file()):  # missing files are reported by the layout check
         got = _read(io.read_images, [path], path, problems)
         if got is not None:
             images.append((path, *got))
@@ -258,7 +263,7 @@ def _image_content_problems(path: Path, data: np.ndarray) -> list[Problem]:
 
 
 def _channel_count_problems(case: CaseFiles, images: list[tuple[Path, np.ndarray, Any]],
-                            expect: _Expect) -> list[Problem]:
+                            expect: CaseExpectation) -> list[Problem]:
     n = expect.num_channels
     total = sum(data.shape[0] for _, data, _ in images)
     if n is None or total == n or len(images) != n:
