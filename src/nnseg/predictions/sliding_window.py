@@ -175,7 +175,7 @@ def _accumulate(predictor: Predictor, image: torch.Tensor, patch_size: Sequence[
         if slicewise:
             pred = pred[:, :, None]
         for p, sl in zip(pred, group):
-            logits[(slice(None), *sl)] += (p.float() * weight).to(dtype)
+            logits[(slice(None), *sl)].addcmul_(p, weight)  # fused: no temporary for p * weight
             counts[sl] += weight
     logits /= counts
     if not bool(torch.isfinite(logits).all()):

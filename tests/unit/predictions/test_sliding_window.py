@@ -281,3 +281,13 @@ def test_cuda_fp16_autocast_matches_cpu_fp32(rng):
         torch.testing.assert_close(out.float().cpu(), ref, rtol=2e-2, atol=2e-2)
     out = sliding_window_predict(predictor, x, (16, 16, 16), num_outputs=2, device="cuda", accumulate_device="cpu")
     assert out.device.type == "cpu"
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("acc_dtype", [torch.float32, torch.float16])
+def test_low_precision_predictor_outputs_are_accumulated(out_dtype, acc_dtype):
+    x = _arange((1, 9, 10)) / 100
+    out = sliding_window_predict(lambda t: t.to(out_dtype), x, (6, 6), num_outputs=1, dtype=acc_dtype)
+    assert out.dtype == acc_dtype
+    inner = (slice(None), slice(1, 8), slice(1, 9))
+    torch.testing.assert_close(out.float()[inner], x[inner], rtol=1e-2, atol=1e-2)
