@@ -53,6 +53,13 @@ def scan_channel_files(folder: Path, file_ending: str) -> tuple[dict[str, list[P
     return dict(sorted(cases.items())), misnamed
 
 
+def endings_found(folder: Path) -> list[str]:
+    """The distinct file endings (all suffixes, e.g. ``.nii.gz``) of the visible files in ``folder``."""
+    if not folder.is_dir():
+        return []
+    return sorted({"".join(p.suffixes) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")})
+
+
 def expand_vars(text: str, env: Mapping[str, str] | None = None) -> str:
     """Expand ``$VAR`` / ``${VAR}`` like nnU-Net does for the ``dataset`` key (unknown variables stay as they are).
 
@@ -122,7 +129,9 @@ def image_cases(folder: Path, file_ending: str, num_channels: int) -> list[CaseF
         raise ValueError(f"{folder}: files {names} have no channel suffix; name them CASE_0000{file_ending} "
                          f"(CASE_0001{file_ending}, ... for further channels)")
     if not grouped:
-        raise ValueError(f"{folder} holds no CASE_XXXX{file_ending} files; check the folder and the file ending")
+        found = endings_found(folder)
+        hint = f" (it holds files ending in {found})" if found else " (it is empty)"
+        raise ValueError(f"{folder} holds no CASE_XXXX{file_ending} files{hint}; check the folder and the file ending")
     expected = [f"_{c:04d}{file_ending}" for c in range(num_channels)]
     out = []
     for identifier, files in grouped.items():

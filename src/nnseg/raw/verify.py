@@ -20,7 +20,7 @@ import numpy as np
 
 from nnseg.jsonio import load_json
 from nnseg.raw.dataset_json import DatasetSpec, dataset_json_problems, labels_problems
-from nnseg.raw.discover import CaseFiles, scan_channel_files, training_cases
+from nnseg.raw.discover import CaseFiles, endings_found, scan_channel_files, training_cases
 
 ERROR = "error"
 WARNING = "warning"
@@ -185,8 +185,11 @@ def _expectations(folder: Path, spec: DatasetSpec, cases: list[CaseFiles], d: Ma
 
     examples = [p for c in cases for p in c.images if p.is_file()][:_MAX_EXAMPLES]
     if not examples:
-        problems.append(Problem(ERROR, folder / "imagesTr", "no training image found",
-                                f"add training images named CASE_0000{spec.file_ending}"))
+        found = endings_found(folder / "imagesTr")
+        seen = f" (imagesTr holds files ending in {found})" if found else ""
+        problems.append(Problem(ERROR, folder / "imagesTr", f"no training image with file_ending "
+                                f"{spec.file_ending!r} found{seen}", f"name the training images CASE_0000"
+                                f"{spec.file_ending}, or set file_ending in dataset.json to the files' ending"))
         return None
     failures = []
     for example in examples:  # a corrupt first file must not hide the reader (it is reported per case later)

@@ -159,6 +159,13 @@ def test_misnamed_image_and_invalid_labels(demo: Path) -> None:
     _one_error(problems, demo / "dataset.json", "not consecutive")
 
 
+def test_wrong_file_ending_is_explained(demo: Path) -> None:
+    _edit_json(demo, file_ending=".nrrd")
+    problems = verify_dataset(demo, num_processes=1)
+    _one_error(problems, demo / "dataset.json", "numTraining is 3 but 0 training cases")
+    _one_error(problems, demo / "imagesTr", "'.nrrd'", "['.nii.gz']")
+
+
 def test_missing_dataset_json_and_folder(tmp_path: Path) -> None:
     (tmp_path / "D").mkdir()
     _one_error(verify_dataset(tmp_path / "D"), tmp_path / "D/dataset.json", "missing")
