@@ -58,7 +58,8 @@ def run_convert_old(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def add_verify(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-d", nargs="+", required=True, help="dataset id(s) or name(s) in nnUNet_raw")
+    parser.add_argument("-d", nargs="+", required=True, help="dataset id(s) or name(s) in nnUNet_raw, or path(s) to "
+                        "raw dataset folders")
     parser.add_argument("-np", type=int, default=None, help="worker processes reading the files (default 8, capped at "
                         "the number of CPUs)")
 
@@ -70,7 +71,11 @@ def run_verify(args: argparse.Namespace, ctx: Context) -> int:
     failed = False
     n = _num_processes(args, ctx)
     for ref in args.d:
-        folder = ctx.roots().raw / ctx.dataset_name(ref)
+        as_path = _path(ctx, ref)
+        if ("/" in ref or "\\" in ref) and as_path.is_dir():  # a dataset folder given by path
+            folder = as_path
+        else:
+            folder = ctx.roots().raw / ctx.dataset_name(ref)
         problems = verify_dataset(folder, num_processes=n)
         print(format_report(problems, folder))
         failed |= any(p.severity == ERROR for p in problems)

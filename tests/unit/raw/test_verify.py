@@ -229,3 +229,5 @@ def test_cli_verify_exit_code_and_report(tmp_path: Path, roots_env: dict[str, st
     assert str(folder / "labelsTr/case_001.nii.gz") in out and "1 error(s)" in out
     assert main(["verify", "-d", "5"], env=roots_env, cwd=tmp_path) == 1
     assert "no dataset '5'" in capsys.readouterr().err
+    assert main(["verify", "-d", "raw/Dataset997_Cli", "-np", "1"], env=roots_env, cwd=tmp_path) == 1
+    assert "1 error(s)" in capsys.readouterr().out
