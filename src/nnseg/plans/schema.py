@@ -37,6 +37,12 @@ PLANS_KEYS = (
     "image_reader_writer", "transpose_forward", "transpose_backward", "configurations", "experiment_planner_used",
     "label_manager", "foreground_intensity_properties_per_channel",
 )
+# Keys older or hand-written plans may lack (nnU-Net's PlansManager copes without them); None when absent.
+_OPTIONAL_PLANS_KEYS = (
+    "original_median_spacing_after_transp", "original_median_shape_after_transp", "experiment_planner_used",
+    "label_manager", "foreground_intensity_properties_per_channel",
+)
+_LEGACY_INTENSITY_KEY = "foreground_intensity_properties_by_modality"
 
 
 def _ordered(values: Mapping[str, Any], key_order: tuple[str, ...]) -> dict[str, Any]:
@@ -157,23 +163,26 @@ class Plans:
         transpose_forward / transpose_backward: axis permutation applied before / undone after the network.
         configurations: configuration name -> raw dict, file order, inheritance unresolved.
         experiment_planner_used: planner class name.
-        label_manager: label manager class name (``LabelManager``).
-        foreground_intensity_properties_per_channel: channel index (str) -> intensity statistics.
+        label_manager: label manager class name (``LabelManager``; None when the file has none, which means the same).
+        foreground_intensity_properties_per_channel: channel index (str) -> intensity statistics (read from the
+            legacy key ``foreground_intensity_properties_by_modality`` when only that exists).
+        The ``original_median_*``, ``experiment_planner_used``, ``label_manager`` and intensity entries are None when
+        the file lacks them (and are then not written back).
         extra: unknown top-level keys, kept on write.
         key_order: top-level key order as read (not a JSON key).
     """
 
     dataset_name: str
     plans_name: str
-    original_median_spacing_after_transp: list[float]
-    original_median_shape_after_transp: list[int]
+    original_median_spacing_after_transp: list[float] | None
+    original_median_shape_after_transp: list[int] | None
     image_reader_writer: str
     transpose_forward: list[int]
     transpose_backward: list[int]
     configurations: dict[str, dict[str, Any]]
-    experiment_planner_used: str
-    label_manager: str
-    foreground_intensity_properties_per_channel: dict[str, dict[str, float]]
+    experiment_planner_used: str | None
+    label_manager: str | None
+    foreground_intensity_properties_per_channel: dict[str, dict[str, float]] | None
     extra: dict[str, Any] = field(default_factory=dict)
     key_order: tuple[str, ...] = ()
 
@@ -185,7 +194,7 @@ class Plans:
             ValueError: a required top-level key is missing or ``configurations`` is not a dict.
         """
         where = str(source) if source is not None else "plans"
-        missing = [k for k in PLANS_KEYS if k not in d]
+        missing = [k for k in PLANS_KEYS if k not in d and k not in _OPTIONAL_PLANS_KEYS]
         if missing:
             raise ValueError(f"{where} lacks the keys {missing}; it is not an nnU-Net v2 plans file "
                              "(re-run nnUNetv2_plan_experiment to regenerate it)")
@@ -193,15 +202,23 @@ class Plans:
             raise ValueError(f"{where}: 'configurations' is {type(d['configurations']).__name__}, expected a dict "
                              "of configuration name -> settings")
         d = copy.deepcopy(dict(d))
-        values = {k: d[k] for k in PLANS_KEYS}
+        values = {k: d.get(k) for k in PLANS_KEYS}
+        if values["foreground_intensity_properties_per_channel"] is None:
+            values["foreground_intensity_properties_per_channel"] = copy.deepcopy(d.get(_LEGACY_INTENSITY_KEY))
         values["configurations"] = {str(k): dict(v) for k, v in d["configurations"].items()}
         return cls(**values, extra={k: v for k, v in d.items() if k not in PLANS_KEYS}, key_order=tuple(d))
 
     def to_json(self) -> dict[str, Any]:
         """The plans dict as nnU-Net writes it (key order as read; canonical order for new plans)."""
-        values = {k: copy.deepcopy(getattr(self, k)) for k in PLANS_KEYS}
+        values = {k: copy.deepcopy(getattr(self, k)) for k in PLANS_KEYS if not self._absent(k)}
         values.update(copy.deepcopy(self.extra))
         return to_jsonable(_ordered(values, self.key_order))
+
+    def _absent(self, key: str) -> bool:
+        """An optional key that the file did not have (so it is not written back)."""
+        if key not in _OPTIONAL_PLANS_KEYS:
+            return False
+        return getattr(self, key) is None or (bool(self.key_order) and key not in self.key_order)
 
     @property
     def available_configurations(self) -> list[str]:
@@ -248,10 +265,6 @@ class Plans:
             resolved = migrate_v1_architecture(resolved, name=name)
         return ConfigurationPlans.from_json(resolved, name=name)
 
-    @property
-    def num_input_channels(self) -> int:
-        """Number of image channels (from the intensity statistics)."""
-        return len(self.foreground_intensity_properties_per_channel)
 
 
 def plans_to_text(plans: Plans | Mapping[str, Any]) -> str:

@@ -110,3 +110,16 @@ def test_old_flat_format_is_migrated_on_access(expected_dir: Path) -> None:
     old["UNet_class_name"] = "MyUNet"
     with pytest.raises(ValueError, match="MyUNet"):
         Plans.from_json(d).configuration("3d_fullres")
+
+
+def test_optional_top_level_keys_may_be_missing(expected_dir: Path) -> None:
+    d = json.loads((expected_dir / "Dataset004_Hippocampus" / "nnUNetPlans.json").read_text())
+    props = d.pop("foreground_intensity_properties_per_channel")
+    d["foreground_intensity_properties_by_modality"] = props
+    for key in ("label_manager", "experiment_planner_used", "original_median_shape_after_transp"):
+        del d[key]
+    plans = Plans.from_json(d)
+    assert plans.label_manager is None and plans.experiment_planner_used is None
+    assert plans.foreground_intensity_properties_per_channel == props
+    assert plans.to_json() == d  # nothing added on write
+    assert plans.configuration("2d").batch_size == 281
