@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 from scipy import ndimage
 
+from nnseg.preprocessed.spline import spline_zoom
 from nnseg.registry import Registry
 
 ANISO_THRESHOLD = 3.0
@@ -75,7 +76,9 @@ def determine_do_sep_z_and_axis(
 # -- single-volume kernels --------------------------------------------------------------------------------------------
 
 
-def resize_image(image: np.ndarray, new_shape: Sequence[int], order: int, out: np.ndarray | None = None) -> np.ndarray:
+def resize_image(
+    image: np.ndarray, new_shape: Sequence[int], order: int, out: np.ndarray | None = None, *, slice_axis: int | None = None
+) -> np.ndarray:
     """skimage ``resize(image, new_shape, order, mode='edge', anti_aliasing=False, clip=True)`` without skimage.
 
     Args:
@@ -83,6 +86,8 @@ def resize_image(image: np.ndarray, new_shape: Sequence[int], order: int, out: n
         new_shape: output shape.
         order: spline order 0-5.
         out: optional output array of shape ``new_shape``.
+        slice_axis: an axis whose length stays the same and whose slices are resized independently (as
+            separate 2D resizes: each slice is clipped to its own value range).
     """
     new_shape = tuple(int(s) for s in new_shape)
     if out is None:
@@ -90,10 +95,11 @@ def resize_image(image: np.ndarray, new_shape: Sequence[int], order: int, out: n
     if tuple(image.shape) == new_shape:
         out[...] = image
         return out
-    factors = [n / o for n, o in zip(new_shape, image.shape)]
-    ndimage.zoom(image, factors, output=out, order=order, mode="nearest", grid_mode=True)
+    spline_zoom(image, new_shape, order, out=out)
     if order > 0:
-        np.clip(out, image.min(), image.max(), out=out)
+        axes = tuple(a for a in range(image.ndim) if a != slice_axis)
+        keep = slice_axis is not None
+        np.clip(out, image.min(axis=axes, keepdims=keep), image.max(axis=axes, keepdims=keep), out=out)
     return out
 
 
@@ -102,7 +108,7 @@ def resize_segmentation(seg: np.ndarray, new_shape: Sequence[int], order: int = 
 
     Args:
         seg: integer-valued label map ``(X, Y[, Z])`` (any dtype).
-        new_shape: output shape.
+        new_shape: output shape (axes that keep their length behave as independent slices).
         order: interpolation order of the one-hot masks (0 = nearest neighbour on the label values).
         out: optional output array (zeros are assumed where no label reaches 0.5).
 
@@ -113,16 +119,15 @@ def resize_segmentation(seg: np.ndarray, new_shape: Sequence[int], order: int = 
     if out is None:
         out = np.zeros(new_shape, dtype=seg.dtype)
     if order == 0:
-        ndimage.zoom(seg, [n / o for n, o in zip(new_shape, seg.shape)], output=out, order=0, mode="nearest", grid_mode=True)
+        spline_zoom(seg, new_shape, 0, out=out)
         return out
     labels = np.unique(seg)
     skip_zero = labels[0] >= 0  # 0 would only overwrite zeros
     buf = np.empty(new_shape, dtype=np.float32)
-    factors = [n / o for n, o in zip(new_shape, seg.shape)]
     for label in labels:
         if label == 0 and skip_zero:
             continue
-        ndimage.zoom((seg == label).astype(np.float32), factors, output=buf, order=order, mode="nearest", grid_mode=True)
+        spline_zoom((seg == label).astype(np.float32), new_shape, order, out=buf)
         out[buf >= 0.5] = label
     return out
 
@@ -155,18 +160,21 @@ def _resample_along_axis0(vol: np.ndarray, n_out: int, *, order_z: int, is_seg: 
 def _resample_separate_z(
     vol: np.ndarray, new_shape: tuple[int, ...], axis: int, *, is_seg: bool, order: int, order_z: int, out: np.ndarray
 ) -> None:
-    """In-plane resize of every slice across ``axis``, then ``order_z`` resampling along ``axis``."""
-    vol_f = np.moveaxis(vol, axis, 0)
-    out_f = np.moveaxis(out, axis, 0)
-    plane_shape = tuple(s for i, s in enumerate(new_shape) if i != axis)
-    n_out = new_shape[axis]
-    same_z = vol_f.shape[0] == n_out
-    inter = out_f if same_z else np.zeros((vol_f.shape[0], *plane_shape), dtype=out.dtype)
-    resize2d = resize_segmentation if is_seg else resize_image
-    for i in range(vol_f.shape[0]):
-        resize2d(vol_f[i], plane_shape, order, out=inter[i])
+    """In-plane resize of every slice across ``axis`` (with ``order``), then ``order_z`` resampling along ``axis``."""
+    inplane_shape = tuple(vol.shape[axis] if i == axis else s for i, s in enumerate(new_shape))
+    same_z = vol.shape[axis] == new_shape[axis]
+    inter = out if same_z else np.zeros(inplane_shape, dtype=out.dtype)
+    if is_seg:
+        # slice by slice (2D zooms; background-only slices cost nothing)
+        plane = tuple(s for i, s in enumerate(new_shape) if i != axis)
+        vol_f, inter_f = np.moveaxis(vol, axis, 0), np.moveaxis(inter, axis, 0)
+        for i in range(vol_f.shape[0]):
+            resize_segmentation(vol_f[i], plane, order, out=inter_f[i])
+    else:
+        resize_image(vol, inplane_shape, order, out=inter, slice_axis=axis)
     if not same_z:
-        _resample_along_axis0(inter, n_out, order_z=order_z, is_seg=is_seg, out=out_f)
+        _resample_along_axis0(np.moveaxis(inter, axis, 0), new_shape[axis], order_z=order_z, is_seg=is_seg,
+                              out=np.moveaxis(out, axis, 0))
 
 
 @RESAMPLERS.register("resample_data_or_seg_to_shape")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from nnseg.preprocessed.resample import (
     RESAMPLERS,
@@ -15,6 +16,7 @@ from nnseg.preprocessed.resample import (
     resize_image,
     resize_segmentation,
 )
+from nnseg.preprocessed.spline import spline_zoom
 from nnseg.preprocessed.resample_torch import resample_logits_on_device, resample_torch_fornnunet, resample_torch_simple
 
 
@@ -38,6 +40,20 @@ def test_compute_new_shape() -> None:
 )
 def test_separate_z_rule(force, cur, new, expected) -> None:
     assert determine_do_sep_z_and_axis(force, cur, new) == expected
+
+
+@pytest.mark.parametrize(("shape", "new_shape"), [((9, 17, 13), (14, 30, 20)), ((9, 17, 13), (5, 8, 30)), ((7, 6), (3, 11)), ((5, 6, 7), (5, 12, 7))])
+def test_separable_cubic_equals_scipy_zoom(rng: np.random.Generator, shape, new_shape) -> None:
+    x = rng.normal(size=shape)
+    ref = ndimage.zoom(x, [n / o for n, o in zip(new_shape, shape)], order=3, mode="nearest", grid_mode=True)
+    np.testing.assert_allclose(spline_zoom(x, new_shape, 3), ref, atol=1e-10)
+
+
+def test_separate_z_in_plane_equals_slice_by_slice(rng: np.random.Generator) -> None:
+    vol = rng.normal(size=(4, 9, 11)).astype(np.float32) * np.arange(1, 5, dtype=np.float32)[:, None, None]
+    got = resize_image(vol, (4, 13, 7), 3, slice_axis=0)
+    for i in range(4):  # each slice clipped to its own range, as per-slice skimage resizes are
+        np.testing.assert_allclose(got[i], resize_image(vol[i], (13, 7), 3), atol=1e-6)
 
 
 def test_resize_image_linear_ramp_and_clip() -> None:
