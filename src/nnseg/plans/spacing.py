@@ -96,7 +96,8 @@ def normalization_schemes(channel_names: Mapping[str, str], median_relative_size
     """Per channel: the normalisation scheme chosen from its name, and whether it uses the non-zero mask.
 
     ``CT`` -> ``CTNormalization``, ``noNorm`` -> ``NoNormalization``, ``zscore``, ``rescale_to_0_1``,
-    ``rgb_to_0_1``; any other name -> ``ZScoreNormalization`` (channels in ``dataset.json`` order). The mask is used only for Z-score channels, and only when
+    ``rgb_to_0_1``; any other name -> ``ZScoreNormalization`` (channels in ``dataset.json`` order). The mask is
+    used only for Z-score channels, and only when
     cropping to the non-zero region removed more than a quarter of the image (median relative size < 0.75).
     """
     schemes = [_CHANNEL_NAME_TO_SCHEME.get(str(name).casefold(), "ZScoreNormalization")

@@ -49,7 +49,8 @@ def pad_shape(shape: Sequence[float], divisible_by: Sequence[int]) -> tuple[int,
     return tuple(int(math.ceil(s / d) * d) for s, d in zip(shape, divisible_by))
 
 
-def _axes_to_pool(spacing: list[float], size: list[float], min_fm: int, pools: list[int], max_numpool: int) -> list[int]:
+def _axes_to_pool(spacing: list[float], size: list[float], min_fm: int, pools: list[int],
+                  max_numpool: int) -> list[int]:
     """Axes pooled in the next stage (empty when pooling stops)."""
     axes = [i for i in range(len(size)) if size[i] >= 2 * min_fm]
     if not axes:
