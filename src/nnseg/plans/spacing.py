@@ -97,8 +97,8 @@ def normalization_schemes(channel_names: Mapping[str, str], median_relative_size
 
     ``CT`` -> ``CTNormalization``, ``noNorm`` -> ``NoNormalization``, ``zscore``, ``rescale_to_0_1``,
     ``rgb_to_0_1``; any other name -> ``ZScoreNormalization`` (channels in ``dataset.json`` order). The mask is
-    used only for Z-score channels, and only when
-    cropping to the non-zero region removed more than a quarter of the image (median relative size < 0.75).
+    used only for Z-score channels, and only when cropping to the non-zero region removed more than a quarter of
+    the image (median relative size < 0.75).
     """
     schemes = [_CHANNEL_NAME_TO_SCHEME.get(str(name).casefold(), "ZScoreNormalization")
                for name in channel_names.values()]
