@@ -17,19 +17,17 @@ Conventions (as nnU-Net ``nnUNetPredictor.predict_sliding_window_return_logits``
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
+from nnseg.devices import PRECISIONS, autocast_context, cpu_has_native_bf16, default_precision  # noqa: F401 (re-exported)
+
 Predictor = Callable[[torch.Tensor], torch.Tensor]
-PRECISIONS = ("fp32", "fp16", "bf16")
 GAUSSIAN_SIGMA_SCALE = 1.0 / 8
 GAUSSIAN_PEAK = 10.0
 
@@ -242,38 +240,3 @@ def sliding_window_predict_slicewise(predictor: Predictor, volume: torch.Tensor,
         raise ValueError(f"slice-wise prediction needs a (C, Z, X, Y) volume and a 2D patch, got shape "
                          f"{tuple(volume.shape)} and patch {tuple(patch_size)}")
     return sliding_window_predict(predictor, volume, patch_size, num_outputs=num_outputs, **kwargs)  # type: ignore[arg-type]
-
-
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU has native bfloat16 arithmetic (``avx512_bf16`` or ``amx_bf16`` flags; Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[-1].split())
-            return bool(flags & {"avx512_bf16", "amx_bf16"})
-    return False
-
-
-def default_precision(device: torch.device | str) -> str:
-    """Autocast precision to use on ``device``: ``'fp16'`` on CUDA, ``'bf16'`` on CPUs with native bf16, else ``'fp32'``."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "fp16"
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return "bf16"
-    return "fp32"
-
-
-def autocast_context(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager[object]:
-    """A context manager running the predictor in ``precision`` (``'fp32'``: no autocast, ``'fp16'``, ``'bf16'``)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)

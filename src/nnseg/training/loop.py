@@ -101,7 +101,7 @@ def pseudo_dice(counts: np.ndarray) -> list[float]:
 
 def _save(run: RunSpec, parts: Components, state: TrainState, name: str, next_epoch: int) -> None:
     ckpt = checkpoint_dict(
-        state, network_weights=parts.network.state_dict(), optimizer_state=parts.optimizer.state_dict(),
+        state, network_weights=parts.module.state_dict(), optimizer_state=parts.optimizer.state_dict(),
         grad_scaler_state=None if parts.scaler is None else parts.scaler.state_dict(), init_args=run.init_args,
         trainer_name=run.trainer_name, mirror_axes=run.mirror_axes, next_epoch=next_epoch,
         train_config=run.config.to_json())
@@ -113,7 +113,7 @@ def _restore(run: RunSpec, parts: Components) -> TrainState | None:
         path = run.output_folder / name
         if path.is_file():
             ckpt = load_checkpoint(path, map_location=run.device)
-            parts.network.load_state_dict(ckpt["network_weights"])
+            parts.module.load_state_dict(ckpt["network_weights"])
             if ckpt.get("optimizer_state") is not None:
                 parts.optimizer.load_state_dict(ckpt["optimizer_state"])
             if parts.scaler is not None and ckpt.get("grad_scaler_state") is not None:
@@ -170,9 +170,9 @@ def train(run: RunSpec, *, hooks: Hooks | None = None, resume: bool = False,
     state = _restore(run, parts) if resume else None
     if state is None:
         if pretrained_weights is not None:
-            load_pretrained_weights(parts.network, pretrained_weights)
+            load_pretrained_weights(parts.module, pretrained_weights)
         state = TrainState(seed=run.seed, num_epochs=run.config.num_epochs)
-    hooks.on_train_start(run, state, parts.network)
+    hooks.on_train_start(run, state, parts.module)
     stopped_early = False
     while state.current_epoch < state.num_epochs:
         run_epoch(run, parts, state, hooks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,8 @@ class RunSpec:
 
 @dataclass
 class Components:
-    network: nn.Module
+    network: nn.Module  # what runs (maybe torch.compile'd)
+    module: nn.Module  # the plain network whose state_dict is saved
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     loss: nn.Module
@@ -99,4 +101,15 @@ def build_components(run: RunSpec) -> Components:
     optimizer = torch.optim.SGD(network.parameters(), lr=cfg.initial_lr, weight_decay=cfg.weight_decay,
                                 momentum=cfg.momentum, nesterov=True)
     scaler = torch.amp.GradScaler("cuda") if run.device.type == "cuda" and run.precision == "fp16" else None
-    return Components(network, optimizer, scaler, _loss(run), _batches(run))
+    runner = torch.compile(network) if use_compile(run) else network
+    return Components(runner, network, optimizer, scaler, _loss(run), _batches(run))
+
+
+def use_compile(run: RunSpec) -> bool:
+    """nnU-Net's rule: compile on CUDA (not on CPU, MPS or Windows); ``compile`` 'true'/'false' forces it."""
+    choice = run.config.compile.lower()
+    if choice in ("false", "0", "f", "off"):
+        return False
+    if choice in ("true", "1", "t", "on"):
+        return True
+    return run.device.type == "cuda" and os.name != "nt"
