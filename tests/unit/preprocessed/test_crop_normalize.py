@@ -155,3 +155,86 @@ def test_classes_to_collect_and_keys() -> None:
     assert classes_to_collect([1, 2, 3], regions=[[1, 2, 3], [2, 3], 3]) == [(1, 2, 3), (2, 3), 3]
     assert classes_to_collect([1, 2], ignore_label=3, all_labels=[0, 1, 2]) == [1, 2, (-1, 0, 1, 2)]
     assert class_location_key(2) == "2" and class_location_key((1, 2)) == "(1, 2)"
+
+
+def _plans(transpose: list[int], spacing_3d: list[float], *, schemes: list[str], mask: list[bool]):
+    from nnseg.plans.schema import Plans
+
+    def cfg(name: str, spacing: list[float]) -> dict:
+        return {
+            "data_identifier": f"nnUNetPlans_{name}", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+            "patch_size": [8] * len(spacing), "median_image_size_in_voxels": [8.0] * len(spacing), "spacing": spacing,
+            "normalization_schemes": schemes, "use_mask_for_norm": mask,
+            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+            "architecture": {}, "batch_dice": False,
+        }
+
+    return Plans.from_json({
+        "dataset_name": "Dataset999_T", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": spacing_3d,
+        "original_median_shape_after_transp": [8, 8, 8], "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": transpose, "transpose_backward": [int(i) for i in np.argsort(transpose)],
+        "configurations": {"2d": cfg("2d", spacing_3d[1:]), "3d_fullres": cfg("3d_fullres", spacing_3d)},
+        "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {"0": {"mean": 1.0, "std": 2.0, "percentile_00_5": 0.0, "percentile_99_5": 9.0}},
+    })
+
+
+def _spec(labels: dict, regions_class_order=None):
+    from nnseg.raw.dataset_json import DatasetSpec
+
+    d = {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz"}
+    if regions_class_order is not None:
+        d["regions_class_order"] = regions_class_order
+    return DatasetSpec.from_json(d)
+
+
+def test_preprocess_case_transpose_2d_spacing_regions_and_ignore(rng: np.random.Generator) -> None:
+    from nnseg.preprocessed.preprocess import preprocess_case
+
+    data = np.zeros((1, 10, 12, 6), dtype=np.float32)
+    data[0, 1:9, 2:12, :] = rng.uniform(1, 5, (8, 10, 6))
+    seg = np.zeros((1, 10, 12, 6), dtype=np.float32)
+    seg[0, 3:6, 4:8, 1:4] = 1
+    seg[0, 4:5, 5:7, 2:3] = 2
+    seg[0, 7, 3:5, :] = 3  # ignore label
+    props = {"spacing": [1.0, 2.0, 4.0], "sitk_stuff": {"spacing": (4.0, 2.0, 1.0)}}
+    plans = _plans([2, 0, 1], [4.0, 1.0, 1.0], schemes=["CTNormalization"], mask=[False])
+    spec = _spec({"background": 0, "a": [1, 2], "b": 2, "ignore": 3}, regions_class_order=[1, 2])
+    out, s, p = preprocess_case(data, seg, props, plans=plans, configuration=plans.configuration("2d"), spec=spec)
+    # transposed (Z, X, Y) = (6, 8, 10) after crop; 2D keeps the case's own axis-0 spacing (4), resamples 2 -> 1 on Y
+    assert p["shape_before_cropping"] == [6, 10, 12]
+    assert p["bbox_used_for_cropping"] == [[0, 6], [1, 9], [2, 12]]
+    assert p["shape_after_cropping_and_before_resampling"] == [6, 8, 10]
+    assert out.shape == (1, 6, 8, 20) and s.shape == (1, 6, 8, 20) and s.dtype == np.int8
+    assert p["spacing"] == [1.0, 2.0, 4.0] and p["sitk_stuff"] == props["sitk_stuff"]
+    assert set(p["class_locations"]) == {"(1, 2)", "2", "(-1, 0, 1, 2)"}
+    for key, allowed in (("(1, 2)", {1, 2}), ("2", {2})):
+        coords = np.array(p["class_locations"][key])
+        assert set(np.unique(s[tuple(coords.T)])) <= allowed
+    assert out.min() >= (0 - 1.0) / 2.0 and out.max() <= (9 - 1.0) / 2.0 + 1e-6
+    np.testing.assert_array_equal(seg[0, 7, 3:5], 3)  # inputs untouched
+    assert "class_locations" not in props
+
+
+def test_preprocess_case_mask_norm_and_int16_labels(rng: np.random.Generator) -> None:
+    from nnseg.preprocessed.preprocess import preprocess_case
+
+    data = np.zeros((1, 8, 8, 8), dtype=np.float32)
+    data[0, :, 2:6, 2:6] = rng.normal(100, 5, (8, 4, 4))
+    data[0, :, 2, 2] = 0.0  # a corner of the box outside the non-zero mask: -1 in seg, left at 0 by the norm
+    seg = np.zeros((1, 8, 8, 8), dtype=np.int16)
+    seg[0, 3:5, 3:5, 3:5] = 200
+    plans = _plans([0, 1, 2], [1.0, 1.0, 1.0], schemes=["ZScoreNormalization"], mask=[True])
+    spec = _spec({"background": 0, **{f"l{i}": i for i in range(1, 201)}})
+    out, s, p = preprocess_case(data, seg, {"spacing": [1.0, 1.0, 1.0]}, plans=plans,
+                                configuration=plans.configuration("3d_fullres"), spec=spec)
+    assert s.dtype == np.int16 and s.max() == 200
+    outside = s[0] == -1
+    assert outside.sum() == 8 and (out[0][outside] == 0).all()
+    inside = out[0][~outside]
+    assert abs(inside.mean()) < 1e-5 and abs(inside.std() - 1) < 1e-4
+    assert len(p["class_locations"]["200"]) == 8 and p["class_locations"]["1"] == []
