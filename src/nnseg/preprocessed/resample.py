@@ -118,6 +118,9 @@ def resize_segmentation(seg: np.ndarray, new_shape: Sequence[int], order: int = 
     new_shape = tuple(int(s) for s in new_shape)
     if out is None:
         out = np.zeros(new_shape, dtype=seg.dtype)
+    if tuple(seg.shape) == new_shape:
+        out[...] = seg
+        return out
     if order == 0:
         spline_zoom(seg, new_shape, 0, out=out)
         return out
