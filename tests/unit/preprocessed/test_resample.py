@@ -142,3 +142,17 @@ def test_torch_tensor_in_tensor_out_and_2d(rng: np.random.Generator) -> None:
     assert resample_torch_fornnunet(x, (4, 5, 6), (1, 1, 1), (1, 1, 1)) is x
     with pytest.raises(ValueError, match="X, Y, Z"):
         resample_torch_fornnunet(x[0], (2, 2, 2), (1, 1, 1), (1, 1, 1))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_torch_resampling_on_cuda_equals_cpu(rng: np.random.Generator) -> None:
+    data = rng.random((2, 16, 24, 24)).astype(np.float32)
+    seg = (rng.random((1, 16, 24, 24)) * 3).astype(np.int16)
+    for cur, new in (((1, 1, 1), (0.7, 0.7, 0.7)), ((4, 1, 1), (2.5, 0.8, 0.8))):
+        ns = compute_new_shape(data.shape[1:], cur, new)
+        gpu = resample_torch_fornnunet(torch.from_numpy(data).cuda(), ns, cur, new)
+        assert gpu.is_cuda
+        np.testing.assert_allclose(gpu.cpu().numpy(), resample_torch_fornnunet(data, ns, cur, new), atol=1e-6)
+        gseg = resample_torch_fornnunet(torch.from_numpy(seg).cuda(), ns, cur, new, is_seg=True)
+        assert (gseg.cpu().numpy() == resample_torch_fornnunet(seg, ns, cur, new, is_seg=True)).mean() > 0.999
