@@ -238,3 +238,23 @@ def test_preprocess_case_mask_norm_and_int16_labels(rng: np.random.Generator) ->
     inside = out[0][~outside]
     assert abs(inside.mean()) < 1e-5 and abs(inside.std() - 1) < 1e-4
     assert len(p["class_locations"]["200"]) == 8 and p["class_locations"]["1"] == []
+
+
+def test_preprocess_case_with_torchres_plans(rng: np.random.Generator) -> None:
+    import dataclasses
+
+    from nnseg.preprocessed.preprocess import preprocess_case
+
+    plans = _plans([0, 1, 2], [1.0, 0.5, 0.5], schemes=["ZScoreNormalization"], mask=[False])
+    torch_kwargs = {"is_seg": False, "force_separate_z": False, "memefficient_seg_resampling": False}
+    cfg = dataclasses.replace(plans.configuration("3d_fullres"), resampling_fn_data="resample_torch_fornnunet",
+                              resampling_fn_data_kwargs=torch_kwargs, resampling_fn_seg="resample_torch_fornnunet",
+                              resampling_fn_seg_kwargs={**torch_kwargs, "is_seg": True})
+    data = rng.uniform(1, 2, (1, 6, 8, 8)).astype(np.float32)
+    seg = np.zeros((1, 6, 8, 8), dtype=np.uint8)
+    seg[0, 2:4, 2:6, 2:6] = 1
+    out, s, p = preprocess_case(data, seg, {"spacing": [1.0, 1.0, 1.0]}, plans=plans, configuration=cfg,
+                                spec=_spec({"background": 0, "x": 1}))
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (1, 6, 16, 16)
+    assert s.dtype == np.int8 and (s == 1).sum() == 2 * 8 * 8
+    assert len(p["class_locations"]["1"]) == 128
