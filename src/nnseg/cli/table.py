@@ -26,6 +26,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("demo-data", None, "raw_cmds", "write a small synthetic dataset in raw format (for trying nnseg out)"),
     Command("evaluate", "nnUNetv2_evaluate_folder", "metrics_cmds", "evaluate predictions against references (labels from dataset.json); writes summary.json"),
     Command("evaluate-simple", "nnUNetv2_evaluate_simple", "metrics_cmds", "evaluate predictions against references for the given labels; writes summary.json"),
+    Command("predict", "nnUNetv2_predict", "predict_cmds", "predict a folder of images with a trained model (-d -c -tr -f as nnU-Net)"),
+    Command("predict-from-modelfolder", "nnUNetv2_predict_from_modelfolder", "predict_cmds", "predict a folder of images with the model in a given folder (-m)"),
+    Command("install-model", "nnUNetv2_install_pretrained_model_from_zip", "predict_cmds", "install a model zip into nnUNet_results (unsafe entries refused)"),
+    Command("ensemble", "nnUNetv2_ensemble", "predict_cmds", "average the probabilities of several prediction folders and write segmentations"),
 )
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnseg._types import Geometry
+from nnseg._types import Geometry, PathLike
 from nnseg.jsonio import atomic_path
 from nnseg.plans.schema import ConfigurationPlans, Plans
 from nnseg.predictions.predict_io import save_probabilities_npz, save_properties_pkl
@@ -202,3 +202,73 @@ def write_outputs(seg: np.ndarray, probs: np.ndarray | None, properties: Mapping
         save_probabilities_npz(probs, output_truncated.with_name(output_truncated.name + ".npz"))
         save_properties_pkl(properties, output_truncated.with_name(output_truncated.name + ".pkl"))
     write_segmentation(seg, output_truncated.with_name(output_truncated.name + spec.file_ending), geometry, reader=reader)
+
+
+def _ensemble_case(folders: Sequence[Path], identifier: str, output: Path, plans: Plans, spec: DatasetSpec,
+                   save_npz: bool) -> None:
+    from nnseg.predictions.predict_io import load_probabilities_npz, load_properties_pkl
+
+    total = load_probabilities_npz(folders[0] / f"{identifier}.npz")
+    for folder in folders[1:]:
+        total += load_probabilities_npz(folder / f"{identifier}.npz")
+    total /= len(folders)
+    properties = load_properties_pkl(folders[0] / f"{identifier}.pkl")
+    seg = probabilities_to_segmentation(torch.from_numpy(total), spec).numpy()
+    write_outputs(seg, total if save_npz else None, properties, output / identifier, plans=plans, spec=spec)
+
+
+def ensemble_folders(input_folders: Sequence[PathLike], output_folder: PathLike, *, save_npz: bool = False,
+                     num_processes: int = 8) -> list[str]:
+    """Average the ``CASE.npz`` probabilities of several prediction folders and write segmentations (``nnUNetv2_ensemble``).
+
+    Every folder must hold the same ``CASE.npz`` files (with ``CASE.pkl``); ``dataset.json`` and ``plans.json`` are read
+    from the first folder and copied to the output, and the plans' reader/writer writes the results.
+
+    Returns:
+        The identifiers written.
+
+    Raises:
+        FileNotFoundError / ValueError: a folder is missing, holds no ``.npz`` files, or the folders hold different cases.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nnseg.jsonio import load_json, save_json
+    from nnseg.raw.dataset_json import load_dataset_json
+
+    folders = [Path(f) for f in input_folders]
+    identifiers = _common_npz_cases(folders)
+    plans = Plans.from_json(load_json(_required(folders[0] / "plans.json")))
+    spec = load_dataset_json(_required(folders[0] / "dataset.json"))
+    output = Path(output_folder)
+    output.mkdir(parents=True, exist_ok=True)
+    save_json(load_json(folders[0] / "dataset.json"), output / "dataset.json")
+    save_json(load_json(folders[0] / "plans.json"), output / "plans.json")
+    with ThreadPoolExecutor(max_workers=max(1, num_processes)) as pool:
+        for future in [pool.submit(_ensemble_case, folders, i, output, plans, spec, save_npz) for i in identifiers]:
+            future.result()
+    return identifiers
+
+
+def _required(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; ensembling reads dataset.json and plans.json from the first input "
+                                "folder (nnUNetv2_predict writes them)")
+    return path
+
+
+def _common_npz_cases(folders: Sequence[Path]) -> list[str]:
+    if len(folders) < 2:
+        raise ValueError(f"ensembling needs at least two prediction folders, got {[str(f) for f in folders]}")
+    per_folder = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"prediction folder {folder} does not exist")
+        names = {p.name[:-4] for p in folder.glob("*.npz")}
+        if not names:
+            raise ValueError(f"{folder} holds no CASE.npz files; predict with --save_probabilities (or train with --npz)")
+        per_folder.append(names)
+    if any(names != per_folder[0] for names in per_folder[1:]):
+        diff = {str(f): sorted(per_folder[0] ^ n)[:5] for f, n in zip(folders[1:], per_folder[1:]) if n != per_folder[0]}
+        raise ValueError(f"the folders hold different cases (first differences per folder vs {folders[0]}: {diff}); "
+                         "every folder must contain the same CASE.npz files")
+    return sorted(per_folder[0])

@@ -1,0 +1,177 @@
+"""``nnseg predict`` (= ``nnUNetv2_predict``), ``predict-from-modelfolder``, ``install-model``, ``ensemble``.
+
+nnU-Net's argument names and defaults, plus ``--precision`` and ``--tile_batch_size``. A call in training syntax
+(``nnUNetv2_predict 1 2d 0 --npz``) fails with the prediction command it most likely meant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+
+from nnseg.cli.context import Context
+from nnseg.predictions.model_folder import DEFAULT_FOLDS, resolve_model_folder
+
+# training-only options that have no meaning for prediction (dropped from the suggested command)
+_TRAIN_ONLY = {"--c": 0, "--val": 0, "--val_best": 0, "--disable_checkpointing": 0, "-num_gpus": 1, "-pretrained_weights": 1}
+
+
+def suggest_predict_command(prog: str, argv: Sequence[str]) -> str | None:
+    """The ``predict`` call a training-style argv (``DATASET CONFIG FOLD ... --npz``) most likely meant, or None."""
+    argv = list(argv)
+    positionals = []
+    while argv and not argv[0].startswith("-"):
+        positionals.append(argv.pop(0))
+    if not positionals:
+        return None
+    words = [prog, "-i", "IMAGES", "-o", "OUT", "-d", positionals[0]]
+    if len(positionals) > 1:
+        words += ["-c", positionals[1]]
+    if len(positionals) > 2:
+        words += ["-f", *positionals[2:]]
+    rest: list[str] = []
+    skip = 0
+    for word in argv:
+        if skip:
+            skip -= 1
+        elif word in _TRAIN_ONLY:
+            skip = _TRAIN_ONLY[word]
+        else:
+            rest.append("--save_probabilities" if word == "--npz" else word)
+    return " ".join(words + rest)
+
+
+class _PredictParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors show the prediction command a training-style call most likely meant."""
+
+    _nnseg_argv: list[str] = []
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        self._nnseg_argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        hint = suggest_predict_command(self.prog, self._nnseg_argv)
+        if hint:
+            message += ("\nnnUNetv2_predict takes named arguments (the positional DATASET CONFIGURATION FOLD form is "
+                        f"nnUNetv2_train's). Did you mean:\n  {hint}")
+        super().error(message)
+
+
+def _common_predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", required=True, help="input folder (CASE_0000<ending>, CASE_0001<ending>, ... per case)")
+    p.add_argument("-o", required=True, help="output folder (created)")
+    p.add_argument("-f", nargs="+", default=list(DEFAULT_FOLDS), help="folds to use, or 'all' [0 1 2 3 4]")
+    p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch [0.5]")
+    p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (~8x faster in 3D)")
+    p.add_argument("--verbose", action="store_true", help="print a timing line per case")
+    p.add_argument("--save_probabilities", action="store_true", help="also write CASE.npz + CASE.pkl (for ensembling)")
+    p.add_argument("--continue_prediction", "--c", action="store_true", help="skip cases whose outputs exist")
+    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name [checkpoint_final.pth]")
+    p.add_argument("-prev_stage_predictions", default=None, help="previous stage's predictions (cascade)")
+    p.add_argument("-device", default=None,
+                   help="cuda, cpu or mps [cuda as nnU-Net; falls back to cpu, with a note, when there is no GPU]")
+    p.add_argument("--disable_progress_bar", action="store_true", help="no progress bar")
+    p.add_argument("--not_on_device", action="store_true", help="accumulate logits in CPU memory (large images)")
+    g = p.add_argument_group("nnseg additions")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision [auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32]")
+    g.add_argument("--tile_batch_size", type=int, default=None, help="tiles per network call [CPU 1, CUDA 4]")
+
+
+def add_predict(p: argparse.ArgumentParser) -> None:
+    p.__class__ = _PredictParser
+    _common_predict_args(p)
+    p.add_argument("-d", required=True, help="dataset id or name")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier [nnUNetPlans]")
+    p.add_argument("-tr", default="nnUNetTrainer", help="trainer name [nnUNetTrainer]")
+    p.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres")
+    p.add_argument("-npp", type=int, default=None, help="background reader threads [3 or $nnUNet_npp; 0: sequential]")
+    p.add_argument("-nps", type=int, default=None, help="background writer threads [3 or $nnUNet_nps; 0: sequential]")
+    p.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts [1]")
+    p.add_argument("-part_id", type=int, default=0, help="which part this call predicts (0-based) [0]")
+
+
+def _device(requested: str | None) -> str:
+    if requested is None:
+        if torch.cuda.is_available():
+            return "cuda"
+        print("nnseg: no CUDA GPU found; predicting on the CPU (pass -device cpu to silence this)", file=sys.stderr)
+        return "cpu"
+    return requested
+
+
+def _run(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, num_parts: int = 1, part_id: int = 0) -> int:
+    from nnseg.predictions.predict import predict
+
+    inputs = Path(args.i)
+    if not inputs.is_dir():
+        raise FileNotFoundError(f"input folder {inputs} does not exist (-i)")
+    folds = None if args.f is None else args.f
+    report = predict(model_folder, inputs, Path(args.o), folds=folds, checkpoint=args.chk, step_size=args.step_size,
+                     use_tta=not args.disable_tta, save_probabilities=args.save_probabilities, device=_device(args.device),
+                     precision=args.precision, tile_batch_size=args.tile_batch_size, num_processes_preprocessing=npp,
+                     num_processes_export=nps, continue_prediction=args.continue_prediction, num_parts=num_parts,
+                     part_id=part_id, prev_stage_predictions=args.prev_stage_predictions,
+                     accumulate_on_device=not args.not_on_device, verbose=args.verbose,
+                     progress=not args.disable_progress_bar)
+    skipped = f", {len(report.skipped)} already done" if report.skipped else ""
+    print(f"predicted {len(report.written)} case(s) into {args.o} in {report.wall_s:.1f} s{skipped}", file=sys.stderr)
+    return 0
+
+
+def run_predict(args: argparse.Namespace, ctx: Context) -> int:
+    dataset = ctx.dataset_name(args.d)
+    folder = resolve_model_folder(ctx.roots().results, dataset, trainer=args.tr, plans_identifier=args.p,
+                                  configuration=args.c)
+    npp = args.npp if args.npp is not None else ctx.env_int("nnUNet_npp", 3)
+    nps = args.nps if args.nps is not None else ctx.env_int("nnUNet_nps", 3)
+    return _run(args, folder, npp=npp, nps=nps, num_parts=args.num_parts, part_id=args.part_id)
+
+
+def add_predict_from_modelfolder(p: argparse.ArgumentParser) -> None:
+    _common_predict_args(p)
+    p.add_argument("-m", required=True, help="model folder (DatasetX/<Trainer>__<Plans>__<config>)")
+    p.add_argument("-npp", type=int, default=3, help="background reader threads [3]")
+    p.add_argument("-nps", type=int, default=3, help="background writer threads [3]")
+
+
+def run_predict_from_modelfolder(args: argparse.Namespace, ctx: Context) -> int:
+    folder = Path(args.m)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist (-m)")
+    return _run(args, folder, npp=args.npp, nps=args.nps)
+
+
+def add_install_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("zip", help="model zip written by nnUNetv2_export_model_to_zip")
+
+
+def run_install_model(args: argparse.Namespace, ctx: Context) -> int:
+    from nnseg.predictions.install import install_model_zip
+
+    installed = install_model_zip(Path(args.zip), ctx.roots().results)
+    for folder in installed:
+        print(f"installed {folder}")
+    return 0
+
+
+def add_ensemble(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", nargs="+", required=True, help="prediction folders with CASE.npz + CASE.pkl (at least two)")
+    p.add_argument("-o", required=True, help="output folder")
+    p.add_argument("-np", type=int, default=None, help="worker threads [8 or $nnUNet_def_n_proc]")
+    p.add_argument("--save_npz", action="store_true", help="also write the averaged probabilities")
+
+
+def run_ensemble(args: argparse.Namespace, ctx: Context) -> int:
+    from nnseg.predictions.export import ensemble_folders
+
+    num = args.np if args.np is not None else ctx.env_int("nnUNet_def_n_proc", 8)
+    done = ensemble_folders(args.i, args.o, save_npz=args.save_npz, num_processes=num)
+    print(f"ensembled {len(done)} case(s) from {len(args.i)} folders into {args.o}")
+    return 0

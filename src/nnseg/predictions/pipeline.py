@@ -1,0 +1,181 @@
+"""The folder-to-folder prediction loop: reading the next cases and writing the previous ones overlap with the network.
+
+Readers (read + :func:`preprocess_case`) and writers (logits -> files) run in background threads; at most
+``num_readers + 1`` cases are read ahead and at most ``2 * num_writers`` exports wait, so memory stays bounded
+(nnU-Net's back-pressure rule). With 0 readers / writers everything runs in order in the calling thread.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nnseg._types import PathLike
+from nnseg.jsonio import save_json
+from nnseg.predictions.export import export_prediction
+from nnseg.predictions.model_folder import TrainedModel
+from nnseg.predictions.predict import CaseTiming, PredictionReport, Predictor
+from nnseg.raw.discover import CaseFiles, image_cases
+from nnseg.raw.image_io import get_io
+
+
+def _case_from_files(files: Sequence[PathLike], file_ending: str) -> CaseFiles:
+    first = Path(files[0]).name
+    if not first.endswith(file_ending):
+        raise ValueError(f"input file {files[0]} does not end with the dataset's file ending {file_ending!r}")
+    stem = first[: -len(file_ending)]
+    identifier = stem[:-5] if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit() else stem
+    return CaseFiles(identifier=identifier, images=tuple(Path(f) for f in files), label=None)
+
+
+def select_cases(model: TrainedModel, inputs: PathLike | Sequence[Sequence[PathLike]], *, num_parts: int = 1,
+                 part_id: int = 0) -> list[CaseFiles]:
+    """The input cases sorted by identifier, then ``[part_id::num_parts]`` (nnU-Net's sharding).
+
+    Raises:
+        ValueError: bad ``num_parts``/``part_id``, misnamed files, or a case with the wrong number of channels.
+    """
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise ValueError(f"part_id must be in [0, num_parts); got num_parts={num_parts}, part_id={part_id}")
+    spec = model.spec
+    if isinstance(inputs, (str, Path)):
+        cases = image_cases(Path(inputs), spec.file_ending, spec.num_channels)
+    else:
+        cases = [_case_from_files(files, spec.file_ending) for files in inputs]
+        bad = [c.identifier for c in cases if len(c.images) != spec.num_channels]
+        if bad:
+            raise ValueError(f"cases {bad} do not have {spec.num_channels} channel file(s) as the model expects")
+    return sorted(cases, key=lambda c: c.identifier)[part_id::num_parts]
+
+
+def write_run_info(model: TrainedModel, output: Path, args: dict[str, Any]) -> None:
+    """``predict_from_raw_data_args.json``, ``dataset.json`` and ``plans.json`` in the output folder (as nnU-Net)."""
+    output.mkdir(parents=True, exist_ok=True)
+    save_json(args, output / "predict_from_raw_data_args.json")
+    save_json(model.dataset_json_dict, output / "dataset.json")
+    save_json(model.plans_json, output / "plans.json")
+
+
+def _is_done(case: CaseFiles, output: Path, file_ending: str, save_probabilities: bool) -> bool:
+    done = (output / f"{case.identifier}{file_ending}").is_file()
+    return done and (not save_probabilities or (output / f"{case.identifier}.npz").is_file())
+
+
+def _read_case(predictor: Predictor, case: CaseFiles, prev_stage_folder: Path | None) -> tuple[Any, ...]:
+    start = time.perf_counter()
+    io = get_io(predictor.model.plans.image_reader_writer)
+    data, geometry = io.read_images(case.images)
+    prev = None
+    if prev_stage_folder is not None:
+        prev_file = prev_stage_folder / f"{case.identifier}{predictor.model.spec.file_ending}"
+        if not prev_file.is_file():
+            raise FileNotFoundError(f"previous-stage prediction {prev_file} is missing; predict case "
+                                    f"{case.identifier} with the previous stage first")
+        prev = io.read_seg(prev_file)[0]
+    pre, props = predictor.preprocess(np.asarray(data, dtype=np.float32), geometry, prev)
+    return pre, props, geometry, time.perf_counter() - start
+
+
+def _export_case(predictor: Predictor, logits: torch.Tensor, props: dict[str, Any], geometry: Any, target: Path,
+                 save_probabilities: bool) -> float:
+    start = time.perf_counter()
+    model = predictor.model
+    export_prediction(logits, props, target, plans=model.plans, configuration=model.configuration, spec=model.spec,
+                      save_probabilities=save_probabilities, geometry=geometry)
+    return time.perf_counter() - start
+
+
+class _Inline:
+    """A stand-in executor that runs work immediately (0 background workers)."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        return None
+
+
+def _executor(workers: int, name: str) -> ThreadPoolExecutor | _Inline:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) if workers > 0 else _Inline()
+
+
+def run_pipeline(predictor: Predictor, cases: Sequence[CaseFiles], output: Path, *, args: dict[str, Any],
+                 save_probabilities: bool = False, continue_prediction: bool = False,
+                 prev_stage_folder: PathLike | None = None, num_readers: int = 1, num_writers: int = 1,
+                 verbose: bool = False, progress: bool = True) -> PredictionReport:
+    """Predict ``cases`` into ``output`` (see the module docstring); returns what was written and the timings."""
+    from tqdm import tqdm
+
+    model = predictor.model
+    write_run_info(model, output, args)
+    ending = model.spec.file_ending
+    report = PredictionReport()
+    todo = []
+    for case in cases:
+        if continue_prediction and _is_done(case, output, ending, save_probabilities):
+            report.skipped.append(case.identifier)
+        else:
+            todo.append(case)
+    prev = Path(prev_stage_folder) if prev_stage_folder is not None else None
+    readers, writers = _executor(num_readers, "nnseg-read"), _executor(num_writers, "nnseg-write")
+    try:
+        with tqdm(total=len(todo), disable=not progress, unit="case", desc="predict", file=sys.stderr) as bar:
+            _loop(predictor, todo, output, prev, readers, writers, max(1, num_readers) + 1, 2 * max(1, num_writers),
+                  save_probabilities, report, bar, verbose)
+    finally:
+        readers.shutdown(wait=True, cancel_futures=True)
+        writers.shutdown(wait=True, cancel_futures=True)
+    return report
+
+
+def _loop(predictor: Predictor, todo: Sequence[CaseFiles], output: Path, prev: Path | None, readers: Any, writers: Any,
+          read_ahead: int, max_pending: int, save_probabilities: bool, report: PredictionReport, bar: Any,
+          verbose: bool) -> None:
+    reads: deque[tuple[CaseFiles, Future[Any]]] = deque()
+    exports: deque[tuple[CaseTiming, Future[float]]] = deque()
+    upcoming = iter(todo)
+
+    def top_up() -> None:
+        while len(reads) < read_ahead:
+            case = next(upcoming, None)
+            if case is None:
+                return
+            reads.append((case, readers.submit(_read_case, predictor, case, prev)))
+
+    def finish_one() -> None:
+        timing, future = exports.popleft()
+        timing.export = future.result()
+        report.timings.append(timing)
+        report.written.append(output / f"{timing.identifier}{predictor.model.spec.file_ending}")
+        bar.update(1)
+        if verbose:
+            bar.write(f"{timing.identifier}: read+preprocess {timing.read:.2f} s, network {timing.network:.2f} s, "
+                      f"export {timing.export:.2f} s")
+
+    top_up()
+    while reads:
+        case, future = reads.popleft()
+        data, props, geometry, read_s = future.result()
+        top_up()
+        start = time.perf_counter()
+        logits = predictor.predict_logits(data)
+        if logits.device.type == "cuda":
+            torch.cuda.synchronize(logits.device)
+        timing = CaseTiming(case.identifier, read=read_s, network=time.perf_counter() - start)
+        del data
+        while exports and (len(exports) >= max_pending or exports[0][1].done()):
+            finish_one()
+        exports.append((timing, writers.submit(_export_case, predictor, logits, props, geometry,
+                                               output / case.identifier, save_probabilities)))
+    while exports:
+        finish_one()

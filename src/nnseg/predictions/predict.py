@@ -1,0 +1,273 @@
+"""Predict with a trained nnU-Net v2 / nnseg model: Python API behind ``nnUNetv2_predict``.
+
+:class:`Predictor` holds one model (plans, dataset.json, one network per fold) on a device and turns preprocessed
+arrays into logits: sliding window with Gaussian weighting, mirroring TTA, folds averaged as nnU-Net does (logits
+summed, then divided), autocast in the chosen precision. :func:`predict` runs a folder of images end to end
+(:mod:`nnseg.predictions.pipeline` overlaps reading and writing with the network); :func:`predict_arrays` does the
+same for images already in memory.
+
+Example:
+    >>> predict("results/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres", "imagesTs", "out",
+    ...         folds=(0,), device="cpu")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nnseg import devices
+from nnseg._types import Geometry, PathLike
+from nnseg.devices import autocast_context, resolve_precision
+from nnseg.predictions.export import convert_logits
+from nnseg.predictions.model_folder import (
+    DEFAULT_FOLDS,
+    Fold,
+    TrainedModel,
+    build_inference_network,
+    checkpoint_paths,
+    load_fold_weights,
+    load_trained_model,
+    load_weights,
+    parse_folds,
+)
+from nnseg.predictions.sliding_window import sliding_window_predict
+from nnseg.predictions.tta import mirror_tta
+from nnseg.preprocessed.preprocess import preprocess_case
+
+DEFAULT_TILE_BATCH = {"cpu": 1, "cuda": 4, "mps": 1}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``'auto'``: CUDA if available, else CPU; otherwise :func:`nnseg.devices.resolve_device` (checked).
+
+    Raises:
+        ValueError: unknown device, or CUDA/MPS requested but not available.
+    """
+    if device is None or str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return devices.resolve_device(str(device))
+
+
+@dataclass
+class Predictor:
+    """A loaded model ready to predict (build it with :meth:`from_model_folder`)."""
+
+    model: TrainedModel
+    networks: list[torch.nn.Module]
+    mirror_axes: tuple[int, ...] | None
+    device: torch.device
+    precision: str
+    step_size: float = 0.5
+    use_tta: bool = True
+    tile_batch_size: int = 1
+    accumulate_on_device: bool = True
+    folds: list[Fold] = field(default_factory=list)
+
+    @classmethod
+    def from_model_folder(cls, model_folder: PathLike, *, folds: Sequence[Fold] | None = DEFAULT_FOLDS,
+                          checkpoint: str = "checkpoint_final.pth", device: str | torch.device | None = None,
+                          precision: str | None = None, step_size: float = 0.5, use_tta: bool = True,
+                          tile_batch_size: int | None = None, accumulate_on_device: bool = True) -> "Predictor":
+        """Load plans, dataset.json and the checkpoints of ``folds`` (None: every fold that has ``checkpoint``).
+
+        Raises:
+            FileNotFoundError: the folder, a json file or a checkpoint is missing (what exists is listed).
+            ValueError: bad device/precision/step size, unsafe checkpoint, or weights that do not fit the plans.
+        """
+        if not 0 < step_size <= 1:
+            raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+        dev = resolve_device(device)
+        chosen = parse_folds(folds)
+        paths = checkpoint_paths(model_folder, chosen, checkpoint)
+        weights = load_fold_weights(paths)
+        model = load_trained_model(model_folder, configuration=_configuration_name(model_folder, weights.configuration_name))
+        networks = []
+        for path, state in zip(paths, weights.state_dicts):
+            net = build_inference_network(model, device=dev)
+            load_weights(net, state, source=str(path))
+            networks.append(net)
+        batch = tile_batch_size if tile_batch_size is not None else DEFAULT_TILE_BATCH.get(dev.type, 1)
+        if batch < 1:
+            raise ValueError(f"tile_batch_size must be >= 1, got {batch}")
+        return cls(model=model, networks=networks, mirror_axes=weights.mirroring_axes, device=dev,
+                   precision=resolve_precision(precision, dev), step_size=step_size, use_tta=use_tta,
+                   tile_batch_size=batch, accumulate_on_device=accumulate_on_device,
+                   folds=[_fold_of(p) for p in paths])
+
+    def predict_logits(self, data: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Logits ``(K, X, Y, Z)`` float32 of a preprocessed case ``(C, X, Y, Z)``, averaged over folds.
+
+        The result lives on the device (CPU with ``accumulate_on_device=False``).
+        """
+        image = torch.as_tensor(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data, dtype=torch.float32)
+        if image.shape[0] != self.model.num_input_channels:
+            raise ValueError(f"input has {image.shape[0]} channels, the model expects {self.model.num_input_channels} "
+                             f"(dataset.json channel_names {self.model.spec.channel_names})")
+        image = image.to(self.device)
+        acc = self.device if self.accumulate_on_device else torch.device("cpu")
+        total: torch.Tensor | None = None
+        for net in self.networks:
+            predictor = mirror_tta(_channels_last(net, self.device), self.mirror_axes if self.use_tta else None)
+            with autocast_context(self.device, self.precision):
+                logits = sliding_window_predict(predictor, image, self.model.configuration.patch_size,
+                                                num_outputs=self.model.num_outputs, step_size=self.step_size,
+                                                batch_size=self.tile_batch_size, device=self.device, accumulate_device=acc)
+            total = logits if total is None else total + logits
+        if total is None:
+            raise RuntimeError("the predictor holds no networks; build it with Predictor.from_model_folder")
+        if len(self.networks) > 1:
+            total /= len(self.networks)
+        return total
+
+    def preprocess(self, data: np.ndarray, geometry: Geometry,
+                   prev_stage_seg: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Preprocess raw ``(C, X, Y, Z)`` images with :func:`preprocess_case`; a cascade appends the previous stage."""
+        model = self.model
+        if data.shape[0] != model.spec.num_channels:
+            raise ValueError(f"the case has {data.shape[0]} channel(s), the model expects {model.spec.num_channels} "
+                             f"({model.spec.channel_names})")
+        if model.configuration.previous_stage and prev_stage_seg is None:
+            raise ValueError(f"configuration {model.configuration_name} is a cascade stage: pass the predictions of "
+                             f"{model.configuration.previous_stage} (-prev_stage_predictions)")
+        seg_in = prev_stage_seg if model.configuration.previous_stage else None
+        pre, seg, props = preprocess_case(data, seg_in, geometry.to_properties(), plans=model.plans,
+                                          configuration=model.configuration, spec=model.spec if seg_in is not None else None)
+        if seg is not None:
+            onehot = np.stack([(seg[0] == label) for label in model.spec.foreground_labels]).astype(np.float32)
+            pre = np.concatenate([pre, onehot])
+        props.pop("class_locations", None)
+        return pre, props
+
+
+def _channels_last(net: torch.nn.Module, device: torch.device) -> Any:
+    """On CPU, 3D convolutions run faster channels-last (oneDNN); the network's weights are converted once."""
+    if device.type != "cpu" or not any(isinstance(m, torch.nn.Conv3d) for m in net.modules()):
+        return net
+    if not getattr(net, "_nnseg_channels_last", False):
+        net.to(memory_format=torch.channels_last_3d)
+        net._nnseg_channels_last = True  # type: ignore[assignment]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return net(x.contiguous(memory_format=torch.channels_last_3d))
+
+    return forward
+
+
+def _fold_of(checkpoint: Path) -> Fold:
+    name = checkpoint.parent.name[len("fold_"):]
+    return int(name) if name.isdigit() else name
+
+
+def _configuration_name(folder: PathLike, from_checkpoint: str | None) -> str | None:
+    parts = Path(folder).name.split("__")
+    return parts[2] if len(parts) == 3 else from_checkpoint
+
+
+@dataclass
+class CaseTiming:
+    """Seconds spent on one case (``read`` includes preprocessing)."""
+
+    identifier: str
+    read: float = 0.0
+    network: float = 0.0
+    export: float = 0.0
+
+
+@dataclass
+class PredictionReport:
+    """What :func:`predict` did: outputs written, cases skipped (``continue_prediction``), timings."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    timings: list[CaseTiming] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def network_s(self) -> float:
+        return sum(t.network for t in self.timings)
+
+
+def predict(model_folder: PathLike | Predictor, inputs: PathLike | Sequence[Sequence[PathLike]], output: PathLike, *,
+            folds: Sequence[Fold] | None = DEFAULT_FOLDS, checkpoint: str = "checkpoint_final.pth", step_size: float = 0.5,
+            use_tta: bool = True, save_probabilities: bool = False, device: str | torch.device | None = None,
+            precision: str | None = None, tile_batch_size: int | None = None, num_processes_preprocessing: int = 3,
+            num_processes_export: int = 3, continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0,
+            prev_stage_predictions: PathLike | None = None, accumulate_on_device: bool = True, verbose: bool = False,
+            progress: bool = True) -> PredictionReport:
+    """Predict every case of ``inputs`` and write ``output/CASE<file_ending>`` (nnU-Net's ``predict_from_files``).
+
+    Args:
+        model_folder: ``nnUNet_results/DatasetX/<Trainer>__<Plans>__<config>`` or a loaded :class:`Predictor`.
+        inputs: a folder of ``CASE_XXXX<ending>`` files, or one list of channel files per case.
+        output: output folder (created; gets ``dataset.json``, ``plans.json``, ``predict_from_raw_data_args.json``).
+        folds, checkpoint, step_size, use_tta, device, precision, tile_batch_size, accumulate_on_device:
+            see :meth:`Predictor.from_model_folder` (``precision=None``: bf16/fp16 autocast where the device has it).
+        save_probabilities: also write ``CASE.npz`` (``probabilities``) and ``CASE.pkl``.
+        num_processes_preprocessing, num_processes_export: background reader / writer threads (0: sequential).
+        continue_prediction: skip cases whose outputs exist.
+        num_parts, part_id: predict only cases ``sorted_cases[part_id::num_parts]``.
+        prev_stage_predictions: folder with the previous stage's ``CASE<ending>`` (cascade).
+        verbose: print a timing line per case; progress: show a progress bar over cases.
+
+    Returns:
+        A :class:`PredictionReport`.
+    """
+    from nnseg.predictions.pipeline import run_pipeline, select_cases
+
+    start = time.perf_counter()
+    predictor = model_folder if isinstance(model_folder, Predictor) else Predictor.from_model_folder(
+        model_folder, folds=folds, checkpoint=checkpoint, device=device, precision=precision, step_size=step_size,
+        use_tta=use_tta, tile_batch_size=tile_batch_size, accumulate_on_device=accumulate_on_device)
+    cases = select_cases(predictor.model, inputs, num_parts=num_parts, part_id=part_id)
+    args = {"list_of_lists_or_source_folder": str(inputs) if isinstance(inputs, (str, Path)) else [[str(f) for f in c] for c in inputs],
+            "output_folder_or_list_of_truncated_output_files": str(output), "save_probabilities": save_probabilities,
+            "overwrite": not continue_prediction, "num_processes_preprocessing": num_processes_preprocessing,
+            "num_processes_segmentation_export": num_processes_export,
+            "folder_with_segs_from_prev_stage": None if prev_stage_predictions is None else str(prev_stage_predictions),
+            "num_parts": num_parts, "part_id": part_id, "folds": predictor.folds, "device": str(predictor.device),
+            "precision": predictor.precision, "use_mirroring": predictor.use_tta, "tile_step_size": predictor.step_size}
+    report = run_pipeline(predictor, cases, Path(output), args=args, save_probabilities=save_probabilities,
+                          continue_prediction=continue_prediction, prev_stage_folder=prev_stage_predictions,
+                          num_readers=num_processes_preprocessing, num_writers=num_processes_export,
+                          verbose=verbose, progress=progress)
+    report.wall_s = time.perf_counter() - start
+    return report
+
+
+def predict_arrays(model_folder: PathLike | Predictor, images: Sequence[np.ndarray], geometries: Sequence[Geometry], *,
+                   folds: Sequence[Fold] | None = DEFAULT_FOLDS, checkpoint: str = "checkpoint_final.pth",
+                   step_size: float = 0.5, use_tta: bool = True, device: str | torch.device | None = None,
+                   precision: str | None = None, tile_batch_size: int | None = None, return_probabilities: bool = False,
+                   prev_stage_segmentations: Sequence[np.ndarray] | None = None) -> list[Any]:
+    """Predict images held in memory (nnU-Net's ``predict_from_list_of_npy_arrays``).
+
+    Args:
+        images: raw images float ``(C, X, Y, Z)``, one per case, as a reader returns them.
+        geometries: the :class:`Geometry` of each image (its ``spacing`` drives preprocessing).
+        prev_stage_segmentations: cascade only: the previous stage's label maps ``(1, X, Y, Z)``.
+        return_probabilities: return ``(seg, probabilities)`` pairs instead of segmentations.
+
+    Returns:
+        Per case the label map ``(X, Y, Z)`` (uint8 below 255 labels), or ``(seg, float32 (K, X, Y, Z))``.
+    """
+    if len(images) != len(geometries):
+        raise ValueError(f"got {len(images)} images but {len(geometries)} geometries; pass one Geometry per image")
+    predictor = model_folder if isinstance(model_folder, Predictor) else Predictor.from_model_folder(
+        model_folder, folds=folds, checkpoint=checkpoint, device=device, precision=precision, step_size=step_size,
+        use_tta=use_tta, tile_batch_size=tile_batch_size)
+    out: list[Any] = []
+    for i, (image, geometry) in enumerate(zip(images, geometries)):
+        prev = prev_stage_segmentations[i] if prev_stage_segmentations is not None else None
+        data, props = predictor.preprocess(np.asarray(image, dtype=np.float32), geometry, prev)
+        logits = predictor.predict_logits(data)
+        seg, probs = convert_logits(logits, props, plans=predictor.model.plans, configuration=predictor.model.configuration,
+                                    spec=predictor.model.spec, return_probabilities=return_probabilities)
+        out.append((seg, probs) if return_probabilities else seg)
+    return out
