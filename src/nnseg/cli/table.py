@@ -30,6 +30,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("predict-from-modelfolder", "nnUNetv2_predict_from_modelfolder", "predict_cmds", "predict a folder of images with the model in a given folder (-m)"),
     Command("install-model", "nnUNetv2_install_pretrained_model_from_zip", "predict_cmds", "install a model zip into nnUNet_results (unsafe entries refused)"),
     Command("ensemble", "nnUNetv2_ensemble", "predict_cmds", "average the probabilities of several prediction folders and write segmentations"),
+    Command("export-model", "nnUNetv2_export_model_to_zip", "share_cmds", "write trained models (folds, checkpoints, cross-validation results) to a zip for sharing"),
+    Command("download-model", "nnUNetv2_download_pretrained_model_by_url", "share_cmds", "download a model zip by URL (resumable, optional --sha256) and install it"),
+    Command("plot-overlay", "nnUNetv2_plot_overlay_pngs", "share_cmds", "write one PNG per training case: the slice with most foreground, labels overlaid in colour"),
 )
 
 
