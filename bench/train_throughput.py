@@ -1,0 +1,112 @@
+"""Training throughput on the Hippocampus 3d_fullres network, batch size 2, on this machine's CPU.
+
+Prints the mean seconds per iteration of (a) forward+backward alone on a fixed batch of the training shape and
+precision and (b) nnseg's full training loop (patch sampling from the blosc2 store, batched augmentation in the
+background thread, targets, forward, backward, clipping, SGD step). Target: (b) <= 1.1 x (a).
+
+Usage: python bench/train_throughput.py [--cases 40] [--iterations 20] [--precision auto|fp32|bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnseg.devices import autocast_context, resolve_precision
+from nnseg.plans.schema import load_plans
+from nnseg.preprocessed.preprocess import preprocess_files
+from nnseg.preprocessed.store import save_case
+from nnseg.raw.dataset_json import load_dataset_json
+from nnseg.training.config import TrainConfig
+from nnseg.training.data import prefetched
+from nnseg.training.loop import train_step
+from nnseg.training.run_spec import build_components
+from nnseg.training.setup import FoldJob, make_run_spec
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+EXPECTED = SHARED / "reference" / "expected" / "Dataset004_Hippocampus"
+TASK = SHARED / "data" / "Task04_Hippocampus"
+
+
+def preprocess_some(folder: Path, n: int) -> tuple[object, object]:
+    plans = load_plans(EXPECTED / "nnUNetPlans.json")
+    raw = plans.to_json()
+    raw["configurations"]["3d_fullres_bs2"] = {"inherits_from": "3d_fullres", "batch_size": 2}
+    plans = type(plans).from_json(raw)
+    spec = load_dataset_json(EXPECTED / "dataset.json")
+    cfg = plans.configuration("3d_fullres")
+    out = folder / cfg.data_identifier
+    for image in sorted((TASK / "imagesTr").glob("hippocampus_*.nii.gz"))[:n]:
+        data, seg, props = preprocess_files([image], TASK / "labelsTr" / image.name, io="SimpleITKIO",
+                                            plans=plans, configuration=cfg, spec=spec)
+        save_case(out, image.name[: -len(".nii.gz")], data, seg, props, patch_size=cfg.patch_size)
+    return plans, spec
+
+
+def time_fn(fn, n: int, warmup: int = 3) -> float:  # type: ignore[no-untyped-def]
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", type=int, default=40)
+    ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--precision", default="auto")
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    device = torch.device("cpu")
+    precision = resolve_precision(args.precision, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "Dataset004_Hippocampus"
+        plans, spec = preprocess_some(pre, args.cases)
+        job = FoldJob(plans=plans, configuration_name="3d_fullres_bs2", spec=spec, preprocessed_dataset_folder=pre,
+                      results_dataset_folder=Path(tmp) / "results", fold=0, trainer_name="nnUNetTrainer",
+                      config=TrainConfig(seed=0), device=device, precision=precision)
+        run = make_run_spec(job)
+        parts = build_components(run)
+        image, targets = parts.batches.train_batch(0, 0)
+
+        def fwd_bwd() -> None:
+            parts.network.zero_grad(set_to_none=True)
+            with autocast_context(device, precision):
+                out = parts.network(image)
+                loss = parts.loss(out, targets[: len(out)])
+            loss.backward()
+
+        def step() -> None:
+            train_step(parts.network, image, targets, parts.loss, parts.optimizer, None, precision=precision,
+                       grad_clip=12.0)
+
+        t_fb = time_fn(fwd_bwd, args.iterations)
+        t_step = time_fn(step, args.iterations)
+        n = args.iterations + 3
+        batches = prefetched(lambda i: parts.batches.train_batch(1, i), n, background=True)
+        times = []
+        last = time.perf_counter()
+        for img, tgt in batches:
+            train_step(parts.network, img, tgt, parts.loss, parts.optimizer, None, precision=precision, grad_clip=12.0)
+            now = time.perf_counter()
+            times.append(now - last)
+            last = now
+        t_loop = float(np.mean(times[3:]))
+        t_data = time_fn(lambda: parts.batches.train_batch(2, 0), 10, warmup=1)
+    print(f"machine: {torch.get_num_threads()} torch threads, precision {precision}, batch {tuple(image.shape)}")
+    print(f"forward+backward alone:          {t_fb:.3f} s/iteration")
+    print(f"forward+backward+clip+SGD step:  {t_step:.3f} s/iteration")
+    print(f"data path alone (sample+augment): {t_data:.3f} s/batch (runs in a background thread)")
+    print(f"full training loop:              {t_loop:.3f} s/iteration = {t_loop / t_fb:.2f} x forward+backward (target <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()
