@@ -113,8 +113,10 @@ def final_validation(run, job: FoldJob, ctx: Context, *, best: bool, npz: bool) 
 
     checkpoint = "checkpoint_best.pth" if best else "checkpoint_final.pth"
     out = run.output_folder / ("validation_best" if best else "validation")
+    writer = _next_stage_writer(run, job)
     seconds = validate_fold(run.output_folder.parent, job.fold, run.data_folder, run.val_ids, out, checkpoint=checkpoint,
-                            device=run.device, precision=run.precision, save_probabilities=npz, progress=sys.stderr.isatty())
+                            device=run.device, precision=run.precision, save_probabilities=npz, progress=sys.stderr.isatty(),
+                            prev_stage_folder=run.prev_stage_folder, on_case=writer)
     gt = Path(job.preprocessed_dataset_folder) / "gt_segmentations"
     summary = evaluate_folder_with_dataset(gt, out, dataset_json_file=Path(job.preprocessed_dataset_folder) / "dataset.json",
                                            plans_file=run.output_folder.parent / "plans.json", chill=True,
@@ -123,4 +125,16 @@ def final_validation(run, job: FoldJob, ctx: Context, *, best: bool, npz: bool) 
     per_label = {k: round(v["Dice"], 4) for k, v in summary["mean"].items()}
     print(f"Validation of {run.output_folder} ({len(run.val_ids)} cases, {seconds:.1f} s): mean foreground Dice "
           f"{dice:.4f}; per label {per_label}; summary in {out / 'summary.json'}")
+    if writer is not None and writer.written:
+        print(f"Wrote {len(writer.written)} segmentation(s) for the next stage to {writer.written[0].parent.parent}")
     return 0
+
+
+def _next_stage_writer(run, job: FoldJob):  # type: ignore[no-untyped-def]
+    """nnU-Net's lowres rule: the final validation also writes predicted_next_stage/<next>/CASE.b2nd."""
+    from nnseg.predictions.next_stage import NextStageWriter, next_stages
+
+    cfg = job.plans.configuration(job.configuration_name)
+    stages = next_stages(job.plans, cfg, preprocessed_dataset_folder=Path(job.preprocessed_dataset_folder),
+                         model_folder=run.output_folder.parent)
+    return NextStageWriter(stages, configuration=cfg, spec=job.spec) if stages else None

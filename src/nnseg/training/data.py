@@ -24,6 +24,7 @@ from nnseg.training.augment.pipeline import (
     remove_negative_labels,
     sample_all,
 )
+from nnseg.training.cascade import CascadeInputs
 from nnseg.training.sampling import PatchSampler
 
 TRAIN, VAL = 0, 1
@@ -64,6 +65,7 @@ class BatchMaker:
     targets: TargetSpec
     device: torch.device
     seed: int
+    cascade: CascadeInputs | None = None
 
     def train_batch(self, epoch: int, index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         rng = batch_rng(self.seed, epoch, index, TRAIN)
@@ -71,6 +73,8 @@ class BatchMaker:
         batch = Batch(torch.from_numpy(image).to(self.device), torch.from_numpy(seg).to(self.device))
         batch = apply_all(self.transforms, batch, sample_all(self.transforms, rng, batch))
         batch = mask_outside(batch, self.targets.mask_channels)
+        if self.cascade is not None:
+            batch = self.cascade.train(batch.with_(seg=remove_negative_labels(batch.seg)), rng)
         return batch.image.contiguous(), make_targets(batch.seg, self.targets)
 
     def val_batch(self, epoch: int, index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -78,6 +82,8 @@ class BatchMaker:
         image, seg, _ = self.val_sampler.sample(rng)
         batch = Batch(torch.from_numpy(image).to(self.device), torch.from_numpy(seg).to(self.device))
         batch = mask_outside(batch, self.targets.mask_channels)
+        if self.cascade is not None:
+            batch = self.cascade.validation(batch.with_(seg=remove_negative_labels(batch.seg)))
         return batch.image, make_targets(batch.seg, self.targets)
 
 

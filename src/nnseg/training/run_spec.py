@@ -13,6 +13,7 @@ from torch import nn
 
 from nnseg.networks import build_network
 from nnseg.training.augment.pipeline import augmentation_setup, default_transforms
+from nnseg.training.cascade import CascadeInputs
 from nnseg.training.config import TrainConfig
 from nnseg.training.data import BatchMaker, TargetSpec
 from nnseg.training.losses import LOSSES, DeepSupervisionLoss, deep_supervision_scales, deep_supervision_weights
@@ -45,6 +46,8 @@ class RunSpec:
     seed: int
     background: bool = True
     disable_checkpointing: bool = False
+    prev_stage_folder: Path | None = None  # cascade: the previous stage's predicted_next_stage/<configuration>
+    cascade_labels: tuple[int, ...] = ()  # cascade: foreground labels appended one-hot as input channels
 
     @property
     def strides(self) -> list[list[int]]:
@@ -78,7 +81,8 @@ def _loss(run: RunSpec) -> nn.Module:
 def _batches(run: RunSpec) -> BatchMaker:
     setup = augmentation_setup(run.patch_size, mirroring=run.config.mirroring)
     common = dict(folder=run.data_folder, final_patch_size=run.patch_size, batch_size=run.batch_size,
-                  oversample_foreground=run.config.oversample_foreground, annotated_key=run.annotated_key)
+                  oversample_foreground=run.config.oversample_foreground, annotated_key=run.annotated_key,
+                  prev_stage_folder=run.prev_stage_folder)
     train = PatchSampler(identifiers=list(run.train_ids), patch_size=setup.initial_patch_size, **common)
     val = PatchSampler(identifiers=list(run.val_ids or run.train_ids), patch_size=run.patch_size, **common)
     scales = deep_supervision_scales(run.strides) if run.config.deep_supervision else None
@@ -86,7 +90,8 @@ def _batches(run: RunSpec) -> BatchMaker:
                          ds_scales=None if scales is None else tuple(tuple(s) for s in scales),
                          mask_channels=run.mask_channels)
     aug_device = run.device if run.device.type == "cuda" else torch.device("cpu")
-    return BatchMaker(train, val, default_transforms(setup), targets, aug_device, run.seed)
+    cascade = CascadeInputs(run.cascade_labels) if run.prev_stage_folder is not None else None
+    return BatchMaker(train, val, default_transforms(setup), targets, aug_device, run.seed, cascade)
 
 
 def build_components(run: RunSpec) -> Components:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from nnseg.preprocessed.store import load_case
+from nnseg.preprocessed.store import load_case, open_b2nd
 
 
 def oversample_flags(batch_size: int, oversample_foreground: float) -> list[bool]:
@@ -67,6 +67,31 @@ def crop_and_pad(array: Any, lower: Sequence[int], upper: Sequence[int], *, pad_
     return part
 
 
+class _StackedSeg:
+    """Labels ``(1, *spatial)`` and a previous-stage map ``(*spatial)`` read lazily as one ``(2, *spatial)`` array."""
+
+    def __init__(self, seg: Any, prev: Any) -> None:
+        self.seg, self.prev = seg, prev
+        self.shape = (2, *seg.shape[1:])
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        spatial = index[1:]
+        return np.stack([np.asarray(self.seg[(slice(0, 1), *spatial)])[0].astype(np.int16),
+                         np.asarray(self.prev[spatial]).astype(np.int16)])
+
+
+def _with_prev_stage(seg: Any, folder: Path, identifier: str) -> _StackedSeg:
+    path = folder / f"{identifier}.b2nd"
+    if not path.is_file():
+        raise FileNotFoundError(f"previous-stage segmentation {path} is missing; train every fold of the previous "
+                                "stage (its final validation writes predicted_next_stage/) before the cascade")
+    prev = open_b2nd(path)
+    if tuple(prev.shape) != tuple(seg.shape[1:]):
+        raise ValueError(f"{path} has shape {tuple(prev.shape)} but case {identifier} is {tuple(seg.shape[1:])}; "
+                         "it was written for other preprocessed data: rerun the previous stage's validation (--val)")
+    return _StackedSeg(seg, prev)
+
+
 @dataclass
 class PatchSampler:
     """Draws training batches ``(image (B, C, *patch), seg (B, 1, *patch))`` from preprocessed cases.
@@ -79,6 +104,8 @@ class PatchSampler:
         batch_size: samples per batch.
         oversample_foreground: nnU-Net's 0.33.
         annotated_key: with an ignore label, the class-locations key of annotated voxels (patches are drawn there).
+        prev_stage_folder: cascade only: folder of the previous stage's ``CASE.b2nd`` label maps ``(X, Y, Z)``;
+            each is cropped like the image and returned as label channel 1 (seg ``(B, 2, *patch)``).
     """
 
     folder: Path
@@ -88,6 +115,7 @@ class PatchSampler:
     batch_size: int
     oversample_foreground: float = 0.33
     annotated_key: Any = None
+    prev_stage_folder: Path | None = None
     _cache: dict[str, tuple[Any, Any, dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -100,7 +128,10 @@ class PatchSampler:
 
     def _open(self, identifier: str) -> tuple[Any, Any, dict[str, Any]]:
         if identifier not in self._cache:
-            self._cache[identifier] = load_case(Path(self.folder), identifier)
+            data, seg, props = load_case(Path(self.folder), identifier)
+            if self.prev_stage_folder is not None:
+                seg = _with_prev_stage(seg, Path(self.prev_stage_folder), identifier)
+            self._cache[identifier] = (data, seg, props)
         return self._cache[identifier]
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -13,6 +13,7 @@ from nnseg.jsonio import load_json, save_json
 from nnseg.plans.schema import Plans
 from nnseg.preprocessed.store import list_cases
 from nnseg.raw.dataset_json import DatasetSpec
+from nnseg.training.cascade import check_prev_stage_cases, prev_stage_folder
 from nnseg.training.config import TrainConfig, config_differences
 from nnseg.training.run_spec import RunSpec
 from nnseg.training.splits import fold_cases, load_or_create_splits
@@ -89,17 +90,30 @@ def make_run_spec(job: FoldJob, *, resume: bool = False) -> RunSpec:
     check_saved_config(out, job.config, resume=resume)
     seed = job.config.seed if job.config.seed is not None else int(np.random.SeedSequence().entropy % (2**31))
     labels = label_setup(job.spec)
+    prev = _prev_stage(job, cfg.previous_stage, cases["train"] + cases["val"])
     return RunSpec(
         architecture=dict(cfg.architecture), patch_size=tuple(int(p) for p in cfg.patch_size),
         batch_size=int(job.config.batch_size or cfg.batch_size), batch_dice=bool(cfg.batch_dice),
-        num_input_channels=job.spec.num_channels, num_heads=labels["num_heads"], regions=labels["regions"],
+        num_input_channels=job.spec.num_channels + (len(job.spec.foreground_labels) if prev else 0),
+        num_heads=labels["num_heads"], regions=labels["regions"],
         ignore_label=labels["ignore_label"], annotated_key=labels["annotated_key"],
         mask_channels=tuple(i for i, m in enumerate(cfg.use_mask_for_norm) if m), data_folder=data_folder,
         output_folder=out, train_ids=tuple(cases["train"]), val_ids=tuple(cases["val"]), trainer_name=job.trainer_name,
         init_args={"plans": job.plans.to_json(), "configuration": job.configuration_name, "fold": job.fold,
                    "dataset_json": job.spec.to_json(), "device": job.device},
         config=job.config, device=job.device, precision=job.precision, seed=seed, background=job.background,
-        disable_checkpointing=job.disable_checkpointing)
+        disable_checkpointing=job.disable_checkpointing, prev_stage_folder=prev,
+        cascade_labels=tuple(job.spec.foreground_labels) if prev else ())
+
+
+def _prev_stage(job: FoldJob, previous_stage: str | None, identifiers: list[str]) -> Path | None:
+    """A cascade's folder of previous-stage predictions (checked to hold every case), or None."""
+    if not previous_stage:
+        return None
+    folder = prev_stage_folder(job.results_dataset_folder, job.trainer_name, job.plans.plans_name, previous_stage,
+                               job.configuration_name)
+    check_prev_stage_cases(folder, sorted(set(identifiers)), previous_stage=previous_stage)
+    return folder
 
 
 def save_run_files(run: RunSpec, job: FoldJob) -> None:
