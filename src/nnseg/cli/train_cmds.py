@@ -16,6 +16,7 @@ from nnseg.training.config import TrainConfig, apply_overrides, preset_for_train
 from nnseg.training.hooks import DebugJson, HookList, ProgressBar, ProgressPlot, TextLog
 from nnseg.training.loop import train
 from nnseg.training.setup import FoldJob, make_run_spec, save_run_files
+from nnseg.training.summary_hook import NetworkSummary
 
 
 def add_train(p: argparse.ArgumentParser) -> None:
@@ -102,7 +103,7 @@ def run_train(args: argparse.Namespace, ctx: Context) -> int:
             print(f"note: {run.output_folder} already holds a trained model; training again overwrites it", file=sys.stderr)
         save_run_files(run, job)
         hooks = HookList([TextLog(run.output_folder), ProgressBar(), ProgressPlot(run.output_folder),
-                          DebugJson(run.output_folder)])
+                          DebugJson(run.output_folder), NetworkSummary(run.output_folder)])
         train(run, hooks=hooks, resume=args.c, pretrained_weights=Path(args.pretrained_weights) if args.pretrained_weights else None)
     return final_validation(run, job, ctx, best=args.val_best, npz=args.npz)
 
