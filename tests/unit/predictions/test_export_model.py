@@ -226,3 +226,23 @@ def test_golden_nnunet_zip_reexports_identically(expected_dir: Path, tmp_path: P
         assert b.namelist() == a.namelist()
         for name in a.namelist():
             assert b.read(name) == a.read(name), name
+
+
+@pytest.mark.slow
+def test_export_install_predict_identical(expected_dir: Path, shared_data: Path, tmp_path: Path) -> None:
+    """Acceptance: nnU-Net's model -> export (optimizer stripped) -> install elsewhere -> identical predictions."""
+    from nnseg.predictions.predict import predict_arrays
+    from nnseg.raw.image_io import read_images
+
+    model = "Dataset004_Hippocampus/nnUNetTrainer_bench__nnUNetPlans__3d_fullres_bs2"
+    install_model_zip(expected_dir / "Dataset004_Hippocampus" / "model" / "model.zip", tmp_path / "a")
+    out = export_model_zip(tmp_path / "a", "Dataset004_Hippocampus", tmp_path / "m.zip", configurations=["3d_fullres_bs2"],
+                           trainer="nnUNetTrainer_bench", folds=[0], strip_optimizer=True)
+    install_model_zip(out.output_zip, tmp_path / "b")
+    case = (expected_dir / "Dataset004_Hippocampus" / "model" / "cases.txt").read_text().split()[0]
+    image, geometry = read_images([shared_data / "Task04_Hippocampus" / "imagesTr" / f"{case}.nii.gz"], "SimpleITKIO")
+    kw = {"folds": (0,), "use_tta": False, "device": "cpu", "precision": "fp32", "return_probabilities": True}
+    (seg_a, prob_a), = predict_arrays(tmp_path / "a" / model, [image], [geometry], **kw)
+    (seg_b, prob_b), = predict_arrays(tmp_path / "b" / model, [image], [geometry], **kw)
+    assert np.array_equal(seg_a, seg_b) and np.array_equal(prob_a, prob_b)
+    assert seg_a.max() == 2
