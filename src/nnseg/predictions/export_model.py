@@ -215,6 +215,8 @@ def collect_export_entries(results_root: PathLike, dataset_name: str, *,
     """
     results_root = Path(results_root)
     _check_names(configurations, folds, checkpoints)
+    folds = list({fold_folder_name(f): f for f in folds}.values())  # 0, "0" and 0 again name one folder
+    checkpoints = list(dict.fromkeys(checkpoints))
     dataset_dir = results_root / dataset_name
     if not dataset_dir.is_dir():
         raise FileNotFoundError(f"no trained models for {dataset_name}: {dataset_dir} does not exist; check nnUNet_results and -d")

@@ -127,8 +127,9 @@ def test_entry_list_matches_nnunet_layout(results: Path, tmp_path: Path) -> None
 
 def test_crossval_predictions_and_info_without_ensembles(results: Path, tmp_path: Path) -> None:
     shutil.rmtree(results / DS / "ensembles")
-    out = export_model_zip(results, DS, tmp_path / "m.zip", configurations=["3d_fullres"], folds=["0"],
-                           checkpoints=["checkpoint_final.pth", "checkpoint_best.pth"], export_crossval_predictions=True)
+    out = export_model_zip(results, DS, tmp_path / "m.zip", configurations=["3d_fullres", "3d_fullres"], folds=["0", 0],
+                           checkpoints=["checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_final.pth"],
+                           export_crossval_predictions=True)  # repeated names are exported once (no duplicate entries)
     m = f"{DS}/nnUNetTrainer__nnUNetPlans__3d_fullres"
     expected = _model_entries("3d_fullres", folds=(0,), extra_fold=("checkpoint_best.pth", "validation/c1.nii.gz"),
                               extra_cv=("c1.nii.gz",))
