@@ -33,6 +33,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("export-model", "nnUNetv2_export_model_to_zip", "share_cmds", "write trained models (folds, checkpoints, cross-validation results) to a zip for sharing"),
     Command("download-model", "nnUNetv2_download_pretrained_model_by_url", "share_cmds", "download a model zip by URL (resumable, optional --sha256) and install it"),
     Command("plot-overlay", "nnUNetv2_plot_overlay_pngs", "share_cmds", "write one PNG per training case: the slice with most foreground, labels overlaid in colour"),
+    Command("report", None, "report_cmds", "write a self-contained HTML page per trained model: progress, validation Dice table and box plot, worst cases"),
 )
 
 

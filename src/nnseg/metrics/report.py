@@ -1,0 +1,341 @@
+"""A static HTML report of a trained model: progress plots, validation Dice tables and box plots, worst cases.
+
+Pure pieces (:func:`dice_table`, :func:`worst_cases`, :func:`boxplot_png`, :func:`overlay_pair_png`,
+:func:`nnseg.metrics.report_html.render_html`) plus the I/O at the edges (:func:`collect_report`,
+:func:`write_report`). The page inlines everything (CSS, PNGs as ``data:`` URIs), so a browser opens it from disk.
+
+Example:
+    >>> write_report(Path("nnUNet_results/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres"),
+    ...              Path("report.html"), raw_dataset_folder=Path("nnUNet_raw/Dataset004_Hippocampus"))
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnseg.jsonio import atomic_path, load_json
+from nnseg.metrics.overlap import key_to_label_or_region, label_or_region_to_key
+from nnseg.metrics.overlay import overlay, select_slice
+
+__all__ = ["ModelInfo", "CaseImage", "FoldResult", "DiceTable", "find_model_folder", "model_info", "dice_table",
+           "worst_cases", "boxplot_png", "overlay_pair_png", "collect_report", "write_report"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the results folder name ``<Trainer>__<Plans>__<configuration>`` and its parent say about a model."""
+
+    dataset: str
+    trainer: str
+    plans: str
+    configuration: str
+    folder: str
+    label_names: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CaseImage:
+    """One worst case: its mean foreground Dice and the side-by-side overlay PNG (or why there is none)."""
+
+    identifier: str
+    mean_dice: float
+    png: bytes | None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """Everything the page shows for one fold folder."""
+
+    name: str
+    progress_png: bytes | None
+    summary: Mapping[str, Any] | None
+    worst: Sequence[CaseImage] = ()
+    notes: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class DiceTable:
+    """Validation Dice per case (rows) and label/region (columns, ``summary.json`` keys); NaN = empty ref and pred."""
+
+    labels: list[str]
+    cases: list[tuple[str, list[float]]]
+    mean: list[float]
+    foreground_mean: float
+
+
+def _sort_key(key: str) -> tuple[int, tuple[int, ...]]:
+    value = key_to_label_or_region(key)
+    return (0, (int(value),)) if isinstance(value, int) else (1, tuple(int(v) for v in value))
+
+
+def case_identifier(file_name: str) -> str:
+    """``/a/b/case_001.nii.gz`` -> ``case_001`` (nnU-Net's known file endings stripped, else the last suffix)."""
+    name = Path(file_name.replace("\\", "/")).name
+    for ending in (".nii.gz", ".ome.tiff", ".ome.tif", ".nrrd", ".nii", ".mha", ".png", ".bmp", ".tif", ".tiff", ".gipl"):
+        if name.lower().endswith(ending):
+            return name[: -len(ending)]
+    return Path(name).stem
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def dice_table(summary: Mapping[str, Any]) -> DiceTable:
+    """The Dice of a ``summary.json`` dict (as nnU-Net writes it) per case and label.
+
+    Raises:
+        ValueError: ``summary`` lacks ``metric_per_case`` (not a ``summary.json``).
+    """
+    if "metric_per_case" not in summary:
+        raise ValueError(f"not a summary.json dict (keys {sorted(summary)}); expected metric_per_case, mean, foreground_mean")
+    per_case = summary["metric_per_case"]
+    labels = sorted({k for c in per_case for k in c["metrics"]} | set(summary.get("mean", {})), key=_sort_key)
+    labels = [k for k in labels if k != "0"]
+    cases = []
+    for c in per_case:
+        dice = [float(c["metrics"].get(k, {}).get("Dice", math.nan)) for k in labels]
+        cases.append((case_identifier(str(c.get("prediction_file") or c.get("reference_file"))), dice))
+    mean = []
+    for i, k in enumerate(labels):
+        stored = summary.get("mean", {}).get(k, {}).get("Dice")
+        mean.append(float(stored) if stored is not None else _nanmean([d[i] for _, d in cases]))
+    fg = summary.get("foreground_mean", {}).get("Dice")
+    return DiceTable(labels=labels, cases=cases, mean=mean, foreground_mean=float(fg) if fg is not None else _nanmean(mean))
+
+
+def worst_cases(table: DiceTable, n: int) -> list[tuple[str, float]]:
+    """The ``n`` cases with the lowest mean foreground Dice (NaN labels skipped; all-NaN cases never count as worst)."""
+    scored = [(cid, _nanmean(d)) for cid, d in table.cases]
+    ranked = sorted((s for s in scored if not math.isnan(s[1])), key=lambda s: (s[1], s[0]))
+    return ranked[: max(n, 0)]
+
+
+def boxplot_png(summary: Mapping[str, Any], *, label_names: Mapping[str, str] | None = None) -> bytes:
+    """A box plot (with the individual cases as dots) of per-case Dice per label, as PNG bytes (matplotlib Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    table = dice_table(summary)
+    names = dict(label_names or {})
+    columns = [(k, [d[i] for _, d in table.cases if not math.isnan(d[i])]) for i, k in enumerate(table.labels)]
+    columns = [(k, v) for k, v in columns if v]
+    fig = Figure(figsize=(max(4.0, 1.3 * len(columns) + 2.0), 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if columns:
+        ax.boxplot([v for _, v in columns], widths=0.5, showfliers=False)
+        jitter = np.random.default_rng(0)
+        for i, (_, values) in enumerate(columns, start=1):
+            ax.plot(i + jitter.uniform(-0.12, 0.12, len(values)), values, "o", ms=3, alpha=0.6, color="tab:blue")
+        ax.set_xticks(range(1, len(columns) + 1), [f"{names.get(k, k)}\n({k})" if k in names else k for k, _ in columns])
+    else:
+        ax.text(0.5, 0.5, "no cases with a defined Dice", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylabel("Dice per case")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _normalize(image: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(image, [0.5, 99.5]) if image.size else (0.0, 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.clip((image.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def overlay_pair_png(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, *,
+                     intensity: float = 0.5, min_size: int = 256) -> bytes:
+    """Image + reference and image + prediction side by side, on the slice with most reference foreground.
+
+    The slice is :func:`nnseg.metrics.overlay.select_slice` of the reference (every label weighted equally); the
+    image is windowed to its 0.5-99.5 percentiles so that outliers do not wash it out.
+
+    Args:
+        image: one channel, ``(X, Y, Z)`` (slices are taken along the first axis) or ``(Y, Z)``.
+        reference: label map, same shape as ``image``.
+        prediction: label map, same shape as ``image``.
+        intensity: label colour opacity, 0-1.
+        min_size: small slices are enlarged (nearest neighbour, integer factor) to at least this many pixels high.
+
+    Returns:
+        PNG bytes of an RGB picture ``(H, 2 * W + gap)``.
+    """
+    if image.shape != reference.shape or image.shape != prediction.shape:
+        raise ValueError(f"image {image.shape}, reference {reference.shape} and prediction {prediction.shape} differ in "
+                         "shape; the prediction must be in the original image geometry")
+    if image.ndim == 3:
+        s = select_slice(reference.astype(np.int64))
+        image, reference, prediction = image[s], reference[s], prediction[s]
+    gray = _normalize(image)
+    left = overlay(gray, reference.astype(np.int64), intensity=intensity)
+    right = overlay(gray, prediction.astype(np.int64), intensity=intensity)
+    gap = np.full((left.shape[0], max(2, left.shape[1] // 40), 3), 255, dtype=np.uint8)
+    pair = np.concatenate([left, gap, right], axis=1)
+    factor = max(1, math.ceil(min_size / max(pair.shape[0], 1)))
+    pair = pair.repeat(factor, axis=0).repeat(factor, axis=1)
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pair).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _fold_order(folder: Path) -> tuple[int, str]:
+    suffix = folder.name[len("fold_"):]
+    return (int(suffix), "") if suffix.isdigit() else (1 << 30, suffix)
+
+
+def find_model_folder(path: Path) -> tuple[Path, list[Path]]:
+    """The model folder and its fold folders, for a model folder (all ``fold_*``) or one fold folder.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a folder.
+        ValueError: it is neither a fold folder nor holds any ``fold_*`` folder.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder; pass a trained model folder "
+                                "(nnUNet_results/DatasetX/<Trainer>__<Plans>__<configuration>) or one of its fold_k folders")
+    if path.name.startswith("fold_"):
+        return path.parent, [path]
+    folds = sorted((p for p in path.iterdir() if p.is_dir() and p.name.startswith("fold_")), key=_fold_order)
+    if not folds:
+        raise ValueError(f"{path} holds no fold_* folder; pass a trained model folder "
+                         "(nnUNet_results/DatasetX/<Trainer>__<Plans>__<configuration>) or one of its fold_k folders")
+    return path, folds
+
+
+def _label_names(dataset_json: Path) -> dict[str, str]:
+    if not dataset_json.is_file():
+        return {}
+    labels = load_json(dataset_json).get("labels", {})
+    names = {}
+    for name, value in labels.items():
+        names[label_or_region_to_key(tuple(value) if isinstance(value, list) else value)] = str(name)
+    return names
+
+
+def model_info(model_folder: Path) -> ModelInfo:
+    """Dataset, trainer, plans and configuration from ``DatasetX/<Trainer>__<Plans>__<configuration>``."""
+    model_folder = Path(model_folder)
+    parts = model_folder.name.split("__")
+    trainer, plans, configuration = parts if len(parts) == 3 else (model_folder.name, "unknown", "unknown")
+    return ModelInfo(dataset=model_folder.parent.name, trainer=trainer, plans=plans, configuration=configuration,
+                     folder=str(model_folder.resolve()), label_names=_label_names(model_folder / "dataset.json"))
+
+
+@dataclass
+class _Sources:
+    """Where the images and references of the worst cases come from."""
+
+    reader: Any
+    images: dict[str, tuple[Path, ...]]
+    labels: dict[str, Path | None]
+    gt_folder: Path | None
+    channel: int
+    note: str = ""
+
+
+def _sources(model_folder: Path, raw_dataset_folder: Path | None, gt_folder: Path | None, channel: int) -> _Sources:
+    from nnseg.raw.dataset_json import load_dataset_json
+    from nnseg.raw.discover import training_cases
+    from nnseg.raw.image_io import determine_io, get_io
+
+    if raw_dataset_folder is None or not Path(raw_dataset_folder).is_dir():
+        why = "no raw dataset folder given" if raw_dataset_folder is None else f"raw dataset folder {raw_dataset_folder} not found"
+        return _Sources(None, {}, {}, gt_folder, channel, note=f"{why}: overlay images skipped (pass --raw RAW_DATASET_FOLDER)")
+    raw = Path(raw_dataset_folder)
+    spec = load_dataset_json(raw / "dataset.json" if (raw / "dataset.json").is_file() else model_folder / "dataset.json")
+    try:
+        cases = training_cases(raw, spec)
+    except (FileNotFoundError, ValueError) as e:
+        return _Sources(None, {}, {}, gt_folder, channel, note=f"overlay images skipped: {e}")
+    plans = model_folder / "plans.json"
+    name = load_json(plans).get("image_reader_writer") if plans.is_file() else None
+    example = cases[0].images[0] if cases else None
+    reader = get_io(name) if name else determine_io(spec.file_ending, example, overwrite=spec.overwrite_image_reader_writer)
+    return _Sources(reader, {c.identifier: c.images for c in cases}, {c.identifier: c.label for c in cases}, gt_folder, channel)
+
+
+def _first_file(candidates: Sequence[Path | None]) -> Path | None:
+    return next((p for p in candidates if p is not None and p.is_file()), None)
+
+
+def _case_image(identifier: str, mean: float, entry: Mapping[str, Any], fold: Path, src: _Sources) -> CaseImage:
+    if src.reader is None:
+        return CaseImage(identifier, mean, None, src.note)
+    pred_name, ref_name = Path(str(entry.get("prediction_file"))), Path(str(entry.get("reference_file")))
+    prediction = _first_file([fold / "validation" / pred_name.name, pred_name])
+    reference = _first_file([ref_name, src.gt_folder / ref_name.name if src.gt_folder else None, src.labels.get(identifier)])
+    images = src.images.get(identifier)
+    missing = [what for what, p in (("image", images), ("reference", reference), ("prediction", prediction)) if not p]
+    if missing:
+        return CaseImage(identifier, mean, None, f"no {' / '.join(missing)} file found for {identifier}")
+    try:
+        image, _ = src.reader.read_images(list(images))
+        ref, _ = src.reader.read_seg(reference)
+        pred, _ = src.reader.read_seg(prediction)
+        channel = min(src.channel, image.shape[0] - 1)
+        return CaseImage(identifier, mean, overlay_pair_png(image[channel], ref[0], pred[0]))
+    except (ValueError, OSError, RuntimeError) as e:
+        return CaseImage(identifier, mean, None, f"could not draw {identifier}: {e}")
+
+
+def _fold_result(fold: Path, src: _Sources, worst: int) -> FoldResult:
+    progress = fold / "progress.png"
+    summary_file = fold / "validation" / "summary.json"
+    notes = [] if progress.is_file() else [f"no progress.png in {fold}"]
+    if not summary_file.is_file():
+        notes.append(f"no {summary_file} (run the final validation: nnUNetv2_train ... --val)")
+        return FoldResult(fold.name, progress.read_bytes() if progress.is_file() else None, None, (), notes)
+    summary = load_json(summary_file)
+    table = dice_table(summary)
+    entries = {case_identifier(str(c.get("prediction_file") or c.get("reference_file"))): c
+               for c in summary["metric_per_case"]}
+    images = [_case_image(cid, mean, entries[cid], fold, src) for cid, mean in worst_cases(table, worst)]
+    return FoldResult(fold.name, progress.read_bytes() if progress.is_file() else None, summary, images, notes)
+
+
+def collect_report(path: Path, *, raw_dataset_folder: Path | None = None, gt_folder: Path | None = None,
+                   worst: int = 5, channel: int = 0) -> tuple[ModelInfo, list[FoldResult]]:
+    """Read everything the report of one model shows (the I/O half of :func:`write_report`).
+
+    Args:
+        path: a model folder ``DatasetX/<Trainer>__<Plans>__<configuration>`` or one of its ``fold_k`` folders.
+        raw_dataset_folder: ``nnUNet_raw/DatasetX`` (images of the worst cases); None skips the overlays.
+        gt_folder: reference segmentations (``nnUNet_preprocessed/DatasetX/gt_segmentations``), used when the
+            ``reference_file`` written in ``summary.json`` no longer exists; the raw ``labelsTr`` is the last resort.
+        worst: number of worst cases (lowest mean foreground Dice) drawn per fold.
+        channel: image channel drawn under the labels.
+    """
+    model_folder, folds = find_model_folder(path)
+    src = _sources(model_folder, raw_dataset_folder, gt_folder, channel)
+    return model_info(model_folder), [_fold_result(f, src, worst) for f in folds]
+
+
+def write_report(path: Path, output_file: Path, *, raw_dataset_folder: Path | None = None, gt_folder: Path | None = None,
+                 worst: int = 5, channel: int = 0) -> Path:
+    """Write the self-contained HTML report of one model atomically; returns ``output_file``."""
+    from nnseg.metrics.report_html import render_html
+
+    info, folds = collect_report(path, raw_dataset_folder=raw_dataset_folder, gt_folder=gt_folder, worst=worst,
+                                 channel=channel)
+    text = render_html(info, folds)
+    with atomic_path(output_file) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        os.chmod(tmp, 0o644)  # a page to share: readable like any file the user writes, not mkstemp's 0600
+    return Path(output_file)
