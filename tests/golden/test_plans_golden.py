@@ -43,12 +43,13 @@ def test_plans_match_nnunet_exactly(expected_dir: Path, dataset: str) -> None:
     assert plans_to_text(plans) == (expected_dir / dataset / "nnUNetPlans.json").read_text()
 
 
-def test_dataset_spec_and_dict_inputs_agree(expected_dir: Path) -> None:
+def test_dataclass_and_dict_inputs_agree(expected_dir: Path) -> None:
     from nnseg.raw.dataset_json import DatasetSpec
 
+    fingerprint_module = pytest.importorskip("nnseg.fingerprint.fingerprint")
     fingerprint, dataset_json, expected = _load(expected_dir / "Dataset901_SynthAniso")
-    plans = plan_experiment(fingerprint, DatasetSpec.from_json(dataset_json), dataset_name="Dataset901_SynthAniso",
-                            image_reader_writer="SimpleITKIO")
+    plans = plan_experiment(fingerprint_module.Fingerprint.from_json(fingerprint), DatasetSpec.from_json(dataset_json),
+                            dataset_name="Dataset901_SynthAniso", image_reader_writer="SimpleITKIO")
     assert plans.to_json() == expected
 
 
