@@ -23,6 +23,7 @@ th { background: #f0f0f0; } td.case, th.case { text-align: left; font-family: mo
 tfoot td { font-weight: bold; background: #f7f7f7; }
 img.plot { max-width: 100%; border: 1px solid #eee; } img.progress { width: 560px; max-width: 100%; }
 .row { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; } .row > div { min-width: 0; }
+img.overlay { max-width: 540px; image-rendering: pixelated; }
 figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }
 figcaption { font-size: 0.85em; color: #444; }
 .note { color: #8a4b00; background: #fff6e5; padding: 0.3em 0.6em; border-left: 3px solid #f0a030; }
