@@ -1,0 +1,202 @@
+"""find_best_configuration on a fake results tree: accumulation, pairwise ensembles, winner, the three files, and
+instructions that our own CLI parsers accept (apply-pp is executed)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnseg.cli.main import build_parser, main
+from nnseg.cli.table import by_script
+from nnseg.jsonio import load_json, save_json
+from nnseg.metrics.best_config import ModelId, inference_instructions, pick_best, predict_commands
+from nnseg.metrics.crossval import accumulate_crossval_results, ensemble_name
+from nnseg.predictions.predict_io import save_probabilities_npz, save_properties_pkl
+
+DATASET = "Dataset001_Toy"
+SHAPE = (6, 8, 8)
+TRAINER_PLANS = "nnUNetTrainer__nnUNetPlans__"
+
+
+def _plans(configurations: dict) -> dict:
+    return {"dataset_name": DATASET, "plans_name": "nnUNetPlans", "image_reader_writer": "SimpleITKIO",
+            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "configurations": configurations}
+
+
+PLANS = _plans({"2d": {"data_identifier": "a"}, "3d_fullres": {"data_identifier": "b"},
+                "3d_lowres": {"data_identifier": "c", "next_stage": "3d_cascade_fullres"},
+                "3d_cascade_fullres": {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}})
+DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1}, "numTraining": 2,
+                "file_ending": ".nii.gz"}
+PROPS = {"sitk_stuff": {"spacing": (1.0, 1.0, 2.0), "origin": (0.0, 0.0, 0.0),
+                        "direction": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)}, "spacing": [2.0, 1.0, 1.0]}
+
+
+def _write_seg(seg: np.ndarray, path: Path) -> None:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(seg.astype(np.uint8))
+    image.SetSpacing((1.0, 1.0, 2.0))
+    sitk.WriteImage(image, str(path))
+
+
+def _reference() -> np.ndarray:
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[1:5, 2:6, 2:6] = 1
+    return ref
+
+
+def _foreground_probability(model: str) -> np.ndarray:
+    """2d: the organ at 0.6 plus a false-positive strip at 0.6; 3d_fullres: the organ at 0.6 but one slab at 0.45,
+    the strip at 0.3. Each alone is wrong somewhere; their average is right everywhere."""
+    p = np.full(SHAPE, 0.1, np.float32)
+    p[1:5, 2:6, 2:6] = 0.6
+    if model == "2d":
+        p[:, 7, :] = 0.6
+    else:
+        p[1, 2:6, 2:6] = 0.45
+        p[:, 7, :] = 0.3
+    return p
+
+
+def _model_folder(results: Path, configuration: str, fold_cases: dict[int, list[str]]) -> Path:
+    folder = results / DATASET / f"{TRAINER_PLANS}{configuration}"
+    for fold, cases in fold_cases.items():
+        validation = folder / f"fold_{fold}" / "validation"
+        validation.mkdir(parents=True)
+        for case in cases:
+            fg = _foreground_probability(configuration)
+            save_probabilities_npz(np.stack([1 - fg, fg]), validation / f"{case}.npz")
+            save_properties_pkl(PROPS, validation / f"{case}.pkl")
+            _write_seg((fg > 0.5).astype(np.uint8), validation / f"{case}.nii.gz")
+    save_json(PLANS, folder / "plans.json")
+    save_json(DATASET_JSON, folder / "dataset.json")
+    return folder
+
+
+@pytest.fixture
+def tree(roots_env: dict[str, str]) -> dict[str, Path]:
+    results, preprocessed = Path(roots_env["nnUNet_results"]), Path(roots_env["nnUNet_preprocessed"])
+    gt = preprocessed / DATASET / "gt_segmentations"
+    gt.mkdir(parents=True)
+    for case in ("case_a", "case_b"):
+        _write_seg(_reference(), gt / f"{case}.nii.gz")
+    save_json(PLANS, preprocessed / DATASET / "nnUNetPlans.json")
+    folders = {c: _model_folder(results, c, {0: ["case_a"], 1: ["case_b"]}) for c in ("2d", "3d_fullres")}
+    return {"results": results, "preprocessed": preprocessed, "gt": gt, **folders}
+
+
+def test_find_best_cli_writes_three_files_and_picks_the_ensemble(tree: dict[str, Path], roots_env: dict[str, str],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["find-best", "1", "-c", "2d", "3d_fullres", "-f", "0", "1", "-np", "1"], env=roots_env, cwd=tree["results"])
+    assert code == 0, capsys.readouterr().err
+    dataset = tree["results"] / DATASET
+    ens = ensemble_name(tree["2d"], tree["3d_fullres"], (0, 1))
+    assert ens == f"ensemble___{TRAINER_PLANS}2d___{TRAINER_PLANS}3d_fullres___0_1"
+    info = load_json(dataset / "inference_information.json")
+    assert info["all_results"][ens] == 1.0
+    assert info["all_results"][f"{TRAINER_PLANS}2d"] < 1.0 and info["all_results"][f"{TRAINER_PLANS}3d_fullres"] < 1.0
+    best = info["best_model_or_ensemble"]
+    assert best["selected_model_or_models"] == [
+        {"configuration": "2d", "trainer": "nnUNetTrainer", "plans_identifier": "nnUNetPlans"},
+        {"configuration": "3d_fullres", "trainer": "nnUNetTrainer", "plans_identifier": "nnUNetPlans"}]
+    assert best["postprocessing_file"] == str(dataset / "ensembles" / ens / "postprocessing.pkl")
+    assert best["result_on_crossval_pre_pp"] == best["result_on_crossval_post_pp"] == 1.0
+    assert info["folds"] == [0, 1] and info["dataset_name_or_id"] == DATASET and info["ensembling_allowed"] is True
+    assert [m["configuration"] for m in info["considered_models"]] == ["2d", "3d_fullres"]
+    for folder in (tree["2d"], tree["3d_fullres"]):
+        merged = folder / "crossval_results_folds_0_1"
+        assert sorted(p.name for p in merged.glob("*.nii.gz")) == ["case_a.nii.gz", "case_b.nii.gz"]
+        assert (merged / "summary.json").is_file() and (merged / "plans.json").is_file()
+    for name in ("summary.json", "postprocessing.json", "postprocessing.pkl", "postprocessed"):
+        assert (dataset / "ensembles" / ens / name).exists()
+    text = (dataset / "inference_instructions.txt").read_text()
+    assert text in capsys.readouterr().out
+    commands = [line for line in text.splitlines() if line.startswith("nnUNetv2_")]
+    assert [c.split()[0] for c in commands] == ["nnUNetv2_predict", "nnUNetv2_predict", "nnUNetv2_ensemble",
+                                                "nnUNetv2_apply_postprocessing"]
+    assert all("--save_probabilities" in c and "-f 0 1 " in c for c in commands[:2])
+    for line in commands:  # every printed command is accepted by our own parser for that script
+        words = shlex.split(line)
+        build_parser(by_script()[words[0]], prog=words[0]).parse_args(words[1:])
+    # run the postprocessing command as printed, on the ensemble's cross-validation output
+    words = shlex.split(commands[-1])
+    words[words.index("-i") + 1] = str(dataset / "ensembles" / ens)
+    words[words.index("-o") + 1] = str(tree["results"] / "pp_out")
+    assert main(["apply-pp", *words[1:]], env=roots_env, cwd=tree["results"]) == 0
+    assert sorted(p.name for p in (tree["results"] / "pp_out").iterdir()) == ["case_a.nii.gz", "case_b.nii.gz"]
+
+
+def test_single_model_wins_without_ensembling(tree: dict[str, Path], roots_env: dict[str, str]) -> None:
+    from nnseg.metrics.best_config import find_best_configuration
+
+    info = find_best_configuration(DATASET, tree["results"], tree["preprocessed"], configurations=("2d", "3d_fullres"),
+                                   folds=(0, 1), allow_ensembling=False, num_processes=1, verbose=False)
+    scores = info["all_results"]
+    assert list(scores) == [f"{TRAINER_PLANS}2d", f"{TRAINER_PLANS}3d_fullres"]
+    winner = max(scores, key=lambda k: scores[k])
+    assert info["best_model_or_ensemble"]["selected_model_or_models"][0]["configuration"] == winner.split("__")[-1]
+    assert not (tree["results"] / DATASET / "ensembles").exists()
+    text = (tree["results"] / DATASET / "inference_instructions.txt").read_text()
+    assert "nnUNetv2_ensemble" not in text and "--save_probabilities" not in text
+
+
+def test_untrained_configuration_in_plans_names_the_training(tree: dict[str, Path]) -> None:
+    from nnseg.metrics.best_config import find_best_configuration
+
+    with pytest.raises(FileNotFoundError, match=f"nnUNetv2_train {DATASET} 3d_lowres 0 -tr nnUNetTrainer -p nnUNetPlans --npz"):
+        find_best_configuration(DATASET, tree["results"], tree["preprocessed"], folds=(0, 1), num_processes=1,
+                                verbose=False)
+
+
+def test_cascade_instructions_include_the_lowres_step(tree: dict[str, Path]) -> None:
+    _model_folder(tree["results"], "3d_cascade_fullres", {})
+    model = ModelId("nnUNetTrainer", "nnUNetPlans", "3d_cascade_fullres")
+    lowres, cascade = predict_commands(DATASET, model, folds=(0, 1), results_root=tree["results"])
+    assert lowres == (f"nnUNetv2_predict -d {DATASET} -i INPUT_FOLDER -o OUTPUT_FOLDER_PREV_STAGE -f 0 1 "
+                      "-tr nnUNetTrainer -c 3d_lowres -p nnUNetPlans")
+    assert cascade.endswith("-c 3d_cascade_fullres -p nnUNetPlans -prev_stage_predictions OUTPUT_FOLDER_PREV_STAGE")
+    info = {"folds": [0, 1], "dataset_name_or_id": DATASET, "best_model_or_ensemble": {
+        "postprocessing_file": "/r/with space/postprocessing.pkl", "some_plans_file": "/r/plans.json",
+        "selected_model_or_models": [{"configuration": "3d_cascade_fullres", "trainer": "nnUNetTrainer",
+                                      "plans_identifier": "nnUNetPlans"},
+                                     {"configuration": "2d", "trainer": "nnUNetTrainer", "plans_identifier": "nnUNetPlans"}]}}
+    lines = [x for x in inference_instructions(info, results_root=tree["results"]).splitlines() if x.startswith("nnUNetv2")]
+    assert "-o OUTPUT_FOLDER_MODEL_1_PREV_STAGE" in lines[0] and "--save_probabilities" not in lines[0]
+    assert lines[1].endswith("-prev_stage_predictions OUTPUT_FOLDER_MODEL_1_PREV_STAGE --save_probabilities")
+    assert lines[3] == "nnUNetv2_ensemble -i OUTPUT_FOLDER_MODEL_1 OUTPUT_FOLDER_MODEL_2 -o OUTPUT_FOLDER -np 8"
+    args = build_parser(by_script()["nnUNetv2_apply_postprocessing"], prog="x").parse_args(shlex.split(lines[4])[1:])
+    assert args.pp_pkl_file == "/r/with space/postprocessing.pkl"
+    predict = build_parser(by_script()["nnUNetv2_predict"], prog="x").parse_args(shlex.split(lines[1])[1:])
+    assert predict.prev_stage_predictions == "OUTPUT_FOLDER_MODEL_1_PREV_STAGE" and predict.c == "3d_cascade_fullres"
+
+
+def test_accumulate_refuses_overlapping_folds_and_missing_folds(tree: dict[str, Path]) -> None:
+    overlap = _model_folder(tree["results"], "3d_lowres", {0: ["case_a"], 1: ["case_a", "case_b"]})
+    with pytest.raises(ValueError, match="case_a.nii.gz is predicted in more than one fold"):
+        accumulate_crossval_results(overlap, folds=(0, 1), ref_folder=tree["gt"], num_processes=1)
+    assert not (overlap / "crossval_results_folds_0_1").exists()
+    with pytest.raises(FileNotFoundError, match="fold 2 .* nnUNetv2_train Dataset001_Toy 2d 2 -tr nnUNetTrainer"):
+        accumulate_crossval_results(tree["2d"], folds=(0, 2), ref_folder=tree["gt"], num_processes=1)
+    (tree["results"] / "busy").mkdir()
+    (tree["results"] / "busy" / "x").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not empty"):
+        accumulate_crossval_results(tree["2d"], folds=(0, 1), ref_folder=tree["gt"], num_processes=1,
+                                    output_folder=tree["results"] / "busy")
+
+
+def test_accumulate_cv_cli_and_pick_best_ties() -> None:
+    assert pick_best({"a": 0.5, "b": 0.7, "ensemble___a___b___0": 0.7}) == "b"
+    assert pick_best({"a": float("nan"), "b": 0.1}) == "b"
+
+
+def test_accumulate_cv_cli(tree: dict[str, Path], roots_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["accumulate-cv", DATASET, "-c", "3d_fullres", "-f", "0", "1"], env=roots_env) == 0
+    summary = load_json(tree["3d_fullres"] / "crossval_results_folds_0_1" / "summary.json")
+    assert len(summary["metric_per_case"]) == 2 and summary["foreground_mean"]["Dice"] < 1.0
+    assert "foreground mean Dice" in capsys.readouterr().out
+    assert main(["accumulate-cv", DATASET, "-c", "3d_lowres"], env=roots_env) == 1
+    assert "nnUNetv2_train" in capsys.readouterr().err
