@@ -34,6 +34,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("download-model", "nnUNetv2_download_pretrained_model_by_url", "share_cmds", "download a model zip by URL (resumable, optional --sha256) and install it"),
     Command("plot-overlay", "nnUNetv2_plot_overlay_pngs", "share_cmds", "write one PNG per training case: the slice with most foreground, labels overlaid in colour"),
     Command("report", None, "report_cmds", "write a self-contained HTML page per trained model: progress, validation Dice table and box plot, worst cases"),
+    Command("find-best", "nnUNetv2_find_best_configuration", "select_cmds", "pick the best configuration or ensemble by cross-validation Dice; write inference instructions"),
+    Command("accumulate-cv", "nnUNetv2_accumulate_crossval_results", "select_cmds", "collect all folds' validation predictions of a model into one folder and evaluate them"),
+    Command("determine-pp", "nnUNetv2_determine_postprocessing", "select_cmds", "choose largest-component postprocessing on cross-validation predictions (writes postprocessing.json/.pkl)"),
+    Command("apply-pp", "nnUNetv2_apply_postprocessing", "select_cmds", "apply postprocessing.json / postprocessing.pkl to a folder of predictions"),
 )
 
 
