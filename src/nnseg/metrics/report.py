@@ -25,8 +25,20 @@ from nnseg.jsonio import atomic_path, load_json
 from nnseg.metrics.overlap import key_to_label_or_region, label_or_region_to_key
 from nnseg.metrics.overlay import overlay, select_slice
 
-__all__ = ["ModelInfo", "CaseImage", "FoldResult", "DiceTable", "find_model_folder", "model_info", "dice_table",
-           "worst_cases", "boxplot_png", "overlay_pair_png", "collect_report", "write_report"]
+__all__ = [
+    "CaseImage",
+    "DiceTable",
+    "FoldResult",
+    "ModelInfo",
+    "boxplot_png",
+    "collect_report",
+    "dice_table",
+    "find_model_folder",
+    "model_info",
+    "overlay_pair_png",
+    "worst_cases",
+    "write_report",
+]
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,8 @@ class FoldResult:
     summary: Mapping[str, Any] | None
     worst: Sequence[CaseImage] = ()
     notes: Sequence[str] = ()
+    run_info: Mapping[str, str] = field(default_factory=dict)
+    architecture: str | None = None
 
 
 @dataclass(frozen=True)
@@ -275,11 +289,11 @@ def _first_file(candidates: Sequence[Path | None]) -> Path | None:
     return next((p for p in candidates if p is not None and p.is_file()), None)
 
 
-def _case_image(identifier: str, mean: float, entry: Mapping[str, Any], fold: Path, src: _Sources) -> CaseImage:
+def _case_image(identifier: str, mean: float, entry: Mapping[str, Any], predictions: Path, src: _Sources) -> CaseImage:
     if src.reader is None:
         return CaseImage(identifier, mean, None, src.note)
     pred_name, ref_name = Path(str(entry.get("prediction_file"))), Path(str(entry.get("reference_file")))
-    prediction = _first_file([fold / "validation" / pred_name.name, pred_name])
+    prediction = _first_file([predictions / pred_name.name, pred_name])
     reference = _first_file([ref_name, src.gt_folder / ref_name.name if src.gt_folder else None, src.labels.get(identifier)])
     images = src.images.get(identifier)
     missing = [what for what, p in (("image", images), ("reference", reference), ("prediction", prediction)) if not p]
@@ -295,19 +309,40 @@ def _case_image(identifier: str, mean: float, entry: Mapping[str, Any], fold: Pa
         return CaseImage(identifier, mean, None, f"could not draw {identifier}: {e}")
 
 
-def _fold_result(fold: Path, src: _Sources, worst: int) -> FoldResult:
+#: ``debug.json`` entries shown per fold (nnU-Net's and nnseg's names).
+RUN_KEYS = ("num_epochs", "num_iterations_per_epoch", "iterations_per_epoch", "batch_size", "patch_size", "initial_lr",
+            "precision", "seed", "device", "gpu_name", "torch_version", "hostname")
+
+
+def _run_info(fold: Path) -> dict[str, str]:
+    path = fold / "debug.json"
+    try:
+        debug = load_json(path) if path.is_file() else {}
+    except ValueError:
+        return {}
+    return {k: str(debug[k]) for k in RUN_KEYS if k in debug and str(debug[k]) not in ("None", "")}
+
+
+def _read_text(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
+
+
+def _fold_result(fold: Path, src: _Sources, worst: int, *, predictions: Path) -> FoldResult:
+    """A fold folder (predictions in ``validation/``) or a ``crossval_results_folds_*`` folder (predictions in it)."""
     progress = fold / "progress.png"
-    summary_file = fold / "validation" / "summary.json"
-    notes = [] if progress.is_file() else [f"no progress.png in {fold}"]
+    summary_file = predictions / "summary.json"
+    is_fold = predictions != fold
+    notes = [f"no progress.png in {fold}"] if is_fold and not progress.is_file() else []
+    extra = {"run_info": _run_info(fold), "architecture": _read_text(fold / "network_architecture.txt")}
+    png = progress.read_bytes() if progress.is_file() else None
     if not summary_file.is_file():
         notes.append(f"no {summary_file} (run the final validation: nnUNetv2_train ... --val)")
-        return FoldResult(fold.name, progress.read_bytes() if progress.is_file() else None, None, (), notes)
+        return FoldResult(fold.name, png, None, (), notes, **extra)
     summary = load_json(summary_file)
-    table = dice_table(summary)
     entries = {case_identifier(str(c.get("prediction_file") or c.get("reference_file"))): c
                for c in summary["metric_per_case"]}
-    images = [_case_image(cid, mean, entries[cid], fold, src) for cid, mean in worst_cases(table, worst)]
-    return FoldResult(fold.name, progress.read_bytes() if progress.is_file() else None, summary, images, notes)
+    images = [_case_image(cid, mean, entries[cid], predictions, src) for cid, mean in worst_cases(dice_table(summary), worst)]
+    return FoldResult(fold.name, png, summary, images, notes, **extra)
 
 
 def collect_report(path: Path, *, raw_dataset_folder: Path | None = None, gt_folder: Path | None = None,
@@ -315,7 +350,8 @@ def collect_report(path: Path, *, raw_dataset_folder: Path | None = None, gt_fol
     """Read everything the report of one model shows (the I/O half of :func:`write_report`).
 
     Args:
-        path: a model folder ``DatasetX/<Trainer>__<Plans>__<configuration>`` or one of its ``fold_k`` folders.
+        path: a model folder ``DatasetX/<Trainer>__<Plans>__<configuration>`` (every ``fold_k``, then every
+            ``crossval_results_folds_*`` with a ``summary.json``) or one of its ``fold_k`` folders.
         raw_dataset_folder: ``nnUNet_raw/DatasetX`` (images of the worst cases); None skips the overlays.
         gt_folder: reference segmentations (``nnUNet_preprocessed/DatasetX/gt_segmentations``), used when the
             ``reference_file`` written in ``summary.json`` no longer exists; the raw ``labelsTr`` is the last resort.
@@ -324,7 +360,11 @@ def collect_report(path: Path, *, raw_dataset_folder: Path | None = None, gt_fol
     """
     model_folder, folds = find_model_folder(path)
     src = _sources(model_folder, raw_dataset_folder, gt_folder, channel)
-    return model_info(model_folder), [_fold_result(f, src, worst) for f in folds]
+    results = [_fold_result(f, src, worst, predictions=f / "validation") for f in folds]
+    if not Path(path).name.startswith("fold_"):
+        crossval = sorted(p for p in model_folder.glob("crossval_results_folds_*") if (p / "summary.json").is_file())
+        results += [_fold_result(p, src, worst, predictions=p) for p in crossval]
+    return model_info(model_folder), results
 
 
 def write_report(path: Path, output_file: Path, *, raw_dataset_folder: Path | None = None, gt_folder: Path | None = None,

@@ -8,9 +8,15 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 
-from nnseg.metrics.report import DiceTable, FoldResult, ModelInfo, boxplot_png, dice_table
+from nnseg.metrics.report import (
+    DiceTable,
+    FoldResult,
+    ModelInfo,
+    boxplot_png,
+    dice_table,
+)
 
-__all__ = ["render_html", "data_uri"]
+__all__ = ["data_uri", "render_html"]
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1150px;
@@ -26,6 +32,7 @@ img.plot { max-width: 100%; border: 1px solid #eee; } img.progress { width: 560p
 img.overlay { max-width: 540px; image-rendering: pixelated; }
 figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }
 figcaption { font-size: 0.85em; color: #444; }
+details pre { font-size: 0.75em; overflow-x: auto; background: #f7f7f7; padding: 0.5em; }
 .note { color: #8a4b00; background: #fff6e5; padding: 0.3em 0.6em; border-left: 3px solid #f0a030; }
 """
 
@@ -46,7 +53,7 @@ def _fmt(value: float) -> str:
 def _cell(value: float) -> str:
     if math.isnan(value):
         return '<td title="empty reference and prediction">–</td>'
-    hue = int(round(120 * min(max(value, 0.0), 1.0)))
+    hue = round(120 * min(max(value, 0.0), 1.0))
     return f'<td style="background: hsl({hue}, 70%, 88%)">{value:.4f}</td>'
 
 
@@ -98,10 +105,24 @@ def _worst_html(fold: FoldResult) -> str:
     return "\n".join(parts)
 
 
+def _run_html(fold: FoldResult) -> str:
+    """The training settings from ``debug.json`` and the network summary (folded away, no JS needed)."""
+    parts = []
+    if fold.run_info:
+        items = " · ".join(f"{html.escape(k)} <code>{html.escape(v)}</code>" for k, v in fold.run_info.items())
+        parts.append(f'<p class="meta">{items}</p>')
+    if fold.architecture is not None:
+        first = next((ln for ln in fold.architecture.splitlines() if ln.startswith("parameters:")), "network architecture")
+        parts.append(f"<details><summary>{html.escape(first)} (network_architecture.txt)</summary>"
+                     f"<pre>{html.escape(fold.architecture)}</pre></details>")
+    return "\n".join(parts)
+
+
 def fold_html(fold: FoldResult, names: Mapping[str, str]) -> str:
     """The section of one fold: notes, progress plot, Dice box plot and table, worst cases."""
     parts = [f'<section class="fold" id="{html.escape(fold.name)}"><h2>{html.escape(fold.name)}</h2>']
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in fold.notes]
+    parts.append(_run_html(fold))
     parts.append('<div class="row">')
     if fold.progress_png is not None:
         parts += ["<div><h3>Training progress</h3>",

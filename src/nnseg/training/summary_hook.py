@@ -17,7 +17,7 @@ from nnseg.jsonio import atomic_path
 from nnseg.networks.summary import count_parameters, network_summary
 from nnseg.training.hooks import Hooks
 
-__all__ = ["NetworkSummary", "architecture_text", "layer_table", "graph_pdf_bytes"]
+__all__ = ["NetworkSummary", "architecture_text", "graph_pdf_bytes", "layer_table"]
 
 TEXT_NAME = "network_architecture.txt"
 PDF_NAME = "network_architecture.pdf"

@@ -16,8 +16,16 @@ import SimpleITK as sitk
 from PIL import Image
 
 from nnseg.cli.main import main
-from nnseg.metrics.report import (boxplot_png, collect_report, dice_table, find_model_folder, model_info,
-                                  overlay_pair_png, worst_cases, write_report)
+from nnseg.metrics.report import (
+    boxplot_png,
+    collect_report,
+    dice_table,
+    find_model_folder,
+    model_info,
+    overlay_pair_png,
+    worst_cases,
+    write_report,
+)
 from nnseg.metrics.report_html import render_html
 
 DATASET = "Dataset123_Fake"
@@ -82,6 +90,14 @@ def model(tmp_path: Path) -> Path:
         _write(np.roll(ref, 2, axis=2), folder / "fold_0" / "validation" / f"{cid}.nii.gz")
     summary = _summary("/gone/gt_segmentations")  # as written on another machine: the gt folder is the fallback
     (folder / "fold_0" / "validation" / "summary.json").write_text(json.dumps(summary, indent=4))
+    (folder / "fold_0" / "debug.json").write_text(json.dumps({"num_epochs": "5", "batch_size": "2", "loss": "x"}))
+    (folder / "fold_0" / "network_architecture.txt").write_text("network: PlainConvUNet\nparameters: 1,234 (1,234 trainable)\n")
+    crossval = folder / "crossval_results_folds_0"  # as nnUNetv2_find_best_configuration writes it
+    crossval.mkdir()
+    summary["metric_per_case"] = [c for c in summary["metric_per_case"] if "case_b" not in c["prediction_file"]]
+    (crossval / "summary.json").write_text(json.dumps(summary))
+    for cid in ("case_a", "case_c"):
+        (crossval / f"{cid}.nii.gz").write_bytes((folder / "fold_0" / "validation" / f"{cid}.nii.gz").read_bytes())
     return folder
 
 
@@ -151,14 +167,17 @@ def test_report_page_is_self_contained_with_table_plots_and_overlays(model: Path
     out = write_report(model, tmp_path / "out" / "report.html", raw_dataset_folder=raw, gt_folder=gt, worst=2)
     text = out.read_text()
     assert f"{DATASET}: nnUNetTrainer_5epochs / nnUNetPlans / 3d_fullres" in text
-    assert text.count('<table class="dice">') == 1 and "<td>0.7000</td>" in text
+    assert text.count('<table class="dice">') == 2 and "<td>0.7000</td>" in text  # fold_0 and cross-validation
     assert all(f'<td class="case">{c}</td>' in text for c in DICE)
     assert "tumour &lt;b&gt;" in text and "tumour <b>" not in text
     assert 'alt="training progress of fold_0"' in text and 'alt="Dice box plot of fold_0"' in text
-    assert re.findall(r'alt="overlay of (\w+)"', text) == ["case_b", "case_c"]
+    assert re.findall(r'alt="overlay of (\w+)"', text) == ["case_b", "case_c", "case_c", "case_a"]  # fold_0, crossval
     assert '<h2>fold_1</h2>' in text and "fold_1/validation/summary.json (run the final validation" in text
+    assert '<h2>crossval_results_folds_0</h2>' in text and "Validation Dice (2 cases" in text
+    assert "num_epochs <code>5</code> · batch_size <code>2</code></p>" in text
+    assert "<summary>parameters: 1,234 (1,234 trainable) (network_architecture.txt)</summary>" in text
     refs = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', text)
-    assert len(refs) == 4 and all(r.startswith("data:image/png;base64,") for r in refs)
+    assert len(refs) == 7 and all(r.startswith("data:image/png;base64,") for r in refs)
     assert "<script" not in text and "<link" not in text and "url(" not in text
     assert stat.S_IMODE(out.stat().st_mode) == 0o644 and [p.name for p in out.parent.iterdir()] == ["report.html"]
 
@@ -173,7 +192,7 @@ def test_missing_raw_images_give_a_note_not_an_error(model: Path, tmp_path: Path
 def test_cli_resolves_raw_and_gt_from_the_dataset_name(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(model), "--worst", "1"], env=_env(tmp_path), cwd=tmp_path) == 0
     text = (model / "report.html").read_text()
-    assert re.findall(r'alt="overlay of (\w+)"', text) == ["case_b"]
+    assert re.findall(r'alt="overlay of (\w+)"', text) == ["case_b", "case_c"]  # fold_0, crossval
     assert main(["report", str(model.parent), "-o", "x.html"], env=_env(tmp_path), cwd=tmp_path) == 0  # one model
     assert (tmp_path / "x.html").is_file() and "wrote" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "missing")], env=_env(tmp_path), cwd=tmp_path) == 1

@@ -15,7 +15,12 @@ from torch import nn
 
 from nnseg.networks import build_network, count_parameters
 from nnseg.training import summary_hook
-from nnseg.training.summary_hook import PDF_NAME, TEXT_NAME, NetworkSummary, architecture_text
+from nnseg.training.summary_hook import (
+    PDF_NAME,
+    TEXT_NAME,
+    NetworkSummary,
+    architecture_text,
+)
 
 ARCH = {
     "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
