@@ -188,7 +188,7 @@ def test_accumulate_refuses_overlapping_folds_and_missing_folds(tree: dict[str, 
                                     output_folder=tree["results"] / "busy")
 
 
-def test_accumulate_cv_cli_and_pick_best_ties() -> None:
+def test_pick_best_takes_the_first_of_ties_and_never_nan() -> None:
     assert pick_best({"a": 0.5, "b": 0.7, "ensemble___a___b___0": 0.7}) == "b"
     assert pick_best({"a": float("nan"), "b": 0.1}) == "b"
 
@@ -200,3 +200,62 @@ def test_accumulate_cv_cli(tree: dict[str, Path], roots_env: dict[str, str], cap
     assert "foreground mean Dice" in capsys.readouterr().out
     assert main(["accumulate-cv", DATASET, "-c", "3d_lowres"], env=roots_env) == 1
     assert "nnUNetv2_train" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- nnU-Net's own predictions (golden)
+
+
+def _golden_tree(expected: Path, data: Path, root: Path) -> dict[str, Path]:
+    """Two "models" whose fold 0 validation holds nnU-Net's Hippocampus predictions with and without TTA."""
+    import shutil
+    import zipfile
+
+    model_dir = expected / "Dataset004_Hippocampus" / "model"
+    name = "Dataset004_Hippocampus"
+    with zipfile.ZipFile(model_dir / "model.zip") as zf:
+        plans = zf.read(f"{name}/nnUNetTrainer_bench__nnUNetPlans__3d_fullres_bs2/plans.json")
+        dataset_json = zf.read(f"{name}/nnUNetTrainer_bench__nnUNetPlans__3d_fullres_bs2/dataset.json")
+    cases = (model_dir / "cases.txt").read_text().split()
+    gt = root / "preprocessed" / name / "gt_segmentations"
+    gt.mkdir(parents=True)
+    for case in cases:
+        shutil.copy(data / "Task04_Hippocampus" / "labelsTr" / f"{case}.nii.gz", gt / f"{case}.nii.gz")
+    (root / "preprocessed" / name / "nnUNetPlans.json").write_bytes(plans)
+    folders = {}
+    for trainer, source in (("nnUNetTrainer_tta", "predictions_tta"), ("nnUNetTrainer_notta", "predictions_notta")):
+        folder = root / "results" / name / f"{trainer}__nnUNetPlans__3d_fullres_bs2"
+        shutil.copytree(model_dir / source, folder / "fold_0" / "validation")
+        (folder / "plans.json").write_bytes(plans)
+        (folder / "dataset.json").write_bytes(dataset_json)
+        folders[trainer] = folder
+    return folders
+
+
+@pytest.mark.golden
+def test_find_best_on_nnunet_predictions(expected_dir: Path, shared_data: Path, tmp_path: Path) -> None:
+    from nnseg.metrics.best_config import find_best_configuration
+    from nnseg.predictions.predict_io import load_probabilities_npz
+
+    import SimpleITK as sitk
+
+    folders = _golden_tree(expected_dir, shared_data, tmp_path)
+    info = find_best_configuration("Dataset004_Hippocampus", tmp_path / "results", tmp_path / "preprocessed",
+                                   configurations=("3d_fullres_bs2",), trainers=("nnUNetTrainer_tta", "nnUNetTrainer_notta"),
+                                   folds=(0,), num_processes=1, verbose=False)
+    golden = load_json(expected_dir / "Dataset004_Hippocampus" / "model" / "summary_predictions_tta.json")
+    tta = "nnUNetTrainer_tta__nnUNetPlans__3d_fullres_bs2"
+    assert info["all_results"][tta] == pytest.approx(golden["foreground_mean"]["Dice"], abs=1e-12)
+    ens = ensemble_name(folders["nnUNetTrainer_tta"], folders["nnUNetTrainer_notta"], (0,))
+    assert set(info["all_results"]) == {tta, "nnUNetTrainer_notta__nnUNetPlans__3d_fullres_bs2", ens}
+    # the ensemble is the argmax of the mean of nnU-Net's probabilities, written in the reference geometry
+    out = tmp_path / "results" / "Dataset004_Hippocampus" / "ensembles" / ens
+    case = "hippocampus_020"
+    mean = sum(load_probabilities_npz(f / "fold_0" / "validation" / f"{case}.npz") for f in folders.values()) / 2
+    written = sitk.ReadImage(str(out / f"{case}.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), np.argmax(mean, 0))
+    reference = sitk.ReadImage(str(tmp_path / "preprocessed" / "Dataset004_Hippocampus" / "gt_segmentations" / f"{case}.nii.gz"))
+    assert written.GetSpacing() == reference.GetSpacing() and written.GetOrigin() == reference.GetOrigin()
+    best = info["best_model_or_ensemble"]
+    assert best["result_on_crossval_post_pp"] >= best["result_on_crossval_pre_pp"]
+    pp = load_json(Path(best["postprocessing_file"]).with_suffix(".json"))
+    assert set(pp["input_folder"]["mean"]) == {"1", "2"}
