@@ -23,7 +23,7 @@ import numpy as np
 
 from nnseg.jsonio import atomic_path, load_json
 from nnseg.metrics.overlap import key_to_label_or_region, label_or_region_to_key
-from nnseg.metrics.overlay import overlay, select_slice
+from nnseg.metrics.report_pictures import overlay_pair_png
 
 __all__ = [
     "CaseImage",
@@ -164,50 +164,6 @@ def boxplot_png(summary: Mapping[str, Any], *, label_names: Mapping[str, str] | 
     return buffer.getvalue()
 
 
-def _normalize(image: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(image, [0.5, 99.5]) if image.size else (0.0, 1.0)
-    if hi <= lo:
-        hi = lo + 1.0
-    return np.clip((image.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
-
-
-def overlay_pair_png(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, *,
-                     intensity: float = 0.5, min_size: int = 256) -> bytes:
-    """Image + reference and image + prediction side by side, on the slice with most reference foreground.
-
-    The slice is :func:`nnseg.metrics.overlay.select_slice` of the reference (every label weighted equally); the
-    image is windowed to its 0.5-99.5 percentiles so that outliers do not wash it out.
-
-    Args:
-        image: one channel, ``(X, Y, Z)`` (slices are taken along the first axis) or ``(Y, Z)``.
-        reference: label map, same shape as ``image``.
-        prediction: label map, same shape as ``image``.
-        intensity: label colour opacity, 0-1.
-        min_size: small slices are enlarged (nearest neighbour, integer factor) to at least this many pixels high.
-
-    Returns:
-        PNG bytes of an RGB picture ``(H, 2 * W + gap)``.
-    """
-    if image.shape != reference.shape or image.shape != prediction.shape:
-        raise ValueError(f"image {image.shape}, reference {reference.shape} and prediction {prediction.shape} differ in "
-                         "shape; the prediction must be in the original image geometry")
-    if image.ndim == 3:
-        s = select_slice(reference.astype(np.int64))
-        image, reference, prediction = image[s], reference[s], prediction[s]
-    gray = _normalize(image)
-    left = overlay(gray, reference.astype(np.int64), intensity=intensity)
-    right = overlay(gray, prediction.astype(np.int64), intensity=intensity)
-    gap = np.full((left.shape[0], max(2, left.shape[1] // 40), 3), 255, dtype=np.uint8)
-    pair = np.concatenate([left, gap, right], axis=1)
-    factor = max(1, math.ceil(min_size / max(pair.shape[0], 1)))
-    pair = pair.repeat(factor, axis=0).repeat(factor, axis=1)
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(pair).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _fold_order(folder: Path) -> tuple[int, str]:
     suffix = folder.name[len("fold_"):]
     return (int(suffix), "") if suffix.isdigit() else (1 << 30, suffix)
@@ -300,11 +256,11 @@ def _case_image(identifier: str, mean: float, entry: Mapping[str, Any], predicti
     if missing:
         return CaseImage(identifier, mean, None, f"no {' / '.join(missing)} file found for {identifier}")
     try:
-        image, _ = src.reader.read_images(list(images))
+        image, geometry = src.reader.read_images(list(images))
         ref, _ = src.reader.read_seg(reference)
         pred, _ = src.reader.read_seg(prediction)
         channel = min(src.channel, image.shape[0] - 1)
-        return CaseImage(identifier, mean, overlay_pair_png(image[channel], ref[0], pred[0]))
+        return CaseImage(identifier, mean, overlay_pair_png(image[channel], ref[0], pred[0], spacing=geometry.spacing))
     except (ValueError, OSError, RuntimeError) as e:
         return CaseImage(identifier, mean, None, f"could not draw {identifier}: {e}")
 

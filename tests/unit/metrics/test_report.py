@@ -147,6 +147,8 @@ def test_overlay_pair_shows_reference_left_and_prediction_right() -> None:
     assert np.array_equal(colour, ref[3] > 0)  # slice 3 (most reference foreground) chosen, labels coloured
     assert np.all(right[..., 0] == right[..., 1])  # empty prediction: gray only
     assert _decode(overlay_pair_png(image, ref, pred)).shape[0] >= 256  # small slices enlarged
+    stretched = _decode(overlay_pair_png(image, ref, pred, min_size=0, spacing=(3.0, 2.0, 1.0)))
+    assert stretched.shape[:2] == (2 * SHAPE[1], 2 * SHAPE[2] + gap)  # rows 2 mm, columns 1 mm: square pixels
     with pytest.raises(ValueError, match="differ in shape"):
         overlay_pair_png(image, ref[:3], pred)
 
