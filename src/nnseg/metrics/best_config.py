@@ -20,8 +20,13 @@ from typing import Any
 
 from nnseg._types import PathLike
 from nnseg.jsonio import load_json, save_json
-from nnseg.metrics.crossval import (accumulate_crossval_results, ensemble_crossvalidations, ensemble_name,
-                                    evaluate_folder_like_model, reference_folder)
+from nnseg.metrics.crossval import (
+    accumulate_crossval_results,
+    ensemble_crossvalidations,
+    ensemble_name,
+    evaluate_folder_like_model,
+    reference_folder,
+)
 from nnseg.metrics.evaluate import DEFAULT_NUM_PROCESSES
 
 DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
@@ -42,7 +47,7 @@ class ModelId:
         return f"{self.trainer}__{self.plans}__{self.configuration}"
 
     @classmethod
-    def from_identifier(cls, identifier: str) -> "ModelId":
+    def from_identifier(cls, identifier: str) -> ModelId:
         parts = identifier.split("__")
         if len(parts) != 3:
             raise ValueError(f"{identifier!r} is not a model folder name <Trainer>__<Plans>__<configuration>")
@@ -237,8 +242,8 @@ def inference_instructions(info: Mapping[str, Any], *, results_root: PathLike) -
     ensemble = len(members) > 1
     lines = ["***Run inference like this:***", ""]
     if ensemble:
-        lines += ["An ensemble won! What a surprise! Run the following commands to run predictions with the ensemble "
-                  "members:", ""]
+        lines += [("An ensemble won! What a surprise! Run the following commands to run predictions with the ensemble "
+                  "members:"), ""]
     outputs = []
     for j, model in enumerate(members):
         output = f"OUTPUT_FOLDER_MODEL_{j + 1}" if ensemble else "OUTPUT_FOLDER"
@@ -249,9 +254,9 @@ def inference_instructions(info: Mapping[str, Any], *, results_root: PathLike) -
         lines += ["", "Then run ensembling with:", "",
                   f"nnUNetv2_ensemble -i {' '.join(outputs)} -o OUTPUT_FOLDER -np {INSTRUCTIONS_NUM_PROCESSES}"]
     lines += ["", "***Once inference is completed, run postprocessing like this:***", "",
-              f"nnUNetv2_apply_postprocessing -i OUTPUT_FOLDER -o OUTPUT_FOLDER_PP "
+              (f"nnUNetv2_apply_postprocessing -i OUTPUT_FOLDER -o OUTPUT_FOLDER_PP "
               f"-pp_pkl_file {shlex.quote(str(best['postprocessing_file']))} -np {INSTRUCTIONS_NUM_PROCESSES} "
-              f"-plans_json {shlex.quote(str(best['some_plans_file']))}"]
+              f"-plans_json {shlex.quote(str(best['some_plans_file']))}")]
     return "\n".join(lines) + "\n"
 
 

@@ -35,8 +35,16 @@ from scipy import ndimage
 
 from nnseg._types import LabelOrRegion, PathLike
 from nnseg.jsonio import load_json, save_json, to_jsonable
-from nnseg.metrics.overlap import key_to_label_or_region, label_or_region_to_key, region_or_label_to_mask
-from nnseg.metrics.postprocess_pkl import NNUNET_PP_FUNCTION, load_postprocessing_pkl, save_postprocessing_pkl
+from nnseg.metrics.overlap import (
+    key_to_label_or_region,
+    label_or_region_to_key,
+    region_or_label_to_mask,
+)
+from nnseg.metrics.postprocess_pkl import (
+    NNUNET_PP_FUNCTION,
+    load_postprocessing_pkl,
+    save_postprocessing_pkl,
+)
 from nnseg.registry import Registry
 
 PP_STEPS: Registry[Callable[..., np.ndarray]] = Registry("postprocessing step")
@@ -116,7 +124,7 @@ class PostprocessingStep:
         return {"name": self.name, "kwargs": to_jsonable(self.kwargs)}
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "PostprocessingStep":
+    def from_json(cls, d: Mapping[str, Any]) -> PostprocessingStep:
         if not isinstance(d, Mapping) or "name" not in d:
             raise ValueError(f"a postprocessing step must be {{'name': ..., 'kwargs': {{...}}}}, got {d!r}")
         name = str(d["name"])

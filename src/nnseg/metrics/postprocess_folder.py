@@ -17,9 +17,17 @@ from typing import Any
 
 from nnseg._types import LabelOrRegion, PathLike
 from nnseg.metrics.evaluate import DEFAULT_NUM_PROCESSES, evaluate_folder, list_files
-from nnseg.metrics.postprocess import (LARGEST_COMPONENT, PostprocessingStep, all_foreground_labels,
-                                       apply_postprocessing, improves_all_foreground, improves_label,
-                                       load_postprocessing, load_summary, save_postprocessing)
+from nnseg.metrics.postprocess import (
+    LARGEST_COMPONENT,
+    PostprocessingStep,
+    all_foreground_labels,
+    apply_postprocessing,
+    improves_all_foreground,
+    improves_label,
+    load_postprocessing,
+    load_summary,
+    save_postprocessing,
+)
 
 
 @dataclass(frozen=True)

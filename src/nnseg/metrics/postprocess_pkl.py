@@ -17,7 +17,7 @@ import io
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class GlobalRef:
 
 
 class _RefPickler(pickle._Pickler):  # type: ignore[name-defined]  # the pure-Python pickler has a dispatch table
-    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+    dispatch: ClassVar[dict[type, Any]] = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
 
     def _save_ref(self, obj: GlobalRef) -> None:
         # exactly what pickle's save_global writes for protocol >= 4: module, name, STACK_GLOBAL, then memoize
@@ -148,7 +148,7 @@ def _decode(obj: Any, path: Path) -> list[tuple[str, dict[str, Any]]]:
     steps = []
     for fn, kw in zip(fns, kwargs):
         if not isinstance(fn, _KnownFunction) or not isinstance(kw, dict):
-            raise ValueError(f"{path}: entry {fn!r} is not a known postprocessing function with a keyword dict")
+            raise ValueError(f"{path}: entry {fn!r} is not a known postprocessing function with a keyword dict")  # noqa: TRY004
         steps.append((fn.step, {str(k): _plain(v) for k, v in kw.items()}))
     return steps
 

@@ -12,7 +12,12 @@ import pytest
 from nnseg.cli.main import build_parser, main
 from nnseg.cli.table import by_script
 from nnseg.jsonio import load_json, save_json
-from nnseg.metrics.best_config import ModelId, inference_instructions, pick_best, predict_commands
+from nnseg.metrics.best_config import (
+    ModelId,
+    inference_instructions,
+    pick_best,
+    predict_commands,
+)
 from nnseg.metrics.crossval import accumulate_crossval_results, ensemble_name
 from nnseg.predictions.predict_io import save_probabilities_npz, save_properties_pkl
 
@@ -233,10 +238,10 @@ def _golden_tree(expected: Path, data: Path, root: Path) -> dict[str, Path]:
 
 @pytest.mark.golden
 def test_find_best_on_nnunet_predictions(expected_dir: Path, shared_data: Path, tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
     from nnseg.metrics.best_config import find_best_configuration
     from nnseg.predictions.predict_io import load_probabilities_npz
-
-    import SimpleITK as sitk
 
     folders = _golden_tree(expected_dir, shared_data, tmp_path)
     info = find_best_configuration("Dataset004_Hippocampus", tmp_path / "results", tmp_path / "preprocessed",

@@ -13,11 +13,23 @@ import numpy as np
 import pytest
 
 from nnseg.jsonio import load_json, save_json
-from nnseg.metrics.postprocess import (PostprocessingStep, apply_postprocessing, improves_all_foreground,
-                                       load_postprocessing, remove_all_but_largest_component,
-                                       remove_all_but_largest_component_from_segmentation)
-from nnseg.metrics.postprocess_folder import apply_postprocessing_to_folder, determine_postprocessing_for_folder
-from nnseg.metrics.postprocess_pkl import NNUNET_PP_FUNCTION, load_postprocessing_pkl, postprocessing_pkl_bytes
+from nnseg.metrics.postprocess import (
+    PostprocessingStep,
+    apply_postprocessing,
+    improves_all_foreground,
+    load_postprocessing,
+    remove_all_but_largest_component,
+    remove_all_but_largest_component_from_segmentation,
+)
+from nnseg.metrics.postprocess_folder import (
+    apply_postprocessing_to_folder,
+    determine_postprocessing_for_folder,
+)
+from nnseg.metrics.postprocess_pkl import (
+    NNUNET_PP_FUNCTION,
+    load_postprocessing_pkl,
+    postprocessing_pkl_bytes,
+)
 
 LARGEST = "remove_all_but_largest_component"
 
