@@ -111,6 +111,24 @@ def test_failing_graph_library_does_not_stop_training(tmp_path: Path, net: nn.Mo
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_written_when_a_training_run_starts(tiny_preprocessed: Path, tmp_path: Path, no_graph_library: None) -> None:
+    from conftest import tiny_plans, tiny_spec
+
+    from nnseg.training.config import TrainConfig
+    from nnseg.training.loop import train
+    from nnseg.training.setup import FoldJob, make_run_spec
+
+    config = TrainConfig(num_epochs=1, iterations_per_epoch=1, val_iterations_per_epoch=1, seed=0)
+    job = FoldJob(plans=tiny_plans(), configuration_name="3d_fullres", spec=tiny_spec(),
+                  preprocessed_dataset_folder=tiny_preprocessed, results_dataset_folder=tmp_path / "results", fold=0,
+                  trainer_name="nnUNetTrainer", config=config, device=torch.device("cpu"), precision="fp32")
+    run = make_run_spec(job)
+    train(run, hooks=NetworkSummary(run.output_folder))
+    text = (run.output_folder / TEXT_NAME).read_text()
+    assert text.startswith(f"nnUNetTrainer: {run.output_folder}") and "input: 1 channel(s) x 16 x 16 x 16" in text
+    assert "encoder 0" in text and "decoder 0" in text and "layers:" in text
+
+
 def test_train_command_registers_the_hook() -> None:
     from nnseg.cli import train_cmds
 
