@@ -79,12 +79,15 @@ def available_models(candidates: Sequence[ModelId], *, dataset_name: str, result
 
     valid = []
     for model in candidates:
-        plans = load_plans(Path(preprocessed_root) / dataset_name / f"{model.plans}.json")
+        folder = Path(results_root) / dataset_name / model.identifier
+        plans_file = Path(preprocessed_root) / dataset_name / f"{model.plans}.json"
+        if not plans_file.is_file() and (folder / "plans.json").is_file():
+            plans_file = folder / "plans.json"  # e.g. an installed model without nnUNet_preprocessed plans
+        plans = load_plans(plans_file)
         if model.configuration not in plans.available_configurations:
             if verbose:
                 print(f"configuration {model.configuration} is not in plans {model.plans} of {dataset_name}: skipped")
             continue
-        folder = Path(results_root) / dataset_name / model.identifier
         if not folder.is_dir():
             raise FileNotFoundError(f"trained model {model.identifier} of {dataset_name} has no output folder {folder}; "
                                     f"train it first (--npz keeps the probabilities that ensembling needs): "
