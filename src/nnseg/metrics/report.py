@@ -144,7 +144,8 @@ def boxplot_png(summary: Mapping[str, Any], *, label_names: Mapping[str, str] | 
     names = dict(label_names or {})
     columns = [(k, [d[i] for _, d in table.cases if not math.isnan(d[i])]) for i, k in enumerate(table.labels)]
     columns = [(k, v) for k, v in columns if v]
-    fig = Figure(figsize=(max(4.0, 1.3 * len(columns) + 2.0), 4.0), dpi=100)
+    many = len(columns) > 8  # narrower boxes, vertical tick labels; the width is capped at 2400 px
+    fig = Figure(figsize=(min(24.0, max(4.0, (0.45 if many else 1.3) * len(columns) + 2.0)), 5.5 if many else 4.0), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     if columns:
@@ -152,7 +153,8 @@ def boxplot_png(summary: Mapping[str, Any], *, label_names: Mapping[str, str] | 
         jitter = np.random.default_rng(0)
         for i, (_, values) in enumerate(columns, start=1):
             ax.plot(i + jitter.uniform(-0.12, 0.12, len(values)), values, "o", ms=3, alpha=0.6, color="tab:blue")
-        ax.set_xticks(range(1, len(columns) + 1), [f"{names.get(k, k)}\n({k})" if k in names else k for k, _ in columns])
+        ticks = [(f"{names[k]} ({k})" if many else f"{names[k]}\n({k})") if k in names else k for k, _ in columns]
+        ax.set_xticks(range(1, len(columns) + 1), ticks, rotation=90 if many else 0, fontsize=7 if many else None)
     else:
         ax.text(0.5, 0.5, "no cases with a defined Dice", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel("Dice per case")

@@ -26,6 +26,7 @@ h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #dd
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f0f0f0; } td.case, th.case { text-align: left; font-family: monospace; }
+.scroll { overflow-x: auto; max-width: 100%; }
 tfoot td { font-weight: bold; background: #f7f7f7; }
 img.plot { max-width: 100%; border: 1px solid #eee; } img.progress { width: 560px; max-width: 100%; }
 .row { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; } .row > div { min-width: 0; }
@@ -70,8 +71,8 @@ def dice_table_html(table: DiceTable, names: Mapping[str, str]) -> str:
         mean = sum(finite) / len(finite) if finite else math.nan
         rows.append(f'<tr><td class="case">{html.escape(cid)}</td>{"".join(_cell(d) for d in dice)}{_cell(mean)}</tr>')
     foot = "".join(f"<td>{_fmt(m)}</td>" for m in table.mean)
-    return (f'<table class="dice">{_header(table, names)}<tbody>{"".join(rows)}</tbody>'
-            f'<tfoot><tr><td class="case">mean</td>{foot}<td>{_fmt(table.foreground_mean)}</td></tr></tfoot></table>')
+    return (f'<div class="scroll"><table class="dice">{_header(table, names)}<tbody>{"".join(rows)}</tbody>'
+            f'<tfoot><tr><td class="case">mean</td>{foot}<td>{_fmt(table.foreground_mean)}</td></tr></tfoot></table></div>')
 
 
 def overview_html(folds: Sequence[FoldResult], names: Mapping[str, str]) -> str:
@@ -86,8 +87,8 @@ def overview_html(folds: Sequence[FoldResult], names: Mapping[str, str]) -> str:
         values = [t.mean[t.labels.index(k)] if k in t.labels else math.nan for k in labels]
         rows.append(f'<tr><td class="case">{html.escape(name)}</td><td>{len(t.cases)}</td>'
                     f'{"".join(_cell(v) for v in values)}{_cell(t.foreground_mean)}</tr>')
-    return (f'<table class="overview"><thead><tr><th class="case">fold</th><th>cases</th>{head}<th>foreground mean</th>'
-            f'</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    return (f'<div class="scroll"><table class="overview"><thead><tr><th class="case">fold</th><th>cases</th>{head}<th>foreground mean</th>'
+            f'</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
 
 
 def _worst_html(fold: FoldResult) -> str:

@@ -135,6 +135,13 @@ def test_boxplot_is_a_png_with_content() -> None:
     assert pixels.shape[0] >= 300 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10
 
 
+def test_boxplot_of_many_labels_stays_a_reasonable_size() -> None:
+    cases = [{"metrics": {str(k): {"Dice": 0.5 + 0.01 * k} for k in range(1, 105)}, "prediction_file": f"c{i}.nii.gz"}
+             for i in range(3)]
+    pixels = _decode(boxplot_png({"metric_per_case": cases}, label_names={str(k): f"organ_{k}" for k in range(1, 105)}))
+    assert pixels.shape[1] <= 2400
+
+
 def test_overlay_pair_shows_reference_left_and_prediction_right() -> None:
     ref = _reference()
     pred = np.zeros_like(ref)
