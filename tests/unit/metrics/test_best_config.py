@@ -264,3 +264,95 @@ def test_find_best_on_nnunet_predictions(expected_dir: Path, shared_data: Path, 
     assert best["result_on_crossval_post_pp"] >= best["result_on_crossval_pre_pp"]
     pp = load_json(Path(best["postprocessing_file"]).with_suffix(".json"))
     assert set(pp["input_folder"]["mean"]) == {"1", "2"}
+
+
+# ---------------------------------------------------------------- the printed commands, executed
+
+
+def _tiny_plans(golden_plans: dict, dataset: str) -> dict:
+    import copy
+
+    plans = copy.deepcopy(golden_plans)
+    plans["dataset_name"] = dataset
+    cfg = copy.deepcopy(plans["configurations"]["3d_fullres"])
+    cfg.update(patch_size=[16, 16, 16], spacing=[1.0, 1.0, 1.0], data_identifier="nnUNetPlans_3d_tiny")
+    cfg["architecture"]["arch_kwargs"].update(n_stages=2, features_per_stage=[4, 8], kernel_sizes=[[3, 3, 3]] * 2,
+                                              strides=[[1, 1, 1], [2, 2, 2]], n_conv_per_stage=[1, 1],
+                                              n_conv_per_stage_decoder=[1])
+    plans["configurations"] = {"3d_tiny": cfg, "3d_tiny_b": {"inherits_from": "3d_tiny"}}
+    return plans
+
+
+def _tiny_model(results: Path, dataset: str, plans: dict, dataset_json: dict, configuration: str, seed: int) -> Path:
+    import torch
+
+    from nnseg.networks import build_network
+    from nnseg.predictions.checkpoint import save_checkpoint
+
+    folder = results / dataset / f"{TRAINER_PLANS}{configuration}"
+    (folder / "fold_0").mkdir(parents=True)
+    save_json(plans, folder / "plans.json")
+    save_json(dataset_json, folder / "dataset.json")
+    torch.manual_seed(seed)
+    net = build_network(plans["configurations"]["3d_tiny"]["architecture"], input_channels=1, num_classes=2,
+                        deep_supervision=False)
+    weights = net.state_dict()
+    for key in [k for k in weights if "seg_layers" in k]:  # louder, unbiased logits: every class shows up somewhere
+        weights[key] = weights[key] * 30 if key.endswith("weight") else torch.zeros_like(weights[key])
+    save_checkpoint({"network_weights": weights, "trainer_name": "nnUNetTrainer",
+                     "init_args": {"configuration": configuration, "fold": 0}, "current_epoch": 1,
+                     "inference_allowed_mirroring_axes": (0, 1, 2)}, folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+@pytest.mark.slow
+def test_printed_instructions_run_as_written(expected_dir: Path, roots_env: dict[str, str], tmp_path: Path) -> None:
+    """Two tiny (untrained) models predict their "validation" cases; the ground truth is their ensemble, so the
+    ensemble wins; then every printed command runs, and the result equals the cross-validation postprocessed output."""
+    import shutil
+
+    import SimpleITK as sitk
+
+    dataset, golden = "Dataset777_Tiny", expected_dir / "Dataset004_Hippocampus"
+    results, preprocessed = Path(roots_env["nnUNet_results"]), Path(roots_env["nnUNet_preprocessed"])
+    plans = _tiny_plans(load_json(golden / "nnUNetPlans.json"), dataset)
+    dataset_json = {**load_json(golden / "dataset.json"), "labels": {"background": 0, "structure": 1}}
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        arr = rng.normal(100, 20, size=(10 + i, 14, 12)).astype(np.float32)
+        arr[2:7, 2:8, 3:9] += 150  # an object gives the untrained networks something to segment
+        img = sitk.GetImageFromArray(arr)
+        sitk.WriteImage(img, str(images / f"case_{i}_0000.nii.gz"))
+    folders = [_tiny_model(results, dataset, plans, dataset_json, c, s) for c, s in (("3d_tiny", 0), ("3d_tiny_b", 1))]
+    base = ["-i", str(images), "-d", "777", "-f", "0", "-tr", "nnUNetTrainer", "-device", "cpu", "--disable_progress_bar",
+            "--save_probabilities", "-npp", "0", "-nps", "0"]
+    for folder in folders:
+        validation = folder / "fold_0" / "validation"
+        assert main(["predict", *base, "-o", str(validation), "-c", folder.name.split("__")[-1]], env=roots_env) == 0
+    gt = preprocessed / dataset / "gt_segmentations"
+    assert main(["ensemble", "-i", *(str(f / "fold_0" / "validation") for f in folders), "-o", str(tmp_path / "ens")],
+                env=roots_env) == 0
+    gt.mkdir(parents=True)
+    for f in (tmp_path / "ens").glob("*.nii.gz"):
+        shutil.copy(f, gt / f.name)
+    save_json(plans, preprocessed / dataset / "nnUNetPlans.json")
+
+    assert main(["find-best", "777", "-c", "3d_tiny", "3d_tiny_b", "-f", "0", "-np", "1"], env=roots_env) == 0
+    info = load_json(results / dataset / "inference_information.json")
+    best = info["best_model_or_ensemble"]
+    assert len(best["selected_model_or_models"]) == 2  # the ensemble won
+    assert best["result_on_crossval_pre_pp"] == best["result_on_crossval_post_pp"] == 1.0
+    commands = [shlex.split(x) for x in (results / dataset / "inference_instructions.txt").read_text().splitlines()
+                if x.startswith("nnUNetv2_")]
+    for words in commands:
+        words = [str(images) if w == "INPUT_FOLDER" else str(tmp_path / w) if w.startswith("OUTPUT_FOLDER") else w
+                 for w in words]
+        assert main([by_script()[words[0]].name, *words[1:]], env=roots_env) == 0, words
+    final = sorted((tmp_path / "OUTPUT_FOLDER_PP").glob("*.nii.gz"))
+    expected = Path(info["best_model_or_ensemble"]["postprocessing_file"]).parent / "postprocessed"
+    assert [f.name for f in final] == [f"case_{i}.nii.gz" for i in range(3)]
+    for f in final:
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(f))),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(expected / f.name))))
