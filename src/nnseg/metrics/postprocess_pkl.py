@@ -58,12 +58,22 @@ class _RefPickler(pickle._Pickler):  # type: ignore[name-defined]  # the pure-Py
     dispatch[GlobalRef] = _save_ref
 
 
+NNUNET_KWARGS = ("labels_or_regions", "background_label")  # what nnU-Net's function accepts
+
+
 def _nnunet_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Keyword arguments as nnU-Net passes them: only the keys its function takes, regions as tuples."""
+    """Keyword arguments as nnU-Net passes them: only the keys its function takes, defaults left out.
+
+    Raises:
+        ValueError: an argument nnU-Net's function does not take (e.g. a non-default ``connectivity``).
+    """
     out: dict[str, Any] = {}
     for key, value in kwargs.items():
-        if key == "background_label" and int(value) == 0:
-            continue  # nnU-Net's default; it never writes it
+        if (key == "background_label" and int(value) == 0) or (key == "connectivity" and value is None):
+            continue  # nnU-Net's defaults; it never writes them
+        if key not in NNUNET_KWARGS:
+            raise ValueError(f"postprocessing argument {key}={value!r} has no nnU-Net equivalent (its function takes "
+                             f"{list(NNUNET_KWARGS)}); keep the decision in postprocessing.json only")
         out[key] = value
     return out
 

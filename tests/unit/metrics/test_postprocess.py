@@ -276,3 +276,10 @@ def test_regions_are_postprocessed_per_region(tmp_path: Path) -> None:
     seg = pred.astype(np.int64)
     np.testing.assert_array_equal(apply_postprocessing(seg, load_postprocessing(tmp_path / "pred" / "postprocessing.json")),
                                   ref)
+
+
+def test_pkl_refuses_arguments_nnunet_cannot_take() -> None:
+    with pytest.raises(ValueError, match="connectivity=1 has no nnU-Net equivalent"):
+        postprocessing_pkl_bytes([(LARGEST, {"labels_or_regions": 1, "connectivity": 1})])
+    with pytest.raises(ValueError, match="no nnU-Net equivalent"):
+        postprocessing_pkl_bytes([("fill_holes", {})])
