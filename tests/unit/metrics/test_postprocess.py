@@ -283,3 +283,23 @@ def test_pkl_refuses_arguments_nnunet_cannot_take() -> None:
         postprocessing_pkl_bytes([(LARGEST, {"labels_or_regions": 1, "connectivity": 1})])
     with pytest.raises(ValueError, match="no nnU-Net equivalent"):
         postprocessing_pkl_bytes([("fill_holes", {})])
+
+
+def test_determine_and_apply_cli(pp_folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nnseg.cli.main import main
+
+    pred_dir, ref_dir = pp_folders
+    env = {"HOME": str(tmp_path)}
+    assert main(["determine-pp", "-i", str(pred_dir), "-ref", str(ref_dir), "-np", "1", "--remove_postprocessed"],
+                env=env, cwd=tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "remove_all_but_largest_component(1)" in out and "postprocessing.json" in out
+    assert not (pred_dir / "postprocessed").exists() and (pred_dir / "postprocessing.pkl").is_file()
+    assert main(["apply-pp", "-i", str(pred_dir), "-o", str(tmp_path / "o"), "-pp_pkl_file", str(pred_dir / "plans.json"),
+                 "-np", "1"], env=env, cwd=tmp_path) == 1
+    assert "plans.json" in capsys.readouterr().err
+    assert main(["apply-pp", "-i", str(pred_dir), "-o", str(tmp_path / "o"), "-pp_pkl_file", "postprocessing.txt"],
+                env=env, cwd=tmp_path) == 1
+    assert "must be postprocessing.json or postprocessing.pkl" in capsys.readouterr().err
+    assert main(["determine-pp", "-i", str(tmp_path / "nope"), "-ref", str(ref_dir)], env=env, cwd=tmp_path) == 1
+    assert "-plans_json" in capsys.readouterr().err
