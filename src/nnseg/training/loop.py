@@ -135,7 +135,8 @@ def run_epoch(run: RunSpec, parts: Components, state: TrainState, hooks: Hooks) 
         losses.append(train_step(parts.network, image, targets, parts.loss, parts.optimizer, parts.scaler,
                                  precision=run.precision, grad_clip=cfg.grad_clip))
     parts.network.eval()
-    val_losses, counts = [], np.zeros((3, run.num_heads))
+    n_fg = run.num_heads if run.regions is not None else run.num_heads - 1  # pseudo Dice: foreground only
+    val_losses, counts = [], np.zeros((3, n_fg))
     for image, targets in prefetched(lambda i: parts.batches.val_batch(epoch, i), cfg.val_iterations_per_epoch,
                                      background=run.background):
         loss, c = validation_step(parts.network, image, targets, parts.loss, precision=run.precision,
