@@ -1,0 +1,270 @@
+"""Preprocess a whole dataset: every training case of every requested configuration, in a spawn pool.
+
+Each worker reads one case, preprocesses it and writes it (``store.save_case``) before taking the next one, and
+sends back only a few numbers, so peak memory is bounded by the number of workers. Finished cases are skipped on a
+rerun (a case is finished when its ``.json`` exists next to both arrays); ``clean=True`` redoes everything. A failure
+stops the run with an error that names the case and its files, and leaves no incomplete case behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nnseg.jsonio import atomic_path
+from nnseg.preprocessed import store
+
+DEFAULT_NUM_PROCESSES = {"2d": 8, "3d_fullres": 4, "3d_lowres": 8}
+DEFAULT_NUM_PROCESSES_OTHER = 4
+
+
+def default_num_processes(configuration: str, *, cpu_count: int | None = None) -> int:
+    """nnU-Net's per-configuration default (2d 8, 3d_fullres 4, 3d_lowres 8, other 4), capped at the CPU count."""
+    cpus = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    return max(1, min(DEFAULT_NUM_PROCESSES.get(configuration, DEFAULT_NUM_PROCESSES_OTHER), cpus))
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    """One case of one configuration, as sent to a worker (paths only: the worker reads the files)."""
+
+    configuration: str
+    identifier: str
+    images: tuple[Path, ...]
+    label: Path
+
+
+@dataclass
+class ConfigurationSummary:
+    """What :func:`preprocess_dataset` did for one configuration."""
+
+    configuration: str
+    output_folder: Path
+    processed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+_WORKER: dict[str, Any] = {}
+
+
+def init_worker(plans_json: Mapping[str, Any], spec_json: Mapping[str, Any], output_folders: Mapping[str, str],
+                single_thread: bool = True) -> None:
+    """Pool initializer: keep plans, dataset.json and output folders; one compute thread per worker."""
+    if single_thread:
+        limit_threads()
+    from nnseg.plans.schema import Plans
+    from nnseg.raw.dataset_json import DatasetSpec
+
+    plans = Plans.from_json(plans_json)
+    _WORKER.update(plans=plans, spec=DatasetSpec.from_json(spec_json),
+                   configurations={name: plans.configuration(name) for name in output_folders},
+                   folders={name: Path(p) for name, p in output_folders.items()})
+
+
+def limit_threads() -> None:
+    """One thread for ITK, BLAS/OpenMP and torch in this process (the pool supplies the parallelism)."""
+    for var in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def preprocess_job(job: CaseJob) -> tuple[str, str, float]:
+    """Read, preprocess and store one case; returns ``(configuration, identifier, seconds)``.
+
+    Raises:
+        ValueError: anything went wrong; the message names the case and its files, and no file of the case is left.
+    """
+    from nnseg.preprocessed.preprocess import preprocess_case
+    from nnseg.raw.image_io import get_io
+
+    start = time.perf_counter()
+    plans, configuration = _WORKER["plans"], _WORKER["configurations"][job.configuration]
+    folder = _WORKER["folders"][job.configuration]
+    try:
+        io = get_io(plans.image_reader_writer)
+        data, geometry = io.read_images(list(job.images))
+        seg, _ = io.read_seg(job.label)
+        data, seg, props = preprocess_case(data, seg, geometry.to_properties(), plans=plans,
+                                           configuration=configuration, spec=_WORKER["spec"])
+        store.save_case(folder, job.identifier, data, seg, props, patch_size=configuration.patch_size)
+    except Exception as e:
+        store.remove_case(folder, job.identifier)
+        files = ", ".join(str(p) for p in (*job.images, job.label))
+        raise ValueError(f"preprocessing case {job.identifier} ({job.configuration}) failed: {e}\n"
+                         f"  files: {files}\n  fix or remove this case (`nnseg verify -d ...` checks the whole "
+                         "dataset), then rerun: finished cases are kept") from None
+    return job.configuration, job.identifier, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------- parent side
+def _run_jobs(jobs: Sequence[CaseJob], limits: Mapping[str, int], initargs: tuple[Any, ...]) -> Iterator[tuple[str, str, float]]:
+    """Run jobs (grouped by configuration, in order) with at most ``limits[configuration]`` in flight."""
+    if not jobs:
+        return
+    workers = max(1, min(max(limits.values(), default=1), len(jobs)))
+    if workers == 1:
+        init_worker(*initargs[:3], single_thread=False)
+        yield from map(preprocess_job, jobs)
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=init_worker, initargs=initargs) as pool:
+        pending: deque[Any] = deque()
+        for job in jobs:
+            while pending and len(pending) >= limits[job.configuration]:
+                yield pending.popleft()[1].get()
+            pending.append((job.configuration, pool.apply_async(preprocess_job, (job,))))
+        while pending:
+            yield pending.popleft()[1].get()
+
+
+def _progress(results: Iterator[Any], total: int, enabled: bool) -> Iterator[Any]:
+    if not enabled or total == 0:
+        yield from results
+        return
+    from tqdm import tqdm
+
+    yield from tqdm(results, total=total, desc="preprocessing", unit="case")
+
+
+def _remove_incomplete(folder: Path, identifiers: Sequence[str]) -> None:
+    store.remove_temporary_files(folder)
+    for identifier in identifiers:
+        if not store.case_is_complete(folder, identifier):
+            store.remove_case(folder, identifier)
+
+
+def copy_file_atomic(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` through a temporary name (never a half-written ``target``)."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def _up_to_date(source: Path, target: Path) -> bool:
+    if not target.is_file():
+        return False
+    s, t = source.stat(), target.stat()
+    return s.st_size == t.st_size and t.st_mtime >= s.st_mtime
+
+
+def copy_dataset_files(raw_dataset_folder: Path, preprocessed_dataset_folder: Path) -> None:
+    """Copy ``dataset.json`` (and ``splits_final.json`` when the raw folder has one) to the preprocessed folder."""
+    for name in ("dataset.json", "splits_final.json"):
+        source = Path(raw_dataset_folder) / name
+        if source.is_file():
+            copy_file_atomic(source, Path(preprocessed_dataset_folder) / name)
+
+
+def copy_gt_segmentations(cases: Sequence[Any], file_ending: str, preprocessed_dataset_folder: Path, *,
+                          clean: bool = False) -> None:
+    """Copy every training label to ``gt_segmentations/CASE<file_ending>`` (skipping unchanged copies)."""
+    folder = Path(preprocessed_dataset_folder) / "gt_segmentations"
+    if clean and folder.is_dir():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    store.remove_temporary_files(folder)
+    for case in cases:
+        target = folder / f"{case.identifier}{file_ending}"
+        if case.label is not None and not _up_to_date(Path(case.label), target):
+            copy_file_atomic(Path(case.label), target)
+
+
+def _resolve_num_processes(configurations: Sequence[str], num_processes: int | Sequence[int] | Mapping[str, int] | None) -> dict[str, int]:
+    if num_processes is None:
+        return {c: default_num_processes(c) for c in configurations}
+    if isinstance(num_processes, int):
+        return {c: max(1, num_processes) for c in configurations}
+    if isinstance(num_processes, Mapping):
+        return {c: max(1, int(num_processes.get(c, default_num_processes(c)))) for c in configurations}
+    values = [int(v) for v in num_processes]
+    if len(values) == 1:
+        values = values * len(configurations)
+    if len(values) != len(configurations):
+        raise ValueError(f"-np got {len(values)} values {values} for {len(configurations)} configurations "
+                         f"{list(configurations)}; give one value, or one per configuration")
+    return {c: max(1, v) for c, v in zip(configurations, values)}
+
+
+def _jobs_for(configuration: str, cases: Sequence[Any], folder: Path, *, clean: bool, summary: ConfigurationSummary) -> list[CaseJob]:
+    if clean and folder.is_dir():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_incomplete(folder, [c.identifier for c in cases])
+    jobs = []
+    for case in cases:
+        if store.case_is_complete(folder, case.identifier):
+            summary.skipped.append(case.identifier)
+        else:
+            jobs.append(CaseJob(configuration, case.identifier, tuple(Path(p) for p in case.images), Path(case.label)))
+    return jobs
+
+
+def preprocess_dataset(raw_dataset_folder: Path, preprocessed_dataset_folder: Path, plans: Any,
+                       configurations: Sequence[str], *, num_processes: int | Sequence[int] | Mapping[str, int] | None = None,
+                       progress: bool = False, clean: bool = False, verbose: bool = False,
+                       env: Mapping[str, str] | None = None) -> dict[str, ConfigurationSummary]:
+    """Preprocess every training case for each configuration into ``preprocessed_dataset_folder/<data_identifier>``.
+
+    Also writes ``gt_segmentations/CASE<ending>`` (copies of the labels), and copies ``dataset.json`` and, when the raw
+    folder has one, ``splits_final.json``.
+
+    Args:
+        raw_dataset_folder: ``nnUNet_raw/DatasetXXX_Name``.
+        preprocessed_dataset_folder: ``nnUNet_preprocessed/DatasetXXX_Name``.
+        plans: a ``Plans`` (or its JSON dict).
+        configurations: configuration names, e.g. ``["2d", "3d_fullres"]``; each must exist in the plans.
+        num_processes: workers, one int for all or one per configuration (default: nnU-Net's 8/4/8, capped at the
+            CPU count). The pool is shared; a configuration never has more cases in flight than its number.
+        progress: show a tqdm progress bar.
+        clean: delete each configuration's folder (and gt_segmentations) first instead of resuming.
+        verbose: print per-configuration timing.
+        env: variables for ``$VAR`` expansion in an explicit ``dataset`` entry of dataset.json.
+
+    Returns:
+        ``{configuration: ConfigurationSummary}``.
+
+    Raises:
+        ValueError: a configuration is not in the plans, or a case failed (the message names its files).
+    """
+    from nnseg.plans.schema import Plans
+    from nnseg.raw.dataset_json import load_dataset_json
+    from nnseg.raw.discover import training_cases
+
+    plans = plans if isinstance(plans, Plans) else Plans.from_json(plans)
+    raw, out = Path(raw_dataset_folder), Path(preprocessed_dataset_folder)
+    spec = load_dataset_json(raw / "dataset.json")
+    cases = training_cases(raw, spec, env=env)
+    if not cases:
+        raise ValueError(f"no training cases in {raw / 'imagesTr'} (file ending {spec.file_ending!r})")
+    folders = {c: out / plans.configuration(c).data_identifier for c in configurations}
+    limits = _resolve_num_processes(list(configurations), num_processes)
+    copy_dataset_files(raw, out)
+    copy_gt_segmentations(cases, spec.file_ending, out, clean=clean)
+    summaries = {c: ConfigurationSummary(c, folders[c]) for c in configurations}
+    jobs = [j for c in configurations for j in _jobs_for(c, cases, folders[c], clean=clean, summary=summaries[c])]
+    initargs = (plans.to_json(), spec.to_json(), {c: str(p) for c, p in folders.items()})
+    start = time.perf_counter()
+    try:
+        for configuration, identifier, seconds in _progress(_run_jobs(jobs, limits, initargs), len(jobs), progress):
+            summaries[configuration].processed.append(identifier)
+            summaries[configuration].seconds += seconds
+    finally:
+        for c in configurations:
+            _remove_incomplete(folders[c], [case.identifier for case in cases])
+    if verbose:
+        for s in summaries.values():
+            print(f"{s.configuration}: {len(s.processed)} cases preprocessed, {len(s.skipped)} already done "
+                  f"({s.seconds:.1f} s in workers) -> {s.output_folder}")
+        print(f"preprocessing took {time.perf_counter() - start:.1f} s")
+    return summaries

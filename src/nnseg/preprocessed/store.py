@@ -1,0 +1,309 @@
+"""Preprocessed case storage: blosc2 ``.b2nd`` arrays plus a JSON properties file, as nnU-Net 2.8 lays them out.
+
+Per case in ``nnUNet_preprocessed/DatasetX/<data_identifier>/``:
+
+* ``CASE.b2nd``: float32 ``(C, X, Y, Z)`` image data;
+* ``CASE_seg.b2nd``: the integer segmentation ``(1, X, Y, Z)`` (-1 outside the non-zero mask);
+* ``CASE.json``: the properties (nnU-Net writes ``CASE.pkl``; nnseg never pickles, see ``properties_to_json``).
+
+Arrays are compressed with LZ4HC level 5 and the better of NOFILTER/SHUFFLE (chosen by trial compression); chunks and
+blocks are sized from the training patch (block <= 128 KiB, chunk <= 6 MiB and <= 1.5x the patch per axis, never more
+than one channel) so that reading one patch decompresses only the chunks it overlaps. Files are opened memory-mapped
+(except on Windows). Every file is written under a temporary name and renamed, the properties last: a case is complete
+exactly when its ``.json`` exists next to both arrays.
+
+nnU-Net's legacy format (``CASE.npz`` with ``data``/``seg``, or unpacked ``CASE.npy``/``CASE_seg.npy``) is read too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import sys
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import blosc2
+import numpy as np
+
+from nnseg.jsonio import atomic_path, load_json, to_jsonable
+
+BLOCK_MAX_BYTES = 128 * 1024
+CHUNK_MAX_BYTES = 6 * 1024 * 1024
+CHUNK_MAX_PATCH_FACTOR = 1.5
+CLEVEL = 5
+_TRIAL_MAX_BYTES = 2 * 1024 * 1024
+_TMP_MARK = ".tmp"
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, n))))
+
+
+def chunks_and_blocks(shape: Sequence[int], patch_size: Sequence[int] | None, itemsize: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Chunk and block shapes for an array ``(C, *spatial)`` read in patches of ``patch_size``.
+
+    Blocks start at the patch rounded up to powers of two and are halved along the axis largest relative to the patch
+    until they fit ``BLOCK_MAX_BYTES``; chunks then grow block by block along the axis smallest relative to the patch
+    while they stay within ``CHUNK_MAX_BYTES``, ``CHUNK_MAX_PATCH_FACTOR`` x patch and the array. The channel axis is 1.
+
+    Args:
+        shape: array shape ``(C, X, Y, Z)`` (or ``(C, 1, X, Y)`` for 2D data).
+        patch_size: training patch (one entry per spatial axis, or one fewer for 2D data); None = whole image.
+        itemsize: bytes per element.
+    """
+    spatial = [int(s) for s in shape[1:]]
+    patch = list(spatial) if patch_size is None else [int(p) for p in patch_size]
+    if len(patch) < len(spatial):
+        patch = [1] * (len(spatial) - len(patch)) + patch
+    if len(patch) != len(spatial):
+        raise ValueError(f"patch_size {list(patch_size or [])} does not fit array shape {list(shape)}; "
+                         "give one entry per spatial axis")
+    patch = [max(1, min(p, s)) for p, s in zip(patch, spatial)]
+    block = [min(_pow2_ceil(p), s) for p, s in zip(patch, spatial)]
+    while math.prod(block) * itemsize > BLOCK_MAX_BYTES and max(block) > 1:
+        axis = max((a for a in range(len(block)) if block[a] > 1), key=lambda a: (block[a] / patch[a], block[a]))
+        block[axis] = max(1, block[axis] // 2)
+    chunk = list(block)
+    while True:
+        grow = [a for a in range(len(chunk)) if chunk[a] < spatial[a]
+                and chunk[a] + block[a] <= CHUNK_MAX_PATCH_FACTOR * patch[a]]
+        if not grow:
+            break
+        axis = min(grow, key=lambda a: chunk[a] / patch[a])
+        trial = list(chunk)
+        trial[axis] = min(chunk[axis] + block[axis], spatial[axis])
+        if math.prod(trial) * itemsize > CHUNK_MAX_BYTES:
+            break
+        chunk = trial
+    return (1, *chunk), (1, *block)
+
+
+def _cparams(array: np.ndarray, filt: blosc2.Filter, nthreads: int) -> blosc2.CParams:
+    return blosc2.CParams(codec=blosc2.Codec.LZ4HC, clevel=CLEVEL, filters=[filt], typesize=array.dtype.itemsize,
+                          nthreads=nthreads)
+
+
+def choose_filter(array: np.ndarray, chunks: Sequence[int]) -> blosc2.Filter:
+    """The filter (NOFILTER or SHUFFLE) that compresses a central chunk-sized sample of ``array`` smaller."""
+    if array.dtype.itemsize == 1:
+        return blosc2.Filter.NOFILTER
+    region = tuple(slice(max(0, (s - c) // 2), max(0, (s - c) // 2) + c) for s, c in zip(array.shape, chunks))
+    sample = np.ascontiguousarray(array[region]).reshape(-1)[: _TRIAL_MAX_BYTES // array.dtype.itemsize]
+    sizes = {}
+    for filt in (blosc2.Filter.NOFILTER, blosc2.Filter.SHUFFLE):
+        packed = blosc2.compress2(sample, cparams=_cparams(sample, filt, 1))
+        sizes[filt] = len(packed)
+    return min(sizes, key=lambda f: (sizes[f], f != blosc2.Filter.SHUFFLE))
+
+
+def write_b2nd(array: np.ndarray, path: Path, *, patch_size: Sequence[int] | None, nthreads: int = 1) -> None:
+    """Write ``array`` (``(C, ...)``) atomically to ``path`` (a ``.b2nd`` file) with patch-aware chunks."""
+    with atomic_path(path) as tmp:
+        _write_b2nd_to(array, tmp, patch_size=patch_size, nthreads=nthreads)
+
+
+def _write_b2nd_to(array: np.ndarray, path: Path, *, patch_size: Sequence[int] | None, nthreads: int) -> None:
+    array = np.ascontiguousarray(array)
+    chunks, blocks = chunks_and_blocks(array.shape, patch_size, array.dtype.itemsize)
+    filt = choose_filter(array, chunks)
+    if path.exists():
+        path.unlink()
+    blosc2.asarray(array, urlpath=str(path), mode="w", chunks=chunks, blocks=blocks,
+                   cparams=_cparams(array, filt, nthreads))
+
+
+def open_b2nd(path: Path, *, mmap: bool | None = None) -> blosc2.NDArray:
+    """Open a ``.b2nd`` file lazily (slicing returns numpy and decompresses only the chunks touched)."""
+    use_mmap = (sys.platform != "win32") if mmap is None else mmap
+    kwargs: dict[str, Any] = {"mmap_mode": "r"} if use_mmap else {}
+    try:
+        return blosc2.open(str(path), mode="r", dparams=blosc2.DParams(nthreads=1), **kwargs)
+    except Exception as e:  # blosc2 raises several types for damaged files
+        raise ValueError(f"cannot read {path} ({type(e).__name__}: {e}); delete it and rerun preprocessing") from None
+
+
+def properties_to_json(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON-ready copy of nnU-Net's properties dict (numpy -> lists; class_locations keys -> strings)."""
+    out = dict(properties)
+    if "class_locations" in out:
+        out["class_locations"] = {_key_to_str(k): v for k, v in out["class_locations"].items()}
+    return to_jsonable(out)
+
+
+def _key_to_str(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (tuple, list)):
+        return "(" + ", ".join(str(int(k)) for k in key) + ("," if len(key) == 1 else "") + ")"
+    return str(int(key))
+
+
+def _key_from_str(key: str) -> int | tuple[int, ...]:
+    text = key.strip()
+    if text.startswith("("):
+        return tuple(int(k) for k in text.strip("()").split(",") if k.strip())
+    return int(text)
+
+
+def properties_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`properties_to_json`: class_locations keys back to int/tuple, coordinates to int arrays ``(N, 1+ndim)``."""
+    out = dict(data)
+    if "class_locations" in out:
+        out["class_locations"] = {
+            _key_from_str(k): np.asarray(v, dtype=np.int64).reshape(-1, len(out.get("spacing", [0, 0, 0])) + 1)
+            for k, v in out["class_locations"].items()}
+    return out
+
+
+def case_paths(folder: Path, identifier: str) -> tuple[Path, Path, Path]:
+    """``(CASE.b2nd, CASE_seg.b2nd, CASE.json)`` in ``folder``."""
+    folder = Path(folder)
+    return folder / f"{identifier}.b2nd", folder / f"{identifier}_seg.b2nd", folder / f"{identifier}.json"
+
+
+def save_case(folder: Path, identifier: str, data: np.ndarray, seg: np.ndarray | None, properties: Mapping[str, Any], *,
+              patch_size: Sequence[int] | None, nthreads: int = 1) -> None:
+    """Write one preprocessed case; the properties JSON is renamed into place last (it marks the case complete).
+
+    Args:
+        folder: the configuration's data folder (``nnUNet_preprocessed/DatasetX/<data_identifier>``).
+        identifier: case identifier (file names ``CASE.b2nd``, ``CASE_seg.b2nd``, ``CASE.json``).
+        data: float32 ``(C, X, Y, Z)``.
+        seg: integer ``(1, X, Y, Z)``, or None (no ``_seg`` file; e.g. unlabelled prediction input).
+        properties: nnU-Net's properties dict (numpy values allowed).
+        patch_size: the configuration's patch size, used to size the chunks.
+        nthreads: blosc2 compression threads.
+    """
+    folder = Path(folder)
+    data_path, seg_path, json_path = case_paths(folder, identifier)
+    if json_path.exists():
+        json_path.unlink()  # the case is incomplete until everything is rewritten
+    if seg is None and seg_path.exists():
+        seg_path.unlink()
+    props_json = properties_to_json(properties)
+    # Everything is written under temporary names first; the renames happen on leaving the contexts, in reverse
+    # order of entering: data, seg, then the properties JSON that marks the case complete.
+    with ExitStack() as stack:
+        tmp_json = stack.enter_context(atomic_path(json_path))
+        tmp_seg = stack.enter_context(atomic_path(seg_path)) if seg is not None else None
+        tmp_data = stack.enter_context(atomic_path(data_path))
+        _write_b2nd_to(np.asarray(data, dtype=np.float32), tmp_data, patch_size=patch_size, nthreads=nthreads)
+        if tmp_seg is not None:
+            _write_b2nd_to(np.asarray(seg), tmp_seg, patch_size=patch_size, nthreads=nthreads)
+        tmp_json.write_text(json.dumps(props_json, indent=4), encoding="utf-8")
+
+
+def case_is_complete(folder: Path, identifier: str, *, with_seg: bool = True) -> bool:
+    """True when the case's data array, (seg array,) and properties JSON all exist."""
+    data_path, seg_path, json_path = case_paths(folder, identifier)
+    return json_path.is_file() and data_path.is_file() and (seg_path.is_file() or not with_seg)
+
+
+def remove_case(folder: Path, identifier: str) -> None:
+    """Delete a case's files (properties first, so a crash in between never leaves a 'complete' case)."""
+    data_path, seg_path, json_path = case_paths(folder, identifier)
+    for path in (json_path, data_path, seg_path):
+        if path.exists():
+            path.unlink()
+
+
+def remove_temporary_files(folder: Path) -> int:
+    """Delete leftovers of interrupted writes (hidden ``.NAME.*.tmp*`` files); returns how many were removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.iterdir() if p.name.startswith(".") and _TMP_MARK in p.name and p.is_file()]
+    for p in stale:
+        p.unlink()
+    return len(stale)
+
+
+def list_cases(folder: Path) -> list[str]:
+    """Identifiers of the complete cases in ``folder`` (blosc2 or legacy npz/npy), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    ids = set()
+    for p in folder.iterdir():
+        if p.name.startswith("."):
+            continue
+        for ending in (".b2nd", ".npz", ".npy"):
+            if p.name.endswith(ending) and not p.name.endswith("_seg" + ending):
+                ids.add(p.name[: -len(ending)])
+    return sorted(i for i in ids if (folder / f"{i}.json").is_file() or (folder / f"{i}.pkl").is_file())
+
+
+def load_properties(folder: Path, identifier: str) -> dict[str, Any]:
+    """A case's properties from ``CASE.json`` (nnseg) or, for data written by nnU-Net, ``CASE.pkl``."""
+    folder = Path(folder)
+    json_path = folder / f"{identifier}.json"
+    if json_path.is_file():
+        return properties_from_json(load_json(json_path))
+    pkl_path = folder / f"{identifier}.pkl"
+    if pkl_path.is_file():
+        return _load_nnunet_pickle(pkl_path)
+    raise FileNotFoundError(f"no properties for case {identifier!r} in {folder} (expected {json_path.name}); "
+                            "rerun preprocessing (nnseg preprocess) for this dataset")
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Loads nnU-Net's properties ``.pkl`` (builtins and numpy arrays only; anything else is refused)."""
+
+    _ALLOWED = {("collections", "OrderedDict"), ("numpy", "dtype"), ("numpy", "ndarray"),
+                ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("builtins", "tuple")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a properties file")
+
+
+def _load_nnunet_pickle(path: Path) -> dict[str, Any]:
+    with path.open("rb") as f:
+        try:
+            return dict(_NumpyOnlyUnpickler(f).load())
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
+            raise ValueError(f"cannot read nnU-Net properties file {path} ({e}); rerun preprocessing") from None
+
+
+def load_case(folder: Path, identifier: str, *, mmap: bool | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """Open one preprocessed case.
+
+    Args:
+        folder: the configuration's data folder.
+        identifier: case identifier.
+        mmap: memory-map the files (default: yes except on Windows).
+
+    Returns:
+        ``(data, seg, properties)``: ``data`` ``(C, X, Y, Z)`` and ``seg`` ``(1, X, Y, Z)`` are lazy blosc2 arrays
+        (slicing returns numpy and decompresses only the chunks touched; ``[...]`` reads everything) for ``.b2nd``
+        cases, numpy (memory-mapped where possible) for legacy ``.npy``/``.npz`` cases; ``seg`` is None when no
+        segmentation was stored.
+    """
+    folder = Path(folder)
+    data_path, seg_path, _ = case_paths(folder, identifier)
+    if data_path.is_file():
+        data = open_b2nd(data_path, mmap=mmap)
+        seg = open_b2nd(seg_path, mmap=mmap) if seg_path.is_file() else None
+    else:
+        data, seg = _load_legacy(folder, identifier)
+    return data, seg, load_properties(folder, identifier)
+
+
+def _load_legacy(folder: Path, identifier: str) -> tuple[np.ndarray, np.ndarray | None]:
+    npy, npy_seg, npz = folder / f"{identifier}.npy", folder / f"{identifier}_seg.npy", folder / f"{identifier}.npz"
+    if npy.is_file():
+        seg = np.load(npy_seg, mmap_mode="r") if npy_seg.is_file() else None
+        return np.load(npy, mmap_mode="r"), seg
+    if npz.is_file():
+        with np.load(npz) as z:
+            if "data" not in z.files:
+                raise ValueError(f"{npz} has no 'data' array (found {z.files}); it is not an nnU-Net preprocessed case")
+            return z["data"], (z["seg"] if "seg" in z.files else None)
+    raise FileNotFoundError(f"no preprocessed data for case {identifier!r} in {folder} (looked for {identifier}.b2nd, "
+                            f".npz, .npy); run `nnseg preprocess` for this dataset and configuration")
