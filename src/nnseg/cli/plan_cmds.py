@@ -1,0 +1,281 @@
+"""``nnseg fingerprint | plan | preprocess | plan-and-preprocess | move-plans`` (= nnU-Net v2's
+``nnUNetv2_extract_fingerprint``, ``nnUNetv2_plan_experiment``, ``nnUNetv2_preprocess``,
+``nnUNetv2_plan_and_preprocess``, ``nnUNetv2_move_plans_between_datasets``), with nnU-Net's arguments and defaults.
+
+Files: ``nnUNet_preprocessed/DatasetX/dataset_fingerprint.json``, ``.../<plans_name>.json`` and one data folder per
+configuration (``.../<data_identifier>/``), plus ``gt_segmentations/`` and a copy of ``dataset.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from nnseg.cli.context import Context
+
+FINGERPRINT_EXTRACTORS = ("DatasetFingerprintExtractor",)
+PREPROCESSORS = ("DefaultPreprocessor",)
+DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
+DEFAULT_NP = 8  # nnU-Net's default_num_processes (env nnUNet_def_n_proc)
+
+
+def _cap(n: int) -> int:
+    """Worker count capped at the CPU count (each worker costs a core and one case's memory)."""
+    return max(1, min(int(n), os.cpu_count() or 1))
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+def _add_dataset(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-d", nargs="+", required=True, help="dataset id(s) or name(s), e.g. 4 or Dataset004_Hippocampus")
+
+
+def _add_fingerprint_options(parser: argparse.ArgumentParser, np_flag: str) -> None:
+    parser.add_argument("-fpe", default="DatasetFingerprintExtractor", help="fingerprint extractor class name "
+                        "(only DatasetFingerprintExtractor; default %(default)s)")
+    parser.add_argument(np_flag, type=int, default=None, help="processes for fingerprint extraction (default 8 or "
+                        "$nnUNet_def_n_proc, capped at the number of CPUs)")
+    parser.add_argument("--verify_dataset_integrity", action="store_true", help="check the raw dataset first and "
+                        "stop on errors (recommended for a new dataset)")
+    parser.add_argument("--clean", action="store_true", help="re-extract the fingerprint even if "
+                        "dataset_fingerprint.json exists (default: reuse it)")
+
+
+def _add_planner_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-pl", default="ExperimentPlanner", help="experiment planner class name, e.g. "
+                        "nnUNetPlannerResEncM/L/XL or nnUNetPlanner_torchres (default %(default)s)")
+    parser.add_argument("-gpu_memory_target", type=float, default=None, help="GPU memory in GB to plan for "
+                        "(default: the planner's own, 8 GB for ExperimentPlanner)")
+    parser.add_argument("-preprocessor_name", default="DefaultPreprocessor", help="preprocessor written into the "
+                        "plans (only DefaultPreprocessor; default %(default)s)")
+    parser.add_argument("-overwrite_target_spacing", type=float, nargs="+", default=None, help="3d_fullres target "
+                        "spacing (3 floats) instead of the planned one; also changes the cascade")
+    parser.add_argument("-overwrite_plans_name", default=None, help="plans identifier instead of the planner's "
+                        "default (e.g. nnUNetPlans); use it to keep several plans side by side")
+
+
+def _add_preprocess_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", nargs="+", default=list(DEFAULT_CONFIGURATIONS), help="configurations to preprocess "
+                        "(default 2d 3d_fullres 3d_lowres; ones the plans lack are skipped)")
+    parser.add_argument("-np", type=int, nargs="+", default=None, help="processes per configuration, one value for "
+                        "all or one per -c entry (default 2d 8, 3d_fullres 4, 3d_lowres 8, others 4; capped at the "
+                        "number of CPUs). More processes need more RAM")
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true", help="print more")
+    parser.add_argument("--no_pbar", action="store_true", help="no progress bar")
+
+
+def add_fingerprint(parser: argparse.ArgumentParser) -> None:
+    _add_dataset(parser)
+    _add_fingerprint_options(parser, "-np")
+    _add_output_options(parser)
+
+
+def add_plan(parser: argparse.ArgumentParser) -> None:
+    _add_dataset(parser)
+    _add_planner_options(parser)
+
+
+def add_preprocess(parser: argparse.ArgumentParser) -> None:
+    _add_dataset(parser)
+    parser.add_argument("-plans_name", default="nnUNetPlans", help="plans identifier (file <name>.json; default "
+                        "%(default)s)")
+    _add_preprocess_options(parser)
+    _add_output_options(parser)
+
+
+def add_plan_and_preprocess(parser: argparse.ArgumentParser) -> None:
+    _add_dataset(parser)
+    _add_fingerprint_options(parser, "-npfp")
+    parser.add_argument("--no_pp", action="store_true", help="only fingerprint and plan, do not preprocess")
+    _add_planner_options(parser)
+    _add_preprocess_options(parser)
+    _add_output_options(parser)
+
+
+def add_move_plans(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-s", required=True, help="source dataset id or name")
+    parser.add_argument("-t", required=True, help="target dataset id or name (its raw folder must exist)")
+    parser.add_argument("-sp", required=True, help="source plans identifier, e.g. nnUNetPlans")
+    parser.add_argument("-tp", default=None, help="target plans identifier (default: the same as -sp)")
+
+
+# ------------------------------------------------------------------------------------------------ steps
+def _raw_folder(ctx: Context, name: str) -> Path:
+    folder = ctx.roots().raw / name
+    if not (folder / "dataset.json").is_file():
+        raise FileNotFoundError(f"raw dataset {folder} (with dataset.json) does not exist; put the dataset in "
+                                f"nnUNet_raw ({ctx.roots().raw}) or convert it first (nnseg convert-msd)")
+    return folder
+
+
+def _verify(folder: Path, num_processes: int) -> None:
+    from nnseg.raw.verify import ERROR, format_report, verify_dataset
+
+    problems = verify_dataset(folder, num_processes=num_processes)
+    print(format_report(problems, folder))
+    errors = [p for p in problems if p.severity == ERROR]
+    if errors:
+        raise ValueError(f"{folder} failed the integrity check with {len(errors)} error(s) (listed above); fix them "
+                         "and rerun")
+
+
+def fingerprint_step(ctx: Context, name: str, *, num_processes: int, clean: bool, verify: bool, extractor: str,
+                     progress: bool, verbose: bool) -> Path:
+    """Extract (or, without ``clean``, reuse) ``dataset_fingerprint.json``; returns its path."""
+    from nnseg.fingerprint.fingerprint import FINGERPRINT_FILE, extract_fingerprint, save_fingerprint
+
+    if extractor not in FINGERPRINT_EXTRACTORS:
+        raise ValueError(f"unknown fingerprint extractor -fpe {extractor!r}; available: {list(FINGERPRINT_EXTRACTORS)}")
+    raw = _raw_folder(ctx, name)
+    if verify:
+        _verify(raw, num_processes)
+    target = ctx.roots().preprocessed / name / FINGERPRINT_FILE
+    if target.is_file() and not clean:
+        print(f"{name}: using the existing fingerprint {target} (--clean re-extracts it)")
+        return target
+    print(f"{name}: extracting the fingerprint ({num_processes} processes)")
+    fingerprint = extract_fingerprint(raw, num_processes=num_processes, progress=progress, env=ctx.env)
+    save_fingerprint(fingerprint, target)
+    if verbose:
+        print(f"wrote {target}")
+    return target
+
+
+def plan_step(ctx: Context, name: str, *, planner: str, gpu_memory_target: float | None, preprocessor_name: str,
+              overwrite_target_spacing: Sequence[float] | None, overwrite_plans_name: str | None) -> str:
+    """Plan from the fingerprint; writes ``<plans_name>.json`` (keeping user configurations); returns the plans name."""
+    from nnseg.fingerprint.fingerprint import FINGERPRINT_FILE, load_fingerprint
+    from nnseg.plans.planner import merge_existing_configurations, plan_experiment
+    from nnseg.plans.schema import load_plans, save_plans
+    from nnseg.preprocessed.run import copy_dataset_files
+    from nnseg.raw.dataset_json import load_dataset_json
+    from nnseg.raw.discover import training_cases
+    from nnseg.raw.image_io import determine_io
+
+    if preprocessor_name not in PREPROCESSORS:
+        raise ValueError(f"unknown -preprocessor_name {preprocessor_name!r}; nnseg implements {list(PREPROCESSORS)}")
+    if overwrite_target_spacing is not None and len(overwrite_target_spacing) != 3:
+        raise ValueError(f"-overwrite_target_spacing needs 3 values (one per axis), got {list(overwrite_target_spacing)}")
+    raw, out = _raw_folder(ctx, name), ctx.roots().preprocessed / name
+    fingerprint = load_fingerprint(out / FINGERPRINT_FILE)
+    spec = load_dataset_json(raw / "dataset.json")
+    cases = training_cases(raw, spec, env=ctx.env)
+    io = determine_io(spec.file_ending, cases[0].images[0] if cases else None, overwrite=spec.overwrite_image_reader_writer)
+    plans = plan_experiment(fingerprint, spec, dataset_name=name, image_reader_writer=io.name, planner=planner,
+                            gpu_memory_target_gb=gpu_memory_target, overwrite_target_spacing=overwrite_target_spacing,
+                            overwrite_plans_name=overwrite_plans_name, preprocessor_name=preprocessor_name)
+    target = out / f"{plans.plans_name}.json"
+    if target.is_file():
+        plans = merge_existing_configurations(plans, load_plans(target))
+    save_plans(plans, target)
+    copy_dataset_files(raw, out)
+    print(f"{name}: plans {target} (configurations: {', '.join(plans.available_configurations)})")
+    return plans.plans_name
+
+
+def _num_processes_per_configuration(configurations: Sequence[str], np_values: Sequence[int] | None) -> list[int]:
+    from nnseg.preprocessed.run import default_num_processes
+
+    if np_values is None:
+        return [default_num_processes(c) for c in configurations]
+    values = list(np_values) * len(configurations) if len(np_values) == 1 else list(np_values)
+    if len(values) != len(configurations):
+        raise ValueError(f"-np got {len(values)} values {values} for {len(configurations)} configurations "
+                         f"{list(configurations)}; give one value, or one per configuration")
+    return [_cap(v) for v in values]
+
+
+def preprocess_step(ctx: Context, name: str, *, plans_name: str, configurations: Sequence[str],
+                    np_values: Sequence[int] | None, progress: bool, verbose: bool) -> None:
+    """Preprocess the training cases of each configuration the plans have (others are skipped with a note)."""
+    from nnseg.plans.schema import load_plans
+    from nnseg.preprocessed.run import preprocess_dataset
+
+    out = ctx.roots().preprocessed / name
+    plans_file = out / f"{plans_name}.json"
+    if not plans_file.is_file():
+        raise FileNotFoundError(f"plans file {plans_file} does not exist; plan first: `nnseg plan -d {name}` "
+                                f"(nnUNetv2_plan_experiment) or `nnseg plan-and-preprocess -d {name}`, or check -plans_name")
+    plans = load_plans(plans_file)
+    numbers = dict(zip(configurations, _num_processes_per_configuration(configurations, np_values)))
+    chosen = []
+    for c in configurations:
+        if c not in plans.configurations:
+            print(f"{name}: configuration {c} is not in {plans_file.name} (it has {plans.available_configurations}); "
+                  "skipping it")
+        elif plans.configuration(c).preprocessor_name not in PREPROCESSORS:
+            raise ValueError(f"{plans_file}: configuration {c} uses preprocessor "
+                             f"{plans.configuration(c).preprocessor_name!r}; nnseg implements {list(PREPROCESSORS)}")
+        else:
+            chosen.append(c)
+    if not chosen:
+        return
+    print(f"{name}: preprocessing {', '.join(f'{c} ({numbers[c]} processes)' for c in chosen)}")
+    preprocess_dataset(_raw_folder(ctx, name), out, plans, chosen, num_processes={c: numbers[c] for c in chosen},
+                       progress=progress, verbose=verbose, env=ctx.env)
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def _fingerprint_np(ctx: Context, value: int | None) -> int:
+    return _cap(value if value is not None else ctx.env_int("nnUNet_def_n_proc", DEFAULT_NP))
+
+
+def run_fingerprint(args: argparse.Namespace, ctx: Context) -> int:
+    for ref in args.d:
+        fingerprint_step(ctx, ctx.dataset_name(ref), num_processes=_fingerprint_np(ctx, args.np), clean=args.clean,
+                         verify=args.verify_dataset_integrity, extractor=args.fpe, progress=not args.no_pbar,
+                         verbose=args.verbose)
+    return 0
+
+
+def _plan_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    return {"planner": args.pl, "gpu_memory_target": args.gpu_memory_target, "preprocessor_name": args.preprocessor_name,
+            "overwrite_target_spacing": args.overwrite_target_spacing, "overwrite_plans_name": args.overwrite_plans_name}
+
+
+def run_plan(args: argparse.Namespace, ctx: Context) -> int:
+    for ref in args.d:
+        plan_step(ctx, ctx.dataset_name(ref), **_plan_kwargs(args))  # type: ignore[arg-type]
+    return 0
+
+
+def run_preprocess(args: argparse.Namespace, ctx: Context) -> int:
+    for ref in args.d:
+        preprocess_step(ctx, ctx.dataset_name(ref), plans_name=args.plans_name, configurations=args.c,
+                        np_values=args.np, progress=not args.no_pbar, verbose=args.verbose)
+    return 0
+
+
+def run_plan_and_preprocess(args: argparse.Namespace, ctx: Context) -> int:
+    names = [ctx.dataset_name(ref) for ref in args.d]
+    for name in names:
+        fingerprint_step(ctx, name, num_processes=_fingerprint_np(ctx, args.npfp), clean=args.clean,
+                         verify=args.verify_dataset_integrity, extractor=args.fpe, progress=not args.no_pbar,
+                         verbose=args.verbose)
+    plans_names = {name: plan_step(ctx, name, **_plan_kwargs(args)) for name in names}  # type: ignore[arg-type]
+    if args.no_pp:
+        return 0
+    for name in names:
+        preprocess_step(ctx, name, plans_name=plans_names[name], configurations=args.c, np_values=args.np,
+                        progress=not args.no_pbar, verbose=args.verbose)
+    return 0
+
+
+def run_move_plans(args: argparse.Namespace, ctx: Context) -> int:
+    from nnseg.plans.move import move_plans_between_datasets
+
+    source, target = ctx.dataset_name(args.s), ctx.dataset_name(args.t)
+    target_plans = args.tp or args.sp
+    roots = ctx.roots()
+    source_file = roots.preprocessed / source / f"{args.sp}.json"
+    if not source_file.is_file():
+        raise FileNotFoundError(f"source plans {source_file} do not exist; plan {source} first "
+                                f"(`nnseg plan -d {source}`) or check -sp")
+    target_file = roots.preprocessed / target / f"{target_plans}.json"
+    move_plans_between_datasets(source_file, _raw_folder(ctx, target), target_file, target_dataset_name=target)
+    print(f"wrote {target_file} (from {source_file})")
+    return 0
