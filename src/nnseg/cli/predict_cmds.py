@@ -49,14 +49,14 @@ def suggest_predict_command(prog: str, argv: Sequence[str]) -> str | None:
 class _PredictParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors show the prediction command a training-style call most likely meant."""
 
-    _nnseg_argv: list[str] = []
+    _nnseg_argv: list[str]
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
         self._nnseg_argv = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
-        hint = suggest_predict_command(self.prog, self._nnseg_argv)
+        hint = suggest_predict_command(self.prog, getattr(self, "_nnseg_argv", []))
         if hint:
             message += ("\nnnUNetv2_predict takes named arguments (the positional DATASET CONFIGURATION FOLD form is "
                         f"nnUNetv2_train's). Did you mean:\n  {hint}")
@@ -81,7 +81,7 @@ def _common_predict_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("nnseg additions")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast precision [auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32]")
-    g.add_argument("--tile_batch_size", type=int, default=None, help="tiles per network call [CPU 1, CUDA 4]")
+    g.add_argument("--tile_batch_size", type=int, default=None, help="tiles per network call [CPU 1; CUDA 8 without TTA, 1 with TTA (8 mirrored copies)]")
 
 
 def add_predict(p: argparse.ArgumentParser) -> None:

@@ -22,7 +22,11 @@ from nnseg._types import Geometry, PathLike
 from nnseg.jsonio import atomic_path
 from nnseg.plans.schema import ConfigurationPlans, Plans
 from nnseg.predictions.predict_io import save_probabilities_npz, save_properties_pkl
-from nnseg.preprocessed.resample import ANISO_THRESHOLD, determine_do_sep_z_and_axis, resample_data_or_seg_to_shape
+from nnseg.preprocessed.resample import (
+    ANISO_THRESHOLD,
+    determine_do_sep_z_and_axis,
+    resample_data_or_seg_to_shape,
+)
 from nnseg.raw.dataset_json import DatasetSpec
 from nnseg.raw.image_io import get_io
 

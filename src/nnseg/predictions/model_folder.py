@@ -17,7 +17,11 @@ import torch
 from nnseg._types import PathLike
 from nnseg.jsonio import load_json
 from nnseg.plans.schema import ConfigurationPlans, Plans
-from nnseg.predictions.checkpoint import load_checkpoint, mirroring_axes, network_state_dict
+from nnseg.predictions.checkpoint import (
+    load_checkpoint,
+    mirroring_axes,
+    network_state_dict,
+)
 from nnseg.raw.dataset_json import DatasetSpec
 
 Fold = int | str

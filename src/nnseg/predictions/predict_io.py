@@ -11,7 +11,7 @@ import io
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -47,7 +47,7 @@ def _numpy_core_globals() -> dict[tuple[str, str], Any]:
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    allowed = {**_ALLOWED_PICKLE_GLOBALS, **_numpy_core_globals()}
+    allowed: ClassVar[dict[tuple[str, str], Any]] = {**_ALLOWED_PICKLE_GLOBALS, **_numpy_core_globals()}
 
     def find_class(self, module: str, name: str) -> Any:
         obj = self.allowed.get((module, name))
@@ -75,7 +75,7 @@ def load_properties_pkl(path: PathLike) -> dict[str, Any]:
     except (EOFError, ValueError, TypeError) as e:
         raise ValueError(f"{path} is not a readable properties pickle ({e})") from None
     if not isinstance(props, dict):
-        raise ValueError(f"{path} holds a {type(props).__name__}, expected nnU-Net's properties dict")
+        raise ValueError(f"{path} holds a {type(props).__name__}, expected nnU-Net's properties dict")  # noqa: TRY004
     return props
 
 

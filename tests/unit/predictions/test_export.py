@@ -19,7 +19,11 @@ from nnseg.predictions.export import (
     probabilities_to_segmentation,
     resample_logits,
 )
-from nnseg.predictions.predict_io import load_probabilities_npz, load_properties_pkl, properties_for_pickle
+from nnseg.predictions.predict_io import (
+    load_probabilities_npz,
+    load_properties_pkl,
+    properties_for_pickle,
+)
 from nnseg.preprocessed.resample import resample_data_or_seg_to_shape
 from nnseg.raw.dataset_json import DatasetSpec
 
