@@ -19,6 +19,11 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
+    Command("fingerprint", "nnUNetv2_extract_fingerprint", "plan_cmds", "extract the dataset fingerprint (dataset_fingerprint.json) from nnUNet_raw"),
+    Command("plan", "nnUNetv2_plan_experiment", "plan_cmds", "plan configurations from the fingerprint (writes nnUNet_preprocessed/DatasetX/<plans>.json)"),
+    Command("preprocess", "nnUNetv2_preprocess", "plan_cmds", "preprocess the training cases of each configuration (resumable; blosc2 .b2nd files)"),
+    Command("plan-and-preprocess", "nnUNetv2_plan_and_preprocess", "plan_cmds", "fingerprint, plan and preprocess in one go (what you run on a new dataset)"),
+    Command("move-plans", "nnUNetv2_move_plans_between_datasets", "plan_cmds", "copy a plans file to another dataset (for pretraining / fine-tuning)"),
     Command("paths", None, "paths_cmd", "print the raw/preprocessed/results folders and where each came from"),
     Command("convert-msd", "nnUNetv2_convert_MSD_dataset", "raw_cmds", "convert an MSD TaskXX_Name folder to nnUNet_raw/DatasetXXX_Name"),
     Command("convert-old", "nnUNetv2_convert_old_nnUNet_dataset", "raw_cmds", "convert an nnU-Net v1 raw dataset to the v2 format"),
