@@ -192,18 +192,38 @@ def test_lowres_then_cascade(roots_env: dict[str, str], tmp_path: Path) -> None:
     assert set(load_json(tmp_path / "summary.json")["mean"]) == {"1", "2"}
 
 
-def test_2d_png(roots_env: dict[str, str], tmp_path: Path) -> None:
+def _to_rgb(raw: Path) -> None:
+    """Demo grey PNGs -> RGB PNGs (one file, three channels, as natural-image datasets store them)."""
+    from PIL import Image
+
+    for folder in (raw / "imagesTr", raw / "imagesTs"):
+        for path in folder.glob("*.png"):
+            grey = np.asarray(Image.open(path)).astype(np.float32)
+            rgb = np.stack([grey, 255 - grey, np.clip(grey * 0.5 + 40, 0, 255)], -1).astype(np.uint8)
+            Image.fromarray(rgb, mode="RGB").save(path)
+    d = load_json(raw / "dataset.json")
+    d["channel_names"] = {"0": "R", "1": "G", "2": "B"}
+    save_json(d, raw / "dataset.json")
+
+
+def test_2d_rgb_png(roots_env: dict[str, str], tmp_path: Path) -> None:
     dataset = "Dataset954_Png"
-    raw = make_demo_dataset(Path(roots_env["nnUNet_raw"]) / dataset, num_cases=5, num_test=1, dims=2)
+    raw = make_demo_dataset(Path(roots_env["nnUNet_raw"]) / dataset, num_cases=5, num_test=1, dims=2, shape=(48, 48))
+    _to_rgb(raw)
     pre = plan_and_preprocess(roots_env, dataset, ["2d"])
     assert list(load_json(pre / "nnUNetPlans.json")["configurations"]) == ["2d"]
-    train(roots_env, dataset, "2d", "0")
+    data, _, _ = load_case(pre / "nnUNetPlans_2d", "case_000")
+    assert data.shape == (3, 1, 48, 48)
+    model = train(roots_env, dataset, "2d", "0")
+    ckpt = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    first = [v for k, v in ckpt["network_weights"].items() if k.endswith("weight") and v.ndim == 4][0]
+    assert first.shape[1] == 3
     out = tmp_path / "pred"
     predict(roots_env, dataset, "2d", raw / "imagesTs", out, "0")
     from PIL import Image
 
     seg = np.asarray(Image.open(out / "case_005.png"))
-    assert seg.shape == (64, 64) and set(np.unique(seg)) <= {0, 1, 2}
+    assert seg.shape == (48, 48) and set(np.unique(seg)) <= {0, 1, 2}
 
 
 def test_isbi_plans_equal_golden(roots_env: dict[str, str], shared_data: Path, expected_dir: Path) -> None:

@@ -114,7 +114,8 @@ def training_cases(raw_dataset_folder: Path, spec: DatasetSpec, *,
 
 
 def image_cases(folder: Path, file_ending: str, num_channels: int) -> list[CaseFiles]:
-    """Prediction input: every case in ``folder`` with exactly ``num_channels`` channel files, sorted.
+    """Prediction input: every case in ``folder`` with exactly ``num_channels`` channel files (or, for 3 or 4
+    channels, one ``_0000`` file holding them all: an RGB(A) PNG), sorted.
 
     Raises:
         FileNotFoundError: the folder does not exist.
@@ -136,6 +137,8 @@ def image_cases(folder: Path, file_ending: str, num_channels: int) -> list[CaseF
     out = []
     for identifier, files in grouped.items():
         wanted = [folder / f"{identifier}{e}" for e in expected]
+        if num_channels in (3, 4) and files == wanted[:1]:
+            wanted = wanted[:1]  # one RGB(A) file may hold every channel, as nnU-Net accepts; the reader decides
         missing = [p.name for p in wanted if p not in files]
         extra = [p.name for p in files if p not in wanted]
         if missing or extra:

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# ISBI 2012 EM membranes (2D, grey PNG 512x512), configuration 2d (planned as nnU-Net plans it: one 8-stage U-Net,
+# patch 512x512, batch size 2), short CPU training: EPOCHS x ITERS iterations (default 30 x 10 = 300) on 25 training
+# images; the last 5 training images (em_25 .. em_29) are held back as the test set through a custom
+# splits_final.json (fold 0: train em_00 .. em_24, val em_25 .. em_29), so the fold's final validation (sliding window
+# with mirroring, checkpoint_final) scores images the network never trained on. Prints the membrane Dice.
+# Target: membrane Dice >= 0.85.
+# Usage: bench/train_isbi.sh [EPOCHS] [ITERS]   (WORK=/some/dir to keep the data; PRECISION=fp32 to force fp32)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EPOCHS=${1:-30}
+ITERS=${2:-10}
+PRECISION=${PRECISION:-auto}
+BIN=${BIN:-.venv/bin}
+SHARED=${NNSEG_SHARED:-$(cd .. && pwd)/shared}
+WORK=${WORK:-$(mktemp -d)}
+export nnUNet_raw=$WORK/raw nnUNet_preprocessed=$WORK/preprocessed nnUNet_results=$WORK/results
+mkdir -p "$nnUNet_raw" "$nnUNet_preprocessed" "$nnUNet_results"
+DS=Dataset120_ISBI2012
+if [ ! -d "$nnUNet_preprocessed/$DS/nnUNetPlans_2d" ]; then
+    rm -rf "${nnUNet_raw:?}/$DS" && cp -r "$SHARED/data/ISBI2012_EM_2D" "$nnUNet_raw/$DS"
+    chmod -R u+w "$nnUNet_raw/$DS"
+    "$BIN/nnUNetv2_plan_and_preprocess" -d 120 -c 2d -np 2
+fi
+"$BIN/python" - <<PY
+import json, pathlib
+pre = pathlib.Path("$nnUNet_preprocessed/$DS")
+golden = pathlib.Path("$SHARED/reference/expected/$DS/nnUNetPlans.json")
+same = json.loads((pre / "nnUNetPlans.json").read_text()) == json.loads(golden.read_text())
+print(f"train_isbi: plans {'equal' if same else 'DIFFER FROM'} the golden nnU-Net plans")
+cases = [f"em_{i:02d}" for i in range(30)]
+(pre / "splits_final.json").write_text(json.dumps([{"train": cases[:25], "val": cases[25:]}], indent=4))
+PY
+start=$(date +%s.%N)
+"$BIN/nnUNetv2_train" 120 2d 0 -device cpu --epochs "$EPOCHS" --iterations-per-epoch "$ITERS" \
+    --set val_iterations_per_epoch=2 --precision "$PRECISION" --seed 0
+end=$(date +%s.%N)
+"$BIN/python" - <<PY
+import json
+s = json.load(open("$nnUNet_results/$DS/nnUNetTrainer_${EPOCHS}epochs__nnUNetPlans__2d/fold_0/validation/summary.json"))
+print(f"train_isbi: {$EPOCHS} x {$ITERS} iterations, precision $PRECISION, wall {$end - $start:.0f} s (training + "
+      f"final validation); membrane Dice on the 5 held-back images {s['mean']['1']['Dice']:.4f} "
+      f"(per case {[round(c['metrics']['1']['Dice'], 4) for c in s['metric_per_case']]})")
+PY
