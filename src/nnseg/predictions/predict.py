@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +47,34 @@ from nnseg.preprocessed.preprocess import preprocess_case
 # Hippocampus network (fp16, 343 tiles): without TTA 1 -> 8 tiles per call is 5.5x faster (0.93 -> 0.17 s), more gains
 # little; with TTA (8 mirrored copies per tile in one call) 4 tiles gain only 1.2x, so one tile. On the CPU one tile.
 SAMPLES_PER_CALL = {"cpu": 1, "cuda": 8, "mps": 1}
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_ALLOCATOR_TUNED = False
+
+
+def keep_freed_memory_for_reuse() -> bool:
+    """Let glibc's malloc reuse freed activation buffers instead of returning them to the OS after every layer.
+
+    CPU inference allocates and frees hundreds of MB per layer; by default glibc serves such blocks with fresh ``mmap``
+    pages, so every forward pass page-faults its whole working set again (measured on the Hippocampus network with
+    TTA: ~580 000 page faults and 0.9 s of system time per case; CPU time per case 3.4 -> 2.2 s in fp32, 1.75 -> 1.2 s
+    in bf16 with this setting). Raising the mmap and trim thresholds keeps freed memory in the heap; the price is that
+    the process keeps its peak memory until it exits. Process-wide, applied once, Linux/glibc only.
+
+    Returns:
+        True if the setting is active.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED or not sys.platform.startswith("linux"):
+        return _ALLOCATOR_TUNED
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 31) == 1
+    except (OSError, AttributeError):  # not glibc (musl, ...): keep the defaults
+        return False
+    _ALLOCATOR_TUNED = ok
+    return ok
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -87,6 +117,8 @@ class Predictor:
         if not 0 < step_size <= 1:
             raise ValueError(f"step_size must be in (0, 1], got {step_size}")
         dev = resolve_device(device)
+        if dev.type == "cpu":
+            keep_freed_memory_for_reuse()
         chosen = parse_folds(folds)
         paths = checkpoint_paths(model_folder, chosen, checkpoint)
         weights = load_fold_weights(paths)
