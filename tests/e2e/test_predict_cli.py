@@ -29,8 +29,29 @@ def _plans(expected_plans: dict) -> dict:
     cfg["architecture"]["arch_kwargs"].update(n_stages=2, features_per_stage=[4, 8], kernel_sizes=[[3, 3, 3]] * 2,
                                               strides=[[1, 1, 1], [2, 2, 2]], n_conv_per_stage=[1, 1],
                                               n_conv_per_stage_decoder=[1])
-    plans["configurations"] = {"3d_tiny": cfg}
+    cascade = {"inherits_from": "3d_tiny", "previous_stage": "3d_tiny", "data_identifier": "nnUNetPlans_3d_cascade"}
+    cfg2d = copy.deepcopy(plans["configurations"]["2d"])
+    cfg2d.update(patch_size=[16, 16], spacing=[1.0, 1.0])
+    cfg2d["architecture"]["arch_kwargs"].update(n_stages=2, features_per_stage=[4, 8], kernel_sizes=[[3, 3]] * 2,
+                                                strides=[[1, 1], [2, 2]], n_conv_per_stage=[1, 1],
+                                                n_conv_per_stage_decoder=[1])
+    plans["configurations"] = {"3d_tiny": cfg, "3d_cascade_tiny": cascade, "2d_tiny": cfg2d}
     return plans
+
+
+def _model_folder(root: Path, plans: dict, dataset: dict, configuration: str, input_channels: int, seed: int) -> Path:
+    folder = root / DATASET / f"nnUNetTrainer_5epochs__nnUNetPlans__{configuration}"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans, indent=4))
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=4))
+    torch.manual_seed(seed)
+    arch = plans["configurations"][plans["configurations"][configuration].get("inherits_from", configuration)]["architecture"]
+    net = build_network(arch, input_channels=input_channels, num_classes=3, deep_supervision=False)
+    axes = (0, 1) if configuration.startswith("2d") else (0, 1, 2)
+    save_checkpoint({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer_5epochs",
+                     "init_args": {"configuration": configuration, "fold": 0}, "current_epoch": 5,
+                     "inference_allowed_mirroring_axes": axes}, folder / "fold_0" / "checkpoint_final.pth")
+    return folder
 
 
 @pytest.fixture
@@ -38,16 +59,9 @@ def setup(tmp_path: Path, roots_env: dict[str, str], expected_dir: Path) -> dict
     golden = expected_dir / "Dataset004_Hippocampus"
     plans = _plans(json.loads((golden / "nnUNetPlans.json").read_text()))
     dataset = json.loads((golden / "dataset.json").read_text())
-    staging = tmp_path / "staging" / DATASET / MODEL
-    (staging / "fold_0").mkdir(parents=True)
-    (staging / "plans.json").write_text(json.dumps(plans, indent=4))
-    (staging / "dataset.json").write_text(json.dumps(dataset, indent=4))
-    torch.manual_seed(0)
-    net = build_network(plans["configurations"]["3d_tiny"]["architecture"], input_channels=1, num_classes=3,
-                        deep_supervision=False)
-    save_checkpoint({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer_5epochs",
-                     "init_args": {"configuration": "3d_tiny", "fold": 0}, "current_epoch": 5,
-                     "inference_allowed_mirroring_axes": (0, 1, 2)}, staging / "fold_0" / "checkpoint_final.pth")
+    staging = _model_folder(tmp_path / "staging", plans, dataset, "3d_tiny", 1, 0)
+    _model_folder(tmp_path / "other_models", plans, dataset, "3d_cascade_tiny", 3, 1)
+    _model_folder(tmp_path / "other_models", plans, dataset, "2d_tiny", 1, 2)
     zip_path = tmp_path / "model.zip"
     with zipfile.ZipFile(zip_path, "w") as zf:
         for f in staging.rglob("*"):
@@ -119,3 +133,31 @@ def test_errors_are_clear(setup: dict[str, Path], roots_env: dict[str, str], cap
     assert "fold_1/checkpoint_final.pth" in err and "fold_0: ['checkpoint_final.pth']" in err
     assert main(["predict", "-i", str(setup["images"]), "-o", "x", "-d", "777", "-c", "3d_fullres"], env=roots_env) == 1
     assert MODEL in capsys.readouterr().err  # the model folders that exist are listed
+
+
+def test_cascade_2d_and_in_memory_prediction(setup: dict[str, Path]) -> None:
+    from nnseg.predictions.predict import Predictor, predict, predict_arrays
+    from nnseg.raw.image_io import get_io
+
+    models = setup["tmp"] / "other_models" / DATASET
+    lowres = setup["tmp"] / "staging" / DATASET / MODEL
+    first = setup["tmp"] / "first"
+    predict(lowres, setup["images"], first, folds=(0,), device="cpu", use_tta=False, progress=False)
+    cascade = Predictor.from_model_folder(models / "nnUNetTrainer_5epochs__nnUNetPlans__3d_cascade_tiny", folds=(0,),
+                                          device="cpu", precision="fp32", use_tta=False)
+    assert cascade.model.num_input_channels == 3
+    with pytest.raises(ValueError, match="-prev_stage_predictions"):
+        predict(cascade, setup["images"], setup["tmp"] / "no_prev", progress=False)
+    second = setup["tmp"] / "second"
+    predict(cascade, setup["images"], second, prev_stage_predictions=first, progress=False)
+    assert sorted(p.name for p in second.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in CASES]
+
+    two_d = Predictor.from_model_folder(models / "nnUNetTrainer_5epochs__nnUNetPlans__2d_tiny", folds=(0,), device="cpu",
+                                        precision="fp32")
+    out2d = setup["tmp"] / "out2d"
+    predict(two_d, setup["images"], out2d, save_probabilities=True, progress=False)
+    data, geometry = get_io("SimpleITKIO").read_images([setup["images"] / "case_b_0000.nii.gz"])
+    [(seg, probs)] = predict_arrays(two_d, [data], [geometry], return_probabilities=True)
+    np.testing.assert_array_equal(seg, sitk.GetArrayFromImage(sitk.ReadImage(str(out2d / "case_b.nii.gz"))))
+    np.testing.assert_allclose(probs, np.load(out2d / "case_b.npz")["probabilities"], atol=1e-6)
+    assert seg.shape == data.shape[1:]
