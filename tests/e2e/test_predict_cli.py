@@ -135,6 +135,7 @@ def test_errors_are_clear(setup: dict[str, Path], roots_env: dict[str, str], cap
     assert MODEL in capsys.readouterr().err  # the model folders that exist are listed
 
 
+@pytest.mark.slow
 def test_cascade_2d_and_in_memory_prediction(setup: dict[str, Path]) -> None:
     from nnseg.predictions.predict import Predictor, predict, predict_arrays
     from nnseg.raw.image_io import get_io
