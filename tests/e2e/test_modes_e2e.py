@@ -110,7 +110,7 @@ def test_ignore_label_with_2d_on_volumes(roots_env: dict[str, str], tmp_path: Pa
     assert 3 in np.unique(np.asarray(seg[...]))
     model = train(roots_env, dataset, "2d", "0")
     ckpt = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    first = [v for k, v in ckpt["network_weights"].items() if k.endswith("weight") and v.ndim == 4][0]
+    first = next(v for k, v in ckpt["network_weights"].items() if k.endswith("weight") and v.ndim == 4)
     assert first.shape[1] == 1  # a 2D network
     assert len(ckpt["logging"]["dice_per_class_or_region"][-1]) == 2  # pseudo Dice of the foreground labels only
     summary = load_json(model / "fold_0" / "validation" / "summary.json")
@@ -143,7 +143,7 @@ def test_lowres_then_cascade(roots_env: dict[str, str], tmp_path: Path) -> None:
     assert load_next_stage_seg(next_stage, "case_000").shape == tuple(data.shape[1:])
     cascade = train(roots_env, dataset, "3d_cascade_fullres", "0")
     ckpt = torch.load(cascade / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    first = [v for k, v in ckpt["network_weights"].items() if k.endswith("weight") and v.ndim == 5][0]
+    first = next(v for k, v in ckpt["network_weights"].items() if k.endswith("weight") and v.ndim == 5)
     assert first.shape[1] == 1 + 2  # image + one-hot organ and lesion from the previous stage
     assert (cascade / "fold_0" / "validation" / "summary.json").is_file()
     low_out, casc_out = tmp_path / "lowres", tmp_path / "cascade"
@@ -183,7 +183,7 @@ def test_2d_rgb_png(roots_env: dict[str, str], tmp_path: Path) -> None:
     assert data.shape == (3, 1, 48, 48)
     model = train(roots_env, dataset, "2d", "0")
     ckpt = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    first = [v for k, v in ckpt["network_weights"].items() if k.endswith("weight") and v.ndim == 4][0]
+    first = next(v for k, v in ckpt["network_weights"].items() if k.endswith("weight") and v.ndim == 4)
     assert first.shape[1] == 3
     out = tmp_path / "pred"
     predict(roots_env, dataset, "2d", raw / "imagesTs", out, "0")

@@ -23,7 +23,11 @@ import torch
 
 from nnseg.jsonio import atomic_path
 from nnseg.plans.schema import ConfigurationPlans, Plans
-from nnseg.predictions.export import apply_inference_nonlin, probabilities_to_segmentation, resample_logits
+from nnseg.predictions.export import (
+    apply_inference_nonlin,
+    probabilities_to_segmentation,
+    resample_logits,
+)
 from nnseg.preprocessed.store import case_is_complete, load_case, open_b2nd
 from nnseg.raw.dataset_json import DatasetSpec
 from nnseg.training.cascade import PREDICTED_NEXT_STAGE, prev_stage_file

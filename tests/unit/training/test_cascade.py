@@ -11,7 +11,11 @@ from conftest import SHAPE, tiny_plans, tiny_spec
 from scipy import ndimage
 
 from nnseg.plans.schema import Plans
-from nnseg.predictions.next_stage import NextStageWriter, load_next_stage_seg, next_stages
+from nnseg.predictions.next_stage import (
+    NextStageWriter,
+    load_next_stage_seg,
+    next_stages,
+)
 from nnseg.preprocessed.store import load_case
 from nnseg.training.augment.base import Batch
 from nnseg.training.cascade import (
@@ -150,7 +154,7 @@ def test_cascade_training_has_extra_input_channels(tiny_preprocessed: Path, tmp_
     assert val_image.shape[1] == 2
     result = train(run)
     weights = torch.load(result.output_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    first = [v for k, v in weights["network_weights"].items() if k.endswith("weight") and v.ndim == 5][0]
+    first = next(v for k, v in weights["network_weights"].items() if k.endswith("weight") and v.ndim == 5)
     assert first.shape[1] == 2
 
 
