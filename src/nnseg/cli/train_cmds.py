@@ -90,8 +90,10 @@ def _job(args: argparse.Namespace, ctx: Context, trainer: str, config: TrainConf
 
 
 def run_train(args: argparse.Namespace, ctx: Context) -> int:
-    if args.num_gpus != 1:
-        raise ValueError("-num_gpus > 1 is not available in this version; train folds on separate GPUs instead")
+    from nnseg.cli.ddp_cmds import is_distributed, run_train_distributed
+
+    if is_distributed(args, ctx.env):  # -num_gpus N > 1, or one rank of a torchrun job
+        return run_train_distributed(args, ctx)
     if args.fold != "all" and not args.fold.isdigit():
         raise ValueError(f"fold must be an integer 0-4 or 'all', got {args.fold!r}")
     trainer, config = trainer_and_config(args)

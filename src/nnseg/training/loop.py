@@ -22,6 +22,7 @@ from torch import nn
 from nnseg.devices import autocast_context
 from nnseg.training.checkpoint import load_checkpoint, save_checkpoint
 from nnseg.training.data import prefetched
+from nnseg.training.distributed import DistributedTraining
 from nnseg.training.hooks import Hooks
 from nnseg.training.run_spec import Components, RunSpec, build_components
 from nnseg.training.schedule import LR_SCHEDULES
@@ -122,8 +123,12 @@ def _restore(run: RunSpec, parts: Components) -> TrainState | None:
     return None
 
 
-def run_epoch(run: RunSpec, parts: Components, state: TrainState, hooks: Hooks) -> None:
-    """Train ``iterations_per_epoch`` steps, validate ``val_iterations_per_epoch`` batches, log, checkpoint."""
+def run_epoch(run: RunSpec, parts: Components, state: TrainState, hooks: Hooks, *,
+              dist: DistributedTraining | None = None) -> None:
+    """Train ``iterations_per_epoch`` steps, validate ``val_iterations_per_epoch`` batches, log, checkpoint.
+
+    Under DDP (``dist``) the losses and validation counts are reduced over ranks before they are logged.
+    """
     cfg, epoch, start = run.config, state.current_epoch, time.time()
     lr = LR_SCHEDULES[cfg.lr_schedule](epoch, state.num_epochs, cfg.initial_lr)
     for group in parts.optimizer.param_groups:
@@ -143,7 +148,10 @@ def run_epoch(run: RunSpec, parts: Components, state: TrainState, hooks: Hooks) 
                                   regions=run.regions is not None, ignore_label=run.ignore_label)
         val_losses.append(loss)
         counts += c
-    ema = state.log_epoch(lr=lr, train_loss=float(np.mean(losses)), val_loss=float(np.mean(val_losses or [np.nan])),
+    train_loss, val_loss = float(np.mean(losses)), float(np.mean(val_losses or [np.nan]))
+    if dist is not None:
+        train_loss, val_loss, counts = dist.reduce_epoch(train_loss, val_loss, counts)
+    ema = state.log_epoch(lr=lr, train_loss=train_loss, val_loss=val_loss,
                           dice_per_class=pseudo_dice(counts), ema_alpha=cfg.ema_alpha, start=start, end=time.time())
     if state.improved(ema) and not run.disable_checkpointing:
         _save(run, parts, state, "checkpoint_best.pth", epoch + 1)
@@ -163,11 +171,17 @@ def _apply_time_budget(run: RunSpec, state: TrainState) -> None:
 
 
 def train(run: RunSpec, *, hooks: Hooks | None = None, resume: bool = False,
-          pretrained_weights: Path | None = None) -> TrainResult:
-    """Train one fold; returns when ``num_epochs`` are done or early stopping triggers."""
+          pretrained_weights: Path | None = None, dist: DistributedTraining | None = None) -> TrainResult:
+    """Train one fold; returns when ``num_epochs`` are done or early stopping triggers.
+
+    ``dist``: this rank's view of a DDP process group (see :mod:`nnseg.training.distributed`); pass the run from
+    :func:`~nnseg.training.distributed.rank_run` so that only rank 0 writes checkpoints.
+    """
     hooks = hooks or Hooks()
     run.output_folder.mkdir(parents=True, exist_ok=True)
     parts = build_components(run)
+    if dist is not None:
+        dist.prepare(run, parts)
     state = _restore(run, parts) if resume else None
     if state is None:
         if pretrained_weights is not None:
@@ -176,8 +190,10 @@ def train(run: RunSpec, *, hooks: Hooks | None = None, resume: bool = False,
     hooks.on_train_start(run, state, parts.module)
     stopped_early = False
     while state.current_epoch < state.num_epochs:
-        run_epoch(run, parts, state, hooks)
+        run_epoch(run, parts, state, hooks, dist=dist)
         _apply_time_budget(run, state)
+        if dist is not None:
+            dist.sync_state(state)
         patience = run.config.early_stopping_patience
         if patience is not None and state.epochs_without_improvement() > patience:
             stopped_early = True

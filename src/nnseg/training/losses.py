@@ -21,8 +21,12 @@ DENOMINATOR_FLOOR = 1e-8
 
 
 def soft_dice(probs: torch.Tensor, onehot: torch.Tensor, *, batch_dice: bool, smooth: float = DEFAULT_SMOOTH,
-              mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean soft Dice over channels of ``probs``/``onehot`` ``(B, C, *spatial)``; ``mask`` ``(B, 1, *spatial)``."""
+              mask: torch.Tensor | None = None,
+              batch_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean soft Dice over channels of ``probs``/``onehot`` ``(B, C, *spatial)``; ``mask`` ``(B, 1, *spatial)``.
+
+    ``batch_reduce`` (batch Dice under DDP) maps this process's batch sums ``(C,)`` to the global ones.
+    """
     axes = tuple(range(2, probs.ndim))
     if mask is not None:
         probs, onehot = probs * mask, onehot * mask
@@ -31,6 +35,8 @@ def soft_dice(probs: torch.Tensor, onehot: torch.Tensor, *, batch_dice: bool, sm
     sum_gt = onehot.sum(axes)
     if batch_dice:
         intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
+        if batch_reduce is not None:
+            intersect, sum_pred, sum_gt = batch_reduce(intersect), batch_reduce(sum_pred), batch_reduce(sum_gt)
     dice = (2 * intersect + smooth) / torch.clip(sum_gt + sum_pred + smooth, DENOMINATOR_FLOOR)
     return dice.mean()
 
@@ -43,6 +49,7 @@ class DiceCELoss(nn.Module):
         super().__init__()
         self.batch_dice, self.smooth, self.ignore_label = batch_dice, smooth, ignore_label
         self.weight_ce, self.weight_dice = weight_ce, weight_dice
+        self.batch_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None  # set under DDP
         self.ce = nn.CrossEntropyLoss(ignore_index=ignore_label if ignore_label is not None else -100)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -58,7 +65,8 @@ class DiceCELoss(nn.Module):
             onehot.scatter_(1, target_dice.long(), True)
             onehot = onehot[:, 1:]
         probs = torch.softmax(logits, 1)[:, 1:]
-        dice = soft_dice(probs, onehot, batch_dice=self.batch_dice, smooth=self.smooth, mask=mask)
+        dice = soft_dice(probs, onehot, batch_dice=self.batch_dice, smooth=self.smooth, mask=mask,
+                         batch_reduce=self.batch_reduce)
         loss = -dice * self.weight_dice
         if self.weight_ce and (mask is None or bool(mask.any())):
             loss = loss + self.weight_ce * self.ce(logits, target[:, 0].long())
@@ -73,6 +81,7 @@ class DiceBCELoss(nn.Module):
         super().__init__()
         self.batch_dice, self.smooth, self.use_ignore_label = batch_dice, smooth, use_ignore_label
         self.weight_ce, self.weight_dice = weight_ce, weight_dice
+        self.batch_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None  # set under DDP
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         mask = None
@@ -81,7 +90,8 @@ class DiceBCELoss(nn.Module):
             mask = (1 - target[:, -1:].float())
             regions = target[:, :-1]
         regions = regions.float()
-        dice = soft_dice(torch.sigmoid(logits), regions, batch_dice=self.batch_dice, smooth=self.smooth, mask=mask)
+        dice = soft_dice(torch.sigmoid(logits), regions, batch_dice=self.batch_dice, smooth=self.smooth, mask=mask,
+                         batch_reduce=self.batch_reduce)
         bce = nn.functional.binary_cross_entropy_with_logits(logits, regions, reduction="none")
         if mask is not None:
             bce_value = (bce * mask).sum() / torch.clip(mask.sum(), min=DENOMINATOR_FLOOR)  # as nnU-Net: not divided by R
