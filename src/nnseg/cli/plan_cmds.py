@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -138,10 +139,11 @@ def fingerprint_step(ctx: Context, name: str, *, num_processes: int, clean: bool
         print(f"{name}: using the existing fingerprint {target} (--clean re-extracts it)")
         return target
     print(f"{name}: extracting the fingerprint ({num_processes} processes)")
+    start = time.perf_counter()
     fingerprint = extract_fingerprint(raw, num_processes=num_processes, progress=progress, env=ctx.env)
     save_fingerprint(fingerprint, target)
     if verbose:
-        print(f"wrote {target}")
+        print(f"wrote {target} ({time.perf_counter() - start:.1f} s)")
     return target
 
 
@@ -158,6 +160,7 @@ def plan_step(ctx: Context, name: str, *, planner: str, gpu_memory_target: float
 
     if preprocessor_name not in PREPROCESSORS:
         raise ValueError(f"unknown -preprocessor_name {preprocessor_name!r}; nnseg implements {list(PREPROCESSORS)}")
+    start = time.perf_counter()
     if overwrite_target_spacing is not None and len(overwrite_target_spacing) != 3:
         raise ValueError(f"-overwrite_target_spacing needs 3 values (one per axis), got {list(overwrite_target_spacing)}")
     raw, out = _raw_folder(ctx, name), ctx.roots().preprocessed / name
@@ -173,7 +176,8 @@ def plan_step(ctx: Context, name: str, *, planner: str, gpu_memory_target: float
         plans = merge_existing_configurations(plans, load_plans(target))
     save_plans(plans, target)
     copy_dataset_files(raw, out)
-    print(f"{name}: plans {target} (configurations: {', '.join(plans.available_configurations)})")
+    print(f"{name}: plans {target} (configurations: {', '.join(plans.available_configurations)}; "
+          f"{time.perf_counter() - start:.1f} s)")
     return plans.plans_name
 
 

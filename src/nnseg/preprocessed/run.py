@@ -32,9 +32,9 @@ def default_num_processes(configuration: str, *, cpu_count: int | None = None) -
 
 @dataclass(frozen=True)
 class CaseJob:
-    """One case of one configuration, as sent to a worker (paths only: the worker reads the files)."""
+    """One case for one or more configurations, as sent to a worker (paths only: the worker reads the files once)."""
 
-    configuration: str
+    configurations: tuple[str, ...]
     identifier: str
     images: tuple[Path, ...]
     label: Path
@@ -79,8 +79,11 @@ def limit_threads() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
-def preprocess_job(job: CaseJob) -> tuple[str, str, float]:
-    """Read, preprocess and store one case; returns ``(configuration, identifier, seconds)``.
+def preprocess_job(job: CaseJob) -> tuple[str, tuple[str, ...], float]:
+    """Read one case once, preprocess and store it for each of its configurations.
+
+    Returns:
+        ``(identifier, configurations, seconds)``.
 
     Raises:
         ValueError: anything went wrong; the message names the case and its files, and no file of the case is left.
@@ -89,27 +92,35 @@ def preprocess_job(job: CaseJob) -> tuple[str, str, float]:
     from nnseg.raw.image_io import get_io
 
     start = time.perf_counter()
-    plans, configuration = _WORKER["plans"], _WORKER["configurations"][job.configuration]
-    folder = _WORKER["folders"][job.configuration]
+    plans, spec = _WORKER["plans"], _WORKER["spec"]
+    name = job.configurations[0]
     try:
         io = get_io(plans.image_reader_writer)
-        data, geometry = io.read_images(list(job.images))
+        images, geometry = io.read_images(list(job.images))
         seg, _ = io.read_seg(job.label)
-        data, seg, props = preprocess_case(data, seg, geometry.to_properties(), plans=plans,
-                                           configuration=configuration, spec=_WORKER["spec"])
-        store.save_case(folder, job.identifier, data, seg, props, patch_size=configuration.patch_size)
+        properties = geometry.to_properties()
+        for name in job.configurations:
+            configuration = _WORKER["configurations"][name]
+            data, seg_out, props = preprocess_case(images, seg, properties, plans=plans, configuration=configuration,
+                                                   spec=spec)
+            store.save_case(_WORKER["folders"][name], job.identifier, data, seg_out, props,
+                            patch_size=configuration.patch_size)
+            del data, seg_out, props
     except Exception as e:
-        store.remove_case(folder, job.identifier)
+        for c in job.configurations:
+            store.remove_case(_WORKER["folders"][c], job.identifier)
         files = ", ".join(str(p) for p in (*job.images, job.label))
-        raise ValueError(f"preprocessing case {job.identifier} ({job.configuration}) failed: {e}\n"
-                         f"  files: {files}\n  fix or remove this case (`nnseg verify -d ...` checks the whole "
-                         "dataset), then rerun: finished cases are kept") from None
-    return job.configuration, job.identifier, time.perf_counter() - start
+        raise ValueError(f"preprocessing case {job.identifier} ({name}) failed: {e}\n  files: {files}\n  fix or remove "
+                         "this case (`nnseg verify -d ...` checks the whole dataset), then rerun: finished cases are "
+                         "kept") from None
+    return job.identifier, job.configurations, time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------------------------- parent side
-def _run_jobs(jobs: Sequence[CaseJob], limits: Mapping[str, int], initargs: tuple[Any, ...]) -> Iterator[tuple[str, str, float]]:
-    """Run jobs (grouped by configuration, in order) with at most ``limits[configuration]`` in flight."""
+def _run_jobs(jobs: Sequence[CaseJob], limits: Mapping[str, int],
+              initargs: tuple[Any, ...]) -> Iterator[tuple[str, tuple[str, ...], float]]:
+    """Run jobs in a spawn pool; a job is started only while fewer jobs than its configurations allow (the smallest
+    of their worker counts) are in flight."""
     if not jobs:
         return
     workers = max(1, min(max(limits.values(), default=1), len(jobs)))
@@ -122,11 +133,12 @@ def _run_jobs(jobs: Sequence[CaseJob], limits: Mapping[str, int], initargs: tupl
     with multiprocessing.get_context("spawn").Pool(workers, initializer=init_worker, initargs=initargs) as pool:
         pending: deque[Any] = deque()
         for job in jobs:
-            while pending and len(pending) >= limits[job.configuration]:
-                yield pending.popleft()[1].get()
-            pending.append((job.configuration, pool.apply_async(preprocess_job, (job,))))
+            limit = min(limits[c] for c in job.configurations)
+            while pending and len(pending) >= limit:
+                yield pending.popleft().get()
+            pending.append(pool.apply_async(preprocess_job, (job,)))
         while pending:
-            yield pending.popleft()[1].get()
+            yield pending.popleft().get()
 
 
 def _progress(results: Iterator[Any], total: int, enabled: bool) -> Iterator[Any]:
@@ -196,17 +208,25 @@ def _resolve_num_processes(configurations: Sequence[str], num_processes: int | S
     return {c: max(1, v) for c, v in zip(configurations, values)}
 
 
-def _jobs_for(configuration: str, cases: Sequence[Any], folder: Path, *, clean: bool, summary: ConfigurationSummary) -> list[CaseJob]:
+def _prepare_folder(folder: Path, identifiers: Sequence[str], *, clean: bool) -> None:
     if clean and folder.is_dir():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _remove_incomplete(folder, [c.identifier for c in cases])
+    _remove_incomplete(folder, identifiers)
+
+
+def _jobs(cases: Sequence[Any], folders: Mapping[str, Path], summaries: Mapping[str, ConfigurationSummary]) -> list[CaseJob]:
+    """One job per case that some configuration still lacks (finished configurations are recorded as skipped)."""
     jobs = []
     for case in cases:
-        if store.case_is_complete(folder, case.identifier):
-            summary.skipped.append(case.identifier)
-        else:
-            jobs.append(CaseJob(configuration, case.identifier, tuple(Path(p) for p in case.images), Path(case.label)))
+        todo = []
+        for c, folder in folders.items():
+            if store.case_is_complete(folder, case.identifier):
+                summaries[c].skipped.append(case.identifier)
+            else:
+                todo.append(c)
+        if todo:
+            jobs.append(CaseJob(tuple(todo), case.identifier, tuple(Path(p) for p in case.images), Path(case.label)))
     return jobs
 
 
@@ -252,13 +272,16 @@ def preprocess_dataset(raw_dataset_folder: Path, preprocessed_dataset_folder: Pa
     copy_dataset_files(raw, out)
     copy_gt_segmentations(cases, spec.file_ending, out, clean=clean)
     summaries = {c: ConfigurationSummary(c, folders[c]) for c in configurations}
-    jobs = [j for c in configurations for j in _jobs_for(c, cases, folders[c], clean=clean, summary=summaries[c])]
+    for folder in folders.values():
+        _prepare_folder(folder, [case.identifier for case in cases], clean=clean)
+    jobs = _jobs(cases, folders, summaries)
     initargs = (plans.to_json(), spec.to_json(), {c: str(p) for c, p in folders.items()})
     start = time.perf_counter()
     try:
-        for configuration, identifier, seconds in _progress(_run_jobs(jobs, limits, initargs), len(jobs), progress):
-            summaries[configuration].processed.append(identifier)
-            summaries[configuration].seconds += seconds
+        for identifier, done, seconds in _progress(_run_jobs(jobs, limits, initargs), len(jobs), progress):
+            for c in done:
+                summaries[c].processed.append(identifier)
+                summaries[c].seconds += seconds / len(done)
     finally:
         for c in configurations:
             _remove_incomplete(folders[c], [case.identifier for case in cases])

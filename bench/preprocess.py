@@ -1,0 +1,144 @@
+"""Benchmark ``nnseg plan-and-preprocess``: wall time and peak memory on the shared datasets.
+
+Runs the command in a child process (fresh nnU-Net folders each time) and reports
+* wall time,
+* peak total RSS of the whole process tree (parent + workers, summed; sampled from /proc every 20 ms),
+* the largest single-process RSS (``getrusage(RUSAGE_CHILDREN).ru_maxrss``),
+* CPU seconds (user + system) of the whole tree (a contention-free measure on a busy machine).
+
+Cases: Dataset004_Hippocampus (200 cases, converted from ``Task04_Hippocampus`` first; conversion not timed) and
+Dataset901_SynthAniso with the default (scipy) and the torch-resampling planner. nnU-Net 2.8.1 needs 26.7 s and
+1.9 GB for Hippocampus; the target is <= 11 s and <= 1.0 GB.
+
+Usage: ``python bench/preprocess.py [--np 2] [--only hippocampus|synth] [--verbose] [--keep DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("NNSEG_SHARED", REPO.parent / "shared")) / "data"
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _children_of() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def _tree_rss(root: int) -> int:
+    """Summed resident memory (bytes) of ``root`` and all its descendants."""
+    tree, total, todo = _children_of(), 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(tree.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except OSError:
+            pass
+    return total
+
+
+def run_measured(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Run ``cmd``; wall seconds, peak summed tree RSS and max single-process RSS (MB)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = proc.communicate()
+    wall = time.perf_counter() - start
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    max_single = after.ru_maxrss / 1024  # KiB -> MiB on Linux
+    return {"wall_s": wall, "cpu_s": cpu, "peak_tree_rss_mb": peak[0] / 2**20, "max_process_rss_mb": max_single,
+            "output": output}
+
+
+def _roots(base: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for key, sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+        env[key] = str(base / sub)
+    return env
+
+
+def _command(dataset: str, num_processes: int, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "nnseg.cli.main", "plan-and-preprocess", "-d", dataset, "-np", str(num_processes),
+            "-npfp", str(num_processes), "--no_pbar", "--verbose", *extra]
+
+
+def bench_hippocampus(base: Path, num_processes: int) -> dict[str, float]:
+    from nnseg.raw.convert import convert_msd
+
+    env = _roots(base / "hippocampus")
+    convert_msd(DATA / "Task04_Hippocampus", env["nnUNet_raw"], num_processes=num_processes)
+    return run_measured(_command("4", num_processes, []), env)
+
+
+def bench_synth(base: Path, num_processes: int, planner: str) -> dict[str, float]:
+    env = _roots(base / f"synth_{planner}")
+    shutil.copytree(DATA / "Dataset901_SynthAniso", Path(env["nnUNet_raw"]) / "Dataset901_SynthAniso")
+    return run_measured(_command("901", num_processes, ["-pl", planner]), env)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--np", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--only", choices=("hippocampus", "synth"), default=None)
+    parser.add_argument("--verbose", action="store_true", help="print the command's output (phase timings)")
+    parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
+    args = parser.parse_args()
+    base = args.keep or Path(tempfile.mkdtemp(prefix="nnseg_bench_pp_"))
+    runs = []
+    if args.only in (None, "hippocampus"):
+        runs.append(("Dataset004_Hippocampus (200 cases)", lambda: bench_hippocampus(base, args.np)))
+    if args.only in (None, "synth"):
+        for planner in ("ExperimentPlanner", "nnUNetPlanner_torchres"):
+            runs.append((f"Dataset901_SynthAniso {planner}", lambda p=planner: bench_synth(base, args.np, p)))
+    try:
+        print(f"plan-and-preprocess, -np {args.np} -npfp {args.np}, {os.cpu_count()} CPUs")
+        for name, fn in runs:
+            r = fn()
+            print(f"{name:<45} wall {r['wall_s']:6.1f} s   CPU {r['cpu_s']:6.1f} s   peak RSS (tree) "
+                  f"{r['peak_tree_rss_mb']:6.0f} MB   largest process {r['max_process_rss_mb']:5.0f} MB", flush=True)
+            if args.verbose:
+                print(r["output"])
+    finally:
+        if args.keep is None:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
