@@ -40,7 +40,8 @@ def _add_fingerprint_options(parser: argparse.ArgumentParser, np_flag: str) -> N
     parser.add_argument("--verify_dataset_integrity", action="store_true", help="check the raw dataset first and "
                         "stop on errors (recommended for a new dataset)")
     parser.add_argument("--clean", action="store_true", help="re-extract the fingerprint even if "
-                        "dataset_fingerprint.json exists (default: reuse it)")
+                        "dataset_fingerprint.json exists (default: reuse it) and preprocess every case again "
+                        "(default: keep finished cases made with the same plans)")
 
 
 def _add_planner_options(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +86,8 @@ def add_preprocess(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-plans_name", default="nnUNetPlans", help="plans identifier (file <name>.json; default "
                         "%(default)s)")
     _add_preprocess_options(parser)
+    parser.add_argument("--clean", action="store_true", help="preprocess every case again (default: resume, keeping "
+                        "finished cases made with the same plans)")
     _add_output_options(parser)
 
 
@@ -194,7 +197,7 @@ def _num_processes_per_configuration(configurations: Sequence[str], np_values: S
 
 
 def preprocess_step(ctx: Context, name: str, *, plans_name: str, configurations: Sequence[str],
-                    np_values: Sequence[int] | None, progress: bool, verbose: bool) -> None:
+                    np_values: Sequence[int] | None, progress: bool, verbose: bool, clean: bool = False) -> None:
     """Preprocess the training cases of each configuration the plans have (others are skipped with a note)."""
     from nnseg.plans.schema import load_plans
     from nnseg.preprocessed.run import preprocess_dataset
@@ -220,7 +223,7 @@ def preprocess_step(ctx: Context, name: str, *, plans_name: str, configurations:
         return
     print(f"{name}: preprocessing {', '.join(f'{c} ({numbers[c]} processes)' for c in chosen)}")
     preprocess_dataset(_raw_folder(ctx, name), out, plans, chosen, num_processes={c: numbers[c] for c in chosen},
-                       progress=progress, verbose=verbose, env=ctx.env)
+                       progress=progress, verbose=verbose, clean=clean, env=ctx.env)
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -250,7 +253,7 @@ def run_plan(args: argparse.Namespace, ctx: Context) -> int:
 def run_preprocess(args: argparse.Namespace, ctx: Context) -> int:
     for ref in args.d:
         preprocess_step(ctx, ctx.dataset_name(ref), plans_name=args.plans_name, configurations=args.c,
-                        np_values=args.np, progress=not args.no_pbar, verbose=args.verbose)
+                        np_values=args.np, progress=not args.no_pbar, verbose=args.verbose, clean=args.clean)
     return 0
 
 
@@ -265,7 +268,7 @@ def run_plan_and_preprocess(args: argparse.Namespace, ctx: Context) -> int:
         return 0
     for name in names:
         preprocess_step(ctx, name, plans_name=plans_names[name], configurations=args.c, np_values=args.np,
-                        progress=not args.no_pbar, verbose=args.verbose)
+                        progress=not args.no_pbar, verbose=args.verbose, clean=args.clean)
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Each worker reads one case, preprocesses it and writes it (``store.save_case``) before taking the next one, and
 sends back only a few numbers, so peak memory is bounded by the number of workers. Finished cases are skipped on a
-rerun (a case is finished when its ``.json`` exists next to both arrays); ``clean=True`` redoes everything. A failure
+rerun (a case is finished when its ``.json`` exists next to both arrays); ``clean=True`` redoes everything, and so does
+a change of the settings that shape the data (``nnseg_preprocessing.json`` in each data folder records them). A failure
 stops the run with an error that names the case and its files, and leaves no incomplete case behind.
 """
 
@@ -17,11 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnseg.jsonio import atomic_path
+from nnseg.jsonio import atomic_path, load_json, save_json, to_jsonable
 from nnseg.preprocessed import store
 
 DEFAULT_NUM_PROCESSES = {"2d": 8, "3d_fullres": 4, "3d_lowres": 8}
 DEFAULT_NUM_PROCESSES_OTHER = 4
+SETTINGS_FILE = "nnseg_preprocessing.json"
+_DATA_KEYS = ("spacing", "normalization_schemes", "use_mask_for_norm", "resampling_fn_data", "resampling_fn_data_kwargs",
+              "resampling_fn_seg", "resampling_fn_seg_kwargs", "preprocessor_name")
 
 
 def default_num_processes(configuration: str, *, cpu_count: int | None = None) -> int:
@@ -208,10 +212,30 @@ def _resolve_num_processes(configurations: Sequence[str], num_processes: int | S
     return {c: max(1, v) for c, v in zip(configurations, values)}
 
 
-def _prepare_folder(folder: Path, identifiers: Sequence[str], *, clean: bool) -> None:
+def preprocessing_settings(plans: Any, configuration: str, spec_json: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything that determines a configuration's preprocessed data (stored beside it to detect stale cases)."""
+    resolved = plans.resolved_configuration_dict(configuration)
+    return to_jsonable({
+        "configuration": {k: resolved.get(k) for k in _DATA_KEYS},
+        "transpose_forward": plans.transpose_forward,
+        "image_reader_writer": plans.image_reader_writer,
+        "foreground_intensity_properties_per_channel": plans.foreground_intensity_properties_per_channel,
+        "labels": spec_json.get("labels"), "regions_class_order": spec_json.get("regions_class_order"),
+    })
+
+
+def _prepare_folder(folder: Path, identifiers: Sequence[str], settings: Mapping[str, Any], *, clean: bool) -> None:
+    """Create the folder; wipe it with ``clean`` or when its cases were made with other settings; drop partial cases."""
+    settings_file = folder / SETTINGS_FILE
+    if folder.is_dir() and not clean and any(folder.iterdir()):
+        previous = load_json(settings_file) if settings_file.is_file() else None
+        if previous != settings:
+            print(f"{folder}: made with other plans or an older version; preprocessing it again")
+            clean = True
     if clean and folder.is_dir():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    save_json(settings, settings_file)
     _remove_incomplete(folder, identifiers)
 
 
@@ -267,15 +291,17 @@ def preprocess_dataset(raw_dataset_folder: Path, preprocessed_dataset_folder: Pa
     cases = training_cases(raw, spec, env=env)
     if not cases:
         raise ValueError(f"no training cases in {raw / 'imagesTr'} (file ending {spec.file_ending!r})")
-    folders = {c: out / plans.configuration(c).data_identifier for c in configurations}
-    limits = _resolve_num_processes(list(configurations), num_processes)
+    folders = _data_folders(plans, configurations, out)
+    limits = _resolve_num_processes(list(folders), num_processes)
     copy_dataset_files(raw, out)
     copy_gt_segmentations(cases, spec.file_ending, out, clean=clean)
-    summaries = {c: ConfigurationSummary(c, folders[c]) for c in configurations}
-    for folder in folders.values():
-        _prepare_folder(folder, [case.identifier for case in cases], clean=clean)
+    summaries = {c: ConfigurationSummary(c, folders[c]) for c in folders}
+    spec_json = spec.to_json()
+    for c, folder in folders.items():
+        _prepare_folder(folder, [case.identifier for case in cases], preprocessing_settings(plans, c, spec_json),
+                        clean=clean)
     jobs = _jobs(cases, folders, summaries)
-    initargs = (plans.to_json(), spec.to_json(), {c: str(p) for c, p in folders.items()})
+    initargs = (plans.to_json(), spec_json, {c: str(p) for c, p in folders.items()})
     start = time.perf_counter()
     try:
         for identifier, done, seconds in _progress(_run_jobs(jobs, limits, initargs), len(jobs), progress):
@@ -283,11 +309,28 @@ def preprocess_dataset(raw_dataset_folder: Path, preprocessed_dataset_folder: Pa
                 summaries[c].processed.append(identifier)
                 summaries[c].seconds += seconds / len(done)
     finally:
-        for c in configurations:
-            _remove_incomplete(folders[c], [case.identifier for case in cases])
+        for folder in folders.values():
+            _remove_incomplete(folder, [case.identifier for case in cases])
     if verbose:
-        for s in summaries.values():
-            print(f"{s.configuration}: {len(s.processed)} cases preprocessed, {len(s.skipped)} already done "
-                  f"({s.seconds:.1f} s in workers) -> {s.output_folder}")
-        print(f"preprocessing took {time.perf_counter() - start:.1f} s")
+        _report(summaries, time.perf_counter() - start)
     return summaries
+
+
+def _data_folders(plans: Any, configurations: Sequence[str], out: Path) -> dict[str, Path]:
+    """Configuration -> data folder; a configuration sharing an earlier one's folder is left out (done once)."""
+    folders: dict[str, Path] = {}
+    for c in configurations:
+        folder = out / plans.configuration(c).data_identifier
+        owner = [k for k, v in folders.items() if v == folder]
+        if owner:  # e.g. a user configuration that inherits 3d_fullres's data_identifier
+            print(f"{c}: same data folder {folder.name} as {owner[0]}; preprocessed once")
+        else:
+            folders[c] = folder
+    return folders
+
+
+def _report(summaries: Mapping[str, ConfigurationSummary], seconds: float) -> None:
+    for s in summaries.values():
+        print(f"{s.configuration}: {len(s.processed)} cases preprocessed, {len(s.skipped)} already done "
+              f"({s.seconds:.1f} s in workers) -> {s.output_folder}")
+    print(f"preprocessing took {seconds:.1f} s")

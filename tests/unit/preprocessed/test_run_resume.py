@@ -12,7 +12,7 @@ from nnseg.fingerprint.fingerprint import extract_fingerprint
 from nnseg.plans.planner import plan_experiment
 from nnseg.plans.schema import Plans
 from nnseg.preprocessed import store
-from nnseg.preprocessed.run import _resolve_num_processes, default_num_processes, preprocess_dataset
+from nnseg.preprocessed.run import SETTINGS_FILE, _resolve_num_processes, default_num_processes, preprocess_dataset
 from nnseg.raw.demo_data import make_demo_dataset
 
 
@@ -26,7 +26,7 @@ def _dataset(tmp_path: Path, num_cases: int = 3) -> tuple[Path, Plans]:
 
 
 def _files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
+    return sorted(p.name for p in folder.iterdir() if p.name != SETTINGS_FILE)
 
 
 def test_outputs(tmp_path: Path) -> None:
@@ -87,6 +87,22 @@ def test_corrupt_image_stops_with_the_case_and_leaves_no_partial_case(tmp_path: 
     folder = out / plans.configuration("3d_fullres").data_identifier
     assert not any(p.name.startswith("case_001") for p in folder.iterdir())
     assert not any(p.name.startswith(".") for p in folder.iterdir())
+
+
+def test_changed_plans_redo_the_cases_and_shared_folders_are_done_once(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    raw, plans = _dataset(tmp_path, num_cases=2)
+    out = tmp_path / "pre"
+    preprocess_dataset(raw, out, plans, ["3d_fullres"], num_processes=1)
+    d = plans.to_json()
+    d["configurations"]["3d_fullres_bs4"] = {"inherits_from": "3d_fullres", "batch_size": 4}
+    summary = preprocess_dataset(raw, out, Plans.from_json(d), ["3d_fullres", "3d_fullres_bs4"], num_processes=1)
+    assert list(summary) == ["3d_fullres"] and summary["3d_fullres"].skipped == ["case_000", "case_001"]
+    assert "preprocessed once" in capsys.readouterr().out
+    d["configurations"]["3d_fullres"]["normalization_schemes"] = ["NoNormalization"]
+    summary = preprocess_dataset(raw, out, Plans.from_json(d), ["3d_fullres"], num_processes=1)
+    assert summary["3d_fullres"].processed == ["case_000", "case_001"]
+    assert "preprocessing it again" in capsys.readouterr().out
 
 
 def test_label_image_size_mismatch_names_the_case(tmp_path: Path) -> None:
