@@ -133,6 +133,10 @@ def test_errors_are_clear(setup: dict[str, Path], roots_env: dict[str, str], cap
     assert "fold_1/checkpoint_final.pth" in err and "fold_0: ['checkpoint_final.pth']" in err
     assert main(["predict", "-i", str(setup["images"]), "-o", "x", "-d", "777", "-c", "3d_fullres"], env=roots_env) == 1
     assert MODEL in capsys.readouterr().err  # the model folders that exist are listed
+    assert _predict(roots_env, setup["images"], setup["tmp"] / "o", "-f", "first") == 1
+    assert "fold 'first' is not a fold number" in capsys.readouterr().err
+    assert _predict(roots_env, setup["tmp"] / "nowhere", setup["tmp"] / "o") == 1
+    assert "input folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow

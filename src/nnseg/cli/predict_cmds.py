@@ -63,9 +63,12 @@ class _PredictParser(argparse.ArgumentParser):
         super().error(message)
 
 
-def _common_predict_args(p: argparse.ArgumentParser) -> None:
+def _io_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", required=True, help="input folder (CASE_0000<ending>, CASE_0001<ending>, ... per case)")
     p.add_argument("-o", required=True, help="output folder (created)")
+
+
+def _common_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", nargs="+", default=list(DEFAULT_FOLDS), help="folds to use, or 'all' [0 1 2 3 4]")
     p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch [0.5]")
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (~8x faster in 3D)")
@@ -86,11 +89,12 @@ def _common_predict_args(p: argparse.ArgumentParser) -> None:
 
 def add_predict(p: argparse.ArgumentParser) -> None:
     p.__class__ = _PredictParser
-    _common_predict_args(p)
+    _io_args(p)
     p.add_argument("-d", required=True, help="dataset id or name")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier [nnUNetPlans]")
     p.add_argument("-tr", default="nnUNetTrainer", help="trainer name [nnUNetTrainer]")
     p.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres")
+    _common_predict_args(p)
     p.add_argument("-npp", type=int, default=None, help="background reader threads [3 or $nnUNet_npp; 0: sequential]")
     p.add_argument("-nps", type=int, default=None, help="background writer threads [3 or $nnUNet_nps; 0: sequential]")
     p.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts [1]")
@@ -135,8 +139,9 @@ def run_predict(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def add_predict_from_modelfolder(p: argparse.ArgumentParser) -> None:
-    _common_predict_args(p)
+    _io_args(p)
     p.add_argument("-m", required=True, help="model folder (DatasetX/<Trainer>__<Plans>__<config>)")
+    _common_predict_args(p)
     p.add_argument("-npp", type=int, default=3, help="background reader threads [3]")
     p.add_argument("-nps", type=int, default=3, help="background writer threads [3]")
 
