@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +114,16 @@ def fingerprint_case_files(job: _CaseJob) -> CaseStats:
         raise ValueError(f"case {job.identifier} ({files}): {e}") from None
 
 
+def limit_threads() -> None:
+    """One thread for ITK, BLAS/OpenMP and torch in this process (pool workers: the pool supplies the parallelism)."""
+    for var in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    if "SimpleITK" in sys.modules:
+        sys.modules["SimpleITK"].ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
 def map_cases(fn: Any, jobs: Sequence[Any], *, num_processes: int, desc: str, progress: bool) -> Iterator[Any]:
     """``fn`` over ``jobs`` in order, in a spawn pool of ``num_processes`` (serially when 1), with a progress bar."""
     results: Iterable[Any]
@@ -121,7 +133,7 @@ def map_cases(fn: Any, jobs: Sequence[Any], *, num_processes: int, desc: str, pr
         yield from _progress(results, len(jobs), desc, progress)
         return
     chunksize = max(1, len(jobs) // (workers * 8))
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=limit_threads) as pool:
         yield from _progress(pool.imap(fn, jobs, chunksize=chunksize), len(jobs), desc, progress)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnseg.fingerprint.fingerprint import limit_threads
 from nnseg.jsonio import atomic_path, load_json, save_json, to_jsonable
 from nnseg.preprocessed import store
 
@@ -71,16 +72,6 @@ def init_worker(plans_json: Mapping[str, Any], spec_json: Mapping[str, Any], out
     _WORKER.update(plans=plans, spec=DatasetSpec.from_json(spec_json),
                    configurations={name: plans.configuration(name) for name in output_folders},
                    folders={name: Path(p) for name, p in output_folders.items()})
-
-
-def limit_threads() -> None:
-    """One thread for ITK, BLAS/OpenMP and torch in this process (the pool supplies the parallelism)."""
-    for var in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-    import sys
-
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
 
 
 def preprocess_job(job: CaseJob) -> tuple[str, tuple[str, ...], float]:
