@@ -20,7 +20,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -103,7 +102,7 @@ def torchrun(*args: str) -> list[str]:
 
 
 def launch(cmd: list[str], env: dict[str, str], *, expect_ok: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S)
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     if expect_ok and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -235,7 +234,7 @@ def single_process_step(preprocessed: Path, *, batch_dice: bool) -> dict[str, to
     """The whole batch in one process, with the loss DDP uses (lowest deep-supervision weight 1e-6)."""
     from nnseg.training.distributed import ddp_loss
 
-    run, parts = _components(preprocessed, batch_dice=batch_dice)
+    _, parts = _components(preprocessed, batch_dice=batch_dice)
     parts.loss = ddp_loss(parts.loss, batch_dice=False)  # one process: batch Dice needs no reduction
     image, targets = _fixed_batch(parts)
     return _step(parts, image, targets)

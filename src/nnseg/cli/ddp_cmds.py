@@ -143,7 +143,13 @@ def run_rank(args: argparse.Namespace, ctx: Context, info: DistInfo) -> int:
 
 
 def _train_rank(args: argparse.Namespace, ctx: Context, run, job, ddp: DistributedTraining) -> None:  # type: ignore[no-untyped-def]
-    from nnseg.training.hooks import DebugJson, HookList, ProgressBar, ProgressPlot, TextLog
+    from nnseg.training.hooks import (
+        DebugJson,
+        HookList,
+        ProgressBar,
+        ProgressPlot,
+        TextLog,
+    )
     from nnseg.training.loop import train
     from nnseg.training.setup import save_run_files
     from nnseg.training.summary_hook import NetworkSummary

@@ -16,7 +16,12 @@ from torch import nn
 from nnseg.cli.ddp_cmds import diagnostic_hooks, is_distributed, shard_predict_args
 from nnseg.training.checkpoint import load_checkpoint
 from nnseg.training.config import TrainConfig
-from nnseg.training.ddp_checks import CrashAt, WeightChecksums, parse_crash_at, weights_digest
+from nnseg.training.ddp_checks import (
+    CrashAt,
+    WeightChecksums,
+    parse_crash_at,
+    weights_digest,
+)
 from nnseg.training.distributed import (
     DDP_LAST_DS_WEIGHT,
     DistInfo,
@@ -26,6 +31,7 @@ from nnseg.training.distributed import (
     dist_info_from_env,
     process_group,
     rank_batch_sizes,
+    rank_device,
     rank_oversampling,
     rank_run,
     rank_seed,
@@ -33,7 +39,12 @@ from nnseg.training.distributed import (
     sync_batchnorm,
 )
 from nnseg.training.loop import train
-from nnseg.training.losses import DeepSupervisionLoss, DiceBCELoss, DiceCELoss, soft_dice
+from nnseg.training.losses import (
+    DeepSupervisionLoss,
+    DiceBCELoss,
+    DiceCELoss,
+    soft_dice,
+)
 from nnseg.training.run_spec import build_components
 from nnseg.training.sampling import oversample_flags
 from nnseg.training.setup import FoldJob, make_run_spec
@@ -117,7 +128,8 @@ def test_sync_batchnorm_only_on_cuda_and_keeps_parameters() -> None:
 
 
 def _job(pre: Path, results: Path, **cfg: object) -> FoldJob:
-    base = dict(num_epochs=2, iterations_per_epoch=2, val_iterations_per_epoch=1, seed=5, save_every=1)
+    base: dict[str, object] = {"num_epochs": 2, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "seed": 5,
+                               "save_every": 1}
     base.update(cfg)
     return FoldJob(plans=tiny_plans(), configuration_name="3d_fullres", spec=tiny_spec(), preprocessed_dataset_folder=pre,
                    results_dataset_folder=results, fold=0, trainer_name="nnUNetTrainer", config=TrainConfig(**base),
@@ -224,3 +236,27 @@ def test_shard_predict_args_composes_parts_and_ranks() -> None:
     assert (gpu.part_id, gpu.num_parts, gpu.device) == (3, 4, "cuda:1")
     with pytest.raises(ValueError, match="-part_id"):
         shard_predict_args(argparse.Namespace(num_parts=2, part_id=2, device=None), None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_one_rank_nccl_syncbn_compile_fp16(tiny_preprocessed: Path, tmp_path: Path) -> None:
+    """The GPU path on one rank: NCCL, cuda:LOCAL_RANK, BatchNorm -> SyncBatchNorm, torch.compile(DDP), fp16 scaler."""
+    info = DistInfo(0, 1, init_method=f"file://{tmp_path / 'store'}")
+    device = rank_device(torch.device("cuda"), info)
+    job = dataclasses.replace(_job(tiny_preprocessed, tmp_path / "results", num_epochs=2, iterations_per_epoch=2,
+                                   compile="true"), device=device, precision="fp16")
+    with process_group(info, device) as ddp:
+        run = make_run_spec(job)
+        arch = {**run.architecture, "arch_kwargs": {**run.architecture["arch_kwargs"],
+                                                    "norm_op": "torch.nn.modules.batchnorm.BatchNorm3d"}}
+        run = dataclasses.replace(run, architecture=arch)
+        parts = build_components(run)
+        ddp.prepare(run, parts)
+        assert any(isinstance(m, nn.SyncBatchNorm) for m in parts.module.modules())
+        assert ddp.reduce_epoch(1.0, 2.0, torch.ones(3, 1).numpy())[0] == 1.0  # CUDA tensors through NCCL
+        result = train(rank_run(run, info), dist=ddp)
+        ddp.barrier()
+    ckpt = load_checkpoint(result.output_folder / "checkpoint_final.pth")
+    keys = list(ckpt["network_weights"])
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in keys) and any("running_mean" in k for k in keys)
+    assert ckpt["grad_scaler_state"] is not None and len(ckpt["logging"]["train_losses"]) == 2
