@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from nnseg.fingerprint.case_stats import CaseStats, WeightedSample, case_stats, intensity_statistics, samples_per_case
+from nnseg.fingerprint.pool import pool_map
 from nnseg.jsonio import load_json, save_json
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
@@ -114,27 +112,13 @@ def fingerprint_case_files(job: _CaseJob) -> CaseStats:
         raise ValueError(f"case {job.identifier} ({files}): {e}") from None
 
 
-def limit_threads() -> None:
-    """One thread for ITK, BLAS/OpenMP and torch in this process (pool workers: the pool supplies the parallelism)."""
-    for var in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
-    if "SimpleITK" in sys.modules:
-        sys.modules["SimpleITK"].ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-
-
-def map_cases(fn: Any, jobs: Sequence[Any], *, num_processes: int, desc: str, progress: bool) -> Iterator[Any]:
-    """``fn`` over ``jobs`` in order, in a spawn pool of ``num_processes`` (serially when 1), with a progress bar."""
-    results: Iterable[Any]
-    workers = max(1, min(int(num_processes), len(jobs)))
-    if workers == 1:
-        results = map(fn, jobs)
-        yield from _progress(results, len(jobs), desc, progress)
-        return
-    chunksize = max(1, len(jobs) // (workers * 8))
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=limit_threads) as pool:
-        yield from _progress(pool.imap(fn, jobs, chunksize=chunksize), len(jobs), desc, progress)
+def map_cases(fn: Any, jobs: Sequence[Any], *, num_processes: int, desc: str, progress: bool) -> list[Any]:
+    """``[fn(job) for job in jobs]`` computed in a spawn pool of ``num_processes`` (serially when 1), with a progress bar."""
+    results: list[Any] = [None] * len(jobs)
+    done = pool_map(fn, jobs, num_workers=num_processes, describe=lambda job: f"case {job.identifier}")
+    for index, result in _progress(done, len(jobs), desc, progress):
+        results[index] = result
+    return results
 
 
 def _progress(results: Iterable[Any], total: int, desc: str, enabled: bool) -> Iterator[Any]:
@@ -170,6 +154,5 @@ def extract_fingerprint(raw_dataset_folder: Path, *, num_processes: int, progres
     n = samples_per_case(len(cases))
     jobs = [_CaseJob(c.identifier, tuple(c.images), Path(c.label) if c.label else
                      raw_dataset_folder / "labelsTr" / f"{c.identifier}{spec.file_ending}", io.name, n) for c in cases]
-    stats = list(map_cases(fingerprint_case_files, jobs, num_processes=num_processes, desc="fingerprint",
-                           progress=progress))
+    stats = map_cases(fingerprint_case_files, jobs, num_processes=num_processes, desc="fingerprint", progress=progress)
     return Fingerprint.from_case_stats(stats)

@@ -12,13 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnseg.fingerprint.fingerprint import limit_threads
+from nnseg.fingerprint.pool import limit_threads, pool_map
 from nnseg.jsonio import atomic_path, load_json, save_json, to_jsonable
 from nnseg.preprocessed import store
 
@@ -119,21 +118,11 @@ def _run_jobs(jobs: Sequence[CaseJob], limits: Mapping[str, int],
     if not jobs:
         return
     workers = max(1, min(max(limits.values(), default=1), len(jobs)))
-    if workers == 1:
-        init_worker(*initargs[:3], single_thread=False)
-        yield from map(preprocess_job, jobs)
-        return
-    import multiprocessing
-
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=init_worker, initargs=initargs) as pool:
-        pending: deque[Any] = deque()
-        for job in jobs:
-            limit = min(limits[c] for c in job.configurations)
-            while pending and len(pending) >= limit:
-                yield pending.popleft().get()
-            pending.append(pool.apply_async(preprocess_job, (job,)))
-        while pending:
-            yield pending.popleft().get()
+    args = initargs if workers > 1 else (*initargs[:3], False)  # in this process: keep its thread settings
+    for _, result in pool_map(preprocess_job, jobs, num_workers=workers, initializer=init_worker, initargs=args,
+                              limit=lambda job: min(limits[c] for c in job.configurations),
+                              describe=lambda job: f"case {job.identifier}"):
+        yield result
 
 
 def _progress(results: Iterator[Any], total: int, enabled: bool) -> Iterator[Any]:

@@ -110,3 +110,14 @@ def test_extract_fingerprint_names_a_broken_case(tmp_path: Path) -> None:
     (raw / "imagesTr" / "case_001_0000.nii.gz").write_bytes(b"not a nifti")
     with pytest.raises(ValueError, match="case_001"):
         extract_fingerprint(raw, num_processes=1)
+
+
+@pytest.mark.slow
+def test_pool_map_returns_every_result_and_reports_a_dead_worker() -> None:
+    import os
+
+    from nnseg.fingerprint.pool import pool_map
+
+    assert sorted(pool_map(abs, [-3, -1, -2], num_workers=2, limit=lambda job: 1)) == [(0, 3), (1, 1), (2, 2)]
+    with pytest.raises(RuntimeError, match="worker process died.*case 7.*-np"):
+        list(pool_map(os._exit, [7, 7], num_workers=2, describe=lambda job: f"case {job}"))

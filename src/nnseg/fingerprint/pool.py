@@ -1,0 +1,79 @@
+"""A spawn process pool for per-case work (fingerprint extraction, preprocessing).
+
+``pool_map`` runs a top-level function over jobs in ``spawn`` worker processes with a bounded number of jobs in flight
+(each job is one case, so memory stays bounded by the number of workers), yields results as they complete, and turns
+a worker that dies (e.g. killed for lack of memory) into a clear error instead of a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+
+def limit_threads() -> None:
+    """One thread for ITK, BLAS/OpenMP and torch in this process (pool workers: the pool supplies the parallelism)."""
+    for var in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    if "SimpleITK" in sys.modules:
+        sys.modules["SimpleITK"].ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def pool_map(fn: Callable[[Any], Any], jobs: Sequence[Any], *, num_workers: int,
+             limit: Callable[[Any], int] | None = None, initializer: Callable[..., None] = limit_threads,
+             initargs: tuple[Any, ...] = (), describe: Callable[[Any], str] = str) -> Iterator[tuple[int, Any]]:
+    """``(index, fn(jobs[index]))`` in completion order, computed in a spawn pool.
+
+    Args:
+        fn: a top-level (picklable) function of one job.
+        jobs: the jobs (picklable).
+        num_workers: worker processes; 1 (or a single job) runs ``initializer`` and ``fn`` in this process.
+        limit: the most jobs that may be in flight while ``job`` is started (default: ``num_workers``).
+        initializer, initargs: run once in each worker.
+        describe: names a job in the error raised when a worker dies.
+
+    Raises:
+        RuntimeError: a worker process died; the message names the jobs that were in flight.
+        Any exception raised by ``fn`` (remaining jobs are cancelled; running ones finish first).
+    """
+    workers = max(1, min(int(num_workers), len(jobs)))
+    if workers == 1:
+        initializer(*initargs)
+        for i, job in enumerate(jobs):
+            yield i, fn(job)
+        return
+    import multiprocessing
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer,
+                             initargs=initargs) as executor:
+        pending: dict[Future[Any], int] = {}
+        try:
+            for i, job in enumerate(jobs):
+                while pending and len(pending) >= (limit(job) if limit else workers):
+                    yield from _collect(pending, jobs, describe)
+                pending[executor.submit(fn, job)] = i
+            while pending:
+                yield from _collect(pending, jobs, describe)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def _collect(pending: dict[Future[Any], int], jobs: Sequence[Any], describe: Callable[[Any], str]) -> Iterator[tuple[int, Any]]:
+    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+    for future in done:
+        try:
+            result = future.result()
+        except BrokenProcessPool:
+            in_flight = ", ".join(describe(jobs[i]) for i in sorted(pending.values()))
+            raise RuntimeError(f"a worker process died while working on {in_flight}; most likely it ran out of memory. "
+                               "Rerun with fewer processes (-np / -npfp); finished work is kept") from None
+        index = pending.pop(future)
+        yield index, result
