@@ -172,6 +172,9 @@ def copy_gt_segmentations(cases: Sequence[Any], file_ending: str, preprocessed_d
     store.remove_temporary_files(folder)
     for case in cases:
         target = folder / f"{case.identifier}{file_ending}"
+        if case.label is not None and not Path(case.label).is_file():
+            raise FileNotFoundError(f"label file {case.label} of training case {case.identifier} does not exist; add "
+                                    f"it or remove the case's images (`nnseg verify` checks the whole dataset)")
         if case.label is not None and not _up_to_date(Path(case.label), target):
             copy_file_atomic(Path(case.label), target)
 
@@ -229,6 +232,9 @@ def _jobs(cases: Sequence[Any], folders: Mapping[str, Path], summaries: Mapping[
                 summaries[c].skipped.append(case.identifier)
             else:
                 todo.append(c)
+        if todo and case.label is None:
+            raise ValueError(f"training case {case.identifier} has no label file (dataset.json 'dataset' entry without "
+                             "'label'); every training case needs one")
         if todo:
             jobs.append(CaseJob(tuple(todo), case.identifier, tuple(Path(p) for p in case.images), Path(case.label)))
     return jobs
