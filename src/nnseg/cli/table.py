@@ -19,6 +19,8 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
+    Command("train", "nnUNetv2_train", "train_cmds", "train one fold of a configuration (nnU-Net's recipe; --epochs, --seed, ...)"),
+    Command("demo", None, "demo_cmd", "run the whole workflow on generated data (data, plan, train, select, predict, evaluate)"),
     Command("fingerprint", "nnUNetv2_extract_fingerprint", "plan_cmds", "extract the dataset fingerprint (dataset_fingerprint.json) from nnUNet_raw"),
     Command("plan", "nnUNetv2_plan_experiment", "plan_cmds", "plan configurations from the fingerprint (writes nnUNet_preprocessed/DatasetX/<plans>.json)"),
     Command("preprocess", "nnUNetv2_preprocess", "plan_cmds", "preprocess the training cases of each configuration (resumable; blosc2 .b2nd files)"),
