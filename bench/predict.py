@@ -3,9 +3,9 @@
 Each run is a fresh process (as nnU-Net's timing: interpreter start, imports and model loading included) that
 predicts the 10 golden cases with mirroring TTA (``--save_probabilities`` as nnU-Net ran it). Printed per precision:
 process wall time, process CPU time (divided by the core count: the wall time an otherwise idle machine would
-show, since the measured machine is shared), peak RSS, time inside ``predict()``, the network's share and the share outside the network
-(reading, preprocessing, export, writing, model loading). Targets: non-network share <= 15 %; total <= 0.4 x 47.1 s
-with the default precision, <= 0.6 x 47.1 s in fp32.
+show, since the measured machine is shared), peak RSS, time inside ``predict()``, the network's share and the share
+outside the network (reading, preprocessing, export, writing, model loading). Targets: non-network share <= 15 %;
+total <= 0.4 x 47.1 s with the default precision, <= 0.6 x 47.1 s in fp32.
 
 Usage: python bench/predict.py [--precision auto fp32] [--disable_tta] [--cases 10]
 """

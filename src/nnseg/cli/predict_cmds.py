@@ -84,7 +84,8 @@ def _common_predict_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("nnseg additions")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast precision [auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32]")
-    g.add_argument("--tile_batch_size", type=int, default=None, help="tiles per network call [8 without TTA, 1 with 3D TTA (8 mirrored copies)]")
+    g.add_argument("--tile_batch_size", type=int, default=None,
+                   help="tiles per network call [8 without TTA, 1 with 3D TTA (8 mirrored copies)]")
 
 
 def add_predict(p: argparse.ArgumentParser) -> None:

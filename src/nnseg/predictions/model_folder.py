@@ -144,7 +144,7 @@ def parse_folds(folds: Sequence[Fold] | None) -> list[Fold] | None:
     return out
 
 
-def available_folds(folder: PathLike, checkpoint_name: str = "checkpoint_final.pth") -> list[Fold]:
+def available_folds(folder: PathLike, *, checkpoint_name: str = "checkpoint_final.pth") -> list[Fold]:
     """Folds of a model folder that hold ``checkpoint_name`` (nnU-Net's auto-detection when no -f is given)."""
     found: list[Fold] = []
     for sub in sorted(Path(folder).glob("fold_*")):
@@ -154,14 +154,15 @@ def available_folds(folder: PathLike, checkpoint_name: str = "checkpoint_final.p
     return found
 
 
-def checkpoint_paths(folder: PathLike, folds: Sequence[Fold] | None, checkpoint_name: str = "checkpoint_final.pth") -> list[Path]:
+def checkpoint_paths(folder: PathLike, folds: Sequence[Fold] | None, *,
+                     checkpoint_name: str = "checkpoint_final.pth") -> list[Path]:
     """The checkpoint file of every fold.
 
     Raises:
         FileNotFoundError: a fold folder or checkpoint is missing (the message lists the folds and checkpoints found).
     """
     folder = Path(folder)
-    chosen = available_folds(folder, checkpoint_name) if folds is None else list(folds)
+    chosen = available_folds(folder, checkpoint_name=checkpoint_name) if folds is None else list(folds)
     if not chosen:
         raise FileNotFoundError(f"no fold_*/{checkpoint_name} in {folder}; {_describe_folds(folder)}")
     paths = [folder / fold_folder_name(f) / checkpoint_name for f in chosen]

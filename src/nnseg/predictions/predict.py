@@ -122,7 +122,7 @@ class Predictor:
         if dev.type == "cpu":
             keep_freed_memory_for_reuse()
         chosen = parse_folds(folds)
-        paths = checkpoint_paths(model_folder, chosen, checkpoint)
+        paths = checkpoint_paths(model_folder, chosen, checkpoint_name=checkpoint)
         weights = load_fold_weights(paths)
         model = load_trained_model(model_folder, configuration=_configuration_name(model_folder, weights.configuration_name))
         networks = []
@@ -255,7 +255,8 @@ def predict(model_folder: PathLike | Predictor, inputs: PathLike | Sequence[Sequ
         model_folder, folds=folds, checkpoint=checkpoint, device=device, precision=precision, step_size=step_size,
         use_tta=use_tta, tile_batch_size=tile_batch_size, accumulate_on_device=accumulate_on_device)
     cases = select_cases(predictor.model, inputs, num_parts=num_parts, part_id=part_id)
-    args = {"list_of_lists_or_source_folder": str(inputs) if isinstance(inputs, (str, Path)) else [[str(f) for f in c] for c in inputs],
+    source = str(inputs) if isinstance(inputs, (str, Path)) else [[str(f) for f in c] for c in inputs]
+    args = {"list_of_lists_or_source_folder": source,
             "output_folder_or_list_of_truncated_output_files": str(output), "save_probabilities": save_probabilities,
             "overwrite": not continue_prediction, "num_processes_preprocessing": num_processes_preprocessing,
             "num_processes_segmentation_export": num_processes_export,
