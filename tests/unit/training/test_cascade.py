@@ -163,3 +163,17 @@ def test_cascade_inputs_validation_only_moves() -> None:
     seg[0, 1, 0] = 1
     out = CascadeInputs((1,)).validation(Batch(torch.zeros(1, 1, 4, 4, 4), seg))
     assert out.image.shape[1] == 2 and float(out.image[0, 1, 0].min()) == 1.0
+
+
+def test_next_stage_segmentation_of_regions_is_painted() -> None:
+    from nnseg.predictions.next_stage import logits_to_next_stage
+    from nnseg.raw.dataset_json import DatasetSpec
+
+    spec = DatasetSpec.from_json({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "organ": [1, 2], "lesion": 2},
+                                  "regions_class_order": [1, 2], "numTraining": 1, "file_ending": ".nii.gz"})
+    logits = torch.full((2, 4, 4, 4), -5.0)
+    logits[0, :2] = 5  # organ region on the first half
+    logits[1, :1] = 5  # lesion region on the first quarter
+    seg = logits_to_next_stage(logits, (8, 8, 8), configuration=cascade_plans().configuration("3d_lowres"), spec=spec)
+    assert seg.shape == (8, 8, 8) and seg.dtype == np.uint8
+    assert (seg[:2] == 2).all() and (seg[2:4] == 1).all() and (seg[4:] == 0).all()
