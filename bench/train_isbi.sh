@@ -4,7 +4,8 @@
 # images; the last 5 training images (em_25 .. em_29) are held back as the test set through a custom
 # splits_final.json (fold 0: train em_00 .. em_24, val em_25 .. em_29), so the fold's final validation (sliding window
 # with mirroring, checkpoint_final) scores images the network never trained on. Prints the membrane Dice.
-# Target: membrane Dice >= 0.85.
+# Target: membrane Dice >= 0.85. Measured: CPU (2 cores, loaded) 30 x 10 -> see the report; the same schedule on an
+# H100 (fp16) gave 0.782; 60 x 10: 0.803; 100 x 10: 0.808; 30 x 10 with --set initial_lr=0.03 and no mirroring: 0.808.
 # Usage: bench/train_isbi.sh [EPOCHS] [ITERS]   (WORK=/some/dir to keep the data; PRECISION=fp32 to force fp32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,10 @@ fi
 import json, pathlib
 pre = pathlib.Path("$nnUNet_preprocessed/$DS")
 golden = pathlib.Path("$SHARED/reference/expected/$DS/nnUNetPlans.json")
-same = json.loads((pre / "nnUNetPlans.json").read_text()) == json.loads(golden.read_text())
+ours, gold = json.loads((pre / "nnUNetPlans.json").read_text()), json.loads(golden.read_text())
+key = "foreground_intensity_properties_per_channel"  # nnU-Net sums the mean in float32: compare to 1e-4
+close = all(abs(ours[key][c][s] - v) <= 1e-4 * abs(v) for c in gold[key] for s, v in gold[key][c].items())
+same = close and {k: v for k, v in ours.items() if k != key} == {k: v for k, v in gold.items() if k != key}
 print(f"train_isbi: plans {'equal' if same else 'DIFFER FROM'} the golden nnU-Net plans")
 cases = [f"em_{i:02d}" for i in range(30)]
 (pre / "splits_final.json").write_text(json.dumps([{"train": cases[:25], "val": cases[25:]}], indent=4))
