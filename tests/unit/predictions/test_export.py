@@ -131,3 +131,19 @@ def test_restricted_unpickler_refuses_code(tmp_path: Path) -> None:
     arrays.write_bytes(pickle.dumps({"a": np.arange(3), "s": np.float32(2), "d": np.dtype("int16")}))
     loaded = load_properties_pkl(arrays)
     assert loaded["a"].tolist() == [0, 1, 2] and loaded["s"] == 2 and loaded["d"] == np.int16
+
+
+def test_ensemble_refuses_mismatched_folders(tmp_path: Path) -> None:
+    from nnseg.predictions.export import ensemble_folders
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, cases in ((a, ("x", "y")), (b, ("x",))):
+        folder.mkdir()
+        for case in cases:
+            np.savez(folder / f"{case}.npz", probabilities=np.zeros((2, 1, 1, 1), np.float32))
+    with pytest.raises(ValueError, match="at least two"):
+        ensemble_folders([a], tmp_path / "out")
+    with pytest.raises(ValueError, match="different cases.*'y'"):
+        ensemble_folders([a, b], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ensemble_folders([a, tmp_path / "missing"], tmp_path / "out")
