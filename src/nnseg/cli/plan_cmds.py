@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from nnseg.cli.context import Context
 
@@ -128,7 +129,7 @@ def _verify(folder: Path, num_processes: int) -> None:
 
 
 def fingerprint_step(ctx: Context, name: str, *, num_processes: int, clean: bool, verify: bool, extractor: str,
-                     progress: bool, verbose: bool) -> Path:
+                     progress: bool, verbose: bool, pool: Any = None) -> Path:
     """Extract (or, without ``clean``, reuse) ``dataset_fingerprint.json``; returns its path."""
     from nnseg.fingerprint.fingerprint import FINGERPRINT_FILE, extract_fingerprint, save_fingerprint
 
@@ -143,7 +144,7 @@ def fingerprint_step(ctx: Context, name: str, *, num_processes: int, clean: bool
         return target
     print(f"{name}: extracting the fingerprint ({num_processes} processes)")
     start = time.perf_counter()
-    fingerprint = extract_fingerprint(raw, num_processes=num_processes, progress=progress, env=ctx.env)
+    fingerprint = extract_fingerprint(raw, num_processes=num_processes, progress=progress, env=ctx.env, pool=pool)
     save_fingerprint(fingerprint, target)
     if verbose:
         print(f"wrote {target} ({time.perf_counter() - start:.1f} s)")
@@ -197,7 +198,8 @@ def _num_processes_per_configuration(configurations: Sequence[str], np_values: S
 
 
 def preprocess_step(ctx: Context, name: str, *, plans_name: str, configurations: Sequence[str],
-                    np_values: Sequence[int] | None, progress: bool, verbose: bool, clean: bool = False) -> None:
+                    np_values: Sequence[int] | None, progress: bool, verbose: bool, clean: bool = False,
+                    pool: Any = None) -> None:
     """Preprocess the training cases of each configuration the plans have (others are skipped with a note)."""
     from nnseg.plans.schema import load_plans
     from nnseg.preprocessed.run import preprocess_dataset
@@ -223,7 +225,7 @@ def preprocess_step(ctx: Context, name: str, *, plans_name: str, configurations:
         return
     print(f"{name}: preprocessing {', '.join(f'{c} ({numbers[c]} processes)' for c in chosen)}")
     preprocess_dataset(_raw_folder(ctx, name), out, plans, chosen, num_processes={c: numbers[c] for c in chosen},
-                       progress=progress, verbose=verbose, clean=clean, env=ctx.env)
+                       progress=progress, verbose=verbose, clean=clean, env=ctx.env, pool=pool)
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -258,17 +260,24 @@ def run_preprocess(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_plan_and_preprocess(args: argparse.Namespace, ctx: Context) -> int:
+    """Fingerprint, plan, preprocess; one worker pool serves fingerprinting and preprocessing (started once)."""
+    from nnseg.fingerprint.pool import open_pool
+
     names = [ctx.dataset_name(ref) for ref in args.d]
-    for name in names:
-        fingerprint_step(ctx, name, num_processes=_fingerprint_np(ctx, args.npfp), clean=args.clean,
-                         verify=args.verify_dataset_integrity, extractor=args.fpe, progress=not args.no_pbar,
-                         verbose=args.verbose)
-    plans_names = {name: plan_step(ctx, name, **_plan_kwargs(args)) for name in names}  # type: ignore[arg-type]
-    if args.no_pp:
-        return 0
-    for name in names:
-        preprocess_step(ctx, name, plans_name=plans_names[name], configurations=args.c, np_values=args.np,
-                        progress=not args.no_pbar, verbose=args.verbose, clean=args.clean)
+    npfp = _fingerprint_np(ctx, args.npfp)
+    np_max = max(_num_processes_per_configuration(args.c, args.np), default=1) if not args.no_pp else 1
+    with open_pool(max(npfp, np_max)) as pool:
+        for name in names:
+            fingerprint_step(ctx, name, num_processes=npfp, clean=args.clean, verify=args.verify_dataset_integrity,
+                             extractor=args.fpe, progress=not args.no_pbar, verbose=args.verbose,
+                             pool=pool if npfp > 1 else None)
+        plans_names = {name: plan_step(ctx, name, **_plan_kwargs(args)) for name in names}  # type: ignore[arg-type]
+        if args.no_pp:
+            return 0
+        for name in names:
+            preprocess_step(ctx, name, plans_name=plans_names[name], configurations=args.c, np_values=args.np,
+                            progress=not args.no_pbar, verbose=args.verbose, clean=args.clean,
+                            pool=pool if np_max > 1 else None)
     return 0
 
 

@@ -112,10 +112,12 @@ def fingerprint_case_files(job: _CaseJob) -> CaseStats:
         raise ValueError(f"case {job.identifier} ({files}): {e}") from None
 
 
-def map_cases(fn: Any, jobs: Sequence[Any], *, num_processes: int, desc: str, progress: bool) -> list[Any]:
-    """``[fn(job) for job in jobs]`` computed in a spawn pool of ``num_processes`` (serially when 1), with a progress bar."""
+def map_cases(fn: Any, jobs: Sequence[Any], *, num_processes: int, desc: str, progress: bool,
+              pool: Any = None) -> list[Any]:
+    """``[fn(job) for job in jobs]`` computed in a spawn pool of ``num_processes`` (serially when 1, or in ``pool``),
+    with a progress bar."""
     results: list[Any] = [None] * len(jobs)
-    done = pool_map(fn, jobs, num_workers=num_processes, describe=lambda job: f"case {job.identifier}")
+    done = pool_map(fn, jobs, num_workers=num_processes, describe=lambda job: f"case {job.identifier}", pool=pool)
     for index, result in _progress(done, len(jobs), desc, progress):
         results[index] = result
     return results
@@ -131,7 +133,7 @@ def _progress(results: Iterable[Any], total: int, desc: str, enabled: bool) -> I
 
 
 def extract_fingerprint(raw_dataset_folder: Path, *, num_processes: int, progress: bool = False,
-                        env: Mapping[str, str] | None = None) -> Fingerprint:
+                        env: Mapping[str, str] | None = None, pool: Any = None) -> Fingerprint:
     """Fingerprint a raw dataset (``dataset.json``, ``imagesTr``, ``labelsTr``).
 
     Args:
@@ -139,6 +141,7 @@ def extract_fingerprint(raw_dataset_folder: Path, *, num_processes: int, progres
         num_processes: worker processes (spawn pool; 1 runs in this process).
         progress: show a tqdm progress bar.
         env: variables for ``$VAR`` expansion in an explicit ``dataset`` entry of dataset.json.
+        pool: an open pool (``nnseg.fingerprint.pool.open_pool``) to run in, e.g. shared with preprocessing.
     """
     from nnseg.raw.dataset_json import load_dataset_json
     from nnseg.raw.discover import training_cases
@@ -154,5 +157,6 @@ def extract_fingerprint(raw_dataset_folder: Path, *, num_processes: int, progres
     n = samples_per_case(len(cases))
     jobs = [_CaseJob(c.identifier, tuple(c.images), Path(c.label) if c.label else
                      raw_dataset_folder / "labelsTr" / f"{c.identifier}{spec.file_ending}", io.name, n) for c in cases]
-    stats = map_cases(fingerprint_case_files, jobs, num_processes=num_processes, desc="fingerprint", progress=progress)
+    stats = map_cases(fingerprint_case_files, jobs, num_processes=num_processes, desc="fingerprint", progress=progress,
+                      pool=pool)
     return Fingerprint.from_case_stats(stats)

@@ -25,9 +25,19 @@ def limit_threads() -> None:
         sys.modules["SimpleITK"].ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
+def open_pool(num_workers: int) -> ProcessPoolExecutor:
+    """A spawn pool with single-threaded workers, to share between steps (``pool_map(..., pool=...)``); close it with
+    ``shutdown()`` or use it as a context manager. Workers start on first use and stay warm between steps."""
+    import multiprocessing
+
+    return ProcessPoolExecutor(max(1, int(num_workers)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=limit_threads)
+
+
 def pool_map(fn: Callable[[Any], Any], jobs: Sequence[Any], *, num_workers: int,
              limit: Callable[[Any], int] | None = None, initializer: Callable[..., None] = limit_threads,
-             initargs: tuple[Any, ...] = (), describe: Callable[[Any], str] = str) -> Iterator[tuple[int, Any]]:
+             initargs: tuple[Any, ...] = (), describe: Callable[[Any], str] = str,
+             pool: ProcessPoolExecutor | None = None) -> Iterator[tuple[int, Any]]:
     """``(index, fn(jobs[index]))`` in completion order, computed in a spawn pool.
 
     Args:
@@ -37,12 +47,17 @@ def pool_map(fn: Callable[[Any], Any], jobs: Sequence[Any], *, num_workers: int,
         limit: the most jobs that may be in flight while ``job`` is started (default: ``num_workers``).
         initializer, initargs: run once in each worker.
         describe: names a job in the error raised when a worker dies.
+        pool: an open pool (:func:`open_pool`) to use instead of starting one (``initializer`` is then not run;
+            ``num_workers`` still bounds the jobs in flight); it is left open.
 
     Raises:
         RuntimeError: a worker process died; the message names the jobs that were in flight.
         Any exception raised by ``fn`` (remaining jobs are cancelled; running ones finish first).
     """
     workers = max(1, min(int(num_workers), len(jobs)))
+    if pool is not None and jobs:
+        yield from _submit_all(pool, fn, jobs, workers, limit, describe)
+        return
     if workers == 1:
         initializer(*initargs)
         for i, job in enumerate(jobs):
@@ -52,18 +67,25 @@ def pool_map(fn: Callable[[Any], Any], jobs: Sequence[Any], *, num_workers: int,
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer,
                              initargs=initargs) as executor:
-        pending: dict[Future[Any], int] = {}
-        try:
-            for i, job in enumerate(jobs):
-                while pending and len(pending) >= (limit(job) if limit else workers):
-                    yield from _collect(pending, jobs, describe)
-                pending[executor.submit(fn, job)] = i
-            while pending:
+        yield from _submit_all(executor, fn, jobs, workers, limit, describe)
+
+
+def _submit_all(executor: ProcessPoolExecutor, fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int,
+                limit: Callable[[Any], int] | None, describe: Callable[[Any], str]) -> Iterator[tuple[int, Any]]:
+    pending: dict[Future[Any], int] = {}
+    try:
+        for i, job in enumerate(jobs):
+            while pending and len(pending) >= min(workers, limit(job) if limit else workers):
                 yield from _collect(pending, jobs, describe)
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
+            pending[executor.submit(fn, job)] = i
+        while pending:
+            yield from _collect(pending, jobs, describe)
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        if pending:
+            wait(pending)  # running jobs finish (and clean up after themselves) before the caller cleans up
+        raise
 
 
 def _collect(pending: dict[Future[Any], int], jobs: Sequence[Any], describe: Callable[[Any], str]) -> Iterator[tuple[int, Any]]:

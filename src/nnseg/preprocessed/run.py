@@ -35,6 +35,16 @@ def default_num_processes(configuration: str, *, cpu_count: int | None = None) -
 
 
 @dataclass(frozen=True)
+class WorkerContext:
+    """What every job of one :func:`preprocess_dataset` call shares (sent with each job, parsed once per worker)."""
+
+    key: str
+    plans_json: Mapping[str, Any]
+    spec_json: Mapping[str, Any]
+    folders: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class CaseJob:
     """One case for one or more configurations, as sent to a worker (paths only: the worker reads the files once)."""
 
@@ -42,6 +52,7 @@ class CaseJob:
     identifier: str
     images: tuple[Path, ...]
     label: Path
+    context: WorkerContext
 
 
 @dataclass
@@ -59,18 +70,18 @@ class ConfigurationSummary:
 _WORKER: dict[str, Any] = {}
 
 
-def init_worker(plans_json: Mapping[str, Any], spec_json: Mapping[str, Any], output_folders: Mapping[str, str],
-                single_thread: bool = True) -> None:
-    """Pool initializer: keep plans, dataset.json and output folders; one compute thread per worker."""
-    if single_thread:
-        limit_threads()
-    from nnseg.plans.schema import Plans
-    from nnseg.raw.dataset_json import DatasetSpec
+def _worker_state(context: WorkerContext) -> dict[str, Any]:
+    """Plans, dataset.json and output folders of ``context``, parsed once per worker process."""
+    if _WORKER.get("key") != context.key:
+        from nnseg.plans.schema import Plans
+        from nnseg.raw.dataset_json import DatasetSpec
 
-    plans = Plans.from_json(plans_json)
-    _WORKER.update(plans=plans, spec=DatasetSpec.from_json(spec_json),
-                   configurations={name: plans.configuration(name) for name in output_folders},
-                   folders={name: Path(p) for name, p in output_folders.items()})
+        plans = Plans.from_json(context.plans_json)
+        _WORKER.clear()
+        _WORKER.update(key=context.key, plans=plans, spec=DatasetSpec.from_json(context.spec_json),
+                       configurations={name: plans.configuration(name) for name in context.folders},
+                       folders={name: Path(p) for name, p in context.folders.items()})
+    return _WORKER
 
 
 def preprocess_job(job: CaseJob) -> tuple[str, tuple[str, ...], float]:
@@ -86,7 +97,8 @@ def preprocess_job(job: CaseJob) -> tuple[str, tuple[str, ...], float]:
     from nnseg.raw.image_io import get_io
 
     start = time.perf_counter()
-    plans, spec = _WORKER["plans"], _WORKER["spec"]
+    state = _worker_state(job.context)
+    plans, spec = state["plans"], state["spec"]
     name = job.configurations[0]
     try:
         io = get_io(plans.image_reader_writer)
@@ -94,15 +106,15 @@ def preprocess_job(job: CaseJob) -> tuple[str, tuple[str, ...], float]:
         seg, _ = io.read_seg(job.label)
         properties = geometry.to_properties()
         for name in job.configurations:
-            configuration = _WORKER["configurations"][name]
+            configuration = state["configurations"][name]
             data, seg_out, props = preprocess_case(images, seg, properties, plans=plans, configuration=configuration,
                                                    spec=spec)
-            store.save_case(_WORKER["folders"][name], job.identifier, data, seg_out, props,
+            store.save_case(state["folders"][name], job.identifier, data, seg_out, props,
                             patch_size=configuration.patch_size)
             del data, seg_out, props
     except Exception as e:
         for c in job.configurations:
-            store.remove_case(_WORKER["folders"][c], job.identifier)
+            store.remove_case(state["folders"][c], job.identifier)
         files = ", ".join(str(p) for p in (*job.images, job.label))
         raise ValueError(f"preprocessing case {job.identifier} ({name}) failed: {e}\n  files: {files}\n  fix or remove "
                          "this case (`nnseg verify -d ...` checks the whole dataset), then rerun: finished cases are "
@@ -111,18 +123,19 @@ def preprocess_job(job: CaseJob) -> tuple[str, tuple[str, ...], float]:
 
 
 # ---------------------------------------------------------------------------------------------- parent side
-def _run_jobs(jobs: Sequence[CaseJob], limits: Mapping[str, int],
-              initargs: tuple[Any, ...]) -> Iterator[tuple[str, tuple[str, ...], float]]:
-    """Run jobs in a spawn pool; a job is started only while fewer jobs than its configurations allow (the smallest
-    of their worker counts) are in flight."""
-    if not jobs:
-        return
+def _run_jobs(jobs: Sequence[CaseJob], limits: Mapping[str, int], pool: Any) -> Iterator[tuple[str, tuple[str, ...], float]]:
+    """Run jobs in a spawn pool (``pool`` or a new one); a job is started only while fewer jobs than its
+    configurations allow (the smallest of their worker counts) are in flight."""
     workers = max(1, min(max(limits.values(), default=1), len(jobs)))
-    args = initargs if workers > 1 else (*initargs[:3], False)  # in this process: keep its thread settings
-    for _, result in pool_map(preprocess_job, jobs, num_workers=workers, initializer=init_worker, initargs=args,
+    for _, result in pool_map(preprocess_job, jobs, num_workers=workers, pool=pool,
+                              initializer=limit_threads if workers > 1 else _no_setup,
                               limit=lambda job: min(limits[c] for c in job.configurations),
                               describe=lambda job: f"case {job.identifier}"):
         yield result
+
+
+def _no_setup() -> None:
+    """Initializer when the jobs run in this process (its thread settings stay as they are)."""
 
 
 def _progress(results: Iterator[Any], total: int, enabled: bool) -> Iterator[Any]:
@@ -222,7 +235,8 @@ def _prepare_folder(folder: Path, identifiers: Sequence[str], settings: Mapping[
     _remove_incomplete(folder, identifiers)
 
 
-def _jobs(cases: Sequence[Any], folders: Mapping[str, Path], summaries: Mapping[str, ConfigurationSummary]) -> list[CaseJob]:
+def _jobs(cases: Sequence[Any], folders: Mapping[str, Path], summaries: Mapping[str, ConfigurationSummary],
+          context: WorkerContext) -> list[CaseJob]:
     """One job per case that some configuration still lacks (finished configurations are recorded as skipped)."""
     jobs = []
     for case in cases:
@@ -236,14 +250,15 @@ def _jobs(cases: Sequence[Any], folders: Mapping[str, Path], summaries: Mapping[
             raise ValueError(f"training case {case.identifier} has no label file (dataset.json 'dataset' entry without "
                              "'label'); every training case needs one")
         if todo:
-            jobs.append(CaseJob(tuple(todo), case.identifier, tuple(Path(p) for p in case.images), Path(case.label)))
+            jobs.append(CaseJob(tuple(todo), case.identifier, tuple(Path(p) for p in case.images), Path(case.label),
+                                context))
     return jobs
 
 
 def preprocess_dataset(raw_dataset_folder: Path, preprocessed_dataset_folder: Path, plans: Any,
                        configurations: Sequence[str], *, num_processes: int | Sequence[int] | Mapping[str, int] | None = None,
                        progress: bool = False, clean: bool = False, verbose: bool = False,
-                       env: Mapping[str, str] | None = None) -> dict[str, ConfigurationSummary]:
+                       env: Mapping[str, str] | None = None, pool: Any = None) -> dict[str, ConfigurationSummary]:
     """Preprocess every training case for each configuration into ``preprocessed_dataset_folder/<data_identifier>``.
 
     Also writes ``gt_segmentations/CASE<ending>`` (copies of the labels), and copies ``dataset.json`` and, when the raw
@@ -260,6 +275,8 @@ def preprocess_dataset(raw_dataset_folder: Path, preprocessed_dataset_folder: Pa
         clean: delete each configuration's folder (and gt_segmentations) first instead of resuming.
         verbose: print per-configuration timing.
         env: variables for ``$VAR`` expansion in an explicit ``dataset`` entry of dataset.json.
+        pool: an open pool (``nnseg.fingerprint.pool.open_pool``) to run in instead of starting one (e.g. the one
+            that extracted the fingerprint: its workers are already started).
 
     Returns:
         ``{configuration: ConfigurationSummary}``.
@@ -286,11 +303,12 @@ def preprocess_dataset(raw_dataset_folder: Path, preprocessed_dataset_folder: Pa
     for c, folder in folders.items():
         _prepare_folder(folder, [case.identifier for case in cases], preprocessing_settings(plans, c, spec_json),
                         clean=clean)
-    jobs = _jobs(cases, folders, summaries)
-    initargs = (plans.to_json(), spec_json, {c: str(p) for c, p in folders.items()})
+    context = WorkerContext(f"{os.getpid()}-{time.time_ns()}", plans.to_json(), spec_json,
+                            {c: str(p) for c, p in folders.items()})
+    jobs = _jobs(cases, folders, summaries, context)
     start = time.perf_counter()
     try:
-        for identifier, done, seconds in _progress(_run_jobs(jobs, limits, initargs), len(jobs), progress):
+        for identifier, done, seconds in _progress(_run_jobs(jobs, limits, pool), len(jobs), progress):
             for c in done:
                 summaries[c].processed.append(identifier)
                 summaries[c].seconds += seconds / len(done)
