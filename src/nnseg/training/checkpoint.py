@@ -112,7 +112,8 @@ def load_checkpoint(path: PathLike, *, map_location: str | torch.device = "cpu")
 
 def _check_checkpoint(ckpt: Any, path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict; expected nnU-Net's keys {list(CHECKPOINT_KEYS)}")
+        raise ValueError(  # noqa: TRY004 (the CLI reports ValueError as a user error)
+            f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict; expected nnU-Net's keys {list(CHECKPOINT_KEYS)}")
     missing = [k for k in REQUIRED_FOR_INFERENCE if k not in ckpt]
     if missing:
         raise ValueError(f"{path} lacks {missing}; found keys {sorted(ckpt)}. Is this an nnU-Net v2 checkpoint?")
