@@ -162,18 +162,23 @@ def test_ddp_train_identical_ranks_crash_and_resume(ddp_trained: tuple[Path, Pat
     assert logs.count("data parallel: 2 processes (gloo), global batch 2 split [1, 1]") == 2
 
 
+STEP_CASES = [(False, 2), (True, 2), (False, 3), (True, 3)]  # (batch Dice, global batch size)
+
+
 @pytest.mark.slow
 def test_ddp_step_equals_single_process_step(ddp_env: dict[str, str], tmp_path: Path) -> None:
+    """Global batch 2 -> 1 + 1 samples, 3 -> 2 + 1 (uneven: each rank's loss weighted by its share)."""
     launch(torchrun(str(Path(__file__)), "step", str(tmp_path)), ddp_env)
-    for batch_dice in (False, True):
-        expected = single_process_step(Path(ddp_env["nnUNet_preprocessed"]), batch_dice=batch_dice)
-        got = torch.load(tmp_path / f"ddp_batch_dice_{batch_dice}.pt", map_location="cpu")
-        initial = torch.load(tmp_path / f"initial_batch_dice_{batch_dice}.pt", map_location="cpu")
+    for batch_dice, size in STEP_CASES:
+        expected = single_process_step(Path(ddp_env["nnUNet_preprocessed"]), batch_dice=batch_dice, batch_size=size)
+        got = torch.load(tmp_path / f"ddp_{batch_dice}_{size}.pt", map_location="cpu")
+        initial = torch.load(tmp_path / f"initial_{batch_dice}_{size}.pt", map_location="cpu")
         assert set(got) == set(expected)
         moved = max(float((expected[k] - initial[k]).abs().max()) for k in expected)
         assert moved > 1e-3  # the step did something
         for key in expected:
-            torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=0, msg=f"{key} (batch_dice={batch_dice})")
+            torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=0,
+                                       msg=f"{key} (batch_dice={batch_dice}, batch {size})")
 
 
 def test_batch_size_smaller_than_world_is_refused(ddp_env: dict[str, str], tmp_path: Path) -> None:
@@ -198,7 +203,7 @@ def test_torchrun_predict_shards_cases(ddp_env: dict[str, str], ddp_trained: tup
 
 # ---- fixed-batch step: the same step in one process and split over two ranks ---------------------------------------
 
-def _components(preprocessed: Path, *, batch_dice: bool):  # type: ignore[no-untyped-def]
+def _components(preprocessed: Path, *, batch_dice: bool, batch_size: int):  # type: ignore[no-untyped-def]
     from nnseg.plans.schema import load_plans
     from nnseg.raw.dataset_json import load_dataset_json
     from nnseg.training.config import TrainConfig
@@ -210,16 +215,17 @@ def _components(preprocessed: Path, *, batch_dice: bool):  # type: ignore[no-unt
                   spec=load_dataset_json(pre / "dataset.json"), preprocessed_dataset_folder=pre,
                   results_dataset_folder=preprocessed.parent / "step_results", fold=0, trainer_name="step",
                   config=TrainConfig(seed=11, initial_lr=0.05), device=torch.device("cpu"), precision="fp32")
-    run = dataclasses.replace(make_run_spec(job), batch_dice=batch_dice)
+    run = dataclasses.replace(make_run_spec(job), batch_dice=batch_dice, batch_size=batch_size)
     return run, build_components(run)
 
 
-def _fixed_batch(parts) -> tuple[torch.Tensor, list[torch.Tensor]]:  # type: ignore[no-untyped-def]
+def _fixed_batch(parts, size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:  # type: ignore[no-untyped-def]
     from nnseg.training.data import make_targets
 
     g = torch.Generator().manual_seed(5)
-    labels = (torch.rand((2, 1, *PATCH), generator=g) > 0.6).to(torch.int16)
-    image = labels.float() * 2 + torch.randn((2, 1, *PATCH), generator=g)
+    fg_fraction = torch.tensor([0.5, 0.02, 0.2][:size]).view(size, 1, 1, 1, 1)  # very unlike samples: batch Dice
+    labels = (torch.rand((size, 1, *PATCH), generator=g) < fg_fraction).to(torch.int16)  # differs from per-sample
+    image = labels.float() * 2 + torch.randn((size, 1, *PATCH), generator=g)
     return image, make_targets(labels, parts.batches.targets)
 
 
@@ -230,32 +236,37 @@ def _step(parts, image: torch.Tensor, targets: list[torch.Tensor]) -> dict[str, 
     return {k: v.detach().clone() for k, v in parts.module.state_dict().items()}
 
 
-def single_process_step(preprocessed: Path, *, batch_dice: bool) -> dict[str, torch.Tensor]:
+def single_process_step(preprocessed: Path, *, batch_dice: bool, batch_size: int) -> dict[str, torch.Tensor]:
     """The whole batch in one process, with the loss DDP uses (lowest deep-supervision weight 1e-6)."""
     from nnseg.training.distributed import ddp_loss
 
-    _, parts = _components(preprocessed, batch_dice=batch_dice)
+    _, parts = _components(preprocessed, batch_dice=batch_dice, batch_size=batch_size)
     parts.loss = ddp_loss(parts.loss, batch_dice=False)  # one process: batch Dice needs no reduction
-    image, targets = _fixed_batch(parts)
+    image, targets = _fixed_batch(parts, batch_size)
     return _step(parts, image, targets)
 
 
 def _rank_main(out: Path) -> None:
-    from nnseg.training.distributed import dist_info_from_env, process_group
+    from nnseg.training.distributed import (
+        dist_info_from_env,
+        process_group,
+        rank_batch_sizes,
+    )
 
     info = dist_info_from_env(os.environ)
     torch.set_num_threads(1)
     with process_group(info, torch.device("cpu")) as ddp:
-        for batch_dice in (False, True):
-            run, parts = _components(Path(os.environ["nnUNet_preprocessed"]), batch_dice=batch_dice)
+        for batch_dice, size in STEP_CASES:
+            run, parts = _components(Path(os.environ["nnUNet_preprocessed"]), batch_dice=batch_dice, batch_size=size)
             initial = {k: v.detach().clone() for k, v in parts.module.state_dict().items()}
             ddp.prepare(run, parts)
-            image, targets = _fixed_batch(parts)
-            mine = slice(info.rank, info.rank + 1)  # global batch 2 -> one sample per rank
+            image, targets = _fixed_batch(parts, size)
+            low = sum(rank_batch_sizes(size, info.world_size)[:info.rank])
+            mine = slice(low, low + parts.batches.train_sampler.batch_size)  # this rank's samples of the global batch
             weights = _step(parts, image[mine], [t[mine] for t in targets])
             if info.is_main:
-                torch.save(weights, out / f"ddp_batch_dice_{batch_dice}.pt")
-                torch.save(initial, out / f"initial_batch_dice_{batch_dice}.pt")
+                torch.save(weights, out / f"ddp_{batch_dice}_{size}.pt")
+                torch.save(initial, out / f"initial_{batch_dice}_{size}.pt")
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["step"]:

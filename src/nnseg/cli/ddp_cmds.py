@@ -131,9 +131,9 @@ def run_rank(args: argparse.Namespace, ctx: Context, info: DistInfo) -> int:
         raise ValueError(f"fold must be an integer 0-4 or 'all', got {args.fold!r}")
     trainer, config = trainer_and_config(args)
     device = _rank_device(args, info)
+    job = _job(args, ctx, trainer, config, device)
+    rank_batch_sizes(_global_batch_size(job), info.world_size)  # before the rendezvous: every rank says why
     with process_group(info, device) as ddp:
-        job = _job(args, ctx, trainer, config, device)
-        rank_batch_sizes(_global_batch_size(job), info.world_size)
         validating = args.val or args.val_best
         run = ddp.main_first(lambda: make_run_spec(job, resume=args.c or validating))  # rank 0 writes the splits
         run = dataclasses.replace(run, seed=int(ddp.broadcast(run.seed)))

@@ -216,7 +216,8 @@ class DistributedTraining:
             val_sampler=dataclasses.replace(b.val_sampler, batch_size=size, oversample_foreground=fraction))
         compiled = parts.network is not parts.module
         parts.module = sync_batchnorm(parts.module, self.device)
-        parts.loss = ddp_loss(parts.loss, batch_dice=run.batch_dice)
+        parts.loss = ddp_loss(parts.loss, batch_dice=run.batch_dice,
+                              rank_weight=size * self.info.world_size / run.batch_size)
         ids = [self.device.index] if self.device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(parts.module, device_ids=ids,
                                                       find_unused_parameters=not run.config.deep_supervision)
@@ -257,15 +258,32 @@ class DistributedTraining:
         return make()
 
 
-def ddp_loss(loss: nn.Module, *, batch_dice: bool) -> nn.Module:
-    """The loss under DDP: lowest deep-supervision weight 1e-6, batch Dice summed over ranks (with gradient)."""
+class RankWeightedLoss(nn.Module):
+    """``loss * weight``: a rank's share of a batch split unevenly over the ranks (see :func:`ddp_loss`)."""
+
+    def __init__(self, loss: nn.Module, weight: float) -> None:
+        super().__init__()
+        self.loss, self.weight = loss, float(weight)
+
+    def forward(self, outputs: Any, targets: Any) -> torch.Tensor:
+        return self.loss(outputs, targets) * self.weight
+
+
+def ddp_loss(loss: nn.Module, *, batch_dice: bool, rank_weight: float = 1.0) -> nn.Module:
+    """The loss under DDP: lowest deep-supervision weight 1e-6, batch Dice summed over ranks (with gradient).
+
+    ``rank_weight`` = ``n_rank * world / batch_size``: DDP averages the ranks' gradients, which is the global batch's
+    mean only when every rank holds as many samples; weighting each rank's (per-batch mean) loss by its share makes
+    it so for uneven splits too (e.g. 3 samples on 2 ranks). It is 1, and nothing is wrapped, for even splits. The
+    weights sum to the world size, so the batch-Dice all-gather still yields the global gradient.
+    """
     if isinstance(loss, DeepSupervisionLoss) and len(loss.weights) > 1:
         loss = DeepSupervisionLoss(loss.loss, deep_supervision_weights(len(loss.weights), last_weight=DDP_LAST_DS_WEIGHT))
     if batch_dice:
         for m in loss.modules():
             if hasattr(m, "batch_reduce"):
                 m.batch_reduce = sum_over_ranks
-    return loss
+    return loss if rank_weight == 1.0 else RankWeightedLoss(loss, rank_weight)
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from nnseg.training.ddp_checks import (
 from nnseg.training.distributed import (
     DDP_LAST_DS_WEIGHT,
     DistInfo,
+    RankWeightedLoss,
     all_gather_with_grad,
     backend_for,
     ddp_loss,
@@ -109,6 +110,15 @@ def test_ddp_loss_weights_and_batch_reduce() -> None:
     regions = DiceBCELoss(batch_dice=False)
     ddp_loss(DeepSupervisionLoss(regions, [1.0]), batch_dice=False)
     assert regions.batch_reduce is None
+
+
+def test_ddp_loss_rank_weight_for_uneven_splits() -> None:
+    base = DeepSupervisionLoss(DiceCELoss(batch_dice=False), [1.0])
+    assert ddp_loss(base, batch_dice=False, rank_weight=1.0) is base  # even split: nnU-Net's loss unchanged
+    weighted = ddp_loss(base, batch_dice=False, rank_weight=4 / 3)  # 2 of 3 samples on 2 ranks
+    assert isinstance(weighted, RankWeightedLoss)
+    logits, target = torch.randn(2, 2, 4, 4), torch.randint(0, 2, (2, 1, 4, 4))
+    torch.testing.assert_close(weighted([logits], [target]), base([logits], [target]) * 4 / 3)
 
 
 def _bn_net() -> nn.Module:
