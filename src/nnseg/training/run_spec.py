@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnseg.devices import keep_freed_memory_for_reuse
 from nnseg.networks import build_network
 from nnseg.training.augment.pipeline import augmentation_setup, default_transforms
 from nnseg.training.cascade import CascadeInputs
@@ -96,6 +97,8 @@ def _batches(run: RunSpec) -> BatchMaker:
 
 def build_components(run: RunSpec) -> Components:
     """Network (He-initialised, seeded), SGD-Nesterov, loss with deep supervision, grad scaler, batch maker."""
+    if run.device.type == "cpu":
+        keep_freed_memory_for_reuse()
     torch.manual_seed(run.seed)
     np.random.seed(run.seed % (2**32))
     network = build_network(run.architecture, input_channels=run.num_input_channels, num_classes=run.num_heads,
