@@ -83,7 +83,7 @@ def launch_local(args: argparse.Namespace, ctx: Context) -> int:
     if kind == "cuda" and torch.cuda.device_count() < n:
         raise ValueError(f"-num_gpus {n} but torch sees {torch.cuda.device_count()} GPU(s); lower -num_gpus")
     trainer, config = trainer_and_config(args)
-    job = _job(args, ctx, trainer, config, torch.device("cpu"))
+    job = _job(args, ctx, trainer, config, torch.device(kind))  # checks --precision for that device too
     rank_batch_sizes(_global_batch_size(job), n)  # the batch-size error before any process starts
     port = _free_port()
     print(f"nnseg: training with {n} processes ({'NCCL, one GPU each' if kind == 'cuda' else 'gloo on the CPU'}); "
