@@ -85,3 +85,21 @@ def test_preprocess_error_from_a_worker_names_the_file(demo: Path, tmp_path: Pat
     assert str(bad) in captured.err
     folder = Path(roots_env["nnUNet_preprocessed"]) / "Dataset001_Demo" / "nnUNetPlans_3d_fullres"
     assert not any(p.name.startswith(("case_002", ".")) for p in folder.iterdir())
+
+
+def test_bad_arguments_give_clear_errors(demo: Path, tmp_path: Path, roots_env: dict[str, str],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli(["plan-and-preprocess", "-d", "1", "-c", "2d", "3d_fullres", "-np", "1", "2", "3"], roots_env, tmp_path) == 1
+    assert "one per configuration" in capsys.readouterr().err
+    assert _cli(["plan-and-preprocess", "-d", "1", "--no_pp", "-npfp", "1", "--no_pbar", "-pl", "NoSuchPlanner"],
+                roots_env, tmp_path) == 1
+    assert "NoSuchPlanner" in capsys.readouterr().err
+    assert _cli(["plan", "-d", "1", "-overwrite_target_spacing", "1", "2"], roots_env, tmp_path) == 1
+    assert "3 values" in capsys.readouterr().err
+    make_demo_dataset(Path(roots_env["nnUNet_raw"]) / "Dataset002_Two", num_cases=2, num_channels=2, shape=(8, 8, 8),
+                      num_test=0)
+    assert _cli(["plan", "-d", "1"], roots_env, tmp_path) == 0
+    assert _cli(["move-plans", "-s", "1", "-t", "2", "-sp", "nnUNetPlans"], roots_env, tmp_path) == 1
+    assert "same channels" in capsys.readouterr().err
+    assert _cli(["plan", "-d", "7"], roots_env, tmp_path) == 1
+    assert "Dataset001_Demo" in capsys.readouterr().err  # the datasets that exist are listed
