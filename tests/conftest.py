@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _shared_dir() -> Path:
-    env = os.environ.get("NNSEG_SHARED")
-    return Path(env) if env else REPO.parent / "shared"
-
-
-SHARED = _shared_dir()
-EXPECTED = SHARED / "reference" / "expected"
-DATA = SHARED / "data"
+from shared_paths import DATA, EXPECTED, REPO, SHARED  # noqa: F401 (re-exported for tests)
 
 
 @pytest.fixture

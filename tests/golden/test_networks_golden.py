@@ -23,7 +23,7 @@ _IMPORTS = ["conv_op", "norm_op", "dropout_op", "nonlin"]
 
 
 def _entries() -> list[dict]:
-    from conftest import EXPECTED
+    from shared_paths import EXPECTED
 
     path = EXPECTED / "networks" / "networks.json"
     return json.loads(path.read_text()) if path.is_file() else []

@@ -23,7 +23,7 @@ TTA_CASES = 3  # TTA costs 8 network passes per case: a few cases suffice, all 1
 
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from conftest import DATA, EXPECTED
+    from shared_paths import DATA, EXPECTED
 
     model_dir = EXPECTED / "Dataset004_Hippocampus" / "model"
     images = DATA / "Task04_Hippocampus" / "imagesTr"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHAPE, tiny_plans, tiny_spec
+from tinydata import SHAPE, tiny_plans, tiny_spec
 from scipy import ndimage
 
 from nnseg.plans.schema import Plans

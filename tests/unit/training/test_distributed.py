@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_plans, tiny_spec
+from tinydata import tiny_plans, tiny_spec
 from torch import nn
 
 from nnseg.cli.ddp_cmds import diagnostic_hooks, is_distributed, shard_predict_args

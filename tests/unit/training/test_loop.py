@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_plans, tiny_spec
+from tinydata import tiny_plans, tiny_spec
 
 from nnseg.training.checkpoint import load_checkpoint
 from nnseg.training.config import TrainConfig

@@ -112,7 +112,7 @@ def test_failing_graph_library_does_not_stop_training(tmp_path: Path, net: nn.Mo
 
 
 def test_written_when_a_training_run_starts(tiny_preprocessed: Path, tmp_path: Path, no_graph_library: None) -> None:
-    from conftest import tiny_plans, tiny_spec
+    from tinydata import tiny_plans, tiny_spec
 
     from nnseg.training.config import TrainConfig
     from nnseg.training.loop import train
