@@ -9,7 +9,9 @@ configuration (``.../<data_identifier>/``), plus ``gt_segmentations/`` and a cop
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -229,6 +231,18 @@ def preprocess_step(ctx: Context, name: str, *, plans_name: str, configurations:
 
 
 # ------------------------------------------------------------------------------------------------ commands
+def _preload(module: str) -> None:
+    """Import ``module`` in a background thread (a failure is left for the real import to report)."""
+
+    def load() -> None:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the step that needs the module imports it again and reports the error
+            pass
+
+    threading.Thread(target=load, name=f"preload {module}", daemon=True).start()
+
+
 def _fingerprint_np(ctx: Context, value: int | None) -> int:
     return _cap(value if value is not None else ctx.env_int("nnUNet_def_n_proc", DEFAULT_NP))
 
@@ -264,6 +278,7 @@ def run_plan_and_preprocess(args: argparse.Namespace, ctx: Context) -> int:
     from nnseg.fingerprint.pool import open_pool
 
     names = [ctx.dataset_name(ref) for ref in args.d]
+    _preload("nnseg.plans.planner")  # its imports (torch, ~1.5 s) overlap with fingerprinting in the workers
     npfp = _fingerprint_np(ctx, args.npfp)
     np_max = max(_num_processes_per_configuration(args.c, args.np), default=1) if not args.no_pp else 1
     with open_pool(max(npfp, np_max)) as pool:
