@@ -46,7 +46,7 @@ def _pow2_ceil(n: int) -> int:
 def chunks_and_blocks(shape: Sequence[int], patch_size: Sequence[int] | None, itemsize: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Chunk and block shapes for an array ``(C, *spatial)`` read in patches of ``patch_size``.
 
-    Blocks start at the patch rounded up to powers of two and are halved along the axis largest relative to the patch
+    Blocks start at the patch rounded up to a power of two (at most 1.5x the patch) and are halved along the axis largest relative to the patch
     until they fit ``BLOCK_MAX_BYTES``; chunks then grow block by block along the axis smallest relative to the patch
     while they stay within ``CHUNK_MAX_BYTES``, ``CHUNK_MAX_PATCH_FACTOR`` x patch and the array. The channel axis is 1.
 
@@ -63,7 +63,7 @@ def chunks_and_blocks(shape: Sequence[int], patch_size: Sequence[int] | None, it
         raise ValueError(f"patch_size {list(patch_size or [])} does not fit array shape {list(shape)}; "
                          "give one entry per spatial axis")
     patch = [max(1, min(p, s)) for p, s in zip(patch, spatial)]
-    block = [min(_pow2_ceil(p), s) for p, s in zip(patch, spatial)]
+    block = [min(_pow2_ceil(p), int(CHUNK_MAX_PATCH_FACTOR * p), s) for p, s in zip(patch, spatial)]
     while math.prod(block) * itemsize > BLOCK_MAX_BYTES and max(block) > 1:
         axis = max((a for a in range(len(block)) if block[a] > 1), key=lambda a: (block[a] / patch[a], block[a]))
         block[axis] = max(1, block[axis] // 2)
