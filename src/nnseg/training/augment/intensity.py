@@ -122,6 +122,8 @@ class MultiplicativeBrightness:
         return _factors(rng, batch, self.p, self.value_range)
 
     def apply(self, batch: Batch, params: FactorParams) -> Batch:
+        if not params.applied.any():
+            return batch
         return batch.with_(image=batch.image * _effective(params, batch.image))
 
 
@@ -137,6 +139,8 @@ class Contrast:
         return _factors(rng, batch, self.p, self.value_range)
 
     def apply(self, batch: Batch, params: FactorParams) -> Batch:
+        if not params.applied.any():
+            return batch
         x = batch.image
         axes = tuple(range(2, x.ndim))
         mean = x.mean(axes, keepdim=True)

