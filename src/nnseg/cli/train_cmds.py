@@ -64,6 +64,8 @@ def trainer_and_config(args: argparse.Namespace) -> tuple[str, TrainConfig]:
             raise ValueError(f"-tr {args.tr} already sets {config.num_epochs} epochs; drop --epochs or -tr")
         trainer = trainer_name_for_epochs(args.epochs, mirroring=config.mirroring)
         config = config.replace(num_epochs=args.epochs)
+    if args.early_stopping is not None and args.early_stopping < 1:
+        raise ValueError(f"--early-stopping needs a patience of at least 1 epoch, got {args.early_stopping}")
     changes = {"iterations_per_epoch": args.iterations_per_epoch, "early_stopping_patience": args.early_stopping,
                "time_budget_hours": args.time_budget, "seed": args.seed}
     config = config.replace(**{k: v for k, v in changes.items() if v is not None})
@@ -81,7 +83,10 @@ def _job(args: argparse.Namespace, ctx: Context, trainer: str, config: TrainConf
         raise FileNotFoundError(f"{plans_file} does not exist; run `nnUNetv2_plan_and_preprocess -d {args.dataset_name_or_id}` first")
     fold: int | str = args.fold if args.fold == "all" else int(args.fold)
     precision = resolve_precision(config.precision, device)
-    background = ctx.env_int("nnUNet_n_proc_DA", 1) > 0
+    # Batches are made in a background thread on accelerators; on the CPU the network already uses every core, and
+    # making them inline measured faster (bench/train_throughput.py: 1.04x vs 1.12x forward+backward).
+    # nnUNet_n_proc_DA=0 forces inline batches everywhere.
+    background = device.type != "cpu" and ctx.env_int("nnUNet_n_proc_DA", 1) > 0
     return FoldJob(plans=load_plans(plans_file), configuration_name=args.configuration,
                    spec=load_dataset_json(pre / "dataset.json"), preprocessed_dataset_folder=pre,
                    results_dataset_folder=roots.results / name, fold=fold, trainer_name=trainer, config=config,

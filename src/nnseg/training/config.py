@@ -91,6 +91,18 @@ def known_trainer_names() -> list[str]:
     return names
 
 
+def nnunet_trainer_class(name: str) -> str:
+    """The nnU-Net trainer class to record in checkpoints for results folder ``name``.
+
+    nnU-Net's predictor looks the checkpoint's ``trainer_name`` up among its own classes (only to build the network,
+    which all of them build from the plans). For a name nnU-Net does not ship (``--epochs 40`` gives
+    ``nnUNetTrainer_40epochs``) the closest shipped class is recorded, so nnU-Net can predict with the model too.
+    """
+    if name in known_trainer_names():
+        return name
+    return "nnUNetTrainerNoMirroring" if name.endswith("_NoMirroring") else DEFAULT_TRAINER
+
+
 def trainer_name_for_epochs(epochs: int, *, mirroring: bool = True) -> str:
     """The nnU-Net trainer name of ``--epochs N`` (``1`` is nnU-Net's ``nnUNetTrainer_1epoch``)."""
     if epochs < 1:

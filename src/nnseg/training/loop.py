@@ -21,6 +21,7 @@ from torch import nn
 
 from nnseg.devices import autocast_context
 from nnseg.training.checkpoint import load_checkpoint, save_checkpoint
+from nnseg.training.config import nnunet_trainer_class
 from nnseg.training.data import prefetched
 from nnseg.training.distributed import DistributedTraining
 from nnseg.training.hooks import Hooks
@@ -104,7 +105,7 @@ def _save(run: RunSpec, parts: Components, state: TrainState, name: str, next_ep
     ckpt = checkpoint_dict(
         state, network_weights=parts.module.state_dict(), optimizer_state=parts.optimizer.state_dict(),
         grad_scaler_state=None if parts.scaler is None else parts.scaler.state_dict(), init_args=run.init_args,
-        trainer_name=run.trainer_name, mirror_axes=run.mirror_axes, next_epoch=next_epoch,
+        trainer_name=nnunet_trainer_class(run.trainer_name), mirror_axes=run.mirror_axes, next_epoch=next_epoch,
         train_config=run.config.to_json())
     save_checkpoint(ckpt, run.output_folder / name)
 
@@ -195,7 +196,7 @@ def train(run: RunSpec, *, hooks: Hooks | None = None, resume: bool = False,
         if dist is not None:
             dist.sync_state(state)
         patience = run.config.early_stopping_patience
-        if patience is not None and state.epochs_without_improvement() > patience:
+        if patience is not None and state.epochs_without_improvement() >= patience:
             stopped_early = True
             break
     if not run.disable_checkpointing:

@@ -44,8 +44,9 @@ class TrainState:
         return False
 
     def epochs_without_improvement(self) -> int:
+        """Finished epochs since the one with the best EMA (0 right after an improvement)."""
         last_best = -1 if self.best_epoch is None else self.best_epoch
-        return self.current_epoch - last_best
+        return self.current_epoch - 1 - last_best
 
     def mean_epoch_seconds(self) -> float:
         starts, ends = self.logging["epoch_start_timestamps"], self.logging["epoch_end_timestamps"]

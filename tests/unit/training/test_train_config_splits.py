@@ -10,6 +10,7 @@ from nnseg.training.config import (
     apply_overrides,
     config_differences,
     known_trainer_names,
+    nnunet_trainer_class,
     preset_for_trainer,
     trainer_name_for_epochs,
 )
@@ -61,6 +62,9 @@ def test_trainer_presets() -> None:
             preset_for_trainer(bad)
     assert trainer_name_for_epochs(1) == "nnUNetTrainer_1epoch"
     assert trainer_name_for_epochs(50) == "nnUNetTrainer_50epochs"
+    assert nnunet_trainer_class("nnUNetTrainer_50epochs") == "nnUNetTrainer_50epochs"
+    assert nnunet_trainer_class("nnUNetTrainer_40epochs") == "nnUNetTrainer"
+    assert nnunet_trainer_class("nnUNetTrainer_40epochs_NoMirroring") == "nnUNetTrainerNoMirroring"
 
 
 def test_overrides_typed_and_differences() -> None:
