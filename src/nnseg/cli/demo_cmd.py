@@ -23,8 +23,8 @@ def add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="nnseg_demo", help="folder for all demo data [./nnseg_demo]")
     p.add_argument("--cases", type=int, default=20, help="number of training cases to generate [20]")
     p.add_argument("--test-cases", dest="test_cases", type=int, default=5, help="unseen labelled cases to predict [5]")
-    p.add_argument("--epochs", type=int, default=8, help="training epochs [8]")
-    p.add_argument("--iterations", type=int, default=12, help="training iterations per epoch [12]")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs [30]")
+    p.add_argument("--iterations", type=int, default=25, help="training iterations per epoch [25]")
     p.add_argument("-device", default="auto", help="cuda, cpu or mps [auto]")
     p.add_argument("--keep", action="store_true", help="reuse an existing demo folder instead of starting fresh")
 
