@@ -16,6 +16,7 @@ from nnseg.jsonio import to_jsonable
 
 NNUNET_EPOCH_PRESETS = (1, 5, 10, 20, 50, 100, 250, 500, 750, 2000, 4000, 8000)
 DEFAULT_TRAINER = "nnUNetTrainer"
+RUNTIME_ONLY_FIELDS = ("compile",)  # how, not what, is computed: may change between a run and its continuation
 _EPOCHS_RE = re.compile(r"^nnUNetTrainer_(\d+)epochs?(_NoMirroring)?$")
 
 
@@ -144,6 +145,8 @@ def config_differences(saved: TrainConfig, requested: TrainConfig) -> list[str]:
     """Human-readable list of fields that differ (``name: saved -> requested``)."""
     out = []
     for f in fields(TrainConfig):
+        if f.name in RUNTIME_ONLY_FIELDS:
+            continue
         a, b = getattr(saved, f.name), getattr(requested, f.name)
         if a != b:
             out.append(f"{f.name}: {a!r} (saved) vs {b!r} (requested)")

@@ -114,10 +114,7 @@ def build_components(run: RunSpec) -> Components:
 
 
 def use_compile(run: RunSpec) -> bool:
-    """nnU-Net's rule: compile on CUDA (not on CPU, MPS or Windows); ``compile`` 'true'/'false' forces it."""
-    choice = run.config.compile.lower()
-    if choice in ("false", "0", "f", "off"):
+    """nnU-Net's rule: compile on CUDA unless ``nnUNet_compile``/``compile`` says false; never on CPU, MPS, Windows."""
+    if run.config.compile.lower() in ("false", "0", "f", "off", "no"):
         return False
-    if choice in ("true", "1", "t", "on"):
-        return True
     return run.device.type == "cuda" and os.name != "nt"
