@@ -23,6 +23,7 @@ import numpy as np
 
 from nnseg._types import PathLike
 from nnseg.jsonio import atomic_path
+from nnseg.safe_pickle import restricted_loads
 
 #: the function nnU-Net pickles for "keep the largest connected component" (module, qualified name).
 NNUNET_PP_FUNCTION = ("nnunetv2.postprocessing.remove_connected_components",
@@ -113,29 +114,8 @@ class _KnownFunction:
         self.step = step
 
 
-def _numpy_scalar_globals() -> dict[tuple[str, str], Any]:
-    core = np._core if hasattr(np, "_core") else np.core  # type: ignore[attr-defined]
-    out: dict[tuple[str, str], Any] = {("numpy", "dtype"): np.dtype}
-    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        out[(module, "scalar")] = core.multiarray.scalar
-    dtypes = getattr(np, "dtypes", None)
-    for name in dir(dtypes) if dtypes is not None else []:
-        obj = getattr(dtypes, name)
-        if isinstance(obj, type) and name.endswith("DType"):
-            out[("numpy.dtypes", name)] = obj
-    return out
-
-
-class _PPUnpickler(pickle.Unpickler):
-    numpy_globals = _numpy_scalar_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in KNOWN_PP_FUNCTIONS:
-            return _KnownFunction(KNOWN_PP_FUNCTIONS[(module, name)])
-        obj = self.numpy_globals.get((module, name))
-        if obj is None:
-            raise pickle.UnpicklingError(f"{module}.{name}")
-        return obj
+def _known_functions() -> dict[tuple[str, str], Any]:
+    return {key: _KnownFunction(step) for key, step in KNOWN_PP_FUNCTIONS.items()}
 
 
 def _plain(value: Any) -> Any:
@@ -176,7 +156,7 @@ def load_postprocessing_pkl(path: PathLike) -> list[tuple[str, dict[str, Any]]]:
         raise FileNotFoundError(f"postprocessing file {path} does not exist; run nnUNetv2_determine_postprocessing "
                                 "(nnseg determine-pp) first")
     try:
-        obj = _PPUnpickler(io.BytesIO(path.read_bytes())).load()
+        obj = restricted_loads(path.read_bytes(), extra=_known_functions())
     except pickle.UnpicklingError as e:
         raise ValueError(f"refusing to read {path}: it references {e}, which is not one of nnU-Net's postprocessing "
                          f"functions {sorted('.'.join(k) for k in KNOWN_PP_FUNCTIONS)}; use postprocessing.json") from None

@@ -7,55 +7,18 @@ builds numpy arrays, dtypes and scalars and a few plain containers: anything els
 
 from __future__ import annotations
 
-import io
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from nnseg._types import PathLike
 from nnseg.jsonio import atomic_path
+from nnseg.safe_pickle import restricted_loads
 
 PROPERTY_KEYS_AFTER_READER = ("shape_before_cropping", "bbox_used_for_cropping", "shape_after_cropping_and_before_resampling")
-_ALLOWED_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "slice"): slice,
-    ("builtins", "complex"): complex,
-    ("collections", "OrderedDict"): __import__("collections").OrderedDict,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy", "ndarray"): np.ndarray,
-}
-
-
-def _numpy_core_globals() -> dict[tuple[str, str], Any]:
-    core = np._core if hasattr(np, "_core") else np.core  # type: ignore[attr-defined]
-    out: dict[tuple[str, str], Any] = {}
-    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        out[(module, "scalar")] = core.multiarray.scalar
-        out[(module, "_reconstruct")] = core.multiarray._reconstruct
-    for module in ("numpy._core.numeric", "numpy.core.numeric"):
-        out[(module, "_frombuffer")] = core.numeric._frombuffer
-    dtypes = getattr(np, "dtypes", None)
-    for name in dir(dtypes) if dtypes is not None else []:
-        obj = getattr(dtypes, name)
-        if isinstance(obj, type) and name.endswith("DType"):
-            out[("numpy.dtypes", name)] = obj
-    return out
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    allowed: ClassVar[dict[tuple[str, str], Any]] = {**_ALLOWED_PICKLE_GLOBALS, **_numpy_core_globals()}
-
-    def find_class(self, module: str, name: str) -> Any:
-        obj = self.allowed.get((module, name))
-        if obj is None:
-            raise pickle.UnpicklingError(f"{module}.{name}")
-        return obj
-
-
 def load_properties_pkl(path: PathLike) -> dict[str, Any]:
     """Read an nnU-Net properties ``.pkl`` (numpy arrays/dtypes/scalars and builtins only).
 
@@ -68,7 +31,7 @@ def load_properties_pkl(path: PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"properties file {path} does not exist; nnU-Net writes it next to CASE.npz with "
                                 "--save_probabilities (or --npz in training)")
     try:
-        props = _RestrictedUnpickler(io.BytesIO(path.read_bytes())).load()
+        props = restricted_loads(path.read_bytes())
     except pickle.UnpicklingError as e:
         raise ValueError(f"refusing to read {path}: it holds {e}, which is not a numpy array/dtype/scalar or a plain "
                          "Python value; regenerate the file with nnU-Net or nnseg") from None

@@ -30,6 +30,7 @@ import blosc2
 import numpy as np
 
 from nnseg.jsonio import atomic_path, load_json, to_jsonable
+from nnseg.safe_pickle import restricted_loads
 
 BLOCK_MAX_BYTES = 128 * 1024
 CHUNK_MAX_BYTES = 6 * 1024 * 1024
@@ -257,24 +258,14 @@ def load_properties(folder: Path, identifier: str) -> dict[str, Any]:
                             "rerun preprocessing (nnseg preprocess) for this dataset")
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Loads nnU-Net's properties ``.pkl`` (builtins and numpy arrays only; anything else is refused)."""
-
-    _ALLOWED = {("collections", "OrderedDict"), ("numpy", "dtype"), ("numpy", "ndarray"),
-                ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("builtins", "tuple")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a properties file")
-
-
 def _load_nnunet_pickle(path: Path) -> dict[str, Any]:
     with path.open("rb") as f:
         try:
-            return dict(_NumpyOnlyUnpickler(f).load())
-        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
+            return dict(restricted_loads(f.read()))
+        except pickle.UnpicklingError as e:
+            raise ValueError(f"refusing to load {e} from nnU-Net properties file {path} (only numpy values and plain "
+                             "Python values are read); rerun preprocessing") from None
+        except (EOFError, AttributeError, ValueError) as e:
             raise ValueError(f"cannot read nnU-Net properties file {path} ({e}); rerun preprocessing") from None
 
 
