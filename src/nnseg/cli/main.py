@@ -41,7 +41,8 @@ def run_command(cmd: Command, argv: Sequence[str], *, prog: str, env: Mapping[st
         if ctx.env.get("NNSEG_DEBUG"):
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        hint = "" if isinstance(e, (ValueError, OSError)) else " (set NNSEG_DEBUG=1 to see where it happened)"
+        print(f"{prog}: error: {message}{hint}", file=sys.stderr)
         return 1
 
 
