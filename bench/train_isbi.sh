@@ -4,7 +4,7 @@
 # images; the last 5 training images (em_25 .. em_29) are held back as the test set through a custom
 # splits_final.json (fold 0: train em_00 .. em_24, val em_25 .. em_29), so the fold's final validation (sliding window
 # with mirroring, checkpoint_final) scores images the network never trained on. Prints the membrane Dice.
-# Target: membrane Dice >= 0.85, NOT reached. Measured: 2-core CPU (shared, loaded), 30 x 10: 0.7825 in 26 min
+# Target: membrane Dice >= 0.85, NOT reached. Measured: 2-core CPU, quiet: 30 x 10: 0.7837 in 474 s; loaded: 0.7825 in 26 min
 # (per case 0.785 0.802 0.790 0.795 0.741); the same schedule on an
 # H100 (fp16) gave 0.782; 60 x 10: 0.803; 100 x 10: 0.808; 30 x 10 with --set initial_lr=0.03 and no mirroring: 0.808.
 # Usage: bench/train_isbi.sh [EPOCHS] [ITERS]   (WORK=/some/dir to keep the data; PRECISION=fp32 to force fp32)
