@@ -302,5 +302,7 @@ def process_group(info: DistInfo, device: torch.device, *,
                             world_size=info.world_size, timeout=datetime.timedelta(minutes=timeout_min))
     try:
         yield DistributedTraining(info, device)
+        # Leave together: a rank tearing gloo down while its peer still uses the connection can abort the peer.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
