@@ -19,12 +19,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from nnseg.networks import estimate_feature_map_size
+from nnseg.plans.architecture import architecture_entry
 from nnseg.plans.presets import PlannerPreset
 from nnseg.plans.topology import Topology, get_pool_and_conv_props, reduce_patch_axis
 
 __all__ = ["PlanningContext", "initial_patch_size", "plan_configuration"]
 
-_KW_REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
 
 
 @dataclass
@@ -77,26 +77,11 @@ def initial_patch_size(spacing: Sequence[float], median_shape: Sequence[float]) 
 def _architecture(ctx: PlanningContext, topo: Topology) -> dict[str, Any]:
     p, ndim, n = ctx.preset, len(topo.patch_size), topo.n_stages
     max_features = p.max_features_2d if ndim == 2 else p.max_features_3d
-    return {
-        "network_class_name": p.network_class_name,
-        "arch_kwargs": {
-            "n_stages": n,
-            "features_per_stage": [min(max_features, p.base_num_features * 2 ** i) for i in range(n)],
-            "conv_op": f"torch.nn.modules.conv.Conv{ndim}d",
-            "kernel_sizes": [list(k) for k in topo.kernel_sizes],
-            "strides": [list(s) for s in topo.strides],
-            p.encoder_key: list(p.encoder_blocks[:n]),
-            "n_conv_per_stage_decoder": list(p.decoder_convs[:n - 1]),
-            "conv_bias": True,
-            "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{ndim}d",
-            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": None,
-            "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU",
-            "nonlin_kwargs": {"inplace": True},
-        },
-        "_kw_requires_import": list(_KW_REQUIRES_IMPORT),
-    }
+    return architecture_entry(
+        p.network_class_name, ndim=ndim,
+        features_per_stage=[min(max_features, p.base_num_features * 2 ** i) for i in range(n)],
+        kernel_sizes=[list(k) for k in topo.kernel_sizes], strides=[list(s) for s in topo.strides],
+        encoder_key=p.encoder_key, encoder_blocks=list(p.encoder_blocks[:n]), decoder_convs=list(p.decoder_convs[:n - 1]))
 
 
 def _estimate(ctx: PlanningContext, topo: Topology, architecture: dict[str, Any]) -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
+from nnseg.plans.architecture import architecture_entry
+
 __all__ = ["LEGACY_ARCHITECTURE_KEYS", "migrate_v1_architecture", "needs_migration"]
 
 LEGACY_ARCHITECTURE_KEYS = (
@@ -46,26 +48,10 @@ def migrate_v1_architecture(configuration: Mapping[str, Any], *, name: str = "")
     n_stages = len(cfg["n_conv_per_stage_encoder"])
     dim = len(cfg["patch_size"])
     base, cap = cfg["UNet_base_num_features"], cfg["unet_max_num_features"]
-    arch = {
-        "network_class_name": class_name,
-        "arch_kwargs": {
-            "n_stages": n_stages,
-            "features_per_stage": [min(base * 2 ** i, cap) for i in range(n_stages)],
-            "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
-            "kernel_sizes": cfg["conv_kernel_sizes"],
-            "strides": cfg["pool_op_kernel_sizes"],
-            blocks_key: cfg["n_conv_per_stage_encoder"],
-            "n_conv_per_stage_decoder": cfg["n_conv_per_stage_decoder"],
-            "conv_bias": True,
-            "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
-            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": None,
-            "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU",
-            "nonlin_kwargs": {"inplace": True},
-        },
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-    }
+    arch = architecture_entry(
+        class_name, ndim=dim, features_per_stage=[min(base * 2 ** i, cap) for i in range(n_stages)],
+        kernel_sizes=cfg["conv_kernel_sizes"], strides=cfg["pool_op_kernel_sizes"], encoder_key=blocks_key,
+        encoder_blocks=cfg["n_conv_per_stage_encoder"], decoder_convs=cfg["n_conv_per_stage_decoder"])
     for key in LEGACY_ARCHITECTURE_KEYS:
         cfg.pop(key, None)
     cfg["architecture"] = arch
