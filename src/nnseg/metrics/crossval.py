@@ -9,7 +9,6 @@ Layout (as nnU-Net): ``<model>/fold_<k>/validation/CASE<ending>`` (+ ``CASE.npz`
 
 from __future__ import annotations
 
-import multiprocessing
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from nnseg._types import PathLike
 from nnseg.metrics.evaluate import DEFAULT_NUM_PROCESSES, evaluate_folder, list_files
+from nnseg.parallel import spawn_map
 
 
 def folds_to_string(folds: Sequence[int | str]) -> str:
@@ -200,13 +200,7 @@ def ensemble_crossvalidations(model_folders: Sequence[PathLike], output_folder: 
     identifiers = sorted(name[:-4] for name in per_model[0])
     jobs = [([str(files[f"{i}.npz"]) for files in per_model], str(output / i), plans, spec) for i in identifiers
             if overwrite or not (output / f"{i}{spec.file_ending}").is_file()]
-    workers = min(max(1, int(num_processes)), len(jobs))
-    if workers <= 1:
-        for job in jobs:
-            _ensemble_case(job)
-    else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            pool.map(_ensemble_case, jobs)
+    spawn_map(_ensemble_case, jobs, num_processes=num_processes)
     for name in ("dataset.json", "plans.json"):
         shutil.copy2(models[0] / name, output / name)
     return identifiers

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from nnseg._types import ImageIO, LabelOrRegion, PathLike
 from nnseg.jsonio import save_json
 from nnseg.metrics.overlap import label_or_region_to_key, overlap_metrics, region_or_label_to_mask
 from nnseg.metrics.surface import SurfaceOptions, surface_metrics
+from nnseg.parallel import spawn_map
 
 DEFAULT_NUM_PROCESSES = 8  # nnU-Net's default_num_processes (nnUNet_def_n_proc)
 
@@ -142,11 +142,7 @@ def _pair_files(ref_folder: Path, pred_folder: Path, file_ending: str, chill: bo
 
 
 def _run_jobs(jobs: list[tuple[Any, ...]], num_processes: int) -> list[dict[str, Any]]:
-    workers = min(max(1, int(num_processes)), len(jobs))
-    if workers == 1:
-        return [_case_worker(j) for j in jobs]  # type: ignore[arg-type]
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        return pool.map(_case_worker, jobs)
+    return spawn_map(_case_worker, jobs, num_processes=num_processes)
 
 
 def evaluate_folder(ref_folder: PathLike, pred_folder: PathLike, *, labels_or_regions: Sequence[LabelOrRegion],

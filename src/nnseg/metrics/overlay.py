@@ -10,7 +10,6 @@ pictures can be compared; background, and the -1 that preprocessing writes outsi
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from PIL import Image
 
 from nnseg._types import PathLike
 from nnseg.jsonio import atomic_path
+from nnseg.parallel import spawn_map
 from nnseg.plans.schema import load_plans
 from nnseg.raw.dataset_json import load_dataset_json
 from nnseg.raw.discover import training_cases
@@ -208,11 +208,7 @@ def overlay_jobs_raw(raw_dataset_folder: PathLike, output_folder: PathLike, *, c
 
 def run_overlay_jobs(jobs: Sequence[OverlayJob], *, num_processes: int = 8) -> list[Path]:
     """Draw every job, in a spawn pool of ``num_processes`` workers (in this process when 1 or one job)."""
-    if num_processes <= 1 or len(jobs) <= 1:
-        return [draw_overlay_png(j) for j in jobs]
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(num_processes, len(jobs))) as pool:
-        return pool.map(draw_overlay_png, jobs)
+    return spawn_map(draw_overlay_png, jobs, num_processes=num_processes)
 
 
 def plot_overlay_pngs_preprocessed(data_folder: PathLike, output_folder: PathLike, *, channel_idx: int = 0,

@@ -8,7 +8,6 @@ The rules are in :mod:`nnseg.metrics.postprocess`.
 
 from __future__ import annotations
 
-import multiprocessing
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from nnseg.metrics.postprocess import (
     load_summary,
     save_postprocessing,
 )
+from nnseg.parallel import spawn_map
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,7 @@ def postprocess_files(sources: Sequence[Path], targets: Sequence[Path], steps: S
     jobs = [(str(s), str(t), io, list(steps)) for s, t in zip(sources, targets)]
     for t in targets:
         Path(t).parent.mkdir(parents=True, exist_ok=True)
-    workers = min(max(1, int(num_processes)), len(jobs))
-    if workers <= 1:
-        for job in jobs:
-            _postprocess_file(job)
-        return
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        pool.map(_postprocess_file, jobs)
+    spawn_map(_postprocess_file, jobs, num_processes=num_processes)
 
 
 def _trial(source: Path, target: Path, files: Sequence[str], step: PostprocessingStep, evaluate: _Eval) -> dict[str, Any]:

@@ -10,7 +10,6 @@ hidden temporary folder and renamed at the end, so an error leaves nothing half-
 
 from __future__ import annotations
 
-import multiprocessing
 import re
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ from typing import Any
 
 from nnseg._types import PathLike
 from nnseg.jsonio import load_json, save_json
+from nnseg.parallel import spawn_map
 from nnseg.raw.dataset_json import DatasetSpec
 from nnseg.raw.verify import default_num_processes
 
@@ -143,13 +143,7 @@ def _write_channels(image: Any, case: str, out_folder: Path) -> list[str]:
 
 
 def _convert_images(jobs: list[tuple[str, str]], num_processes: int) -> None:
-    if num_processes <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            split_4d_nifti(*job)
-        return
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(num_processes, len(jobs))) as pool:
-        pool.starmap(split_4d_nifti, jobs, chunksize=max(1, len(jobs) // (4 * num_processes)))
+    spawn_map(split_4d_nifti, jobs, num_processes=num_processes, star=True)
 
 
 def convert_msd(task_folder: PathLike, raw_root: PathLike, *, preprocessed_root: PathLike | None = None,

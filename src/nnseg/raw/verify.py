@@ -8,7 +8,6 @@ affine mismatch between the files of a case (nnU-Net only warns about these too)
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from nnseg.jsonio import load_json
+from nnseg.parallel import spawn_map
 from nnseg.raw.dataset_json import DatasetSpec, dataset_json_problems, labels_problems
 from nnseg.raw.discover import CaseFiles, endings_found, scan_channel_files, training_cases
 
@@ -208,12 +208,7 @@ def _expectations(folder: Path, spec: DatasetSpec, cases: list[CaseFiles], d: Ma
 
 def _read_all(cases: list[CaseFiles], expect: CaseExpectation, num_processes: int) -> list[Problem]:
     jobs = [(c, expect) for c in cases]
-    if num_processes <= 1 or len(jobs) <= 1:
-        results = [check_case(c, e) for c, e in jobs]
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(num_processes, len(jobs))) as pool:
-            results = pool.starmap(check_case, jobs, chunksize=max(1, len(jobs) // (4 * num_processes)))
+    results = spawn_map(check_case, jobs, num_processes=num_processes, star=True)
     return [p for r in results for p in r]
 
 
