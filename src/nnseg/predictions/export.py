@@ -25,6 +25,7 @@ from nnseg.predictions.predict_io import save_probabilities_npz, save_properties
 from nnseg.preprocessed.resample import (
     ANISO_THRESHOLD,
     determine_do_sep_z_and_axis,
+    get_resampler,
     resample_data_or_seg_to_shape,
 )
 from nnseg.raw.dataset_json import DatasetSpec
@@ -92,6 +93,28 @@ def resample_logits(data: torch.Tensor, new_shape: Sequence[int], current_spacin
     return x.movedim(1, axis + 1).contiguous()
 
 
+
+def resample_probabilities(logits: torch.Tensor, new_shape: Sequence[int], current_spacing: Sequence[float],
+                           new_spacing: Sequence[float], *, configuration: ConfigurationPlans) -> torch.Tensor:
+    """Resample float ``(K, ...)`` logits with the plans' ``resampling_fn_probabilities`` and its kwargs.
+
+    ``resample_torch_fornnunet`` (``*_torchres`` plans) and the default ``resample_data_or_seg_to_shape`` (as its
+    torch twin :func:`resample_logits`) run on the logits' device; any other registered function runs on the CPU.
+    """
+    name = configuration.resampling_fn_probabilities
+    kwargs = dict(configuration.resampling_fn_probabilities_kwargs)
+    kwargs.pop("is_seg", None)
+    if name == "resample_torch_fornnunet":
+        from nnseg.preprocessed.resample_torch import resample_torch_fornnunet
+
+        return resample_torch_fornnunet(logits, new_shape, current_spacing, new_spacing, is_seg=False,
+                                        device=logits.device, **kwargs)
+    if name == "resample_data_or_seg_to_shape":
+        return resample_logits(logits, new_shape, current_spacing, new_spacing, **kwargs)
+    out = get_resampler(name, {**kwargs, "is_seg": False})(logits.detach().cpu().numpy(), new_shape,
+                                                          current_spacing, new_spacing)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(logits.device)
+
 def apply_inference_nonlin(logits: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
     """Softmax over classes (sigmoid per region for region models), float32 ``(K, ...)``."""
     logits = logits.float()
@@ -156,11 +179,9 @@ def convert_logits(logits: torch.Tensor, properties: Mapping[str, Any], *, plans
         (else None).
     """
     current, target = current_and_target_spacing(properties, plans, configuration)
-    kwargs = dict(configuration.resampling_fn_probabilities_kwargs)
-    kwargs.pop("is_seg", None)
     with torch.no_grad():
-        logits = resample_logits(logits.float(), properties["shape_after_cropping_and_before_resampling"],
-                                 current, target, **kwargs)
+        logits = resample_probabilities(logits.float(), properties["shape_after_cropping_and_before_resampling"],
+                                        current, target, configuration=configuration)
         probs = apply_inference_nonlin(logits, spec)
         del logits
         seg = revert_cropping(probabilities_to_segmentation(probs, spec), properties)

@@ -26,7 +26,7 @@ from nnseg.plans.schema import ConfigurationPlans, Plans
 from nnseg.predictions.export import (
     apply_inference_nonlin,
     probabilities_to_segmentation,
-    resample_logits,
+    resample_probabilities,
 )
 from nnseg.preprocessed.store import case_is_complete, load_case, open_b2nd
 from nnseg.raw.dataset_json import DatasetSpec
@@ -60,10 +60,8 @@ def logits_to_next_stage(logits: torch.Tensor, target_shape: Sequence[int], *, c
                          spec: DatasetSpec) -> np.ndarray:
     """Lowres logits ``(K, x, y, z)`` -> uint8 label map ``(X, Y, Z)`` of the next stage's preprocessed shape."""
     spacing = [float(s) for s in configuration.spacing]
-    kwargs = dict(configuration.resampling_fn_probabilities_kwargs)
-    kwargs.pop("is_seg", None)
     with torch.no_grad():
-        resampled = resample_logits(logits.float(), target_shape, spacing, spacing, **kwargs)
+        resampled = resample_probabilities(logits.float(), target_shape, spacing, spacing, configuration=configuration)
         seg = probabilities_to_segmentation(apply_inference_nonlin(resampled, spec), spec)
     return np.ascontiguousarray(seg.cpu().numpy().astype(np.uint8))
 

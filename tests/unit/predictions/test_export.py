@@ -147,3 +147,25 @@ def test_ensemble_refuses_mismatched_folders(tmp_path: Path) -> None:
         ensemble_folders([a, b], tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ensemble_folders([a, tmp_path / "missing"], tmp_path / "out")
+
+
+@pytest.mark.parametrize("planner_resampling", ["default", "torch"])
+def test_probabilities_follow_the_plans_resampling_function(plans: Plans, planner_resampling: str) -> None:
+    """Export resamples with the function the plans name (``*_torchres`` plans name resample_torch_fornnunet)."""
+    from nnseg.plans.presets import DEFAULT_RESAMPLING, TORCH_RESAMPLING
+    from nnseg.predictions.export import resample_probabilities
+    from nnseg.preprocessed.resample_torch import resample_torch_fornnunet
+
+    cfg = plans.configuration("3d_fullres")
+    table = TORCH_RESAMPLING if planner_resampling == "torch" else DEFAULT_RESAMPLING
+    cfg = dataclasses.replace(cfg, resampling_fn_probabilities=table["resampling_fn_probabilities"],
+                              resampling_fn_probabilities_kwargs=dict(table["resampling_fn_probabilities_kwargs"]))
+    logits = torch.rand(3, 4, 5, 6, generator=torch.Generator().manual_seed(0))
+    got = resample_probabilities(logits, (8, 10, 12), (1, 1, 1), (0.5, 0.5, 0.5), configuration=cfg)
+    if planner_resampling == "torch":
+        kwargs = {k: v for k, v in table["resampling_fn_probabilities_kwargs"].items() if k != "is_seg"}
+        want = resample_torch_fornnunet(logits, (8, 10, 12), (1, 1, 1), (0.5, 0.5, 0.5), is_seg=False, **kwargs)
+    else:
+        want = torch.from_numpy(resample_data_or_seg_to_shape(logits.numpy(), (8, 10, 12), (1, 1, 1), (0.5, 0.5, 0.5),
+                                                               order=1, order_z=0))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
