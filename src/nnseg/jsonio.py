@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -42,6 +43,14 @@ def load_json(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); fix or regenerate the file") from None
 
 
+@functools.cache
+def _default_file_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open(path, 'w')`` gives a new file."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it is renamed onto ``path``.
@@ -55,6 +64,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, _default_file_mode())  # mkstemp makes 0600; give the mode a plain open() would
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

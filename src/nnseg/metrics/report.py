@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,5 +334,4 @@ def write_report(path: Path, output_file: Path, *, raw_dataset_folder: Path | No
     text = render_html(info, folds)
     with atomic_path(output_file) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o644)  # a page to share: readable like any file the user writes, not mkstemp's 0600
     return Path(output_file)

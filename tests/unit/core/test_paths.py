@@ -66,3 +66,14 @@ def test_registry_lists_known_names() -> None:
     assert reg["A"] == 1 and "a" in reg and reg.names() == ["A", "a"]
     with pytest.raises(KeyError, match="registered"):
         reg["zzz"]
+
+
+def test_atomic_writes_get_a_normal_file_mode(tmp_path: Path) -> None:
+    import os
+
+    from nnseg.jsonio import save_json
+
+    save_json({"a": 1}, tmp_path / "x.json")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
