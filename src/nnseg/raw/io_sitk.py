@@ -26,9 +26,7 @@ class SimpleITKIO(BaseImageIO):
     supported_file_endings: ClassVar[tuple[str, ...]] = (".nii.gz", ".nrrd", ".mha", ".gipl")
 
     def _read_file(self, path: Path) -> tuple[np.ndarray, Geometry]:
-        import SimpleITK as sitk
-
-        return _array_and_geometry(sitk.ReadImage(str(path)), path, self.name)
+        return _array_and_geometry(read_sitk_image(path), path, self.name)
 
     def _write_file(self, seg: np.ndarray, path: Path, geometry: Geometry) -> None:
         import SimpleITK as sitk
@@ -50,7 +48,7 @@ class SimpleITKIOWithReorient(SimpleITKIO):
     def _read_file(self, path: Path) -> tuple[np.ndarray, Geometry]:
         import SimpleITK as sitk
 
-        image = sitk.ReadImage(str(path))
+        image = read_sitk_image(path)
         original = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(image.GetDirection())
         array, geometry = _array_and_geometry(sitk.DICOMOrient(image, self.target_orientation), path, self.name)
         return array, replace(geometry, original_orientation=original)
@@ -63,6 +61,32 @@ class SimpleITKIOWithReorient(SimpleITKIO):
                              f"'original_orientation' (was the image read with another reader?)")
         image = _image_for_writing(seg, path, geometry)
         sitk.WriteImage(sitk.DICOMOrient(image, geometry.original_orientation), str(path), True)
+
+
+GZIP_CHUNK = 1 << 24
+
+
+def read_sitk_image(path: Path) -> Any:
+    """``sitk.ReadImage``, after checking that a gzip-compressed file is complete.
+
+    SimpleITK reads a truncated ``.nii.gz`` without an error (the missing voxels become 0), so a damaged download
+    would be trained on or predicted silently; the gzip stream is decompressed once to its end-of-stream marker first.
+    """
+    import gzip
+    import zlib
+
+    import SimpleITK as sitk
+
+    if path.name.lower().endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as f:
+                while f.read(GZIP_CHUNK):
+                    pass
+        except gzip.BadGzipFile:
+            pass  # not gzip at all (an uncompressed file named .gz): SimpleITK reads those as they are
+        except (EOFError, zlib.error) as e:
+            raise EOFError(f"the compressed data is truncated or damaged ({e}); copy or download the file again") from None
+    return sitk.ReadImage(str(path))
 
 
 def _array_and_geometry(image: Any, path: Path, reader: str) -> tuple[np.ndarray, Geometry]:

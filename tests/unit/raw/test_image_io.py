@@ -500,3 +500,14 @@ def test_geometry_properties_round_trip_for_every_reader(tmp_path: Path, rng: np
         _, geo = get_io(name).read_seg(tmp_path / file)
         assert geo.reader == name
         assert Geometry.from_properties(geo.to_properties(), reader=name) == geo, name
+
+
+def test_truncated_nii_gz_is_refused_not_read_as_zeros(tmp_path: Path) -> None:
+    """SimpleITK itself reads a truncated .nii.gz without complaint; nnseg must not."""
+    import SimpleITK as sitk
+
+    path = tmp_path / "case_0000.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((20, 30, 40)).astype(np.float32)), str(path))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ImageReadError, match=r"SimpleITKIO cannot read .*case_0000\.nii\.gz.*truncated"):
+        get_io("SimpleITKIO").read_images([path])
