@@ -113,3 +113,24 @@ def test_sigkill_mid_training_then_continue(env: dict[str, str]) -> None:
     ckpt = load_checkpoint(latest.parent / "checkpoint_final.pth")
     assert ckpt["current_epoch"] == 6 and len(ckpt["logging"]["train_losses"]) == 6
     assert all(not p.name.endswith(".pth.tmp") for p in latest.parent.iterdir()), leftovers
+
+
+def test_noda_trainer_trains_without_augmentation_and_predicts_without_mirroring(env: dict[str, str]) -> None:
+    """``-tr nnUNetTrainerNoDA`` (nnU-Net's no-augmentation trainer) is a preset: no DA, no mirroring in TTA."""
+    args = [*FAST[:-2], "-tr", "nnUNetTrainerNoDA", "--set", "num_epochs=1"]
+    assert main(["train", "991", "3d_fullres", "0", *args], env=env) == 0
+    fold = _fold(env, "nnUNetTrainerNoDA")
+    ckpt = load_checkpoint(fold / "checkpoint_final.pth")
+    assert ckpt["trainer_name"] == "nnUNetTrainerNoDA" and ckpt["inference_allowed_mirroring_axes"] is None
+    saved = load_json(fold / "train_config.json")
+    assert saved["augmentation"] == "none" and not saved["mirroring"] and saved["num_epochs"] == 1
+
+
+@pytest.mark.parametrize("setting", ["augmentation=elastic", "loss=focal", "lr_schedule=cosine", "optimizer=adam"])
+def test_unknown_component_is_refused_before_anything_is_written(env: dict[str, str], setting: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "991", "3d_fullres", "1", "--epochs", "3", *FAST, "--set", setting]
+    assert main(args, env=env) == 1
+    field, value = setting.split("=")
+    assert f"unknown {field} '{value}'; available: [" in capsys.readouterr().err
+    assert not _fold(env, "nnUNetTrainer_3epochs_NoMirroring", "1").exists()

@@ -38,7 +38,7 @@ class TrainConfig:
     oversample_foreground: float = 0.33
     deep_supervision: bool = True
     mirroring: bool = True
-    augmentation: str = "default"
+    augmentation: str = "default"  # a name in training.augment.pipeline.AUGMENTATIONS: "default" or "none"
     batch_size: int | None = None
     seed: int | None = None
     precision: str = "auto"
@@ -74,6 +74,8 @@ def preset_for_trainer(name: str) -> TrainConfig:
         return base
     if name == "nnUNetTrainerNoMirroring":
         return base.replace(mirroring=False)
+    if name == "nnUNetTrainerNoDA":
+        return base.replace(augmentation="none", mirroring=False)
     m = _EPOCHS_RE.match(name)
     if m and int(m.group(1)) >= 1:
         epochs, mirroring = int(m.group(1)), m.group(2) is None
@@ -85,7 +87,7 @@ def preset_for_trainer(name: str) -> TrainConfig:
 
 
 def known_trainer_names() -> list[str]:
-    names = [DEFAULT_TRAINER, "nnUNetTrainerNoMirroring"]
+    names = [DEFAULT_TRAINER, "nnUNetTrainerNoMirroring", "nnUNetTrainerNoDA"]
     for n in NNUNET_EPOCH_PRESETS:
         stem = "nnUNetTrainer_1epoch" if n == 1 else f"nnUNetTrainer_{n}epochs"
         names += [stem, f"{stem}_NoMirroring"]

@@ -13,12 +13,24 @@ from torch import nn
 
 from nnseg.devices import keep_freed_memory_for_reuse
 from nnseg.networks import build_network
-from nnseg.training.augment.pipeline import augmentation_setup, default_transforms
+from nnseg.training.augment.pipeline import AUGMENTATIONS, augmentation_setup
 from nnseg.training.cascade import CascadeInputs
 from nnseg.training.config import TrainConfig
 from nnseg.training.data import BatchMaker, TargetSpec
 from nnseg.training.losses import LOSSES, DeepSupervisionLoss, deep_supervision_scales, deep_supervision_weights
 from nnseg.training.sampling import PatchSampler
+from nnseg.training.schedule import LR_SCHEDULES
+
+OPTIMIZERS = ("sgd_nesterov",)
+
+
+def check_component_names(config: TrainConfig) -> None:
+    """Refuse a TrainConfig naming an unknown loss, LR schedule, optimizer or augmentation, before anything is written."""
+    named = {"loss": (config.loss, LOSSES.names()), "lr_schedule": (config.lr_schedule, LR_SCHEDULES.names()),
+             "optimizer": (config.optimizer, list(OPTIMIZERS)), "augmentation": (config.augmentation, AUGMENTATIONS.names())}
+    for field, (value, known) in named.items():
+        if value not in known:
+            raise ValueError(f"unknown {field} {value!r}; available: {known} (set it with --set {field}=NAME)")
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,8 @@ class RunSpec:
 
     @property
     def mirror_axes(self) -> tuple[int, ...] | None:
-        setup = augmentation_setup(self.patch_size, mirroring=self.config.mirroring)
+        setup = augmentation_setup(self.patch_size, mirroring=self.config.mirroring,
+                                   augmentation=self.config.augmentation)
         return setup.mirror_axes or None
 
 
@@ -80,7 +93,7 @@ def _loss(run: RunSpec) -> nn.Module:
 
 
 def _batches(run: RunSpec) -> BatchMaker:
-    setup = augmentation_setup(run.patch_size, mirroring=run.config.mirroring)
+    setup = augmentation_setup(run.patch_size, mirroring=run.config.mirroring, augmentation=run.config.augmentation)
     common = dict(folder=run.data_folder, final_patch_size=run.patch_size, batch_size=run.batch_size,
                   oversample_foreground=run.config.oversample_foreground, annotated_key=run.annotated_key,
                   prev_stage_folder=run.prev_stage_folder)
@@ -92,7 +105,8 @@ def _batches(run: RunSpec) -> BatchMaker:
                          mask_channels=run.mask_channels)
     aug_device = run.device if run.device.type == "cuda" else torch.device("cpu")
     cascade = CascadeInputs(run.cascade_labels) if run.prev_stage_folder is not None else None
-    return BatchMaker(train, val, default_transforms(setup), targets, aug_device, run.seed, cascade)
+    transforms = AUGMENTATIONS[run.config.augmentation](setup)
+    return BatchMaker(train, val, transforms, targets, aug_device, run.seed, cascade)
 
 
 def build_components(run: RunSpec) -> Components:
@@ -104,8 +118,7 @@ def build_components(run: RunSpec) -> Components:
     network = build_network(run.architecture, input_channels=run.num_input_channels, num_classes=run.num_heads,
                             deep_supervision=run.config.deep_supervision).to(run.device)
     cfg = run.config
-    if cfg.optimizer != "sgd_nesterov":
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; available: sgd_nesterov")
+    check_component_names(cfg)
     optimizer = torch.optim.SGD(network.parameters(), lr=cfg.initial_lr, weight_decay=cfg.weight_decay,
                                 momentum=cfg.momentum, nesterov=True)
     scaler = torch.amp.GradScaler("cuda") if run.device.type == "cuda" and run.precision == "fp16" else None

@@ -15,7 +15,7 @@ from nnseg.preprocessed.store import list_cases
 from nnseg.raw.dataset_json import DatasetSpec
 from nnseg.training.cascade import check_prev_stage_cases, prev_stage_folder
 from nnseg.training.config import TrainConfig, config_differences
-from nnseg.training.run_spec import RunSpec
+from nnseg.training.run_spec import RunSpec, check_component_names
 from nnseg.training.splits import fold_cases, load_or_create_splits
 
 TRAIN_CONFIG_FILE = "train_config.json"
@@ -74,6 +74,7 @@ def check_saved_config(folder: Path, config: TrainConfig, *, resume: bool) -> No
 
 
 def make_run_spec(job: FoldJob, *, resume: bool = False) -> RunSpec:
+    check_component_names(job.config)
     cfg = job.plans.configuration(job.configuration_name)
     data_folder = Path(job.preprocessed_dataset_folder) / cfg.data_identifier
     identifiers = list_cases(data_folder)

@@ -19,6 +19,7 @@ from nnseg.training.augment.intensity import (
     SimulateLowResolution,
 )
 from nnseg.training.augment.pipeline import (
+    AUGMENTATIONS,
     augmentation_setup,
     apply_all,
     default_transforms,
@@ -148,3 +149,18 @@ def test_mask_regions_and_deep_supervision_targets() -> None:
     assert regions.shape[1] == 2 and bool((regions[:, 1] <= regions[:, 0]).all())
     ds = downsample_for_deep_supervision(batch.seg, [[1, 1, 1], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]])
     assert [tuple(t.shape[2:]) for t in ds] == [(12, 12, 12), (6, 6, 6), (3, 3, 3)]
+
+
+def test_no_augmentation_samples_the_final_patch_and_only_mirrors() -> None:
+    """``augmentation=none`` (nnUNetTrainerNoDA): no room for rotation is sampled, and only mirroring is left."""
+    patch = (16, 20, 24)
+    assert augmentation_setup(patch).initial_patch_size != patch
+    setup = augmentation_setup(patch, augmentation="none")
+    assert setup.initial_patch_size == patch
+    assert [type(t) for t in AUGMENTATIONS["none"](setup)] == [Mirror]
+    assert AUGMENTATIONS["none"](augmentation_setup(patch, mirroring=False, augmentation="none")) == []
+    batch = Batch(torch.randn(2, 1, *patch), torch.randint(0, 3, (2, 1, *patch)))
+    out = apply_all([], batch, [])
+    assert out.image is batch.image and out.seg is batch.seg
+    with pytest.raises(ValueError, match=r"unknown augmentation 'elastic'; available: \['default', 'none'\]"):
+        augmentation_setup(patch, augmentation="elastic")

@@ -4,7 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from tinydata import tiny_plans, tiny_spec
 
+from nnseg.training.augment.spatial import Mirror
 from nnseg.training.config import (
     TrainConfig,
     apply_overrides,
@@ -14,7 +17,9 @@ from nnseg.training.config import (
     preset_for_trainer,
     trainer_name_for_epochs,
 )
+from nnseg.training.run_spec import build_components
 from nnseg.training.schedule import poly_lr
+from nnseg.training.setup import FoldJob, make_run_spec
 from nnseg.training.splits import fold_cases, kfold_splits, load_or_create_splits, random_split
 
 
@@ -55,6 +60,9 @@ def test_trainer_presets() -> None:
     c = preset_for_trainer("nnUNetTrainer_250epochs_NoMirroring")
     assert c.num_epochs == 250 and not c.mirroring
     assert not preset_for_trainer("nnUNetTrainerNoMirroring").mirroring
+    no_da = preset_for_trainer("nnUNetTrainerNoDA")
+    assert no_da.augmentation == "none" and not no_da.mirroring
+    assert nnunet_trainer_class("nnUNetTrainerNoDA") == "nnUNetTrainerNoDA"
     for name in known_trainer_names():
         preset_for_trainer(name)
     for bad in ("nnUNetTrainer_1epochs", "nnUNetTrainer_5epoch", "nnUNetTrainerDA5"):
@@ -83,3 +91,19 @@ def test_poly_lr() -> None:
     assert poly_lr(0, 1000, 0.01) == 0.01
     assert poly_lr(500, 1000, 0.01) == pytest.approx(0.01 * 0.5**0.9)
     assert poly_lr(1000, 1000, 0.01) == 0.0
+
+
+def test_augmentation_setting_reaches_the_batches(tiny_preprocessed: Path, tmp_path: Path) -> None:
+    """``--set augmentation=none``: training patches are drawn at the final size and only mirrored."""
+    def parts(config: TrainConfig):  # type: ignore[no-untyped-def]
+        job = FoldJob(plans=tiny_plans(), configuration_name="3d_fullres", spec=tiny_spec(),
+                      preprocessed_dataset_folder=tiny_preprocessed, results_dataset_folder=tmp_path, fold=0,
+                      trainer_name="nnUNetTrainer", config=config, device=torch.device("cpu"), precision="fp32")
+        return build_components(make_run_spec(job)).batches
+
+    default = parts(TrainConfig(seed=0))
+    assert len(default.transforms) == 9 and list(default.train_sampler.patch_size) != [16, 16, 16]
+    plain = parts(TrainConfig(seed=0, augmentation="none"))
+    assert plain.transforms == [Mirror((0, 1, 2))] and list(plain.train_sampler.patch_size) == [16, 16, 16]
+    image, targets = plain.train_batch(0, 0)
+    assert image.shape == (2, 1, 16, 16, 16) and targets[0].shape == (2, 1, 16, 16, 16)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nnseg.registry import Registry
 from nnseg.training.augment.base import Batch, Transform
 from nnseg.training.augment.intensity import (
     Contrast,
@@ -40,8 +41,20 @@ class AugmentationSetup:
     initial_patch_size: tuple[int, ...]
 
 
-def augmentation_setup(patch_size: Sequence[int], *, mirroring: bool = True) -> AugmentationSetup:
-    """nnU-Net's ``configure_rotation_dummyDA_mirroring_and_inital_patch_size``."""
+# name -> the training transforms for an AugmentationSetup (TrainConfig.augmentation picks one)
+AUGMENTATIONS: Registry[Callable[[AugmentationSetup], list[Transform]]] = Registry("augmentation")
+
+
+def augmentation_setup(patch_size: Sequence[int], *, mirroring: bool = True,
+                       augmentation: str = "default") -> AugmentationSetup:
+    """nnU-Net's ``configure_rotation_dummyDA_mirroring_and_inital_patch_size``.
+
+    Without spatial augmentation (``augmentation="none"``, nnU-Net's ``nnUNetTrainerNoDA``) patches are sampled at the
+    final size: there is no rotation or scaling to make room for.
+    """
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augmentation!r}; available: {AUGMENTATIONS.names()} "
+                         "(set it with --set augmentation=NAME)")
     patch = tuple(int(p) for p in patch_size)
     if len(patch) == 2:
         dummy = False
@@ -53,10 +66,17 @@ def augmentation_setup(patch_size: Sequence[int], *, mirroring: bool = True) -> 
         axes = (0, 1, 2)
     else:
         raise ValueError(f"patch size must have 2 or 3 axes, got {patch}")
-    initial = initial_patch_size(patch, rotation, dummy_2d=dummy)
+    initial = initial_patch_size(patch, rotation, dummy_2d=dummy) if augmentation != "none" else list(patch)
     return AugmentationSetup(patch, rotation, dummy, axes if mirroring else (), tuple(initial))
 
 
+@AUGMENTATIONS.register("none")
+def mirror_only_transforms(setup: AugmentationSetup) -> list[Transform]:
+    """No spatial or intensity augmentation; mirroring only where ``setup`` allows it (nnUNetTrainerNoDA allows none)."""
+    return [Mirror(setup.mirror_axes)] if setup.mirror_axes else []
+
+
+@AUGMENTATIONS.register("default")
 def default_transforms(setup: AugmentationSetup) -> list[Transform]:
     """The training transforms in nnU-Net's order (spatial, noise, blur, brightness, contrast, low-res, gamma x2, mirror)."""
     transforms: list[Transform] = [
