@@ -3,10 +3,21 @@
 # patch 512x512, batch size 2), short CPU training: EPOCHS x ITERS iterations (default 30 x 10 = 300) on 25 training
 # images; the last 5 training images (em_25 .. em_29) are held back as the test set through a custom
 # splits_final.json (fold 0: train em_00 .. em_24, val em_25 .. em_29), so the fold's final validation (sliding window
-# with mirroring, checkpoint_final) scores images the network never trained on. Prints the membrane Dice.
-# Target: membrane Dice >= 0.85, NOT reached. Measured: 2-core CPU, quiet: 30 x 10: 0.7837 in 474 s; loaded: 0.7825 in 26 min
-# (per case 0.785 0.802 0.790 0.795 0.741); the same schedule on an
-# H100 (fp16) gave 0.782; 60 x 10: 0.803; 100 x 10: 0.808; 30 x 10 with --set initial_lr=0.03 and no mirroring: 0.808.
+# with mirroring, checkpoint_final) scores images the network never trained on. Prints the membrane Dice, and the
+# cell (background) Dice and pixel accuracy for comparison with figures quoted as "pixel error".
+#
+# Issue 7's target, membrane Dice >= 0.85, is NOT reached, and nnU-Net's recipe does not reach it on this split even
+# with 16x the iterations. Measured:
+#   2-core CPU, 30 x 10 (default): 0.7837 in 474 s quiet (525 s beside other work), twice; per case 0.785 0.801 0.790
+#     0.798 0.744; cell Dice 0.944, pixel accuracy 0.911; 49 % of the wrong pixels lie within 1 pixel of a true membrane
+#     edge; predicted membrane area 0.21 vs 0.20 true.
+#   H200 (bench/isbi_sweep.py, seed 0 unless said): 300 iterations 0.778 (seed 1: 0.783); --set augmentation=none
+#     0.779; deep_supervision=false 0.782; batch_size=4 0.782; initial_lr=0.02 0.796; momentum=0.95 initial_lr=0.05
+#     0.804; momentum=0.9 initial_lr=0.1 0.804; momentum=0.9 initial_lr=0.2 0.808. Longer: 1000 iterations 0.808
+#     (augmentation=none 0.808; momentum=0.9 initial_lr=0.1 0.816), 2000 iterations 0.815, 4800 iterations 0.8145
+#     (train loss -0.74 against validation -0.56 at the end: the network overfits the 25 images).
+#   In every run the probability cut that maximises Dice is 0.5 or 0.6, worth at most +0.001: the predictions are not
+#     biased thick or thin; the errors are boundary pixels and dark organelles taken for membrane.
 # Usage: bench/train_isbi.sh [EPOCHS] [ITERS]   (WORK=/some/dir to keep the data; PRECISION=fp32 to force fp32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,9 +52,19 @@ start=$(date +%s.%N)
     --set val_iterations_per_epoch=2 --precision "$PRECISION" --seed 0
 end=$(date +%s.%N)
 "$BIN/python" - <<PY
-import json
-s = json.load(open("$nnUNet_results/$DS/nnUNetTrainer_${EPOCHS}epochs__nnUNetPlans__2d/fold_0/validation/summary.json"))
+import json, pathlib
+import numpy as np
+from PIL import Image
+fold = pathlib.Path("$nnUNet_results/$DS/nnUNetTrainer_${EPOCHS}epochs__nnUNetPlans__2d/fold_0/validation")
+s = json.load(open(fold / "summary.json"))
+agree = cell_tp = cell_wrong = total = 0
+for png in sorted(fold.glob("*.png")):
+    pred = np.asarray(Image.open(png)) == 1
+    true = np.asarray(Image.open(pathlib.Path("$nnUNet_preprocessed/$DS/gt_segmentations") / png.name)) == 1
+    agree, total = agree + int((pred == true).sum()), total + pred.size
+    cell_tp, cell_wrong = cell_tp + int((~pred & ~true).sum()), cell_wrong + int((pred != true).sum())
 print(f"train_isbi: {$EPOCHS} x {$ITERS} iterations, precision $PRECISION, wall {$end - $start:.0f} s (training + "
       f"final validation); membrane Dice on the 5 held-back images {s['mean']['1']['Dice']:.4f} "
-      f"(per case {[round(c['metrics']['1']['Dice'], 4) for c in s['metric_per_case']]})")
+      f"(per case {[round(c['metrics']['1']['Dice'], 4) for c in s['metric_per_case']]}); cell Dice "
+      f"{2 * cell_tp / (2 * cell_tp + cell_wrong):.4f}, pixel accuracy {agree / total:.4f}")
 PY
