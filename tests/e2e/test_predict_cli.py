@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from tiny_golden_plans import tiny_3d_configuration
 
 from nnseg.cli.main import main
 from nnseg.networks import build_network
@@ -24,11 +25,7 @@ CASES = ("case_a", "case_b", "case_c")
 def _plans(expected_plans: dict) -> dict:
     plans = copy.deepcopy(expected_plans)
     plans["dataset_name"] = DATASET
-    cfg = copy.deepcopy(plans["configurations"]["3d_fullres"])
-    cfg.update(patch_size=[16, 16, 16], spacing=[1.0, 1.0, 1.0], data_identifier="nnUNetPlans_3d_tiny")
-    cfg["architecture"]["arch_kwargs"].update(n_stages=2, features_per_stage=[4, 8], kernel_sizes=[[3, 3, 3]] * 2,
-                                              strides=[[1, 1, 1], [2, 2, 2]], n_conv_per_stage=[1, 1],
-                                              n_conv_per_stage_decoder=[1])
+    cfg = tiny_3d_configuration(plans)
     cascade = {"inherits_from": "3d_tiny", "previous_stage": "3d_tiny", "data_identifier": "nnUNetPlans_3d_cascade"}
     cfg2d = copy.deepcopy(plans["configurations"]["2d"])
     cfg2d.update(patch_size=[16, 16], spacing=[1.0, 1.0])

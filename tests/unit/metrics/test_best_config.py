@@ -3,11 +3,13 @@ instructions that our own CLI parsers accept (apply-pp is executed)."""
 
 from __future__ import annotations
 
+import copy
 import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_golden_plans import tiny_3d_configuration
 
 from nnseg.cli.main import build_parser, main
 from nnseg.cli.table import by_script
@@ -270,15 +272,9 @@ def test_find_best_on_nnunet_predictions(expected_dir: Path, shared_data: Path, 
 
 
 def _tiny_plans(golden_plans: dict, dataset: str) -> dict:
-    import copy
-
     plans = copy.deepcopy(golden_plans)
     plans["dataset_name"] = dataset
-    cfg = copy.deepcopy(plans["configurations"]["3d_fullres"])
-    cfg.update(patch_size=[16, 16, 16], spacing=[1.0, 1.0, 1.0], data_identifier="nnUNetPlans_3d_tiny")
-    cfg["architecture"]["arch_kwargs"].update(n_stages=2, features_per_stage=[4, 8], kernel_sizes=[[3, 3, 3]] * 2,
-                                              strides=[[1, 1, 1], [2, 2, 2]], n_conv_per_stage=[1, 1],
-                                              n_conv_per_stage_decoder=[1])
+    cfg = tiny_3d_configuration(plans)
     plans["configurations"] = {"3d_tiny": cfg, "3d_tiny_b": {"inherits_from": "3d_tiny"}}
     return plans
 
