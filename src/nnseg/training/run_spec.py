@@ -13,7 +13,7 @@ from torch import nn
 
 from nnseg.devices import keep_freed_memory_for_reuse
 from nnseg.networks import build_network
-from nnseg.training.augment.pipeline import AUGMENTATIONS, augmentation_setup
+from nnseg.training.augment.pipeline import AUGMENTATIONS, augmentation_setup, sampling_patch_size
 from nnseg.training.cascade import CascadeInputs
 from nnseg.training.config import TrainConfig
 from nnseg.training.data import BatchMaker, TargetSpec
@@ -70,8 +70,7 @@ class RunSpec:
 
     @property
     def mirror_axes(self) -> tuple[int, ...] | None:
-        setup = augmentation_setup(self.patch_size, mirroring=self.config.mirroring,
-                                   augmentation=self.config.augmentation)
+        setup = augmentation_setup(self.patch_size, mirroring=self.config.mirroring)
         return setup.mirror_axes or None
 
 
@@ -93,11 +92,12 @@ def _loss(run: RunSpec) -> nn.Module:
 
 
 def _batches(run: RunSpec) -> BatchMaker:
-    setup = augmentation_setup(run.patch_size, mirroring=run.config.mirroring, augmentation=run.config.augmentation)
+    setup = augmentation_setup(run.patch_size, mirroring=run.config.mirroring)
+    transforms = AUGMENTATIONS[run.config.augmentation](setup)
     common = dict(folder=run.data_folder, final_patch_size=run.patch_size, batch_size=run.batch_size,
                   oversample_foreground=run.config.oversample_foreground, annotated_key=run.annotated_key,
                   prev_stage_folder=run.prev_stage_folder)
-    train = PatchSampler(identifiers=list(run.train_ids), patch_size=setup.initial_patch_size, **common)
+    train = PatchSampler(identifiers=list(run.train_ids), patch_size=sampling_patch_size(setup, transforms), **common)
     val = PatchSampler(identifiers=list(run.val_ids or run.train_ids), patch_size=run.patch_size, **common)
     scales = deep_supervision_scales(run.strides) if run.config.deep_supervision else None
     targets = TargetSpec(regions=run.regions, ignore_label=run.ignore_label,
@@ -105,7 +105,6 @@ def _batches(run: RunSpec) -> BatchMaker:
                          mask_channels=run.mask_channels)
     aug_device = run.device if run.device.type == "cuda" else torch.device("cpu")
     cascade = CascadeInputs(run.cascade_labels) if run.prev_stage_folder is not None else None
-    transforms = AUGMENTATIONS[run.config.augmentation](setup)
     return BatchMaker(train, val, transforms, targets, aug_device, run.seed, cascade)
 
 

@@ -27,8 +27,11 @@ from nnseg.training.augment.pipeline import (
     labels_to_regions,
     mask_outside,
     sample_all,
+    sampling_patch_size,
 )
 from nnseg.training.augment.spatial import Mirror, SpatialTransform, center_crop
+from nnseg.training.config import TrainConfig
+from nnseg.training.run_spec import check_component_names
 
 ALWAYS = [
     GaussianNoise(p=1.0),
@@ -154,13 +157,13 @@ def test_mask_regions_and_deep_supervision_targets() -> None:
 def test_no_augmentation_samples_the_final_patch_and_only_mirrors() -> None:
     """``augmentation=none`` (nnUNetTrainerNoDA): no room for rotation is sampled, and only mirroring is left."""
     patch = (16, 20, 24)
-    assert augmentation_setup(patch).initial_patch_size != patch
-    setup = augmentation_setup(patch, augmentation="none")
-    assert setup.initial_patch_size == patch
+    setup = augmentation_setup(patch)
+    assert sampling_patch_size(setup, AUGMENTATIONS["default"](setup)) == setup.initial_patch_size != patch
+    assert sampling_patch_size(setup, AUGMENTATIONS["none"](setup)) == patch
     assert [type(t) for t in AUGMENTATIONS["none"](setup)] == [Mirror]
-    assert AUGMENTATIONS["none"](augmentation_setup(patch, mirroring=False, augmentation="none")) == []
+    assert AUGMENTATIONS["none"](augmentation_setup(patch, mirroring=False)) == []
     batch = Batch(torch.randn(2, 1, *patch), torch.randint(0, 3, (2, 1, *patch)))
     out = apply_all([], batch, [])
     assert out.image is batch.image and out.seg is batch.seg
     with pytest.raises(ValueError, match=r"unknown augmentation 'elastic'; available: \['default', 'none'\]"):
-        augmentation_setup(patch, augmentation="elastic")
+        check_component_names(TrainConfig(augmentation="elastic"))

@@ -45,16 +45,8 @@ class AugmentationSetup:
 AUGMENTATIONS: Registry[Callable[[AugmentationSetup], list[Transform]]] = Registry("augmentation")
 
 
-def augmentation_setup(patch_size: Sequence[int], *, mirroring: bool = True,
-                       augmentation: str = "default") -> AugmentationSetup:
-    """nnU-Net's ``configure_rotation_dummyDA_mirroring_and_inital_patch_size``.
-
-    Without spatial augmentation (``augmentation="none"``, nnU-Net's ``nnUNetTrainerNoDA``) patches are sampled at the
-    final size: there is no rotation or scaling to make room for.
-    """
-    if augmentation not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {augmentation!r}; available: {AUGMENTATIONS.names()} "
-                         "(set it with --set augmentation=NAME)")
+def augmentation_setup(patch_size: Sequence[int], *, mirroring: bool = True) -> AugmentationSetup:
+    """nnU-Net's ``configure_rotation_dummyDA_mirroring_and_inital_patch_size``."""
     patch = tuple(int(p) for p in patch_size)
     if len(patch) == 2:
         dummy = False
@@ -66,7 +58,7 @@ def augmentation_setup(patch_size: Sequence[int], *, mirroring: bool = True,
         axes = (0, 1, 2)
     else:
         raise ValueError(f"patch size must have 2 or 3 axes, got {patch}")
-    initial = initial_patch_size(patch, rotation, dummy_2d=dummy) if augmentation != "none" else list(patch)
+    initial = initial_patch_size(patch, rotation, dummy_2d=dummy)
     return AugmentationSetup(patch, rotation, dummy, axes if mirroring else (), tuple(initial))
 
 
@@ -92,6 +84,16 @@ def default_transforms(setup: AugmentationSetup) -> list[Transform]:
     if setup.mirror_axes:
         transforms.append(Mirror(setup.mirror_axes))
     return transforms
+
+
+def sampling_patch_size(setup: AugmentationSetup, transforms: Sequence[Transform]) -> tuple[int, ...]:
+    """The patch to sample for ``transforms``: enlarged for rotation/scaling, the final patch when nothing moves voxels.
+
+    Without a spatial transform (``augmentation="none"``, nnU-Net's ``nnUNetTrainerNoDA``) there is nothing to make room
+    for, so the margin would only be cropped away again.
+    """
+    spatial = any(isinstance(t, SpatialTransform) for t in transforms)
+    return setup.initial_patch_size if spatial else setup.patch_size
 
 
 def sample_all(transforms: Sequence[Transform], rng: np.random.Generator, batch: Batch) -> list[Any]:
