@@ -8,6 +8,7 @@ PY=${PYTHON:-python3}
 TORCH_VERSION=${NNSEG_TORCH_VERSION:-2.13.0}
 
 setup() {
+    local extras=${1:-test}
     if [ ! -x .venv/bin/python ]; then
         "$PY" -m venv .venv
     fi
@@ -15,12 +16,17 @@ setup() {
         .venv/bin/python -m pip install -q "torch==${TORCH_VERSION}" \
             || .venv/bin/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
     fi
-    .venv/bin/python -m pip install -q -e ".[test]"
+    # the demo needs only the core; the tests install every optional feature (extras) they exercise
+    if [ "$extras" = core ]; then
+        .venv/bin/python -m pip install -q -e .
+    else
+        .venv/bin/python -m pip install -q -e ".[${extras}]"
+    fi
 }
 
 case "${1:-}" in
     demo)
-        setup
+        setup core
         shift
         exec .venv/bin/nnseg demo "$@"
         ;;
