@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from nnseg.cli.context import Context
-from nnseg.devices import resolve_device
+from nnseg.devices import auto_device, resolve_device
+from nnseg.extensions import load_extensions
 from nnseg.training.distributed import (
     DistInfo,
     DistributedTraining,
@@ -55,8 +56,6 @@ def run_train_distributed(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _device_name(args: argparse.Namespace) -> str:
-    from nnseg.cli.train_cmds import auto_device
-
     return auto_device() if args.device == "auto" else args.device
 
 
@@ -105,6 +104,7 @@ def _spawned_rank(local_rank: int, args: argparse.Namespace, env: dict[str, str]
     info = DistInfo(rank=local_rank, world_size=world, local_rank=local_rank, local_world_size=world,
                     init_method=f"tcp://127.0.0.1:{port}")
     try:
+        load_extensions(env)  # this spawned process has not imported the user's extensions yet
         code = run_rank(args, Context(env=env, cwd=Path(cwd)), info)
     except USER_ERRORS as e:
         print(f"nnUNetv2_train (rank {local_rank}): error: {e}", file=sys.stderr)
@@ -220,8 +220,8 @@ def shard_predict_args(args: argparse.Namespace, info: DistInfo | None) -> argpa
     out = argparse.Namespace(**vars(args))
     out.part_id = args.part_id + info.rank * args.num_parts
     out.num_parts = args.num_parts * info.world_size
-    device = args.device or ("cuda" if torch.cuda.is_available() else None)
-    if device is not None and device.split(":")[0] == "cuda":
+    device = auto_device() if args.device in (None, "auto") else args.device
+    if device.split(":")[0] == "cuda":
         out.device = f"cuda:{info.local_rank}"
     return out
 

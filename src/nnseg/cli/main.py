@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nnseg.cli.context import Context
 from nnseg.cli.table import COMMANDS, Command, by_name
+from nnseg.extensions import load_extensions
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, PermissionError, RuntimeError)
 
@@ -36,6 +37,7 @@ def run_command(cmd: Command, argv: Sequence[str], *, prog: str, env: Mapping[st
     _, run = _functions(cmd)
     ctx = Context(env=dict(os.environ) if env is None else env, cwd=Path.cwd() if cwd is None else cwd)
     try:
+        load_extensions(ctx.env)  # the user's registered components (docs/EXTENSIONS.md), before anything is written
         return int(run(args, ctx) or 0)
     except USER_ERRORS as e:
         if ctx.env.get("NNSEG_DEBUG"):

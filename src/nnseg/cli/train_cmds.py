@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from nnseg.cli.context import Context
-from nnseg.devices import resolve_device, resolve_precision
+from nnseg.devices import auto_device, resolve_device, resolve_precision
 from nnseg.plans.schema import load_plans
 from nnseg.raw.dataset_json import load_dataset_json
 from nnseg.training.config import TrainConfig, apply_overrides, preset_for_trainer, trainer_name_for_epochs
@@ -45,14 +45,6 @@ def add_train(p: argparse.ArgumentParser) -> None:
                    help="autocast precision [auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32]")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any TrainConfig field, e.g. --set initial_lr=0.005 (repeatable)")
-
-
-def auto_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def trainer_and_config(args: argparse.Namespace) -> tuple[str, TrainConfig]:

@@ -15,7 +15,7 @@ from nnseg.preprocessed.store import list_cases
 from nnseg.raw.dataset_json import DatasetSpec
 from nnseg.training.cascade import check_prev_stage_cases, prev_stage_folder
 from nnseg.training.config import TrainConfig, config_differences
-from nnseg.training.run_spec import RunSpec, check_component_names
+from nnseg.training.run_spec import RunSpec, architecture_for, check_component_names
 from nnseg.training.splits import fold_cases, load_or_create_splits
 
 TRAIN_CONFIG_FILE = "train_config.json"
@@ -93,7 +93,7 @@ def make_run_spec(job: FoldJob, *, resume: bool = False) -> RunSpec:
     labels = label_setup(job.spec)
     prev = _prev_stage(job, cfg.previous_stage, cases["train"] + cases["val"])
     return RunSpec(
-        architecture=dict(cfg.architecture), patch_size=tuple(int(p) for p in cfg.patch_size),
+        architecture=architecture_for(job.config, dict(cfg.architecture)), patch_size=tuple(int(p) for p in cfg.patch_size),
         batch_size=int(job.config.batch_size or cfg.batch_size), batch_dice=bool(cfg.batch_dice),
         num_input_channels=job.spec.num_channels + (len(job.spec.foreground_labels) if prev else 0),
         num_heads=labels["num_heads"], regions=labels["regions"],
@@ -118,10 +118,17 @@ def _prev_stage(job: FoldJob, previous_stage: str | None, identifiers: list[str]
 
 
 def save_run_files(run: RunSpec, job: FoldJob) -> None:
-    """``train_config.json`` in the fold folder; plans/dataset.json/fingerprint copies in the model folder."""
+    """``train_config.json`` in the fold folder; plans/dataset.json/fingerprint copies in the model folder.
+
+    A preset's own network (``config.network``) is written into the copied plans' architecture of the configuration,
+    so prediction from the model folder builds that network.
+    """
     save_json(run.config.to_json(), run.output_folder / TRAIN_CONFIG_FILE)
     model = run.output_folder.parent
-    save_json(job.plans.to_json(), model / "plans.json")
+    plans = job.plans.to_json()
+    if run.config.network is not None:
+        plans["configurations"][job.configuration_name]["architecture"] = run.architecture
+    save_json(plans, model / "plans.json")
     save_json(job.spec.to_json(), model / "dataset.json")
     fingerprint = Path(job.preprocessed_dataset_folder) / "dataset_fingerprint.json"
     if fingerprint.is_file():
