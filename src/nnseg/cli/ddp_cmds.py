@@ -150,6 +150,7 @@ def _train_rank(args: argparse.Namespace, ctx: Context, run, job, ddp: Distribut
         ProgressPlot,
         TextLog,
     )
+    from nnseg.training.loggers import logger_hooks
     from nnseg.training.loop import train
     from nnseg.training.setup import save_run_files
     from nnseg.training.summary_hook import NetworkSummary
@@ -163,6 +164,7 @@ def _train_rank(args: argparse.Namespace, ctx: Context, run, job, ddp: Distribut
                   f"global batch {run.batch_size} split {rank_batch_sizes(run.batch_size, info.world_size)}")
         hooks = [log, ProgressBar(), ProgressPlot(run.output_folder), DebugJson(run.output_folder),
                  NetworkSummary(run.output_folder)]
+    hooks += logger_hooks(args.logger, env=ctx.env, output_folder=run.output_folder, resume=args.c, rank=info.rank)
     hooks += diagnostic_hooks(ctx.env, info)
     pretrained = Path(args.pretrained_weights) if args.pretrained_weights else None
     train(rank_run(run, info), hooks=HookList(hooks), resume=args.c, pretrained_weights=pretrained, dist=ddp)

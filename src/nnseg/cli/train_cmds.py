@@ -14,6 +14,7 @@ from nnseg.plans.schema import load_plans
 from nnseg.raw.dataset_json import load_dataset_json
 from nnseg.training.config import TrainConfig, apply_overrides, preset_for_trainer, trainer_name_for_epochs
 from nnseg.training.hooks import DebugJson, HookList, ProgressBar, ProgressPlot, TextLog
+from nnseg.training.loggers import LOGGERS, logger_hooks
 from nnseg.training.loop import train
 from nnseg.training.setup import FoldJob, make_run_spec, save_run_files
 from nnseg.training.summary_hook import NetworkSummary
@@ -45,6 +46,9 @@ def add_train(p: argparse.ArgumentParser) -> None:
                    help="autocast precision [auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32]")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any TrainConfig field, e.g. --set initial_lr=0.005 (repeatable)")
+    g.add_argument("--logger", action="append", default=[], choices=list(LOGGERS),
+                   help="experiment tracking: wandb, mlflow (MLFLOW_TRACKING_URI) or tensorboard (repeatable; "
+                        "nnUNet_wandb_enabled=1 also turns wandb on, as in nnU-Net)")
 
 
 def trainer_and_config(args: argparse.Namespace) -> tuple[str, TrainConfig]:
@@ -102,9 +106,10 @@ def run_train(args: argparse.Namespace, ctx: Context) -> int:
     if not (args.val or args.val_best):
         if run.output_folder.exists() and not args.c and (run.output_folder / "checkpoint_final.pth").exists():
             print(f"note: {run.output_folder} already holds a trained model; training again overwrites it", file=sys.stderr)
+        loggers = logger_hooks(args.logger, env=ctx.env, output_folder=run.output_folder, resume=args.c)
         save_run_files(run, job)
         hooks = HookList([TextLog(run.output_folder), ProgressBar(), ProgressPlot(run.output_folder),
-                          DebugJson(run.output_folder), NetworkSummary(run.output_folder)])
+                          DebugJson(run.output_folder), NetworkSummary(run.output_folder), *loggers])
         train(run, hooks=hooks, resume=args.c, pretrained_weights=Path(args.pretrained_weights) if args.pretrained_weights else None)
     return final_validation(run, job, ctx, best=args.val_best, npz=args.npz)
 
