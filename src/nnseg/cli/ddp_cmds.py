@@ -84,7 +84,7 @@ def launch_local(args: argparse.Namespace, ctx: Context) -> int:
     trainer, config = trainer_and_config(args)
     job = _job(args, ctx, trainer, config, torch.device(kind))  # checks --precision for that device too
     rank_batch_sizes(_global_batch_size(job), n)  # the batch-size error before any process starts
-    port = _free_port()
+    port = ctx.env_int("MASTER_PORT", 0) or _free_port()  # nnU-Net: MASTER_PORT if set, else a free port
     print(f"nnseg: training with {n} processes ({'NCCL, one GPU each' if kind == 'cuda' else 'gloo on the CPU'}); "
           f"rendezvous on 127.0.0.1:{port}", file=sys.stderr)
     try:
