@@ -50,7 +50,8 @@ def _network_class(architecture: Mapping[str, Any]) -> type[nn.Module]:
     name = architecture["network_class_name"]
     if not isinstance(name, str) or name not in NETWORKS:
         raise ValueError(
-            f"unknown network_class_name {name!r} in the plans architecture; known: {NETWORKS.names()}"
+            f"unknown network_class_name {name!r} in the plans architecture; known: {NETWORKS.names()}. A network "
+            "from an extension needs its folder in NNSEG_EXTENSIONS (or its package installed): docs/EXTENSIONS.md"
         )
     return NETWORKS[name]
 

@@ -9,6 +9,7 @@ import torch
 
 from nnseg import devices
 from nnseg.cli import predict_cmds
+from nnseg.predictions.predict import resolve_device
 
 
 @pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
@@ -21,6 +22,10 @@ def test_auto_order_is_the_same_for_training_and_prediction(cuda: bool, mps: boo
     assert predict_cmds._device(None) == expected == predict_cmds._device("auto")  # prediction's -device left out
     assert ("no CUDA GPU found" in capsys.readouterr().err) == (expected != "cuda")
     assert predict_cmds._device("cpu") == "cpu"
+    if expected != "mps":  # resolving checks that the device exists (no MPS here)
+        threads = torch.get_num_threads()
+        assert resolve_device(None).type == expected  # the library's default too
+        torch.set_num_threads(threads)
 
 
 def test_training_resolves_auto_with_the_same_rule(monkeypatch: pytest.MonkeyPatch) -> None:
