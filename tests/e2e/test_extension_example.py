@@ -4,6 +4,7 @@ with that loss, nnUNetv2_predict -tr MyPreset builds the same network again and 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -27,14 +28,19 @@ def nnunet(script: str, *argv: str, env: dict[str, str]) -> int:
     return run_command(by_script()[script], list(argv), prog=script, env=env)
 
 
-def test_example_extension_trains_and_predicts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("NNSEG_EXTENSIONS", str(EXAMPLE))  # also what spawned workers would see
-    env = {"nnUNet_raw": str(tmp_path / "raw"), "nnUNet_preprocessed": str(tmp_path / "pre"),
-           "nnUNet_results": str(tmp_path / "res"), "HOME": str(tmp_path), "nnUNet_n_proc_DA": "0",
-           "NNSEG_EXTENSIONS": str(EXAMPLE)}
-    make_demo_dataset(Path(env["nnUNet_raw"]) / DATASET, num_cases=5, num_test=1, shape=(16, 20, 20), lesion=False)
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("extension")
+    env = {"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "pre"), "nnUNet_results": str(root / "res"),
+           "HOME": str(root), "nnUNet_n_proc_DA": "0", "NNSEG_EXTENSIONS": str(EXAMPLE)}
+    make_demo_dataset(Path(env["nnUNet_raw"]) / DATASET, num_cases=6, num_test=1, shape=(16, 20, 20), lesion=False)
     assert nnunet("nnUNetv2_plan_and_preprocess", "-d", "993", "-c", "3d_fullres", "-np", "1", "--no_pbar", env=env) == 0
+    return env
+
+
+def test_example_extension_trains_and_predicts(env: dict[str, str], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NNSEG_EXTENSIONS", str(EXAMPLE))  # also what spawned workers would see
     fast = ["--iterations-per-epoch", "2", "--set", "val_iterations_per_epoch=1", "--set", "num_epochs=2",
             "--set", "batch_size=2", "--seed", "0", "-device", "cpu"]
     assert nnunet("nnUNetv2_train", "993", "3d_fullres", "0", "-tr", "MyPreset", *fast, env=env) == 0
@@ -60,6 +66,19 @@ def test_example_extension_trains_and_predicts(tmp_path: Path, monkeypatch: pyte
     written = sorted(out.glob("*.nii.gz"))
     assert len(written) == 1
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(written[0]))).shape == (16, 20, 20)
+
+
+def test_ddp_ranks_load_the_extension_and_only_rank_0_logs(env: dict[str, str]) -> None:
+    """-num_gpus 2 on the CPU: two spawned ranks, which learn NNSEG_EXTENSIONS only from the command's environment."""
+    assert "NNSEG_EXTENSIONS" not in os.environ
+    fast = ["--iterations-per-epoch", "2", "--set", "val_iterations_per_epoch=1", "--set", "num_epochs=2",
+            "--set", "batch_size=2", "--seed", "0", "-device", "cpu"]
+    assert nnunet("nnUNetv2_train", "993", "3d_fullres", "1", "-tr", "MyPreset", "-num_gpus", "2", *fast,
+                  "--logger", "tensorboard", env=env) == 0
+    fold = Path(env["nnUNet_results"]) / DATASET / "MyPreset__nnUNetPlans__3d_fullres" / "fold_1"
+    ckpt = load_checkpoint(fold / "checkpoint_final.pth")
+    assert ckpt["current_epoch"] == 2 and any(k.startswith("mix.") for k in ckpt["network_weights"])
+    assert len(list((fold / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 only
 
 
 def test_broken_extension_file_is_refused_with_its_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
