@@ -90,7 +90,9 @@ def make_segments(names: Sequence[tuple[int, str]], codes: Mapping[str, tuple[Co
 
 def derived_uid(*parts: str) -> str:
     """A UID (2.25 root) that depends only on ``parts``: reruns give the same SEG series and instance UIDs."""
-    return str(require("pydicom.uid").generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts]))
+    import uuid
+
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, chr(0).join(str(p) for p in parts)).int}"
 
 
 def _descriptions(segments: Sequence[Segment], version: str) -> list[Any]:
