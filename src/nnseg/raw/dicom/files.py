@@ -125,7 +125,8 @@ def scan_dicom(root: Path, *, scratch: Path) -> DicomScan:
         except (pydicom.errors.InvalidDicomError, EOFError, OSError):
             non_dicom += 1
             continue
-        if str(ds.get("SOPClassUID", "")) == DICOMDIR_CLASS:
+        meta = getattr(ds, "file_meta", None) or {}
+        if DICOMDIR_CLASS in (str(ds.get("SOPClassUID", "")), str(meta.get("MediaStorageSOPClassUID", ""))):
             continue  # the DICOMDIR indexes files of the same tree, which are read directly
         uid = str(ds.get("SeriesInstanceUID", f"(no SeriesInstanceUID: {f})"))
         if not _is_image(ds):
