@@ -96,3 +96,42 @@ def test_seg_of_a_dicom_series_equals_the_nifti_prediction(golden: dict[str, Pat
         dice = 2 * ((labels == label) & (theirs == label)).sum() / ((labels == label).sum() + (theirs == label).sum())
         assert dice > 0.98, (label, dice)
     assert dciodvfy_errors(segs[0]) == []
+
+
+def test_dicom_input_options_and_refusals(golden: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    import highdicom as hd
+    import pydicom
+
+    root = golden["root"] / "options"
+    image = sitk.ReadImage(str(golden["case"]))
+    array = np.round(sitk.GetArrayFromImage(image))
+    files = write_series(array, root / "mr", spacing=image.GetSpacing(), origin=image.GetOrigin(),
+                         direction=image.GetDirection(), modality="MR")
+    name = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID).replace(".", "_")
+    # DICOM in, NIfTI out (the default format): named by series, in the series geometry
+    _predict(golden["model"], root / "mr", root / "nifti")
+    out = sitk.ReadImage(str(root / "nifti" / f"{name}.nii.gz"))
+    assert out.GetSize() == image.GetSize() and np.allclose(out.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    assert np.allclose(out.GetDirection(), image.GetDirection()) and np.allclose(out.GetSpacing(), image.GetSpacing())
+    # SEG with SNOMED-CT codes from a mapping file; a rerun with --c skips the finished series
+    codes = root / "codes.json"
+    codes.write_text(json.dumps({"Anterior": {"type": ["279136002", "SCT", "Anterior hippocampus"]}}))
+    _predict(golden["model"], root / "mr", root / "seg", "--output-format", "dicom-seg", "--seg-codes", str(codes))
+    seg = hd.seg.segread(root / "seg" / f"{name}.dcm")
+    assert seg.get_segment_description(1).segmented_property_type.value == "279136002"
+    assert seg.get_segment_description(2).segmented_property_type.value == "85756007"
+    capsys.readouterr()
+    _predict(golden["model"], root / "mr", root / "seg", "--output-format", "dicom-seg", "--c")
+    assert "0 DICOM series" in capsys.readouterr().err
+    # a broken series (one slice missing) next to a good one: refused, naming the series, before anything is written
+    write_series(array, root / "broken" / "good", spacing=image.GetSpacing(), modality="MR")
+    bad = write_series(array, root / "broken" / "bad", spacing=image.GetSpacing(), modality="MR")
+    bad[5].unlink()
+    argv = ["predict-from-modelfolder", "-i", str(root / "broken"), "-o", str(root / "none"), "-m", str(golden["model"]),
+            "-f", "0", "-device", "cpu", "--output-format", "dicom-seg", "--disable_progress_bar"]
+    assert main(argv) == 1
+    uid = pydicom.dcmread(bad[0], stop_before_pixels=True).SeriesInstanceUID
+    assert f"series {uid} misses 1 slice(s)" in capsys.readouterr().err
+    assert not (root / "none").exists()

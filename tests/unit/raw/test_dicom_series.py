@@ -129,3 +129,18 @@ def test_pydicom_single_slice_files(tmp_path: Path, name: str) -> None:
     assert np.allclose(ours.GetOrigin(), ref.GetOrigin(), atol=1e-4)
     assert np.allclose(ours.GetSpacing()[:2], ref.GetSpacing()[:2])
     assert np.allclose(ours.GetDirection(), ref.GetDirection(), atol=1e-5)
+
+
+def test_dicom_libraries_are_optional_and_lazy() -> None:
+    import subprocess
+    import sys
+
+    from nnseg.raw.dicom import require
+
+    with pytest.raises(ImportError, match=r"pip install nnseg\[dicom\]"):
+        require("pydicom_that_is_not_installed")
+    code = ("import sys, argparse; from nnseg.cli import predict_cmds, dicom_cmds; import nnseg.raw.dicom.files, "
+            "nnseg.predictions.dicomweb; predict_cmds.add_predict(argparse.ArgumentParser()); "
+            "print(sorted(m for m in ('pydicom', 'highdicom', 'dicomweb_client') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
