@@ -114,7 +114,14 @@ def _upload(url: str, tmp_path: Path) -> tuple[str, list[str]]:
                              intercept=-1024, study_uid=study, series_number=n + 1)
         DICOMwebClient(url, headers={"Authorization": AUTH}).store_instances([dcmread(f) for f in files])
         series.append(str(dcmread(files[0]).SeriesInstanceUID))
-    return study, series
+    # a scout series (skipped: nothing to segment) and a series with a missing slice (refused, the others go on)
+    scout = write_series(np.zeros((1, 16, 16)), tmp_path / "upload" / "scout", study_uid=study, series_number=8)
+    broken = write_series(np.zeros((6, 16, 16)), tmp_path / "upload" / "broken", study_uid=study, series_number=9)
+    broken[2].unlink()
+    extra = [dcmread(f) for f in [*scout, *broken[:2], *broken[3:]]]
+    extra[0].ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    DICOMwebClient(url, headers={"Authorization": AUTH}).store_instances(extra)
+    return study, series + [str(extra[1].SeriesInstanceUID)]
 
 
 def _command(model: Path, url: str, study: str, out: Path, *extra: str) -> list[str]:
@@ -133,7 +140,7 @@ def test_predict_dicomweb_resumes_after_kill_with_one_seg_per_series(orthanc: st
     import highdicom as hd
     from dicomweb_client import DICOMwebClient
 
-    study, series = _upload(orthanc, tmp_path)
+    study, (*series, broken) = _upload(orthanc, tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     denied = subprocess.run(_command(model, orthanc, study, tmp_path / "out"), env=env, capture_output=True, text=True,
                             timeout=300)
@@ -153,8 +160,9 @@ def test_predict_dicomweb_resumes_after_kill_with_one_seg_per_series(orthanc: st
     assert len(_segs_on_server(orthanc, study)) == 1
     rerun = subprocess.run(_command(model, orthanc, study, tmp_path / "out", "--header", f"Authorization: {AUTH}"),
                            env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert "already on the server, skipped" in rerun.stderr
+    assert rerun.returncode == 1, rerun.stderr
+    assert "already on the server, skipped" in rerun.stderr and "no image slices to segment, skipped" in rerun.stderr
+    assert f"refused: series {broken} misses 1 slice(s)" in rerun.stderr and "1 refused" in rerun.stderr
     segs = _segs_on_server(orthanc, study)
     assert len(segs) == 2
     client = DICOMwebClient(orthanc, headers={"Authorization": AUTH})

@@ -172,8 +172,9 @@ def _run_dicom(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: i
 
         web = predict_dicomweb(predictor, args.dicomweb, args.study, Path(args.o), series=args.series,
                                headers=auth_headers(token=args.token, headers=args.header), seg_codes=args.seg_codes)
-        print(f"stored {len(web.stored)} SEG(s), {len(web.skipped)} series already done", file=sys.stderr)
-        return 0
+        refused = f", {len(web.refused)} refused: {sorted(web.refused)}" if web.refused else ""
+        print(f"stored {len(web.stored)} SEG(s), {len(web.skipped)} series skipped{refused}", file=sys.stderr)
+        return 1 if web.refused else 0
     from nnseg.predictions.dicom_predict import predict_dicom
 
     report = predict_dicom(predictor, Path(args.i), Path(args.o), output_format=args.output_format,

@@ -103,7 +103,7 @@ def predict_dicom(predictor: Predictor, inputs: PathLike, output: PathLike, *, o
                   seg_codes: PathLike | None = None, continue_prediction: bool = False, num_parts: int = 1,
                   part_id: int = 0, num_processes_preprocessing: int = 0, num_processes_export: int = 0,
                   verbose: bool = False, progress: bool = True, log: Callable[[str], None] = _stderr,
-                  ) -> DicomPredictionReport:
+                  require_series: bool = True) -> DicomPredictionReport:
     """Predict every image series under ``inputs`` (a folder, zip or DICOMDIR tree) into ``output``.
 
     Args:
@@ -111,6 +111,7 @@ def predict_dicom(predictor: Predictor, inputs: PathLike, output: PathLike, *, o
         seg_codes: JSON file with SNOMED-CT codes per label (see :func:`~nnseg.raw.dicom.seg.load_seg_codes`).
         continue_prediction: skip series whose output exists; num_parts/part_id: shard the sorted series.
         log: receives the notes (objects left out, series skipped).
+        require_series: raise when there is no image series (else return an empty report).
 
     Raises:
         ValueError: an unknown format, an unsuitable model, no image series, or a broken series (named); nothing
@@ -127,6 +128,8 @@ def predict_dicom(predictor: Predictor, inputs: PathLike, output: PathLike, *, o
         for note in scan.notes:
             log(note)
         report.notes += scan.notes
+        if not scan.series and not require_series:
+            return report
         if not scan.series:
             raise ValueError(f"no DICOM image series found in {inputs}; point -i at a folder, zip or DICOMDIR tree "
                              "holding single-frame images")

@@ -20,16 +20,20 @@ from nnseg.predictions.dicom_predict import check_model_for_dicom, predict_dicom
 from nnseg.predictions.predict import Predictor
 from nnseg.raw.dicom import require
 from nnseg.raw.dicom.files import NON_IMAGE_MODALITIES
+from nnseg.raw.dicom.geometry import DicomGeometryError
+from nnseg.raw.dicom.series import DicomReadError
 
 MODALITY, SERIES_UID, SERIES_DESCRIPTION = "00080060", "0020000E", "0008103E"
 
 
 @dataclass
 class DicomWebReport:
-    """SEG SeriesInstanceUIDs stored, source series skipped because their SEG exists, and the local SEG files."""
+    """SEG SeriesInstanceUIDs stored, source series skipped (SEG exists, or nothing to segment), series refused
+    (broken, with the reason), and the local SEG files."""
 
     stored: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
 
 
@@ -93,9 +97,11 @@ def predict_dicomweb(predictor: Predictor, url: str, study: str, output: PathLik
         url: the DICOMweb root (e.g. ``http://host:8042/dicom-web``); headers: extra HTTP headers (authentication).
         output: local folder that keeps a copy of every SEG (``<SeriesInstanceUID>.dcm``).
 
+    A broken series (missing slices, tilt, ...) is refused with its reason in ``report.refused`` and the others go on;
+    a series with nothing to segment (only localizers, or not images) is skipped.
+
     Raises:
-        RuntimeError: the server refused or could not be reached; ValueError: no such study/series, or a broken
-            series (named).
+        RuntimeError: the server refused or could not be reached; ValueError: no such study/series.
     """
     web = require("dicomweb_client")
     check_model_for_dicom(predictor)
@@ -113,8 +119,17 @@ def predict_dicomweb(predictor: Predictor, url: str, study: str, output: PathLik
         with TemporaryDirectory(prefix="nnseg-dicomweb-") as tmp:
             _retrieve(client, url, study, uid, Path(tmp) / "series")
             log(f"series {uid}: retrieved")
-            done = predict_dicom(predictor, Path(tmp) / "series", output, output_format="dicom-seg",
-                                 seg_codes=seg_codes, progress=progress, log=log)
+            try:
+                done = predict_dicom(predictor, Path(tmp) / "series", output, output_format="dicom-seg",
+                                     seg_codes=seg_codes, progress=progress, log=log, require_series=False)
+            except (DicomGeometryError, DicomReadError) as e:
+                log(f"refused: {e}")
+                report.refused[uid] = str(e)
+                continue
+        if not done.written:
+            log(f"series {uid}: no image slices to segment, skipped")
+            report.skipped.append(uid)
+            continue
         seg = require("pydicom").dcmread(done.written[0])
         _call("STOW-RS store", url, client.store_instances, datasets=[seg])
         log(f"series {uid}: stored SEG {seg_series}")
