@@ -25,6 +25,7 @@ import pytest
 import SimpleITK as sitk
 from dicom_synth import write_series
 
+from nnseg.cli.main import main
 from nnseg.predictions.install import install_model_zip
 
 pytestmark = [pytest.mark.slow]
@@ -136,15 +137,16 @@ def _segs_on_server(url: str, study: str) -> list[dict]:
     return [s for s in client.search_for_series(study_instance_uid=study, search_filters={"Modality": "SEG"})]
 
 
-def test_predict_dicomweb_resumes_after_kill_with_one_seg_per_series(orthanc: str, model: Path, tmp_path: Path) -> None:
+def test_predict_dicomweb_resumes_after_kill_with_one_seg_per_series(orthanc: str, model: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
     import highdicom as hd
     from dicomweb_client import DICOMwebClient
 
     study, (*series, broken) = _upload(orthanc, tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    denied = subprocess.run(_command(model, orthanc, study, tmp_path / "out"), env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert denied.returncode == 1 and "HTTP 401" in denied.stderr and "--token or --header" in denied.stderr
+    assert main(_command(model, orthanc, study, tmp_path / "out")[3:]) == 1  # no credentials
+    denied = capsys.readouterr().err
+    assert "HTTP 401" in denied and "--token or --header" in denied
     proc = subprocess.Popen(_command(model, orthanc, study, tmp_path / "out", "--header", f"Authorization: {AUTH}"),
                             env=env, stderr=subprocess.PIPE, text=True)
     lines = []
