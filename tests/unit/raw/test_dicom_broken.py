@@ -114,3 +114,23 @@ def test_non_image_objects_and_localizers_are_left_out_with_a_note(tmp_path: Pat
     assert sum("not an image series" in n for n in notes) == 3
     assert any("Modality SEG" in n for n in notes) and any("Modality SR" in n for n in notes)
     assert f"series {_uid(files[0])}: left out 1 localizer slice(s) (ImageType LOCALIZER)" in notes
+
+
+def _headers(positions: np.ndarray) -> list:
+    from nnseg.raw.dicom.geometry import SliceHeader
+
+    return [SliceHeader(path=f"f{k}", position=tuple(p), orientation=(1, 0, 0, 0, 1, 0), pixel_spacing=(0.7, 0.7),
+                        rows=4, columns=4) for k, p in enumerate(positions)]
+
+
+def test_positions_rounded_to_hundredths_pass_and_a_small_tilt_does_not() -> None:
+    from nnseg.raw.dicom.geometry import stack_geometry
+
+    rng = np.random.default_rng(1)
+    exact = np.stack([np.zeros(40), np.zeros(40), 0.625 * np.arange(40)], axis=1) + [12.3456, -7.891, 3.0]
+    shuffled = rng.permutation(40)
+    geometry = stack_geometry(_headers(np.round(exact, 2)[shuffled]), series="1.2.3")
+    assert np.isclose(geometry.spacing[2], 0.625, atol=0.01) and [shuffled[i] for i in geometry.order] == list(range(40))
+    tilted = exact + np.stack([np.zeros(40), np.tan(np.radians(0.5)) * 0.625 * np.arange(40), np.zeros(40)], axis=1)
+    with pytest.raises(DicomGeometryError, match=r"series 1.2.3: slices are shifted sideways by 0.50 degrees"):
+        stack_geometry(_headers(tilted), series="1.2.3")

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ORIENTATION_TOL = 1e-4      # cosines of two slices' orientations may differ this much
-POSITION_TOL_MM = 1e-3      # absolute tolerance on positions (mm)
-SPACING_REL_TOL = 0.01      # gaps between slices may differ by 1% of the median gap
+ORIENTATION_TOL = 1e-3      # cosines of two slices' orientations may differ this much
+POSITION_TOL_MM = 1e-3      # two slices closer than this along the normal are at the same position (mm)
+ROUNDING_TOL_MM = 0.025     # positions written with 0.01 mm precision must pass the checks below
+SPACING_REL_TOL = 0.01      # gaps between slices may differ by 1% of the median gap (or ROUNDING_TOL_MM)
+SHEAR_REL_TOL = 1e-3        # sideways drift from the first slice's normal line, per mm along it (0.06 degrees)
 
 
 class DicomGeometryError(ValueError):
@@ -80,20 +82,22 @@ def _slice_gap(positions: np.ndarray, axes: np.ndarray, headers: Sequence[SliceH
     if len(positions) == 1:
         h = headers[0]
         return float(h.spacing_between_slices or h.slice_thickness or 1.0)
-    steps = np.diff(positions, axis=0)
-    along = steps @ axes[:, 2]
-    across = np.linalg.norm(steps - along[:, None] * axes[:, 2][None], axis=1)
+    along = np.diff(positions, axis=0) @ axes[:, 2]
     if np.any(along < POSITION_TOL_MM):
         k = int(np.argmin(along))
         raise DicomGeometryError(f"series {series} has two slices at the same position {tuple(positions[k])} "
                                  "(several acquisitions, echoes or time points in one series?); split the series")
-    if np.any(across > POSITION_TOL_MM + 1e-3 * along):
-        angle = float(np.degrees(np.arctan2(across.max(), along[int(np.argmax(across))])))
+    offsets = positions - positions[0]
+    depth = offsets @ axes[:, 2]
+    drift = np.linalg.norm(offsets - depth[:, None] * axes[:, 2][None], axis=1)
+    if np.any(drift > ROUNDING_TOL_MM + SHEAR_REL_TOL * depth):
+        k = int(np.argmax(drift - SHEAR_REL_TOL * depth))
+        angle = float(np.degrees(np.arctan2(drift[k], depth[k])))
         raise DicomGeometryError(f"series {series}: slices are shifted sideways by {angle:.2f} degrees from the slice "
                                  "normal (gantry tilt or a sheared stack); resample it to a regular grid first "
                                  "(e.g. dcm2niix corrects gantry tilt)")
     gap = float(np.median(along))
-    bad = np.abs(along - gap) > max(SPACING_REL_TOL * gap, POSITION_TOL_MM)
+    bad = np.abs(along - gap) > max(SPACING_REL_TOL * gap, ROUNDING_TOL_MM)
     if np.any(bad):
         k = int(np.argmax(bad))
         missing = along[k] / gap
