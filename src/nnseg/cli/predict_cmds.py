@@ -163,6 +163,9 @@ def _run_dicom(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: i
         raise FileNotFoundError(f"DICOM input {args.i} does not exist (-i)")
     if args.dicomweb is not None and args.study is None:
         raise ValueError("--dicomweb needs --study STUDY_INSTANCE_UID")
+    if args.save_probabilities or args.prev_stage_predictions:
+        raise ValueError("--save_probabilities and -prev_stage_predictions are not supported with DICOM input; "
+                         "convert the series with convert-dicom and predict the NIfTI files instead")
     predictor = Predictor.from_model_folder(
         model_folder, folds=args.f, checkpoint=args.chk, device=_device(args.device), precision=args.precision,
         step_size=args.step_size, use_tta=not args.disable_tta, tile_batch_size=args.tile_batch_size,

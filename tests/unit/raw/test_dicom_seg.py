@@ -77,6 +77,10 @@ def test_oblique_mr_seg_lies_on_the_source_slices_and_validates(tmp_path: Path, 
                        version="0")
     back, names = read_segmentation(path, headers)
     assert np.array_equal(back, labels) and names == {1: "a", 2: "b", 3: "c"}
+    assert int(pydicom.dcmread(path, stop_before_pixels=True).NumberOfFrames) < 10 * 3  # empty frames left out
+    write_segmentation(np.zeros_like(labels), headers, segments, tmp_path / "empty.dcm", series_uid="1.2.5",
+                       sop_uid="1.2.6", description="nothing found", version="0")
+    assert not read_segmentation(tmp_path / "empty.dcm", headers)[0].any()
     seg = hd.seg.segread(path)
     for frame in seg.PerFrameFunctionalGroupsSequence:
         uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID

@@ -131,7 +131,7 @@ def write_segmentation(labels: np.ndarray, sources: Sequence[Any], segments: Seq
         series_instance_uid=series_uid, series_number=int(sources[0].get("SeriesNumber", 0) or 0) + 1000,
         sop_instance_uid=sop_uid, instance_number=1, manufacturer="nnseg", manufacturer_model_name="nnseg",
         software_versions=version, device_serial_number="0", series_description=description[:64],
-        content_label="NNSEG", content_description=description[:64], omit_empty_frames=False)
+        content_label="NNSEG", content_description=description[:64], omit_empty_frames=bool(labels.any()))
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
 
