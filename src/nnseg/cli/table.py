@@ -29,6 +29,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("paths", None, "paths_cmd", "print the raw/preprocessed/results folders and where each came from"),
     Command("convert-msd", "nnUNetv2_convert_MSD_dataset", "raw_cmds", "convert an MSD TaskXX_Name folder to nnUNet_raw/DatasetXXX_Name"),
     Command("convert-old", "nnUNetv2_convert_old_nnUNet_dataset", "raw_cmds", "convert an nnU-Net v1 raw dataset to the v2 format"),
+    Command("convert-dicom", None, "dicom_cmds", "build nnUNet_raw/DatasetXXX_Name from DICOM image series and DICOM SEG (or NIfTI) labels"),
     Command("verify", None, "raw_cmds", "check a raw dataset and report every problem (exit code 1 on errors)"),
     Command("demo-data", None, "raw_cmds", "write a small synthetic dataset in raw format (for trying nnseg out)"),
     Command("evaluate", "nnUNetv2_evaluate_folder", "metrics_cmds", "evaluate predictions against references (labels from dataset.json); writes summary.json"),
