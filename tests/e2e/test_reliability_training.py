@@ -22,7 +22,7 @@ import torch
 
 from nnseg.cli.main import main
 from nnseg.jsonio import load_json, save_json
-from nnseg.locks import LOCK_NAME, owner_record
+from nnseg.locks import LOCK_NAME, owner_record, read_lock
 from nnseg.preprocessed.store import list_cases, load_case, remove_case, save_case
 from nnseg.raw.demo_data import make_demo_dataset
 from nnseg.training import checkpoint as checkpoint_module
@@ -297,3 +297,24 @@ def test_prediction_output_folder_is_locked(env: dict[str, str], tmp_path: Path,
         sleeper.wait(timeout=30)
     assert main(args, env=env) == 0
     assert len(list(out.glob("*.nii.gz"))) == 6 and not (out / LOCK_NAME).exists()
+
+
+def test_data_parallel_training_takes_the_fold_lock_on_rank_0(env: dict[str, str],
+                                                              capfd: pytest.CaptureFixture[str]) -> None:
+    """-num_gpus 2 on the CPU: rank 0 refuses a locked fold and the launcher ends the other rank (no hang).
+
+    capfd: the ranks are spawned processes writing to the inherited stderr."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    lock = _fold(env) / LOCK_NAME
+    try:
+        lock.parent.mkdir(parents=True)
+        lock.write_text(json.dumps({**owner_record("nnUNetv2_train fold 0"), "pid": sleeper.pid, "token": None}))
+        start = time.time()
+        assert _train(env, "-num_gpus", "2") == 1
+        err = capfd.readouterr().err
+        assert f"{lock} records nnUNetv2_train fold 0 by pid {sleeper.pid}" in err and time.time() - start < 120
+        assert not (_fold(env) / "train_config.json").exists()
+        assert read_lock(lock)["pid"] == sleeper.pid  # type: ignore[index]  # the owner's lock is left alone
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=30)

@@ -92,7 +92,7 @@ def launch_local(args: argparse.Namespace, ctx: Context) -> int:
     try:
         torch.multiprocessing.start_processes(_spawned_rank, args=(args, dict(ctx.env), str(ctx.cwd), port, n),
                                               nprocs=n, join=True, start_method="spawn")
-    except torch.multiprocessing.ProcessException as e:
+    except (torch.multiprocessing.ProcessExitedException, torch.multiprocessing.ProcessRaisedException) as e:
         raise RuntimeError(f"-num_gpus {n}: rank {e.error_index} failed ({str(e).strip().splitlines()[-1]}); its error "
                            "is printed above. Fix it and rerun, with --c to continue from the last checkpoint") from None
     return 0
