@@ -26,7 +26,9 @@ from nnseg.training.checkpoint import load_checkpoint
 from nnseg.training.splits import some_cases
 
 PATCH_OVER_IMAGE_LIMIT = 2.0  # a patch axis more than twice the largest image on that axis is nearly all padding
-BYTES_PER_FEATURE = 4  # lower bound: one fp32 activation per feature-map element kept for the backward pass
+BYTES_PER_FEATURE = 4  # lower bound: one fp32 activation per feature-map element kept for the backward pass.
+# nnU-Net's planner budgets ~7 bytes per element and sample (560e6 elements x batch 2 = 8 GB), so a planned
+# configuration is never refused on the GPU it was planned for; only patches that cannot fit at all are.
 SKIP_WEIGHTS = (".seg_layers.",)
 
 

@@ -19,7 +19,7 @@ from nnseg.training.config import FIELD_RULES, TrainConfig
 from nnseg.training.data import TRAIN, VAL, batch_rng
 from nnseg.training.failures import non_finite_loss_error
 from nnseg.training.fold_state import TRAIN_CONFIG_FILE, check_saved_config, discard_failed_start
-from nnseg.training.preflight import check_dataset_complete, check_plans_plausible
+from nnseg.training.preflight import available_memory_bytes, check_dataset_complete, check_plans_plausible
 from nnseg.training.run_spec import build_components
 from nnseg.training.setup import FoldJob, make_run_spec
 
@@ -57,6 +57,14 @@ def test_patch_far_larger_than_the_images_or_the_memory_is_refused() -> None:
     with pytest.raises(ValueError, match=r"patch_size \[256, 256, 256\] with batch_size 2 needs at least .* GiB .*has "
                                          r"1.0 GiB.*--set batch_size"):
         check_plans_plausible(patch_size=(256, 256, 256), image_shapes={}, available=2**30, **common)
+
+
+def test_cpu_memory_is_known_and_bounded_by_the_cgroup() -> None:
+    total = available_memory_bytes(torch.device("cpu"))
+    assert total is not None and 2**28 < total < 2**50
+    limit = Path("/sys/fs/cgroup/memory.max")
+    if limit.is_file() and limit.read_text().strip().isdigit():
+        assert total <= int(limit.read_text())
 
 
 def test_non_finite_loss_names_the_cases_with_bad_inputs_or_says_divergence() -> None:
