@@ -12,7 +12,7 @@ from pathlib import Path
 from nnseg.cli.context import Context
 from nnseg.cli.table import COMMANDS, Command, by_name
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, PermissionError, RuntimeError)
+USER_ERRORS = (ImportError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, PermissionError, RuntimeError)
 
 
 def _functions(cmd: Command):  # type: ignore[no-untyped-def]
