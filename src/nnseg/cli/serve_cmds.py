@@ -35,6 +35,7 @@ def add_serve(p: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace, ctx: Context) -> int:
+    from nnseg.serve.auth import TOKEN_ENV
     from nnseg.serve.models import ModelOptions
     from nnseg.serve.server import ServerOptions, serve
 
@@ -43,8 +44,8 @@ def run_serve(args: argparse.Namespace, ctx: Context) -> int:
                            backend=args.backend)
     limits = ServerOptions(max_upload_mb=args.max_upload_mb, max_queued=args.max_queued,
                            result_ttl_s=args.result_ttl_s, log_level=args.log_level)
-    serve(args.models, host=args.host, port=args.port, token=args.token, devices=args.device, options=options,
-          limits=limits)
+    token = args.token or ctx.env.get(TOKEN_ENV) or None
+    serve(args.models, host=args.host, port=args.port, token=token, devices=args.device, options=options, limits=limits)
     return 0
 
 

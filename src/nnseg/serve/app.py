@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nnseg import __version__
-from nnseg.serve.auth import authorized
+from nnseg.serve.auth import BearerAuth
 from nnseg.serve.jobs import QueueFull
 from nnseg.serve.models import CaseError
 from nnseg.serve.service import (
@@ -62,24 +62,12 @@ def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",)) -> Any:
     app = fastapi.FastAPI(title="nnseg serve", version=__version__, docs_url="/docs", redoc_url=None)
     app.state.nnseg = state
     _install_errors(app, state)
-    _install_auth(app, state)
     app.include_router(_model_router(state, devices))
     app.include_router(_job_router(state))
     app.include_router(monai_label_router(state))
     app.add_middleware(SizeLimit, limit=state.max_upload_bytes)
+    app.add_middleware(BearerAuth, token=state.token, public=PUBLIC_PATHS)  # added last: runs first
     return app
-
-
-def _install_auth(app: Any, state: ServeState) -> None:
-    from fastapi.responses import JSONResponse
-
-    @app.middleware("http")
-    async def require_token(request: Any, call_next: Any) -> Any:
-        if request.url.path in PUBLIC_PATHS or authorized(request.headers.get("authorization"), state.token):
-            return await call_next(request)
-        return JSONResponse({"detail": "missing or wrong bearer token: send 'Authorization: Bearer <token>' (the "
-                                       "server's --token / $NNSEG_SERVE_TOKEN)"},
-                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 
 def _install_errors(app: Any, state: ServeState) -> None:

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import os
 import secrets
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 TOKEN_ENV = "NNSEG_SERVE_TOKEN"
 MIN_TOKEN_LENGTH = 16
@@ -59,3 +66,30 @@ def authorized(header: str | None, token: str | None) -> bool:
         return False
     scheme, _, value = header.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+async def send_json(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    """Answer a plain ASGI request with ``{"detail": ...}`` (the middlewares' refusals)."""
+    body = json.dumps({"detail": detail}).encode()
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BearerAuth:
+    """ASGI middleware: 401 unless the request carries the token (paths in ``public`` excepted)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], *, token: str | None, public: Collection[str]) -> None:
+        self.app = app
+        self.token = token
+        self.public = public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.token is not None and scope["path"] not in self.public:
+            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            if not authorized(header, self.token):
+                await send_json(send, 401, "missing or wrong bearer token: send 'Authorization: Bearer <token>' (the "
+                                "server's --token / $NNSEG_SERVE_TOKEN)", {"WWW-Authenticate": "Bearer"})
+                return
+        await self.app(scope, receive, send)

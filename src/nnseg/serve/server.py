@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +113,7 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
         print(f"nnseg serve: http://{host}:{bound[1]}/ models {sorted(state.models)} on {chosen} "
               f"(MONAI Label: http://{host}:{bound[1]}/info/)", flush=True)
         config = uvicorn.Config(app, log_level=limits.log_level, timeout_graceful_shutdown=10)
-        uvicorn.Server(config).run(sockets=[sock])
+        _run_until_signal(uvicorn.Server(config), sock)
     finally:
         if state is not None:
             state.queue.shutdown()
@@ -119,6 +121,23 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
         shutil.rmtree(work_dir, ignore_errors=True)
         sock.close()
         print("nnseg serve: stopped, temporary files removed", file=sys.stderr, flush=True)
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run_until_signal(server: Any, sock: socket.socket) -> None:
+    """Run uvicorn; SIGINT / SIGTERM end it gracefully (uvicorn re-raises them afterwards: caught, so we clean up)."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if in_main else None
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _uvicorn() -> Any:

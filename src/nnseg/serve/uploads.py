@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nnseg.serve.auth import send_json
 from nnseg.serve.models import UPLOAD_ENDINGS, CaseError
 
 Scope = MutableMapping[str, Any]
@@ -49,7 +50,7 @@ class SizeLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _send_413(send, self.limit)
+            await send_json(send, 413, too_large_message(self.limit), {"Connection": "close"})
             return
         seen = 0
 
@@ -62,16 +63,6 @@ class SizeLimit:
             return message
 
         await self.app(scope, counted, send)
-
-
-async def _send_413(send: Send, limit: int) -> None:
-    import json
-
-    body = json.dumps({"detail": too_large_message(limit)}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def upload_ending(filename: str | None) -> str:
