@@ -120,16 +120,17 @@ def _run(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, nu
     if not inputs.is_dir():
         raise FileNotFoundError(f"input folder {inputs} does not exist (-i)")
     folds = None if args.f is None else args.f
+    device = _device(args.device)
     model: Any = model_folder
     if args.backend != "torch":  # the onnxruntime networks are loaded here; predict() then takes the Predictor
         from nnseg.predictions.onnx_backend import load_predictor
 
         model = load_predictor(model_folder, backend=args.backend, folds=folds, checkpoint=args.chk,
-                               device=_device(args.device), precision=args.precision, step_size=args.step_size,
+                               device=device, precision=args.precision, step_size=args.step_size,
                                use_tta=not args.disable_tta, tile_batch_size=args.tile_batch_size,
                                accumulate_on_device=not args.not_on_device)
     report = predict(model, inputs, Path(args.o), folds=folds, checkpoint=args.chk, step_size=args.step_size,
-                     use_tta=not args.disable_tta, save_probabilities=args.save_probabilities, device=_device(args.device),
+                     use_tta=not args.disable_tta, save_probabilities=args.save_probabilities, device=device,
                      precision=args.precision, tile_batch_size=args.tile_batch_size, num_processes_preprocessing=npp,
                      num_processes_export=nps, continue_prediction=args.continue_prediction, num_parts=num_parts,
                      part_id=part_id, prev_stage_predictions=args.prev_stage_predictions,
