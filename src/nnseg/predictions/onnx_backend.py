@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -96,6 +97,17 @@ def _configuration(folder: PathLike, from_checkpoint: str | None) -> str | None:
 def _export_network(net: torch.nn.Module, example: torch.Tensor, target: Path) -> None:
     """Export ``net`` to ``target`` (dynamo exporter, legacy exporter as fallback), then check the file."""
     spatial = range(2, example.ndim)
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        _export_quietly(net, example, target, spatial)
+    finally:
+        registration.setLevel(level)
+    _require("onnx").checker.check_model(str(target))
+
+
+def _export_quietly(net: torch.nn.Module, example: torch.Tensor, target: Path, spatial: range) -> None:
     with warnings.catch_warnings():
         # torch's own exporter trips deprecations inside torch (pytree LeafSpec, legacy exporter): not ours to fix
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|copyreg|onnxscript)")
@@ -116,7 +128,6 @@ def _export_network(net: torch.nn.Module, example: torch.Tensor, target: Path) -
             except Exception as legacy:
                 raise RuntimeError(f"ONNX export failed with the dynamo exporter ({e}) and with the legacy exporter "
                                    f"({legacy}); report the network architecture") from legacy
-    _require("onnx").checker.check_model(str(target))
 
 
 class OnnxNetwork(torch.nn.Module):
@@ -129,6 +140,8 @@ class OnnxNetwork(torch.nn.Module):
         super().__init__()
         ort = _require("onnxruntime")
         options = ort.SessionOptions()
+        # no busy-waiting threads between calls: they burn CPU others need (shared machines, an idle server)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             options.intra_op_num_threads = threads
         self.path = Path(path)
