@@ -17,7 +17,8 @@ def add_serve(p: argparse.ArgumentParser) -> None:
                    help="address to listen on [127.0.0.1]; any other needs a token")
     p.add_argument("--port", type=int, default=8000, help="port [8000; 0: any free port, printed]")
     p.add_argument("--token", default=None,
-                   help="bearer token clients must send [$NNSEG_SERVE_TOKEN; required unless --host is loopback]")
+                   help="bearer token clients must send [$NNSEG_SERVE_TOKEN, better: a command line is visible to other users; "
+                        "required unless --host is loopback]")
     p.add_argument("-f", nargs="+", default=list(DEFAULT_FOLDS), help="folds to use, or 'all' [0 1 2 3 4]")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name [checkpoint_final.pth]")
     p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch [0.5]")

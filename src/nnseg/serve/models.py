@@ -91,7 +91,7 @@ class ServedModel:
     def describe(self) -> dict[str, Any]:
         """What clients need to know: labels, channels, configuration, folds, device, backend."""
         model = self.predictor.model
-        return {"name": self.name, "folder": str(self.folder), "configuration": model.configuration_name,
+        return {"name": self.name, "configuration": model.configuration_name,
                 "trainer": model.trainer_name, "dataset": model.plans.dataset_name,
                 "channels": dict(model.spec.channel_names), "labels": label_names(self),
                 "dimension": 2 if len(model.configuration.patch_size) == 2 else 3,

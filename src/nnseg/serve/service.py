@@ -7,6 +7,7 @@ without reading the upload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,8 @@ async def run_to_bytes(state: ServeState, job: Job) -> bytes:
             raise CaseError(job.error or f"the job was {job.status}", status=job.error_status or 409)
         return job.result.read_bytes()
     finally:
-        state.queue.remove(job.id)
+        with contextlib.suppress(KeyError):  # already gone (removed by its id meanwhile)
+            state.queue.remove(job.id)
 
 
 def job_result(state: ServeState, job_id: str) -> tuple[Job, bytes]:
