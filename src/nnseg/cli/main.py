@@ -12,8 +12,8 @@ from pathlib import Path
 from nnseg.cli.context import Context
 from nnseg.cli.table import COMMANDS, Command, by_name
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, PermissionError, RuntimeError,
-               OSError)
+USER_ERRORS = (ImportError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, PermissionError,
+               RuntimeError, OSError)
 
 
 def _functions(cmd: Command):  # type: ignore[no-untyped-def]

@@ -87,6 +87,8 @@ def _common_predict_args(p: argparse.ArgumentParser) -> None:
                    help="autocast precision [auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32]")
     g.add_argument("--tile_batch_size", type=int, default=None,
                    help="tiles per network call [8 without TTA, 1 with 3D TTA (8 mirrored copies)]")
+    g.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="run the networks in torch, or in onnxruntime from the files `nnseg export-onnx` wrote [torch]")
     _dicom_args(p)
 
 
@@ -136,8 +138,17 @@ def _run(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, nu
     if not inputs.is_dir():
         raise FileNotFoundError(f"input folder {inputs} does not exist (-i)")
     folds = None if args.f is None else args.f
-    report = predict(model_folder, inputs, Path(args.o), folds=folds, checkpoint=args.chk, step_size=args.step_size,
-                     use_tta=not args.disable_tta, save_probabilities=args.save_probabilities, device=_device(args.device),
+    device = _device(args.device)
+    model: Any = model_folder
+    if args.backend != "torch":  # the onnxruntime networks are loaded here; predict() then takes the Predictor
+        from nnseg.predictions.onnx_backend import load_predictor
+
+        model = load_predictor(model_folder, backend=args.backend, folds=folds, checkpoint=args.chk,
+                               device=device, precision=args.precision, step_size=args.step_size,
+                               use_tta=not args.disable_tta, tile_batch_size=args.tile_batch_size,
+                               accumulate_on_device=not args.not_on_device)
+    report = predict(model, inputs, Path(args.o), folds=folds, checkpoint=args.chk, step_size=args.step_size,
+                     use_tta=not args.disable_tta, save_probabilities=args.save_probabilities, device=device,
                      precision=args.precision, tile_batch_size=args.tile_batch_size, num_processes_preprocessing=npp,
                      num_processes_export=nps, continue_prediction=args.continue_prediction, num_parts=num_parts,
                      part_id=part_id, prev_stage_predictions=args.prev_stage_predictions,
@@ -157,7 +168,7 @@ def _is_dicom(inputs: str | None) -> bool:
 
 
 def _run_dicom(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, num_parts: int, part_id: int) -> int:
-    from nnseg.predictions.predict import Predictor
+    from nnseg.predictions.onnx_backend import load_predictor
 
     if args.dicomweb is None and (args.i is None or not Path(args.i).exists()):
         raise FileNotFoundError(f"DICOM input {args.i} does not exist (-i)")
@@ -166,8 +177,9 @@ def _run_dicom(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: i
     if args.save_probabilities or args.prev_stage_predictions:
         raise ValueError("--save_probabilities and -prev_stage_predictions are not supported with DICOM input; "
                          "convert the series with convert-dicom and predict the NIfTI files instead")
-    predictor = Predictor.from_model_folder(
-        model_folder, folds=args.f, checkpoint=args.chk, device=_device(args.device), precision=args.precision,
+    predictor = load_predictor(
+        model_folder, backend=args.backend, folds=args.f, checkpoint=args.chk, device=_device(args.device),
+        precision=args.precision,
         step_size=args.step_size, use_tta=not args.disable_tta, tile_batch_size=args.tile_batch_size,
         accumulate_on_device=not args.not_on_device)
     if args.dicomweb is not None:
