@@ -25,6 +25,7 @@ import torch
 from nnseg.cli.context import Context
 from nnseg.devices import auto_device, resolve_device
 from nnseg.extensions import load_extensions
+from nnseg.locks import folder_lock
 from nnseg.training.distributed import (
     DistInfo,
     DistributedTraining,
@@ -90,7 +91,7 @@ def launch_local(args: argparse.Namespace, ctx: Context) -> int:
     try:
         torch.multiprocessing.start_processes(_spawned_rank, args=(args, dict(ctx.env), str(ctx.cwd), port, n),
                                               nprocs=n, join=True, start_method="spawn")
-    except torch.multiprocessing.ProcessException as e:
+    except (torch.multiprocessing.ProcessExitedException, torch.multiprocessing.ProcessRaisedException) as e:
         raise RuntimeError(f"-num_gpus {n}: rank {e.error_index} failed ({str(e).strip().splitlines()[-1]}); its error "
                            "is printed above. Fix it and rerun, with --c to continue from the last checkpoint") from None
     return 0
@@ -135,11 +136,14 @@ def run_rank(args: argparse.Namespace, ctx: Context, info: DistInfo) -> int:
     rank_batch_sizes(_global_batch_size(job), info.world_size)  # before the rendezvous: every rank says why
     with process_group(info, device) as ddp:
         validating = args.val or args.val_best
-        run = ddp.main_first(lambda: make_run_spec(job, resume=args.c or validating))  # rank 0 writes the splits
+        pretrained = Path(args.pretrained_weights) if args.pretrained_weights else None
+        run = ddp.main_first(lambda: make_run_spec(job, resume=args.c or validating, pretrained_weights=pretrained,
+                                                   validate_only=validating))  # rank 0 writes the splits
         run = dataclasses.replace(run, seed=int(ddp.broadcast(run.seed)))
-        if not validating:
-            _train_rank(args, ctx, run, job, ddp)
-        return sharded_validation(run, job, ddp, best=args.val_best, npz=args.npz)
+        with folder_lock(run.output_folder, purpose=f"nnUNetv2_train fold {job.fold} (DDP)", enabled=info.is_main):
+            if not validating:
+                _train_rank(args, ctx, run, job, ddp)
+            return sharded_validation(run, job, ddp, best=args.val_best, npz=args.npz)
 
 
 def _train_rank(args: argparse.Namespace, ctx: Context, run, job, ddp: DistributedTraining) -> None:  # type: ignore[no-untyped-def]

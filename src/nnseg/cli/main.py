@@ -13,7 +13,8 @@ from nnseg.cli.context import Context
 from nnseg.cli.table import COMMANDS, Command, by_name
 from nnseg.extensions import load_extensions
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, PermissionError, RuntimeError)
+USER_ERRORS = (ImportError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, PermissionError,
+               RuntimeError, OSError)
 
 
 def _functions(cmd: Command):  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ import torch
 
 from nnseg.cli.context import Context
 from nnseg.devices import auto_device, resolve_device, resolve_precision
+from nnseg.locks import folder_lock
 from nnseg.plans.schema import load_plans
 from nnseg.raw.dataset_json import load_dataset_json
 from nnseg.training.config import TrainConfig, apply_overrides, preset_for_trainer, trainer_name_for_epochs
@@ -102,7 +103,15 @@ def run_train(args: argparse.Namespace, ctx: Context) -> int:
     trainer, config = trainer_and_config(args)
     device = resolve_device(auto_device() if args.device == "auto" else args.device)
     job = _job(args, ctx, trainer, config, device)
-    run = make_run_spec(job, resume=args.c or args.val or args.val_best)
+    pretrained = Path(args.pretrained_weights) if args.pretrained_weights else None
+    run = make_run_spec(job, resume=args.c or args.val or args.val_best, pretrained_weights=pretrained,
+                        validate_only=args.val or args.val_best)  # checks the whole run; writes nothing before
+    with folder_lock(run.output_folder, purpose=f"nnUNetv2_train fold {job.fold}"):  # one run per fold folder
+        return _train_and_validate(args, ctx, run, job, pretrained)
+
+
+def _train_and_validate(args: argparse.Namespace, ctx: Context, run, job: FoldJob,  # type: ignore[no-untyped-def]
+                        pretrained: Path | None) -> int:
     if not (args.val or args.val_best):
         if run.output_folder.exists() and not args.c and (run.output_folder / "checkpoint_final.pth").exists():
             print(f"note: {run.output_folder} already holds a trained model; training again overwrites it", file=sys.stderr)
@@ -110,7 +119,7 @@ def run_train(args: argparse.Namespace, ctx: Context) -> int:
         save_run_files(run, job)
         hooks = HookList([TextLog(run.output_folder), ProgressBar(), ProgressPlot(run.output_folder),
                           DebugJson(run.output_folder), NetworkSummary(run.output_folder), *loggers])
-        train(run, hooks=hooks, resume=args.c, pretrained_weights=Path(args.pretrained_weights) if args.pretrained_weights else None)
+        train(run, hooks=hooks, resume=args.c, pretrained_weights=pretrained)
     return final_validation(run, job, ctx, best=args.val_best, npz=args.npz)
 
 

@@ -147,8 +147,7 @@ def build_components(run: RunSpec) -> Components:
 
 
 def use_compile(run: RunSpec) -> bool:
-    """nnU-Net's rule: on CUDA compile when ``nnUNet_compile``/``compile`` is unset (``auto``) or true/1/t (any other
-    value turns it off); never on CPU, MPS, Windows."""
-    if run.config.compile.lower() not in ("auto", "true", "1", "t"):
+    """nnU-Net's rule: compile on CUDA unless ``nnUNet_compile``/``compile`` says false; never on CPU, MPS, Windows."""
+    if run.config.compile.lower() in ("false", "0", "f", "off", "no"):
         return False
     return run.device.type == "cuda" and os.name != "nt"

@@ -168,7 +168,8 @@ ENVIRONMENT: dict[str, object] = {
     "nnUNet_n_proc_DA": Differs("nnseg has no data-augmentation worker processes: batches are made in one background "
                                 "thread on accelerators and inline on the CPU; nnUNet_n_proc_DA=0 makes them inline "
                                 "everywhere, other values keep nnseg's choice"),
-    "nnUNet_compile": Differs("training: nnU-Net's rule (CUDA only; unset or true/1/t compiles, other values do not); "
+    "nnUNet_compile": Differs("training as nnU-Net (CUDA only; unset or true/1/t compiles, false/0/f does not), but "
+                              "nnseg also reads yes/on and no/off and refuses any other value (nnU-Net: off); "
                               "prediction never compiles in nnseg (nnU-Net compiles when it is true)"),
     "nnUNet_wandb_enabled": SAME, "nnUNet_wandb_project": SAME, "nnUNet_wandb_mode": SAME,
     "SLURM_JOB_ID": SAME, "LSB_JOBID": SAME,  # the W&B config's JobID (and an MLflow tag)
