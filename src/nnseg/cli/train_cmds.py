@@ -15,7 +15,7 @@ from nnseg.plans.schema import load_plans
 from nnseg.raw.dataset_json import load_dataset_json
 from nnseg.training.config import TrainConfig, apply_overrides, preset_for_trainer, trainer_name_for_epochs
 from nnseg.training.hooks import DebugJson, HookList, ProgressBar, ProgressPlot, TextLog
-from nnseg.training.loggers import LOGGERS, logger_hooks
+from nnseg.training.loggers import LOGGERS, check_loggers, logger_hooks
 from nnseg.training.loop import train
 from nnseg.training.setup import FoldJob, make_run_spec, save_run_files
 from nnseg.training.summary_hook import NetworkSummary
@@ -96,6 +96,7 @@ def _job(args: argparse.Namespace, ctx: Context, trainer: str, config: TrainConf
 def run_train(args: argparse.Namespace, ctx: Context) -> int:
     from nnseg.cli.ddp_cmds import is_distributed, run_train_distributed
 
+    check_loggers(args.logger, env=ctx.env)  # a missing tracking library is refused before anything is written
     if is_distributed(args, ctx.env):  # -num_gpus N > 1, or one rank of a torchrun job
         return run_train_distributed(args, ctx)
     if args.fold != "all" and not args.fold.isdigit():

@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nnseg.training.hooks import Hooks
-from nnseg.training.loggers.common import TRACKING_FILE, MissingTrackingLibrary, epoch_metrics, flag_value
+from nnseg.training.loggers.common import TRACKING_FILE, MissingTrackingLibrary, epoch_metrics, flag_value, require
 
-__all__ = ["LOGGERS", "TRACKING_FILE", "MissingTrackingLibrary", "chosen_loggers", "epoch_metrics", "logger_hooks"]
+__all__ = ["LOGGERS", "TRACKING_FILE", "MissingTrackingLibrary", "check_loggers", "chosen_loggers", "epoch_metrics",
+           "logger_hooks"]
 
 LOGGERS = ("wandb", "mlflow", "tensorboard")
 WANDB_SWITCH = "nnUNet_wandb_enabled"
@@ -33,6 +34,23 @@ def chosen_loggers(names: Sequence[str], *, env: Mapping[str, str]) -> list[str]
     chosen = list(dict.fromkeys(names))
     if flag_value(env, WANDB_SWITCH) and "wandb" not in chosen:
         chosen.append("wandb")
+    return chosen
+
+
+def _chosen_by(name: str, names: Sequence[str]) -> str:
+    return f"{WANDB_SWITCH}=1" if name == "wandb" and "wandb" not in names else f"--logger {name}"
+
+
+def check_loggers(names: Sequence[str], *, env: Mapping[str, str]) -> list[str]:
+    """The chosen loggers (:func:`chosen_loggers`), each checked to be installed; call it before anything is written.
+
+    Raises:
+        ValueError: see :func:`chosen_loggers`.
+        MissingTrackingLibrary: a chosen tool is not installed (the message names the pip extra).
+    """
+    chosen = chosen_loggers(names, env=env)
+    for name in chosen:
+        require(name, extra=name, chosen_by=_chosen_by(name, names))
     return chosen
 
 
@@ -56,7 +74,7 @@ def logger_hooks(names: Sequence[str], *, env: Mapping[str, str], output_folder:
         return []
     hooks: list[Hooks] = []
     for name in chosen:
-        by = f"{WANDB_SWITCH}=1" if name == "wandb" and "wandb" not in names else f"--logger {name}"
+        by = _chosen_by(name, names)
         if name == "wandb":
             from nnseg.training.loggers.wandb_logger import WandbLogger
 
