@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from nnseg.fs_errors import with_path
+
 
 def to_jsonable(obj: Any) -> Any:
     """Convert numpy scalars/arrays and tuples (recursively) into plain JSON types."""
@@ -67,6 +69,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         if tmp_path.exists():
             os.chmod(tmp_path, _default_file_mode())  # mkstemp makes 0600; give the mode a plain open() would
         os.replace(tmp_path, path)
+    except OSError as e:  # e.g. ENOSPC from a write on an open handle names no file: name the target
+        named = with_path(e, path)
+        if named is e:
+            raise
+        raise named from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -253,11 +253,14 @@ def _read(fn: Any, arg: Any, path: Path, problems: list[Problem]) -> tuple[np.nd
 
 
 def _image_content_problems(path: Path, data: np.ndarray) -> list[Problem]:
+    if bool(np.isfinite(data).all()):
+        return []
     n_nan = int(np.isnan(data).sum())
-    if n_nan:
-        return [Problem(ERROR, path, f"image contains {n_nan} NaN value(s)",
-                        "replace the NaNs (e.g. with 0 or the background intensity) and save the image again")]
-    return []
+    n_inf = int(np.isinf(data).sum())
+    found = " and ".join(t for t in (f"{n_nan} NaN value(s)" if n_nan else "",
+                                     f"{n_inf} infinite value(s)" if n_inf else "") if t)
+    return [Problem(ERROR, path, f"image contains {found}",
+                    "replace them (e.g. with 0 or the background intensity) and save the image again")]
 
 
 def _channel_count_problems(case: CaseFiles, images: list[tuple[Path, np.ndarray, Any]],
