@@ -101,6 +101,9 @@ def _spawned_rank(local_rank: int, args: argparse.Namespace, env: dict[str, str]
                   world: int) -> None:
     """Body of one process started by :func:`launch_local` (top level: picklable for spawn)."""
     from nnseg.cli.main import USER_ERRORS
+    from nnseg.parallel import die_with_parent
+
+    die_with_parent()  # a SIGKILL of the launcher must not leave ranks training on
 
     info = DistInfo(rank=local_rank, world_size=world, local_rank=local_rank, local_world_size=world,
                     init_method=f"tcp://127.0.0.1:{port}")
