@@ -5,7 +5,8 @@ poorly (about 1.1:1). A zip bomb does the opposite: a 2 MB zip that declares a 2
 zip whose declared uncompressed total exceeds ``max_total_bytes``, whose compression ratio (total, or of one file
 larger than 1 MiB) exceeds ``max_ratio``, or that would not fit on the disk; Python's ``zipfile`` never extracts
 more than an entry declares, so the declared sizes bound what is written. Every file must also lie inside a
-model folder ``DatasetXXX_Name/<Trainer>__<Plans>__<configuration>/...``, the layout nnU-Net exports.
+model folder ``DatasetXXX_Name/<Trainer>__<Plans>__<configuration>/...`` (or the dataset's ``ensembles/`` folder and
+inference instructions), the layout nnU-Net exports.
 
 Defaults: 16 GiB in total and a ratio of 200; override with ``--max-unzipped-gb`` / ``--max-zip-ratio`` or the
 environment variables ``NNSEG_MODEL_ZIP_MAX_GB`` and ``NNSEG_MODEL_ZIP_MAX_RATIO``.
@@ -27,6 +28,7 @@ RATIO_MIN_BYTES = 1 << 20  # files below this size may compress as well as they 
 ENV_MAX_GB = "NNSEG_MODEL_ZIP_MAX_GB"
 ENV_MAX_RATIO = "NNSEG_MODEL_ZIP_MAX_RATIO"
 _DATASET = re.compile(r"^Dataset\d{3}_.+$")
+DATASET_FILES = ("inference_information.json", "inference_instructions.txt", "inference_information.txt")
 
 
 @dataclass(frozen=True)
@@ -89,23 +91,30 @@ def check_zip_limits(zf: zipfile.ZipFile, limits: ZipLimits, target: Path) -> No
 
 
 def check_model_layout(zf: zipfile.ZipFile) -> None:
-    """Every file lies inside ``DatasetXXX_Name/<Trainer>__<Plans>__<configuration>/`` (folders above are allowed).
+    """Every entry lies where nnU-Net's export puts files: in a model folder
+    ``DatasetXXX_Name/<Trainer>__<Plans>__<configuration>/``, in ``DatasetXXX_Name/ensembles/<name>/``, or is one of
+    the dataset's ``inference_information.json`` / ``inference_instructions.txt`` (folders above are allowed).
 
     Raises:
         ValueError: naming the entries outside any model folder.
     """
-    outside = []
-    for info in zf.infolist():
-        parts = PurePosixPath(info.filename.replace("\\", "/")).parts
-        in_model = len(parts) >= 2 and bool(_DATASET.match(parts[0])) and parts[1].count("__") == 2
-        folder_above = info.is_dir() and len(parts) == 1 and bool(_DATASET.match(parts[0]))
-        if not (in_model and (len(parts) >= 3 or info.is_dir())) and not folder_above:
-            outside.append(info.filename)
+    outside = [info.filename for info in zf.infolist()
+               if not _in_layout(PurePosixPath(info.filename.replace("\\", "/")).parts, info.is_dir())]
     if outside:
         shown = ", ".join(repr(n) for n in outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
         raise ValueError(f"refusing to install {zf.filename}: {len(outside)} entries lie outside any model folder "
                          f"DatasetXXX_Name/<Trainer>__<Plans>__<configuration>/ ({shown}); a model zip holds only "
                          "such folders (as nnUNetv2_export_model_to_zip writes them). Re-export the model")
+
+
+def _in_layout(parts: tuple[str, ...], is_dir: bool) -> bool:
+    if not parts or not _DATASET.match(parts[0]):
+        return False
+    if len(parts) == 1:
+        return is_dir
+    if parts[1].count("__") == 2 or parts[1] == "ensembles":
+        return len(parts) >= 3 or is_dir
+    return len(parts) == 2 and not is_dir and parts[1] in DATASET_FILES
 
 
 def _existing(path: Path) -> Path:
