@@ -159,6 +159,8 @@ def _case_files_problems(case: CaseFiles, spec: DatasetSpec, *, explicit: bool) 
     if not explicit and n:
         folder = case.images[0].parent
         wanted = [folder / f"{case.identifier}_{c:04d}{spec.file_ending}" for c in range(n)]
+        if n in (3, 4) and list(case.images) == wanted[:1]:
+            wanted = wanted[:1]  # one RGB(A) file may hold every channel, as nnU-Net accepts; the reader decides
         problems += [Problem(ERROR, p, f"channel file of case {case.identifier!r} is missing (dataset.json declares "
                              f"{n} channel(s))", "add the file, or fix channel_names in dataset.json")
                      for p in wanted if p not in case.images]
