@@ -97,8 +97,9 @@ def stop_resource_tracker() -> None:
     try:
         from multiprocessing import resource_tracker
 
-        stop = getattr(resource_tracker._resource_tracker, "_stop", None)
-        if stop is not None:
+        tracker = resource_tracker._resource_tracker
+        stop = getattr(tracker, "_stop", None)
+        if stop is not None and getattr(tracker, "_pid", None) is not None:  # started by this process
             stop()
     except Exception:  # noqa: BLE001 - best effort at exit: the tracker also ends when its pipe closes
         return
