@@ -41,11 +41,11 @@ def run_command(cmd: Command, argv: Sequence[str], *, prog: str, env: Mapping[st
     except (OSError, *USER_ERRORS) as e:  # OSError of any kind too (disk full, read-only, permission)
         if ctx.env.get("NNSEG_DEBUG"):
             raise
-        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
         return 1
 
 
-def _one_line(e: Exception) -> str:
+def error_line(e: Exception) -> str:
     """The message of a user error; an OSError of the system as path, cause and fix (``nnseg.fs_errors``)."""
     if is_system_error(e):
         return describe_os_error(e)  # type: ignore[arg-type]
