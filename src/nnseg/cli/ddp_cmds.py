@@ -100,15 +100,18 @@ def launch_local(args: argparse.Namespace, ctx: Context) -> int:
 def _spawned_rank(local_rank: int, args: argparse.Namespace, env: dict[str, str], cwd: str, port: int,
                   world: int) -> None:
     """Body of one process started by :func:`launch_local` (top level: picklable for spawn)."""
-    from nnseg.cli.main import USER_ERRORS
+    from nnseg.cli.main import USER_ERRORS, error_line
+    from nnseg.parallel import die_with_parent
+
+    die_with_parent()  # a SIGKILL of the launcher must not leave ranks training on
 
     info = DistInfo(rank=local_rank, world_size=world, local_rank=local_rank, local_world_size=world,
                     init_method=f"tcp://127.0.0.1:{port}")
     try:
         load_extensions(env)  # this spawned process has not imported the user's extensions yet
         code = run_rank(args, Context(env=env, cwd=Path(cwd)), info)
-    except USER_ERRORS as e:
-        print(f"nnUNetv2_train (rank {local_rank}): error: {e}", file=sys.stderr)
+    except (OSError, *USER_ERRORS) as e:
+        print(f"nnUNetv2_train (rank {local_rank}): error: {error_line(e)}", file=sys.stderr)
         code = 1
     if code:
         sys.exit(code)

@@ -229,12 +229,27 @@ def run_predict_from_modelfolder(args: argparse.Namespace, ctx: Context) -> int:
 
 def add_install_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("zip", help="model zip written by nnUNetv2_export_model_to_zip")
+    add_zip_limit_options(p)
+
+
+def add_zip_limit_options(p: argparse.ArgumentParser) -> None:
+    """``--max-unzipped-gb`` and ``--max-zip-ratio`` (nnseg extras; see nnseg.predictions.zip_limits)."""
+    p.add_argument("--max-unzipped-gb", type=float, default=None, help="nnseg extra: refuse a zip that unpacks to more "
+                   "GiB than this [$NNSEG_MODEL_ZIP_MAX_GB or 16]")
+    p.add_argument("--max-zip-ratio", type=float, default=None, help="nnseg extra: refuse a zip that compresses better "
+                   "than this ratio (zip bomb) [$NNSEG_MODEL_ZIP_MAX_RATIO or 200]")
+
+
+def zip_limits(args: argparse.Namespace, ctx: Context) -> Any:
+    from nnseg.predictions.zip_limits import ZipLimits
+
+    return ZipLimits.from_settings(max_gb=args.max_unzipped_gb, max_ratio=args.max_zip_ratio, env=ctx.env)
 
 
 def run_install_model(args: argparse.Namespace, ctx: Context) -> int:
     from nnseg.predictions.install import install_model_zip
 
-    installed = install_model_zip(Path(args.zip), ctx.roots().results)
+    installed = install_model_zip(Path(args.zip), ctx.roots().results, limits=zip_limits(args, ctx))
     for folder in installed:
         print(f"installed {folder}")
     return 0
