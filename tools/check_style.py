@@ -14,7 +14,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "nnseg"
 MAX_FUNCTION_LINES = 40
 MAX_MODULE_LINES = 400
 STAGES = ["raw", "fingerprint", "plans", "preprocessed", "training", "predictions", "metrics", "serve"]
-SHARED = {"_types", "registry", "jsonio", "paths", "networks", "devices", "safe_pickle", "parallel", "locks", "fs_errors"}
+SHARED = {"_types", "registry", "jsonio", "paths", "networks", "devices", "safe_pickle", "parallel", "locks", "fs_errors",
+          "extensions"}
 
 
 def code_lines(node: ast.AST, source_lines: list[str]) -> int:

@@ -67,11 +67,23 @@ def autocast_context(device: torch.device | str, precision: str) -> contextlib.A
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+def auto_device() -> str:
+    """The ``auto`` device of training and prediction alike: CUDA if torch sees a GPU, else MPS (Apple), else the CPU."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def resolve_device(name: str) -> torch.device:
-    """``'cpu'``, ``'cuda'`` (``'cuda:1'``) or ``'mps'``, checked to exist, with nnU-Net's thread settings applied."""
+    """``'cpu'``, ``'cuda'`` (``'cuda:1'``), ``'mps'`` or ``'auto'`` (:func:`auto_device`), checked to exist, with
+    nnU-Net's thread settings applied."""
+    if name == "auto":
+        name = auto_device()
     kind = name.split(":")[0]
     if kind not in DEVICE_TYPES:
-        raise ValueError(f"unknown device {name!r}; use one of {', '.join(DEVICE_TYPES)}")
+        raise ValueError(f"unknown device {name!r}; use auto or one of {', '.join(DEVICE_TYPES)}")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError("-device cuda was requested but torch sees no CUDA GPU; use -device cpu (or install a CUDA build of torch)")
     if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):

@@ -8,8 +8,18 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+def _load_extensions() -> bool:
+    """Import extensions not imported yet (:mod:`nnseg.extensions`); True when that added modules."""
+    from nnseg.extensions import load_extensions
+
+    return bool(load_extensions())
+
+
 class Registry(Generic[T]):
     """A mapping from names to objects, filled with the :meth:`register` decorator.
+
+    A name that is missing makes the registry import the user's extensions (:mod:`nnseg.extensions`) once and look
+    again, so components registered by an extension are found in every process (spawned workers, DDP ranks).
 
     Example:
         >>> NORMS = Registry[int]("norm")
@@ -39,23 +49,26 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def _has(self, name: object) -> bool:
+        return name in self._items or (isinstance(name, str) and _load_extensions() and name in self._items)
+
     def __getitem__(self, name: str) -> T:
-        try:
-            return self._items[name]
-        except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; registered: {sorted(self._items)}") from None
+        if not self._has(name):
+            raise KeyError(f"unknown {self.kind} {name!r}; registered: {self.names()}")
+        return self._items[name]
 
     def get(self, name: str, default: T | None = None) -> T | None:
-        return self._items.get(name, default)
+        return self._items[name] if self._has(name) else default
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return self._has(name)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._items))
+        return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.names())
 
     def names(self) -> list[str]:
+        _load_extensions()
         return sorted(self._items)

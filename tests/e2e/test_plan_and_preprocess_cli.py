@@ -94,6 +94,9 @@ def test_bad_arguments_give_clear_errors(demo: Path, tmp_path: Path, roots_env: 
     assert _cli(["plan-and-preprocess", "-d", "1", "--no_pp", "-npfp", "1", "--no_pbar", "-pl", "NoSuchPlanner"],
                 roots_env, tmp_path) == 1
     assert "NoSuchPlanner" in capsys.readouterr().err
+    fingerprint = Path(roots_env["nnUNet_preprocessed"]) / "Dataset001_Demo" / "dataset_fingerprint.json"
+    assert not fingerprint.exists()  # the unknown planner is refused before fingerprinting
+    assert _cli(["fingerprint", "-d", "1", "-np", "1", "--no_pbar"], roots_env, tmp_path) == 0
     assert _cli(["plan", "-d", "1", "-overwrite_target_spacing", "1", "2"], roots_env, tmp_path) == 1
     assert "3 values" in capsys.readouterr().err
     make_demo_dataset(Path(roots_env["nnUNet_raw"]) / "Dataset002_Two", num_cases=2, num_channels=2, shape=(8, 8, 8),

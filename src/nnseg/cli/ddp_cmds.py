@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from nnseg.cli.context import Context
-from nnseg.devices import resolve_device
+from nnseg.devices import auto_device, resolve_device
+from nnseg.extensions import load_extensions
 from nnseg.locks import folder_lock
 from nnseg.training.distributed import (
     DistInfo,
@@ -56,8 +57,6 @@ def run_train_distributed(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _device_name(args: argparse.Namespace) -> str:
-    from nnseg.cli.train_cmds import auto_device
-
     return auto_device() if args.device == "auto" else args.device
 
 
@@ -86,7 +85,7 @@ def launch_local(args: argparse.Namespace, ctx: Context) -> int:
     trainer, config = trainer_and_config(args)
     job = _job(args, ctx, trainer, config, torch.device(kind))  # checks --precision for that device too
     rank_batch_sizes(_global_batch_size(job), n)  # the batch-size error before any process starts
-    port = _free_port()
+    port = ctx.env_int("MASTER_PORT", 0) or _free_port()  # nnU-Net: MASTER_PORT if set, else a free port
     print(f"nnseg: training with {n} processes ({'NCCL, one GPU each' if kind == 'cuda' else 'gloo on the CPU'}); "
           f"rendezvous on 127.0.0.1:{port}", file=sys.stderr)
     try:
@@ -109,6 +108,7 @@ def _spawned_rank(local_rank: int, args: argparse.Namespace, env: dict[str, str]
     info = DistInfo(rank=local_rank, world_size=world, local_rank=local_rank, local_world_size=world,
                     init_method=f"tcp://127.0.0.1:{port}")
     try:
+        load_extensions(env)  # this spawned process has not imported the user's extensions yet
         code = run_rank(args, Context(env=env, cwd=Path(cwd)), info)
     except (OSError, *USER_ERRORS) as e:
         print(f"nnUNetv2_train (rank {local_rank}): error: {error_line(e)}", file=sys.stderr)
@@ -157,6 +157,7 @@ def _train_rank(args: argparse.Namespace, ctx: Context, run, job, ddp: Distribut
         ProgressPlot,
         TextLog,
     )
+    from nnseg.training.loggers import logger_hooks
     from nnseg.training.loop import train
     from nnseg.training.setup import save_run_files
     from nnseg.training.summary_hook import NetworkSummary
@@ -170,6 +171,7 @@ def _train_rank(args: argparse.Namespace, ctx: Context, run, job, ddp: Distribut
                   f"global batch {run.batch_size} split {rank_batch_sizes(run.batch_size, info.world_size)}")
         hooks = [log, ProgressBar(), ProgressPlot(run.output_folder), DebugJson(run.output_folder),
                  NetworkSummary(run.output_folder)]
+    hooks += logger_hooks(args.logger, env=ctx.env, output_folder=run.output_folder, resume=args.c, rank=info.rank)
     hooks += diagnostic_hooks(ctx.env, info)
     pretrained = Path(args.pretrained_weights) if args.pretrained_weights else None
     train(rank_run(run, info), hooks=HookList(hooks), resume=args.c, pretrained_weights=pretrained, dist=ddp)
@@ -227,8 +229,8 @@ def shard_predict_args(args: argparse.Namespace, info: DistInfo | None) -> argpa
     out = argparse.Namespace(**vars(args))
     out.part_id = args.part_id + info.rank * args.num_parts
     out.num_parts = args.num_parts * info.world_size
-    device = args.device or ("cuda" if torch.cuda.is_available() else None)
-    if device is not None and device.split(":")[0] == "cuda":
+    device = auto_device() if args.device in (None, "auto") else args.device
+    if device.split(":")[0] == "cuda":
         out.device = f"cuda:{info.local_rank}"
     return out
 

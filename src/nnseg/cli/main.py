@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nnseg.cli.context import Context
 from nnseg.cli.table import COMMANDS, Command, by_name
+from nnseg.extensions import load_extensions
 from nnseg.fs_errors import describe_os_error, is_system_error
 
 USER_ERRORS = (ImportError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, PermissionError,
@@ -38,6 +39,7 @@ def run_command(cmd: Command, argv: Sequence[str], *, prog: str, env: Mapping[st
     _, run = _functions(cmd)
     ctx = Context(env=dict(os.environ) if env is None else env, cwd=Path.cwd() if cwd is None else cwd)
     try:
+        load_extensions(ctx.env)  # the user's registered components (docs/EXTENSIONS.md), before anything is written
         return int(run(args, ctx) or 0)
     except (OSError, *USER_ERRORS) as e:  # OSError of any kind too (disk full, read-only, permission)
         if ctx.env.get("NNSEG_DEBUG"):

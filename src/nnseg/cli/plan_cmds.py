@@ -111,6 +111,24 @@ def add_move_plans(parser: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ steps
+def check_class_names(*, extractor: str | None = None, planner: str | None = None,
+                      preprocessor: str | None = None) -> None:
+    """Refuse a -fpe / -pl / -preprocessor_name nnseg does not implement, before any dataset is read or written.
+
+    nnU-Net imports these classes by name; nnseg has the shipped ones as data (planners: ``plans.presets.PLANNERS``,
+    to which an extension can add presets).
+    """
+    from nnseg.plans.presets import PLANNERS
+
+    if extractor is not None and extractor not in FINGERPRINT_EXTRACTORS:
+        raise ValueError(f"unknown fingerprint extractor -fpe {extractor!r}; available: {list(FINGERPRINT_EXTRACTORS)}")
+    if planner is not None and planner not in PLANNERS:
+        raise ValueError(f"unknown experiment planner -pl {planner!r}; nnseg implements {PLANNERS.names()} "
+                         "(another planner: register a PlannerPreset in an extension, docs/EXTENSIONS.md)")
+    if preprocessor is not None and preprocessor not in PREPROCESSORS:
+        raise ValueError(f"unknown -preprocessor_name {preprocessor!r}; nnseg implements {list(PREPROCESSORS)}")
+
+
 def _raw_folder(ctx: Context, name: str) -> Path:
     folder = ctx.roots().raw / name
     if not (folder / "dataset.json").is_file():
@@ -248,6 +266,7 @@ def _fingerprint_np(ctx: Context, value: int | None) -> int:
 
 
 def run_fingerprint(args: argparse.Namespace, ctx: Context) -> int:
+    check_class_names(extractor=args.fpe)
     for ref in args.d:
         fingerprint_step(ctx, ctx.dataset_name(ref), num_processes=_fingerprint_np(ctx, args.np), clean=args.clean,
                          verify=args.verify_dataset_integrity, extractor=args.fpe, progress=not args.no_pbar,
@@ -261,6 +280,7 @@ def _plan_kwargs(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run_plan(args: argparse.Namespace, ctx: Context) -> int:
+    check_class_names(planner=args.pl, preprocessor=args.preprocessor_name)
     for ref in args.d:
         plan_step(ctx, ctx.dataset_name(ref), **_plan_kwargs(args))  # type: ignore[arg-type]
     return 0
@@ -277,6 +297,7 @@ def run_plan_and_preprocess(args: argparse.Namespace, ctx: Context) -> int:
     """Fingerprint, plan, preprocess; one worker pool serves fingerprinting and preprocessing (started once)."""
     from nnseg.fingerprint.pool import open_pool
 
+    check_class_names(extractor=args.fpe, planner=args.pl, preprocessor=args.preprocessor_name)
     names = [ctx.dataset_name(ref) for ref in args.d]
     _preload("nnseg.plans.planner")  # its imports (torch, ~1.5 s) overlap with fingerprinting in the workers
     npfp = _fingerprint_np(ctx, args.npfp)

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import torch
-
 from nnseg.cli.context import Context
+from nnseg.devices import auto_device
 from nnseg.predictions.model_folder import DEFAULT_FOLDS, resolve_model_folder
 
 # training-only options that have no meaning for prediction (dropped from the suggested command)
@@ -79,7 +78,8 @@ def _common_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name [checkpoint_final.pth]")
     p.add_argument("-prev_stage_predictions", default=None, help="previous stage's predictions (cascade)")
     p.add_argument("-device", default=None,
-                   help="cuda, cpu or mps [cuda as nnU-Net; falls back to cpu, with a note, when there is no GPU]")
+                   help="cuda, cpu, mps or auto [auto, as for training: cuda if available, else mps, else cpu (with a "
+                        "note; nnU-Net's default is cuda)]")
     p.add_argument("--disable_progress_bar", action="store_true", help="no progress bar")
     p.add_argument("--not_on_device", action="store_true", help="accumulate logits in CPU memory (large images)")
     g = p.add_argument_group("nnseg additions")
@@ -119,11 +119,13 @@ def add_predict(p: argparse.ArgumentParser) -> None:
 
 
 def _device(requested: str | None) -> str:
-    if requested is None:
-        if torch.cuda.is_available():
-            return "cuda"
-        print("nnseg: no CUDA GPU found; predicting on the CPU (pass -device cpu to silence this)", file=sys.stderr)
-        return "cpu"
+    """``-device`` as given; left out or ``auto``: the training rule (CUDA, then MPS, then CPU), with a note off CUDA."""
+    if requested in (None, "auto"):
+        device = auto_device()
+        if device != "cuda":
+            print(f"nnseg: no CUDA GPU found; predicting on {device} (pass -device {device} to silence this)",
+                  file=sys.stderr)
+        return device
     return requested
 
 

@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 
 from nnseg.cli.context import Context
-from nnseg.devices import resolve_device, resolve_precision
+from nnseg.devices import auto_device, resolve_device, resolve_precision
 from nnseg.locks import folder_lock
 from nnseg.plans.schema import load_plans
 from nnseg.raw.dataset_json import load_dataset_json
 from nnseg.training.config import TrainConfig, apply_overrides, preset_for_trainer, trainer_name_for_epochs
 from nnseg.training.hooks import DebugJson, HookList, ProgressBar, ProgressPlot, TextLog
+from nnseg.training.loggers import LOGGERS, check_loggers, logger_hooks
 from nnseg.training.loop import train
 from nnseg.training.setup import FoldJob, make_run_spec, save_run_files
 from nnseg.training.summary_hook import NetworkSummary
@@ -46,14 +47,9 @@ def add_train(p: argparse.ArgumentParser) -> None:
                    help="autocast precision [auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32]")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any TrainConfig field, e.g. --set initial_lr=0.005 (repeatable)")
-
-
-def auto_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    g.add_argument("--logger", action="append", default=[], choices=list(LOGGERS),
+                   help="experiment tracking: wandb, mlflow (MLFLOW_TRACKING_URI) or tensorboard (repeatable; "
+                        "nnUNet_wandb_enabled=1 also turns wandb on, as in nnU-Net)")
 
 
 def trainer_and_config(args: argparse.Namespace) -> tuple[str, TrainConfig]:
@@ -100,6 +96,7 @@ def _job(args: argparse.Namespace, ctx: Context, trainer: str, config: TrainConf
 def run_train(args: argparse.Namespace, ctx: Context) -> int:
     from nnseg.cli.ddp_cmds import is_distributed, run_train_distributed
 
+    check_loggers(args.logger, env=ctx.env)  # a missing tracking library is refused before anything is written
     if is_distributed(args, ctx.env):  # -num_gpus N > 1, or one rank of a torchrun job
         return run_train_distributed(args, ctx)
     if args.fold != "all" and not args.fold.isdigit():
@@ -119,9 +116,10 @@ def _train_and_validate(args: argparse.Namespace, ctx: Context, run, job: FoldJo
     if not (args.val or args.val_best):
         if run.output_folder.exists() and not args.c and (run.output_folder / "checkpoint_final.pth").exists():
             print(f"note: {run.output_folder} already holds a trained model; training again overwrites it", file=sys.stderr)
+        loggers = logger_hooks(args.logger, env=ctx.env, output_folder=run.output_folder, resume=args.c)
         save_run_files(run, job)
         hooks = HookList([TextLog(run.output_folder), ProgressBar(), ProgressPlot(run.output_folder),
-                          DebugJson(run.output_folder), NetworkSummary(run.output_folder)])
+                          DebugJson(run.output_folder), NetworkSummary(run.output_folder), *loggers])
         train(run, hooks=hooks, resume=args.c, pretrained_weights=pretrained)
     return final_validation(run, job, ctx, best=args.val_best, npz=args.npz)
 

@@ -50,7 +50,8 @@ def _network_class(architecture: Mapping[str, Any]) -> type[nn.Module]:
     name = architecture["network_class_name"]
     if not isinstance(name, str) or name not in NETWORKS:
         raise ValueError(
-            f"unknown network_class_name {name!r} in the plans architecture; known: {NETWORKS.names()}"
+            f"unknown network_class_name {name!r} in the plans architecture; known: {NETWORKS.names()}. A network "
+            "from an extension needs its folder in NNSEG_EXTENSIONS (or its package installed): docs/EXTENSIONS.md"
         )
     return NETWORKS[name]
 
@@ -69,10 +70,11 @@ def resolve_architecture(architecture: Mapping[str, Any]) -> tuple[type[nn.Modul
     """
     cls = _network_class(architecture)
     kwargs = dict(architecture.get("arch_kwargs") or {})
-    unknown = sorted(set(kwargs) - set(_ACCEPTED[cls]))
+    accepted = _ACCEPTED.get(cls)  # None: a network an extension registered, which receives every arch_kwarg
+    unknown = sorted(set(kwargs) - set(accepted)) if accepted is not None else []
     if unknown:
-        raise ValueError(f"arch_kwargs {unknown} are not accepted by {cls.__name__}; accepted: {list(_ACCEPTED[cls])}")
-    missing = [k for k in _REQUIRED[cls] if k not in kwargs]
+        raise ValueError(f"arch_kwargs {unknown} are not accepted by {cls.__name__}; accepted: {list(accepted or ())}")
+    missing = [k for k in _REQUIRED.get(cls, ()) if k not in kwargs]
     if missing:
         raise ValueError(f"arch_kwargs for {cls.__name__} lack {missing}; add them to the plans architecture")
     to_import = list(architecture.get("_kw_requires_import") or [])
@@ -104,14 +106,14 @@ def build_network(
         input_channels: number of image channels.
         num_classes: number of output channels (labels incl. background, or regions).
         deep_supervision: return a list of logits from full resolution down instead of one tensor.
-        initialize: apply the class's `initialize` (as nnU-Net does before training).
+        initialize: apply the class's `initialize` (as nnU-Net does before training), when it has one.
 
     Returns:
         The network; output `(B, num_classes, *patch)` or a list of such at decreasing resolution.
     """
     cls, kwargs = resolve_architecture(architecture)
     net = cls(input_channels=input_channels, num_classes=num_classes, deep_supervision=deep_supervision, **kwargs)
-    if initialize:
+    if initialize and hasattr(net, "initialize"):
         net.apply(net.initialize)
     return net
 

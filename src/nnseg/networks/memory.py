@@ -18,6 +18,7 @@ from nnseg.networks.blocks import as_dims, per_item
 from nnseg.networks.build import resolve_architecture
 from nnseg.networks.ops import conv_dim
 from nnseg.networks.plain_unet import PlainConvUNet
+from nnseg.networks.resenc_unet import ResidualEncoderUNet
 from nnseg.networks.residual import BottleneckD
 
 __all__ = ["estimate_feature_map_size"]
@@ -101,7 +102,9 @@ def _estimate(architecture: Mapping[str, Any], patch: tuple[int, ...], num_class
     if len(patch) != dim:
         raise ValueError(f"patch size {list(patch)} has {len(patch)} axes but the architecture is {dim}D")
     strides = [as_dims(s, dim) for s in per_item(kw["strides"], kw["n_stages"], "strides")]
-    encoder = _plain_encoder if cls is PlainConvUNet else _residual_encoder
+    # a network from an extension gets the planned arch_kwargs: estimate the U-Net they describe
+    plain = cls is PlainConvUNet or (cls is not ResidualEncoderUNet and "n_blocks_per_stage" not in kw)
+    encoder = _plain_encoder if plain else _residual_encoder
     return encoder(kw, strides, list(patch)) + _decoder(kw, strides, list(patch), num_classes, ds)
 
 

@@ -57,14 +57,13 @@ SAMPLES_PER_CALL = {"cpu": 8, "cuda": 8, "mps": 8}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``'auto'``: CUDA if available, else CPU; otherwise :func:`nnseg.devices.resolve_device` (checked).
+    """``None``/``'auto'``: the training rule :func:`nnseg.devices.auto_device` (CUDA, then MPS, then CPU); otherwise
+    :func:`nnseg.devices.resolve_device` (checked).
 
     Raises:
         ValueError: unknown device, or CUDA/MPS requested but not available.
     """
-    if device is None or str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return devices.resolve_device(str(device))
+    return devices.resolve_device("auto" if device is None else str(device))
 
 
 @dataclass

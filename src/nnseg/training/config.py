@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from nnseg.jsonio import to_jsonable
+from nnseg.registry import Registry
 
 NNUNET_EPOCH_PRESETS = (1, 5, 10, 20, 50, 100, 250, 500, 750, 2000, 4000, 8000)
 DEFAULT_TRAINER = "nnUNetTrainer"
@@ -41,6 +42,7 @@ class TrainConfig:
     deep_supervision: bool = True
     mirroring: bool = True
     augmentation: str = "default"  # a name in training.augment.pipeline.AUGMENTATIONS: "default" or "none"
+    network: str | None = None  # a name in networks.NETWORKS replacing the plans' network class (None: the planned one)
     batch_size: int | None = None
     seed: int | None = None
     precision: str = "auto"
@@ -118,6 +120,7 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "early_stopping_patience": _int_at_least(1, optional=True),
     "time_budget_hours": _float_in(0, INF, low_open=True, high_open=True, optional=True),
     "save_every": _int_at_least(1), "ema_alpha": _float_in(0, 1),
+    "network": ((lambda v: v is None or (isinstance(v, str) and bool(v))), "a registered network name or none"),
 }
 
 
@@ -126,12 +129,22 @@ def config_problems(config: TrainConfig) -> dict[str, str]:
     return {name: text for name, (ok, text) in FIELD_RULES.items() if not ok(getattr(config, name))}
 
 
+TRAINER_PRESETS: Registry[TrainConfig] = Registry("trainer preset")
+"""User presets (``-tr NAME``), added by extensions: ``TRAINER_PRESETS.add("MyPreset", TrainConfig(loss=...))``."""
+
+
 def preset_for_trainer(name: str) -> TrainConfig:
-    """The TrainConfig an nnU-Net trainer name stands for.
+    """The TrainConfig an nnU-Net trainer name (or a preset an extension registered) stands for.
 
     Raises:
         ValueError: a trainer name nnseg has no preset for (the message lists the known ones).
     """
+    if name not in known_trainer_names() and name in TRAINER_PRESETS:
+        preset = TRAINER_PRESETS[name]
+        if not isinstance(preset, TrainConfig):
+            raise ValueError(f"trainer preset {name!r} is a {type(preset).__name__}, not a TrainConfig; register "
+                             "TrainConfig(...) objects in TRAINER_PRESETS")
+        return preset
     base = TrainConfig()
     if name == DEFAULT_TRAINER:
         return base
@@ -144,9 +157,10 @@ def preset_for_trainer(name: str) -> TrainConfig:
         epochs, mirroring = int(m.group(1)), m.group(2) is None
         if name == trainer_name_for_epochs(epochs, mirroring=mirroring):
             return base.replace(num_epochs=epochs, mirroring=mirroring)
-    known = ", ".join(known_trainer_names())
+    known = ", ".join(known_trainer_names() + TRAINER_PRESETS.names())
     raise ValueError(f"unknown trainer {name!r}; nnseg knows {known} (any nnUNetTrainer_<N>epochs[_NoMirroring] works too). "
-                     "Other settings go through --set key=value instead of a trainer class")
+                     "Other settings go through --set key=value instead of a trainer class, or register a preset in "
+                     "an extension (docs/EXTENSIONS.md)")
 
 
 def known_trainer_names() -> list[str]:

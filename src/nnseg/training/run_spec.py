@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ import torch
 from torch import nn
 
 from nnseg.devices import keep_freed_memory_for_reuse
-from nnseg.networks import build_network
+from nnseg.networks import NETWORKS, build_network
+from nnseg.registry import Registry
 from nnseg.training.augment.pipeline import AUGMENTATIONS, augmentation_setup, sampling_patch_size
 from nnseg.training.cascade import CascadeInputs
 from nnseg.training.config import TrainConfig
@@ -21,16 +23,35 @@ from nnseg.training.losses import LOSSES, DeepSupervisionLoss, deep_supervision_
 from nnseg.training.sampling import PatchSampler
 from nnseg.training.schedule import LR_SCHEDULES
 
-OPTIMIZERS = ("sgd_nesterov",)
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
+
+
+@OPTIMIZERS.register("sgd_nesterov")
+def sgd_nesterov(params: Any, *, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """nnU-Net's optimizer: SGD with Nesterov momentum."""
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
 
 
 def check_component_names(config: TrainConfig) -> None:
-    """Refuse a TrainConfig naming an unknown loss, LR schedule, optimizer or augmentation, before anything is written."""
+    """Refuse a TrainConfig naming an unknown loss, LR schedule, optimizer, augmentation or network, before anything
+    is written."""
     named = {"loss": (config.loss, LOSSES.names()), "lr_schedule": (config.lr_schedule, LR_SCHEDULES.names()),
-             "optimizer": (config.optimizer, list(OPTIMIZERS)), "augmentation": (config.augmentation, AUGMENTATIONS.names())}
+             "optimizer": (config.optimizer, OPTIMIZERS.names()), "augmentation": (config.augmentation, AUGMENTATIONS.names())}
+    if config.network is not None:
+        named["network"] = (config.network, NETWORKS.names())
     for field, (value, known) in named.items():
         if value not in known:
-            raise ValueError(f"unknown {field} {value!r}; available: {known} (set it with --set {field}=NAME)")
+            raise ValueError(f"unknown {field} {value!r}; available: {known} (set it with --set {field}=NAME, or "
+                             "register one in an extension: docs/EXTENSIONS.md)")
+
+
+def architecture_for(config: TrainConfig, planned: dict[str, Any]) -> dict[str, Any]:
+    """The plans ``architecture`` a run trains: the planned one, or with ``network_class_name`` set to
+    ``config.network`` (the planned ``arch_kwargs`` are passed to that class)."""
+    architecture = dict(planned)
+    if config.network is not None:
+        architecture["network_class_name"] = config.network
+    return architecture
 
 
 @dataclass(frozen=True)
@@ -109,7 +130,7 @@ def _batches(run: RunSpec) -> BatchMaker:
 
 
 def build_components(run: RunSpec) -> Components:
-    """Network (He-initialised, seeded), SGD-Nesterov, loss with deep supervision, grad scaler, batch maker."""
+    """Network (He-initialised, seeded), optimizer (SGD-Nesterov), loss with deep supervision, grad scaler, batch maker."""
     if run.device.type == "cpu":
         keep_freed_memory_for_reuse()
     torch.manual_seed(run.seed)
@@ -118,8 +139,8 @@ def build_components(run: RunSpec) -> Components:
                             deep_supervision=run.config.deep_supervision).to(run.device)
     cfg = run.config
     check_component_names(cfg)
-    optimizer = torch.optim.SGD(network.parameters(), lr=cfg.initial_lr, weight_decay=cfg.weight_decay,
-                                momentum=cfg.momentum, nesterov=True)
+    optimizer = OPTIMIZERS[cfg.optimizer](network.parameters(), lr=cfg.initial_lr, weight_decay=cfg.weight_decay,
+                                          momentum=cfg.momentum)
     scaler = torch.amp.GradScaler("cuda") if run.device.type == "cuda" and run.precision == "fp16" else None
     runner = torch.compile(network) if use_compile(run) else network
     return Components(runner, network, optimizer, scaler, _loss(run), _batches(run))

@@ -24,7 +24,7 @@ from nnseg.training.preflight import (
     check_plans_plausible,
     check_pretrained_weights,
 )
-from nnseg.training.run_spec import RunSpec, check_component_names
+from nnseg.training.run_spec import RunSpec, architecture_for, check_component_names
 from nnseg.training.splits import check_splits_cases, fold_cases, load_or_create_splits, some_cases
 
 __all__ = ["TRAIN_CONFIG_FILE", "FoldJob", "check_saved_config", "make_run_spec", "save_run_files"]
@@ -122,7 +122,7 @@ def _run_spec(job: FoldJob, cases: dict[str, list[str]], data_folder: Path, out:
     labels = label_setup(job.spec)
     prev = _prev_stage(job, cfg.previous_stage, cases["train"] + cases["val"])
     return RunSpec(
-        architecture=dict(cfg.architecture), patch_size=tuple(int(p) for p in cfg.patch_size),
+        architecture=architecture_for(job.config, dict(cfg.architecture)), patch_size=tuple(int(p) for p in cfg.patch_size),
         batch_size=int(job.config.batch_size or cfg.batch_size), batch_dice=bool(cfg.batch_dice),
         num_input_channels=job.spec.num_channels + (len(job.spec.foreground_labels) if prev else 0),
         num_heads=labels["num_heads"], regions=labels["regions"],
@@ -147,9 +147,16 @@ def _prev_stage(job: FoldJob, previous_stage: str | None, identifiers: list[str]
 
 
 def save_run_files(run: RunSpec, job: FoldJob) -> None:
-    """plans/dataset.json/fingerprint copies in the model folder (``train_config.json``: written by ``train``)."""
+    """plans/dataset.json/fingerprint copies in the model folder (``train_config.json``: written by ``train``).
+
+    A preset's own network (``config.network``) is written into the copied plans' architecture of the configuration,
+    so prediction from the model folder builds that network.
+    """
     model = run.output_folder.parent
-    save_json(job.plans.to_json(), model / "plans.json")
+    plans = job.plans.to_json()
+    if run.config.network is not None:
+        plans["configurations"][job.configuration_name]["architecture"] = run.architecture
+    save_json(plans, model / "plans.json")
     save_json(job.spec.to_json(), model / "dataset.json")
     fingerprint = Path(job.preprocessed_dataset_folder) / "dataset_fingerprint.json"
     if fingerprint.is_file():

@@ -1,0 +1,93 @@
+"""What every experiment-tracking logger shares: nnU-Net's per-epoch metrics, run ids kept in the fold folder, and
+the clear error when the chosen tool is not installed."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from nnseg.jsonio import load_json, save_json
+
+TRACKING_FILE = "experiment_tracking.json"
+EPOCH_SCALARS = ("lrs", "train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice", "epoch_start_timestamps",
+                 "epoch_end_timestamps")
+PER_CLASS = "dice_per_class_or_region"
+
+
+class MissingTrackingLibrary(RuntimeError):
+    """The logger a user chose needs a library that is not installed (the message says which pip install fixes it)."""
+
+
+def require(module: str, *, extra: str, chosen_by: str) -> ModuleType:
+    """Import ``module`` or refuse with ``pip install nnseg[extra]``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingTrackingLibrary(f"{chosen_by} needs the {module!r} package, which is not installed ({e}); "
+                                     f"install it with `pip install nnseg[{extra}]`, or drop {chosen_by}") from None
+
+
+def epoch_metrics(logging: Mapping[str, list[Any]], epoch: int) -> dict[str, float]:
+    """nnU-Net's per-epoch values of ``epoch`` under nnU-Net's names (``MetaLogger.log``): the scalars plus
+    ``dice_per_class_or_region/class_<i+1>`` for each foreground class or region."""
+    out = {key: float(logging[key][epoch]) for key in EPOCH_SCALARS if len(logging.get(key, [])) > epoch}
+    per_class = logging.get(PER_CLASS, [])
+    if len(per_class) > epoch:
+        out.update({f"{PER_CLASS}/class_{i + 1}": float(v) for i, v in enumerate(per_class[epoch])})
+    return out
+
+
+def hyperparameters(run: Any, state: Any) -> dict[str, Any]:
+    """nnU-Net's ``hparas`` (the names its trainer logs) from a RunSpec and TrainState."""
+    cfg = run.config
+    return {"initial_lr": cfg.initial_lr, "weight_decay": cfg.weight_decay,
+            "oversample_foreground_percent": cfg.oversample_foreground, "probabilistic_oversampling": False,
+            "num_iterations_per_epoch": cfg.iterations_per_epoch,
+            "num_val_iterations_per_epoch": cfg.val_iterations_per_epoch, "num_epochs": state.num_epochs,
+            "enable_deep_supervision": cfg.deep_supervision, "batch_size": run.batch_size}
+
+
+def run_description(run: Any) -> dict[str, Any]:
+    """Dataset, configuration, fold and trainer of a RunSpec (nnU-Net logs the plans, configuration, fold, dataset)."""
+    init = run.init_args
+    return {"dataset": init["plans"].get("dataset_name"), "configuration": init["configuration"],
+            "fold": init["fold"], "trainer": run.trainer_name, "plans": init["plans"].get("plans_name")}
+
+
+def cluster_job_id(env: Mapping[str, str]) -> str | None:
+    """nnU-Net's ``JobID``: SLURM_JOB_ID, else LSB_JOBID, else None."""
+    return env.get("SLURM_JOB_ID") or env.get("LSB_JOBID")
+
+
+def stored_run(folder: Path, tool: str) -> dict[str, Any] | None:
+    """What ``experiment_tracking.json`` in the fold folder records about ``tool``'s run, or None."""
+    path = folder / TRACKING_FILE
+    if not path.is_file():
+        return None
+    entry = load_json(path).get(tool)
+    return entry if isinstance(entry, dict) else None
+
+
+def store_run(folder: Path, tool: str, entry: dict[str, Any]) -> None:
+    """Record ``tool``'s run in ``experiment_tracking.json`` (written atomically), so ``--c`` continues it."""
+    path = folder / TRACKING_FILE
+    data = load_json(path) if path.is_file() else {}
+    data[tool] = entry
+    save_json(data, path, sort_keys=True)
+
+
+def flag_value(env: Mapping[str, str], name: str) -> bool:
+    """nnU-Net's on/off variables: 0/false or 1/true (any case); unset is off.
+
+    Raises:
+        ValueError: any other value.
+    """
+    value = str(env.get(name, "0")).strip().lower()
+    if value in ("0", "false", ""):
+        return False
+    if value in ("1", "true"):
+        return True
+    raise ValueError(f"environment variable {name}={env.get(name)!r} must be 0/false (off) or 1/true (on)")

@@ -1,0 +1,50 @@
+"""TensorBoard (``--logger tensorboard``): event files in ``fold_X/tensorboard`` (``tensorboard --logdir`` on it).
+
+nnU-Net's per-epoch metrics as scalars with ``step = epoch``, the run description and hyperparameters as text. A
+fresh training clears the folder; ``--c`` writes on with ``purge_step`` = the epoch it resumes at, so epochs logged
+after the checkpoint it continues from are replaced rather than doubled.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nnseg.training.hooks import Hooks
+from nnseg.training.loggers.common import epoch_metrics, hyperparameters, require, run_description, store_run
+
+TOOL = "tensorboard"
+LOG_DIR = "tensorboard"
+
+
+class TensorBoardLogger(Hooks):
+    def __init__(self, *, output_folder: Path, resume: bool, chosen_by: str) -> None:
+        require("tensorboard", extra="tensorboard", chosen_by=chosen_by)
+        self.folder, self.resume = Path(output_folder), resume
+        self.log_dir = self.folder / LOG_DIR
+        self.writer: Any = None
+
+    def on_train_start(self, run: Any, state: Any, network: torch.nn.Module) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        if not self.resume and self.log_dir.is_dir():
+            shutil.rmtree(self.log_dir)
+        purge = state.current_epoch if self.resume and state.current_epoch > 0 else None
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge)
+        if purge is None:
+            text = json.dumps({**run_description(run), "hparas": hyperparameters(run, state)}, indent=2, default=str)
+            self.writer.add_text("run", f"```\n{text}\n```", global_step=0)
+        store_run(self.folder, TOOL, {"log_dir": LOG_DIR})
+
+    def on_epoch_end(self, run: Any, state: Any) -> None:
+        epoch = state.current_epoch
+        for key, value in epoch_metrics(state.logging, epoch).items():
+            self.writer.add_scalar(key, value, global_step=epoch)
+        self.writer.flush()
+
+    def on_train_end(self, run: Any, state: Any, *, stopped_early: bool) -> None:
+        self.writer.close()
