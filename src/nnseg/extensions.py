@@ -84,9 +84,10 @@ def load_extensions(env: Mapping[str, str] | None = None) -> list[str]:
     try:
         new = [] if _LOADED.entry_points else _load_entry_points()
         _LOADED.entry_points = True
+        nnseg_folders = {str(f) for f in extension_folders({"NNSEG_EXTENSIONS": env.get("NNSEG_EXTENSIONS") or ""})}
         for folder in extension_folders(env):
             if str(folder) not in _LOADED.folders:
-                new += _load_folder(folder)
+                new += _load_folder(folder, nnunet_trainers_allowed=str(folder) not in nnseg_folders)
                 _LOADED.folders.add(str(folder))
         _LOADED.seen = seen
     finally:
@@ -130,7 +131,13 @@ def _module_files(folder: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def _load_folder(folder: Path) -> list[str]:
+def _is_nnunet_trainer_file(e: Exception) -> bool:
+    return isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "nnunetv2"
+
+
+def _load_folder(folder: Path, *, nnunet_trainers_allowed: bool = False) -> list[str]:
+    """Import the folder's modules. ``nnunet_trainers_allowed`` (a folder of ``nnUNet_extTrainer`` only, which users
+    may keep set for nnU-Net itself): a file that needs nnU-Net (not installed) is skipped with a note, not refused."""
     if str(folder) not in sys.path:
         sys.path.append(str(folder))  # spawned processes inherit sys.path, so pickled classes resolve there too
     names = []
@@ -142,6 +149,11 @@ def _load_folder(folder: Path) -> list[str]:
         try:
             importlib.import_module(name)
         except Exception as e:  # noqa: BLE001 - re-raised with the file named
+            if nnunet_trainers_allowed and _is_nnunet_trainer_file(e):
+                print(f"note: skipping {path} (from nnUNet_extTrainer): an nnU-Net trainer class, which needs nnunetv2; "
+                      f"nnseg extensions register components instead of subclassing the trainer (see {DOCS})",
+                      file=sys.stderr)
+                continue
             hint = (" It looks like an nnU-Net trainer class; nnseg extensions register components instead of "
                     f"subclassing the trainer (see {DOCS})") if "nnunetv2" in str(e) else ""
             raise ExtensionError(f"extension file {path} (from {' / '.join(FOLDER_VARIABLES)}) failed to import: "

@@ -87,9 +87,16 @@ def test_broken_extension_file_is_refused_with_its_name(tmp_path: Path, capsys: 
     (folder / "old_trainer_i17.py").write_text("from nnunetv2.training.nnUNetTrainer import nnUNetTrainer\n")
     env = {"nnUNet_raw": str(tmp_path / "raw"), "nnUNet_preprocessed": str(tmp_path / "pre"),
            "nnUNet_results": str(tmp_path / "res"), "nnUNet_extTrainer": str(folder)}
+    # named in NNSEG_EXTENSIONS, a file that cannot import is refused with its name
+    assert nnunet("nnUNetv2_train", "1", "3d_fullres", "0", env={**env, "nnUNet_extTrainer": "",
+                                                                 "NNSEG_EXTENSIONS": str(folder)}) == 1
+    err = capsys.readouterr().err
+    assert "old_trainer_i17.py" in err and "failed to import" in err and "subclassing the trainer" in err
+    # a folder of nnU-Net trainers that a user keeps in nnUNet_extTrainer for nnU-Net is skipped with a note
     assert nnunet("nnUNetv2_train", "1", "3d_fullres", "0", env=env) == 1
     err = capsys.readouterr().err
-    assert "old_trainer_i17.py" in err and "nnUNet_extTrainer" in err and "subclassing the trainer" in err
+    assert "note: skipping" in err and "old_trainer_i17.py" in err and "failed to import" not in err
+    assert "Dataset" in err or "dataset" in err  # it fails later, on the missing dataset, not on the extension
     env["nnUNet_extTrainer"] = str(tmp_path / "missing")
     assert nnunet("nnUNetv2_train", "1", "3d_fullres", "0", env=env) == 1
     assert "nnUNet_extTrainer names" in capsys.readouterr().err
