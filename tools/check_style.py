@@ -13,7 +13,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "nnseg"
 MAX_FUNCTION_LINES = 40
 MAX_MODULE_LINES = 400
-STAGES = ["raw", "fingerprint", "plans", "preprocessed", "training", "predictions", "metrics"]
+STAGES = ["raw", "fingerprint", "plans", "preprocessed", "training", "predictions", "metrics", "launch", "cluster"]
 SHARED = {"_types", "registry", "jsonio", "paths", "networks", "devices", "safe_pickle", "parallel"}
 
 
