@@ -1,0 +1,120 @@
+"""Connect to a Dask cluster from a ``--cluster`` value and describe its workers.
+
+Values:
+
+* ``local`` or ``local:N``: a ``LocalCluster`` on this machine with N single-threaded worker processes (default: the
+  CPU count), each advertising ``MEMORY`` = its share of the machine's RAM (see :mod:`nnseg.cluster.memory`);
+* ``tcp://host:port``: a running ``dask scheduler`` (workers started with e.g.
+  ``dask worker tcp://host:8786 --nthreads 1 --resources "MEMORY=16e9"``);
+* a path ending in ``.json``: the scheduler file written by ``dask scheduler --scheduler-file`` or dask-jobqueue.
+
+Example:
+    >>> parse_cluster("local:2")
+    ('local', 2)
+    >>> parse_cluster("tcp://127.0.0.1:8786")
+    ('address', 'tcp://127.0.0.1:8786')
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+MEMORY = "MEMORY"  # the worker resource that holds bytes of RAM a worker offers to nnseg tasks
+GPU = "GPU"  # the worker resource that counts GPUs
+
+
+def require_dask() -> Any:
+    """The ``distributed`` module, or a clear error saying how to install it."""
+    try:
+        import distributed
+    except ImportError:
+        raise RuntimeError("--cluster needs Dask: pip install nnseg[dask] (installs dask, distributed and "
+                           "dask-jobqueue)") from None
+    return distributed
+
+
+def parse_cluster(value: str) -> tuple[str, Any]:
+    """``('local', N or None)``, ``('address', 'tcp://...')`` or ``('file', path)``.
+
+    Raises:
+        ValueError: anything else (the message lists the accepted forms).
+    """
+    text = value.strip()
+    if text == "local" or text.startswith("local:"):
+        count = text.partition(":")[2]
+        if count and (not count.isdigit() or int(count) < 1):
+            raise ValueError(f"--cluster {value!r}: the worker count after 'local:' must be a positive integer")
+        return "local", int(count) if count else None
+    if "://" in text:
+        return "address", text
+    if text.endswith(".json"):
+        if not os.path.isfile(text):
+            raise ValueError(f"--cluster {value!r}: scheduler file not found; start the scheduler with "
+                             "--scheduler-file first")
+        return "file", text
+    raise ValueError(f"--cluster {value!r} is not understood; use local, local:N, tcp://HOST:PORT or a scheduler "
+                     "file SCHEDULER.json")
+
+
+def _local_cluster(workers: int | None) -> Any:
+    import psutil
+
+    distributed = require_dask()
+    n = workers or os.cpu_count() or 1
+    memory = int(psutil.virtual_memory().total // n)
+    return distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                    dashboard_address="127.0.0.1:0", resources={MEMORY: memory},
+                                    memory_limit=memory)
+
+
+@contextmanager
+def open_client(value: str, *, announce: bool = True) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``--cluster value`` (a LocalCluster is closed on leaving)."""
+    distributed = require_dask()
+    kind, target = parse_cluster(value)
+    cluster = _local_cluster(target) if kind == "local" else None
+    try:
+        if cluster is not None:
+            client = distributed.Client(cluster)
+        elif kind == "file":
+            client = distributed.Client(scheduler_file=target, timeout="30s")
+        else:
+            client = distributed.Client(target, timeout="30s")
+    except OSError as e:
+        if cluster is not None:
+            cluster.close()
+        raise RuntimeError(f"cannot reach the Dask scheduler {value!r} ({e}); start it (dask scheduler) or check "
+                           "the address") from None
+    try:
+        if announce:
+            announce_cluster(client)
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def worker_resources(client: Any) -> dict[str, dict[str, float]]:
+    """``{worker address: {resource: amount}}`` of the workers connected now."""
+    return {addr: dict(w.get("resources") or {}) for addr, w in client.scheduler_info()["workers"].items()}
+
+
+def announce_cluster(client: Any) -> None:
+    """Print the workers, their resources and the dashboard link on stderr."""
+    workers = client.scheduler_info()["workers"]
+    threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
+    print(f"nnseg: Dask cluster {client.scheduler.address}: {len(workers)} worker(s), {threads} thread(s)",
+          file=sys.stderr)
+    try:
+        import bokeh  # noqa: F401 - the dashboard needs it
+        print(f"nnseg: dashboard {client.dashboard_link}", file=sys.stderr)
+    except ImportError:
+        print("nnseg: no dashboard (pip install bokeh to get one)", file=sys.stderr)
+    if workers and not all(MEMORY in (w.get("resources") or {}) for w in workers.values()):
+        print(f"nnseg: some workers advertise no {MEMORY} resource; tasks are not sized by memory (start workers "
+              f"with --resources \"{MEMORY}=<bytes>\" to keep large cases apart)", file=sys.stderr)
