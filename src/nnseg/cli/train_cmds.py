@@ -9,6 +9,7 @@ from pathlib import Path
 from nnseg.cli.context import Context
 from nnseg.launch.request import TrainRequest, parse_fold, resolve_trainer
 from nnseg.launch.train import run_training
+from nnseg.training.config import TrainConfig
 from nnseg.training.distributed import dist_info_from_env
 
 
@@ -26,6 +27,11 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val_best", action="store_true", help="validate with checkpoint_best.pth into validation_best/")
     p.add_argument("--disable_checkpointing", action="store_true", help="do not write checkpoints (testing only)")
     p.add_argument("-device", default="auto", help="cuda, cpu or mps [auto: cuda if available, else mps, else cpu]")
+    add_recipe_options(p)
+
+
+def add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """The nnseg additions to the training recipe (shared with ``cross-validate``)."""
     g = p.add_argument_group("nnseg additions")
     g.add_argument("--epochs", type=int, default=None, help="number of epochs (same run and folder as nnUNetTrainer_<N>epochs)")
     g.add_argument("--iterations-per-epoch", dest="iterations_per_epoch", type=int, default=None)
@@ -40,13 +46,19 @@ def add_train(p: argparse.ArgumentParser) -> None:
                    help="override any TrainConfig field, e.g. --set initial_lr=0.005 (repeatable)")
 
 
-def train_request(args: argparse.Namespace, ctx: Context) -> TrainRequest:
-    """The :class:`TrainRequest` of a parsed ``train`` command line (environment switches resolved here)."""
+def recipe(args: argparse.Namespace, ctx: Context) -> tuple[str, TrainConfig]:
+    """Trainer name and TrainConfig from ``-tr`` and the recipe options (``nnUNet_compile`` applied)."""
     trainer, config = resolve_trainer(args.tr, epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
                                       early_stopping=args.early_stopping, time_budget_hours=args.time_budget,
                                       seed=args.seed, precision=args.precision, overrides=args.overrides)
     if ctx.env.get("nnUNet_compile"):  # nnU-Net's switch: compile on CUDA unless set to false
         config = config.replace(compile=ctx.env["nnUNet_compile"])
+    return trainer, config
+
+
+def train_request(args: argparse.Namespace, ctx: Context) -> TrainRequest:
+    """The :class:`TrainRequest` of a parsed ``train`` command line (environment switches resolved here)."""
+    trainer, config = recipe(args, ctx)
     name = ctx.dataset_name(args.dataset_name_or_id)
     roots = ctx.roots()
     # Batches are made in a background thread on accelerators; on the CPU the network already uses every core, and
