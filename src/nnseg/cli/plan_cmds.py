@@ -317,6 +317,7 @@ def _plan_and_preprocess_on_cluster(args: argparse.Namespace, ctx: Context, name
     """plan-and-preprocess with fingerprint and preprocessing cases as tasks on ``--cluster``."""
     from nnseg.cluster.preprocess import open_case_pool
 
+    _preload("nnseg.plans.planner")
     with open_case_pool(args.cluster) as pool:
         for name in names:
             fingerprint_step(ctx, name, num_processes=pool.in_flight, clean=args.clean,

@@ -79,7 +79,10 @@ def open_client(value: str, *, announce: bool = True) -> Iterator[Any]:
     cluster = _local_cluster(target) if kind == "local" else None
     try:
         if cluster is not None:
+            from nnseg.cluster.fast_exit import ExitOnClose
+
             client = distributed.Client(cluster)
+            client.register_plugin(ExitOnClose(), name=ExitOnClose.name)
         elif kind == "file":
             client = distributed.Client(scheduler_file=target, timeout="30s")
         else:

@@ -19,6 +19,7 @@ there) instead of never running.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ PREDICT_BASE = 1024 * MB
 TRAIN_BASE = 2048 * MB
 
 
+@lru_cache(maxsize=1 << 16)
 def image_header(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
     """``(shape, spacing)`` in SimpleITK's (x, y, z) order from the file's header, or None if it cannot be read."""
     try:

@@ -71,7 +71,7 @@ class DaskPool:
         self.client, self.memory, self.retries = client, memory, retries
         self.capacities = memory_capacities(client)
         threads = sum(int(w.get("nthreads", 1)) for w in client.scheduler_info()["workers"].values())
-        self.in_flight = in_flight or max(8, 4 * threads)
+        self.in_flight = in_flight or max(32, 8 * threads)  # queued on the scheduler: no idle round trips
         self._live: dict[str, Any] = {}
 
     def submit(self, fn: Callable[[Any], Any], job: Any) -> concurrent.futures.Future[Any]:
