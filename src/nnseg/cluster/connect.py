@@ -25,6 +25,7 @@ from typing import Any
 
 MEMORY = "MEMORY"  # the worker resource that holds bytes of RAM a worker offers to nnseg tasks
 GPU = "GPU"  # the worker resource that counts GPUs
+WAIT_FOR_WORKERS_S = 600.0
 
 
 def require_dask() -> Any:
@@ -93,6 +94,7 @@ def open_client(value: str, *, announce: bool = True) -> Iterator[Any]:
         raise RuntimeError(f"cannot reach the Dask scheduler {value!r} ({e}); start it (dask scheduler) or check "
                            "the address") from None
     try:
+        _wait_for_a_worker(client, value)
         if announce:
             announce_cluster(client)
         yield client
@@ -100,6 +102,18 @@ def open_client(value: str, *, announce: bool = True) -> Iterator[Any]:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _wait_for_a_worker(client: Any, value: str, timeout_s: float = WAIT_FOR_WORKERS_S) -> None:
+    """Block until one worker is connected (batch-system workers may still be queued), so tasks are sized by them."""
+    if client.scheduler_info()["workers"]:
+        return
+    print(f"nnseg: waiting up to {timeout_s:.0f} s for the first worker of {value}", file=sys.stderr)
+    try:
+        client.wait_for_workers(1, timeout=timeout_s)
+    except TimeoutError:
+        raise RuntimeError(f"no Dask worker joined {value} within {timeout_s:.0f} s; start workers (dask worker "
+                           f"{client.scheduler.address}) or check the batch jobs of dask-jobqueue") from None
 
 
 def worker_resources(client: Any) -> dict[str, dict[str, float]]:

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from nnseg.cluster.connect import MEMORY, worker_resources
+from nnseg.cluster.connect import MEMORY, require_dask, worker_resources
 from nnseg.cluster.memory import fit_to_workers
 from nnseg.fingerprint.pool import limit_threads
 
@@ -105,7 +105,7 @@ def run_tasks(client: Any, fn: Callable[[Any], Any], jobs: Sequence[Any], *, nam
         The first task error (a lost-worker error explained, see :func:`explain_failure`); the other tasks are
         cancelled.
     """
-    distributed = sys.modules.get("distributed") or __import__("distributed")
+    distributed = require_dask()
     futures = {client.submit(fn, job, key=f"{desc}-{name}-{uuid.uuid4().hex[:8]}", resources=res, retries=retries,
                              pure=False): i for i, (job, name, res) in enumerate(zip(jobs, names, resources))}
     from tqdm import tqdm
