@@ -109,10 +109,10 @@ def test_predict_20_cases_survives_a_killed_worker(cluster: DaskProcesses, share
     _no_leftovers(out)
 
 
-TRAIN = ["-tr", "nnUNetTrainerNoMirroring", "--epochs", "3", "--iterations-per-epoch", "2", "--set",
+TRAIN = ["-tr", "nnUNetTrainerNoMirroring", "--epochs", "2", "--iterations-per-epoch", "2", "--set",
          "val_iterations_per_epoch=1", "--set", "batch_size=2", "--set", "save_every=1", "--seed", "0", "-device", "cpu",
          "--precision", "fp32"]
-TRAINER = "nnUNetTrainer_3epochs_NoMirroring"
+TRAINER = "nnUNetTrainer_2epochs_NoMirroring"
 
 
 def test_cross_validate_two_configurations_survives_a_killed_worker(cluster: DaskProcesses, tmp_path: Path) -> None:
