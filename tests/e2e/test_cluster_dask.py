@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +155,25 @@ def test_cross_validate_two_configurations_survives_a_killed_worker(cluster: Das
     mine = (results / "inference_instructions.txt").read_text().replace(str(tmp_path / "results"), "ROOT")
     theirs = (tmp_path / "by_hand" / "Dataset991_Train" / "inference_instructions.txt").read_text()
     assert mine == theirs.replace(str(tmp_path / "by_hand"), "ROOT")
+
+
+def test_local_cluster_preprocess_equals_plain_and_reruns_skip(tmp_path: Path) -> None:
+    """``--cluster local:2`` (a scheduler here, two worker processes) on a tiny dataset; a rerun skips every case."""
+    from nnseg.raw.demo_data import make_demo_dataset
+
+    make_demo_dataset(tmp_path / "raw" / "Dataset991_Train", num_cases=4, num_test=0, shape=(12, 16, 16), lesion=False)
+    plain, dist = _env(tmp_path, preprocessed=str(tmp_path / "plain")), _env(tmp_path)
+    args = ["plan-and-preprocess", "-d", "991", "-c", "3d_fullres", "--no_pbar", "--verbose"]
+    assert main([*args, "-np", "1"], env=plain) == 0
+    for attempt in range(2):
+        proc = subprocess.run(_cli(*args, "--cluster", "local:2"), env=dist, capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "0 cases preprocessed, 4 already done" in proc.stdout  # the second run found every case complete
+    assert "2 worker(s)" in proc.stderr
+    ours, theirs = tmp_path / "preprocessed" / "Dataset991_Train", tmp_path / "plain" / "Dataset991_Train"
+    data = sorted(p.relative_to(ours) for p in (ours / "nnUNetPlans_3d_fullres").rglob("*"))
+    assert len(data) == 4 * 3 + 1 and data == sorted(p.relative_to(theirs) for p in (theirs / "nnUNetPlans_3d_fullres").rglob("*"))
+    for f in data:
+        if f.suffix == ".json":
+            assert (ours / f).read_bytes() == (theirs / f).read_bytes(), f

@@ -2,8 +2,9 @@
 
 Values:
 
-* ``local`` or ``local:N``: a ``LocalCluster`` on this machine with N single-threaded worker processes (default: the
-  CPU count), each advertising ``MEMORY`` = its share of the machine's RAM (see :mod:`nnseg.cluster.memory`);
+* ``local`` or ``local:N``: a scheduler in this process and N single-threaded worker processes on this machine
+  (default: the CPU count), each advertising ``MEMORY`` = its share of the machine's RAM (see
+  :mod:`nnseg.cluster.memory`);
 * ``tcp://host:port``: a running ``dask scheduler`` (workers started with e.g.
   ``dask worker tcp://host:8786 --nthreads 1 --resources "MEMORY=16e9"``);
 * a path ending in ``.json``: the scheduler file written by ``dask scheduler --scheduler-file`` or dask-jobqueue.
@@ -18,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,15 +63,34 @@ def parse_cluster(value: str) -> tuple[str, Any]:
                      "file SCHEDULER.json")
 
 
-def _local_cluster(workers: int | None) -> Any:
-    import psutil
+class LocalWorkers:
+    """A scheduler in this process and N ``dask worker --no-nanny`` processes on 127.0.0.1 (``--cluster local:N``).
 
-    distributed = require_dask()
-    n = workers or os.cpu_count() or 1
-    memory = int(psutil.virtual_memory().total // n)
-    return distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                    dashboard_address="127.0.0.1:0", resources={MEMORY: memory},
-                                    memory_limit=memory)
+    Without nannies each worker is one process (a nanny per worker cost ~1.5 s of CPU to start and 4 s to stop a worker
+    that imported torch); the workers are killed on :meth:`close` (every nnseg output is written atomically).
+    """
+
+    def __init__(self, workers: int | None) -> None:
+        import psutil
+
+        distributed = require_dask()
+        self.n = workers or os.cpu_count() or 1
+        memory = int(psutil.virtual_memory().total // self.n)
+        self.cluster = distributed.LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                                scheduler_port=0)
+        env = {**os.environ, "DASK_LOGGING__DISTRIBUTED": "error"}
+        command = [sys.executable, "-m", "distributed.cli.dask_worker", self.cluster.scheduler_address, "--no-nanny",
+                   "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", "--memory-limit", str(memory),
+                   "--resources", f"{MEMORY}={memory}", "--death-timeout", "60"]  # orphans end on their own
+        self.processes = [subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL) for _ in range(self.n)]
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+        for process in self.processes:
+            process.wait()
+        self.cluster.close()
 
 
 @contextmanager
@@ -77,13 +98,11 @@ def open_client(value: str, *, announce: bool = True) -> Iterator[Any]:
     """A ``distributed.Client`` for ``--cluster value`` (a LocalCluster is closed on leaving)."""
     distributed = require_dask()
     kind, target = parse_cluster(value)
-    cluster = _local_cluster(target) if kind == "local" else None
+    cluster = LocalWorkers(target) if kind == "local" else None
     try:
         if cluster is not None:
-            from nnseg.cluster.fast_exit import ExitOnClose
-
-            client = distributed.Client(cluster)
-            client.register_plugin(ExitOnClose(), name=ExitOnClose.name)
+            client = distributed.Client(cluster.cluster)
+            client.wait_for_workers(cluster.n, timeout=WAIT_FOR_WORKERS_S)
         elif kind == "file":
             client = distributed.Client(scheduler_file=target, timeout="30s")
         else:
