@@ -21,6 +21,8 @@ setup() {
         .venv/bin/python -m pip install -q -e .
     else
         .venv/bin/python -m pip install -q -e ".[${extras}]"
+        # MONAI Label's client for the serve tests, without its deps (they would pull monai and a CUDA torch)
+        .venv/bin/python -m pip install -q --no-deps "monailabel==0.8.5"
     fi
 }
 

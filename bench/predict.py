@@ -7,7 +7,10 @@ show, since the measured machine is shared), peak RSS, time inside ``predict()``
 outside the network (reading, preprocessing, export, writing, model loading). Targets: non-network share <= 15 %;
 total <= 0.4 x 47.1 s with the default precision, <= 0.6 x 47.1 s in fp32.
 
-Usage: python bench/predict.py [--precision auto fp32] [--disable_tta] [--cases 10]
+The onnxruntime backend (``nnseg export-onnx`` + ``--backend onnxruntime``, fp32) runs last, and its CPU time is printed
+next to torch fp32's (``--no_onnx`` skips it).
+
+Usage: python bench/predict.py [--precision auto fp32] [--disable_tta] [--cases 10] [--no_onnx]
 """
 
 from __future__ import annotations
@@ -31,21 +34,24 @@ NNUNET_S = {"tta": 47.1, "notta": 17.8}
 TARGET = {"auto": 0.4, "fp32": 0.6}
 
 
-def child(model: str, images: str, out: str, precision: str, tta: bool) -> None:
+def child(model: str, images: str, out: str, precision: str, tta: bool, backend: str = "torch") -> None:
     """Runs in the measured process: predict and print the timing report as JSON."""
+    from nnseg.predictions.onnx_backend import load_predictor
     from nnseg.predictions.predict import predict
 
-    report = predict(Path(model), Path(images), Path(out), folds=(0,), device="cpu", precision=precision, use_tta=tta,
-                     save_probabilities=True, num_processes_preprocessing=1, num_processes_export=1, progress=False)
+    loaded = load_predictor(Path(model), backend=backend, folds=(0,), device="cpu", precision=precision, use_tta=tta)
+    report = predict(loaded, Path(images), Path(out), save_probabilities=True, num_processes_preprocessing=1,
+                     num_processes_export=1, progress=False)
     print(json.dumps({"predict_s": report.wall_s, "network_s": report.network_s, "cases": len(report.written),
                       "read_s": sum(t.read for t in report.timings), "export_s": sum(t.export for t in report.timings),
                       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}))
 
 
-def run_one(root: Path, precision: str, tta: bool) -> dict[str, float]:
-    out = root / f"out_{precision}_{tta}"
+def run_one(root: Path, precision: str, tta: bool, backend: str = "torch") -> dict[str, float]:
+    out = root / f"out_{precision}_{tta}_{backend}"
     code = (f"import sys; sys.path.insert(0, {str(REPO / 'bench')!r}); import predict as b; "
-            f"b.child({str(root / 'results' / MODEL)!r}, {str(root / 'in')!r}, {str(out)!r}, {precision!r}, {tta})")
+            f"b.child({str(root / 'results' / MODEL)!r}, {str(root / 'in')!r}, {str(out)!r}, {precision!r}, {tta}, "
+            f"{backend!r})")
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
@@ -64,6 +70,7 @@ def main() -> int:
     parser.add_argument("--precision", nargs="+", default=["auto", "fp32"], choices=["auto", "fp32", "bf16"])
     parser.add_argument("--disable_tta", action="store_true")
     parser.add_argument("--cases", type=int, default=10)
+    parser.add_argument("--no_onnx", action="store_true", help="skip the onnxruntime run")
     args = parser.parse_args()
     from nnseg.devices import cpu_has_native_bf16
     from nnseg.predictions.install import install_model_zip
@@ -79,8 +86,10 @@ def main() -> int:
         (root / "in").mkdir()
         for case in cases:
             (root / "in" / f"{case}_0000.nii.gz").symlink_to(IMAGES / f"{case}.nii.gz")
+        cpu_s: dict[str, float] = {}
         for precision in args.precision:
             r = run_one(root, precision, tta)
+            cpu_s[precision] = r["cpu_s"]
             outside = 1 - r["network_s"] / r["wall_s"]
             outside_predict = 1 - r["network_s"] / r["predict_s"]
             target = TARGET.get(precision)
@@ -91,7 +100,21 @@ def main() -> int:
                   f"process, {outside_predict:.1%} of predict() (read+preprocess {r['read_s']:.2f} s, export "
                   f"{r['export_s']:.2f} s, overlapped); CPU time {r['cpu_s']:.1f} s = {r['cpu_s'] / cores:.1f} s on "
                   f"{cores} idle cores")
+        if not args.no_onnx:
+            _onnx_line(root, tta, cores, cpu_s.get("fp32"))
     return 0
+
+
+def _onnx_line(root: Path, tta: bool, cores: int, torch_fp32_cpu_s: float | None) -> None:
+    """Export the model to ONNX, predict with onnxruntime (fp32) and print its times beside torch fp32's."""
+    from nnseg.predictions.onnx_backend import export_onnx
+
+    export_onnx(root / "results" / MODEL, folds=(0,))
+    r = run_one(root, "fp32", tta, backend="onnxruntime")
+    beside = f" (torch fp32: CPU time {torch_fp32_cpu_s:.1f} s)" if torch_fp32_cpu_s is not None else ""
+    print(f"onnxruntime fp32 {'TTA' if tta else 'no TTA'}: {r['cases']} cases, process wall {r['wall_s']:.1f} s; "
+          f"network {r['network_s']:.1f} s; CPU time {r['cpu_s']:.1f} s = {r['cpu_s'] / cores:.1f} s on {cores} idle "
+          f"cores{beside}; peak RSS {r['peak_rss_gb']:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from nnseg.fs_errors import with_path
+
 
 def to_jsonable(obj: Any) -> Any:
     """Convert numpy scalars/arrays and tuples (recursively) into plain JSON types."""
@@ -67,6 +69,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         if tmp_path.exists():
             os.chmod(tmp_path, _default_file_mode())  # mkstemp makes 0600; give the mode a plain open() would
         os.replace(tmp_path, path)
+    except OSError as e:  # name the target, not the temporary file (or no file: a write on an open handle)
+        if e.errno is None or (e.filename is not None and os.fspath(e.filename) != str(tmp_path)):
+            raise
+        raise with_path(OSError(e.errno, e.strerror or str(e)), path) from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -44,7 +44,7 @@ def main_train(argv: Sequence[str] | None = None) -> int:
 
 def main_predict(argv: Sequence[str] | None = None) -> int:
     """``python -m nnseg.predict`` (under torchrun): ``predict`` with the cases sharded over the ranks."""
-    from nnseg.cli.main import USER_ERRORS, build_parser
+    from nnseg.cli.main import USER_ERRORS, build_parser, error_line
     from nnseg.cli.table import by_name
 
     prog = "nnseg.predict"
@@ -55,8 +55,8 @@ def main_predict(argv: Sequence[str] | None = None) -> int:
         from nnseg.cli.predict_cmds import run_predict
 
         return int(run_predict(shard_predict_args(args, dist_info_from_env(ctx.env)), ctx) or 0)
-    except USER_ERRORS as e:
+    except (OSError, *USER_ERRORS) as e:
         if ctx.env.get("NNSEG_DEBUG"):
             raise
-        print(f"{prog}: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
         return 1

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from nnseg.cli.context import Context
 from nnseg.cli.table import COMMANDS, Command, by_name
+from nnseg.fs_errors import describe_os_error, is_system_error
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, PermissionError, RuntimeError)
+USER_ERRORS = (ImportError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, PermissionError,
+               RuntimeError, OSError)
 
 
 def _functions(cmd: Command):  # type: ignore[no-untyped-def]
@@ -37,13 +39,20 @@ def run_command(cmd: Command, argv: Sequence[str], *, prog: str, env: Mapping[st
     ctx = Context(env=dict(os.environ) if env is None else env, cwd=Path.cwd() if cwd is None else cwd)
     try:
         return int(run(args, ctx) or 0)
-    except USER_ERRORS as e:
+    except (OSError, *USER_ERRORS) as e:  # OSError of any kind too (disk full, read-only, permission)
         if ctx.env.get("NNSEG_DEBUG"):
             raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        hint = "" if isinstance(e, (ValueError, OSError)) else " (set NNSEG_DEBUG=1 to see where it happened)"
-        print(f"{prog}: error: {message}{hint}", file=sys.stderr)
+        print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
         return 1
+
+
+def error_line(e: Exception) -> str:
+    """The message of a user error; an OSError of the system as path, cause and fix (``nnseg.fs_errors``)."""
+    if is_system_error(e):
+        return describe_os_error(e)  # type: ignore[arg-type]
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    hint = "" if isinstance(e, (ValueError, OSError)) else " (set NNSEG_DEBUG=1 to see where it happened)"
+    return f"{message}{hint}"
 
 
 def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:

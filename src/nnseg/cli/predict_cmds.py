@@ -64,7 +64,8 @@ class _PredictParser(argparse.ArgumentParser):
 
 
 def _io_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-i", required=True, help="input folder (CASE_0000<ending>, CASE_0001<ending>, ... per case)")
+    p.add_argument("-i", default=None, help="input folder (CASE_0000<ending>, CASE_0001<ending>, ... per case), or DICOM: "
+                   "a folder (any names, nested, DICOMDIR) or zip, one case per series [required unless --dicomweb]")
     p.add_argument("-o", required=True, help="output folder (created)")
 
 
@@ -88,6 +89,21 @@ def _common_predict_args(p: argparse.ArgumentParser) -> None:
                    help="tiles per network call [8 without TTA, 1 with 3D TTA (8 mirrored copies)]")
     g.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT|FILE.json",
                    help="predict one case per task on a Dask cluster (pip install nnseg[dask]); -npp/-nps are ignored")
+    g.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="run the networks in torch, or in onnxruntime from the files `nnseg export-onnx` wrote [torch]")
+    _dicom_args(p)
+
+
+def _dicom_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("DICOM (pip install nnseg[dicom])")
+    g.add_argument("--output-format", default="nifti", choices=["nifti", "dicom-seg"],
+                   help="nifti: the model's file ending (default); dicom-seg: one DICOM SEG per series (DICOM input)")
+    g.add_argument("--seg-codes", default=None, help="JSON file: label name -> {category, type} SNOMED-CT codes")
+    g.add_argument("--dicomweb", default=None, metavar="URL", help="DICOMweb root: retrieve --study, store SEGs back")
+    g.add_argument("--study", default=None, help="StudyInstanceUID to segment (with --dicomweb)")
+    g.add_argument("--series", nargs="+", default=None, help="only these SeriesInstanceUIDs (with --dicomweb)")
+    g.add_argument("--token", default=None, help="bearer token for the DICOMweb server")
+    g.add_argument("--header", action="append", default=[], help="extra HTTP header 'Name: value' (repeatable)")
 
 
 def add_predict(p: argparse.ArgumentParser) -> None:
@@ -116,14 +132,27 @@ def _device(requested: str | None) -> str:
 def _run(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, num_parts: int = 1, part_id: int = 0) -> int:
     from nnseg.predictions.predict import predict
 
+    if args.dicomweb is not None or args.output_format == "dicom-seg" or _is_dicom(args.i):
+        return _run_dicom(args, model_folder, npp=npp, nps=nps, num_parts=num_parts, part_id=part_id)
+    if args.i is None:
+        raise ValueError("-i INPUT_FOLDER is required (or --dicomweb URL --study UID)")
     inputs = Path(args.i)
     if not inputs.is_dir():
         raise FileNotFoundError(f"input folder {inputs} does not exist (-i)")
     folds = None if args.f is None else args.f
     if args.cluster:
         return _run_on_cluster(args, model_folder, num_parts=num_parts, part_id=part_id)
-    report = predict(model_folder, inputs, Path(args.o), folds=folds, checkpoint=args.chk, step_size=args.step_size,
-                     use_tta=not args.disable_tta, save_probabilities=args.save_probabilities, device=_device(args.device),
+    device = _device(args.device)
+    model: Any = model_folder
+    if args.backend != "torch":  # the onnxruntime networks are loaded here; predict() then takes the Predictor
+        from nnseg.predictions.onnx_backend import load_predictor
+
+        model = load_predictor(model_folder, backend=args.backend, folds=folds, checkpoint=args.chk,
+                               device=device, precision=args.precision, step_size=args.step_size,
+                               use_tta=not args.disable_tta, tile_batch_size=args.tile_batch_size,
+                               accumulate_on_device=not args.not_on_device)
+    report = predict(model, inputs, Path(args.o), folds=folds, checkpoint=args.chk, step_size=args.step_size,
+                     use_tta=not args.disable_tta, save_probabilities=args.save_probabilities, device=device,
                      precision=args.precision, tile_batch_size=args.tile_batch_size, num_processes_preprocessing=npp,
                      num_processes_export=nps, continue_prediction=args.continue_prediction, num_parts=num_parts,
                      part_id=part_id, prev_stage_predictions=args.prev_stage_predictions,
@@ -137,6 +166,8 @@ def _run(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, nu
 def _run_on_cluster(args: argparse.Namespace, model_folder: Path, *, num_parts: int, part_id: int) -> int:
     from nnseg.cluster.predict import predict_on_cluster
 
+    if args.backend != "torch":
+        raise ValueError(f"--cluster predicts with the torch backend; drop --backend {args.backend} or --cluster")
     report = predict_on_cluster(args.cluster, model_folder, Path(args.i), Path(args.o), folds=args.f, checkpoint=args.chk,
                                 step_size=args.step_size, use_tta=not args.disable_tta,
                                 save_probabilities=args.save_probabilities, device=args.device,
@@ -147,6 +178,48 @@ def _run_on_cluster(args: argparse.Namespace, model_folder: Path, *, num_parts: 
     skipped = f", {len(report.skipped)} already done" if report.skipped else ""
     print(f"predicted {len(report.written)} case(s) into {args.o} on the cluster in {report.wall_s:.1f} s{skipped}",
           file=sys.stderr)
+    return 0
+
+
+def _is_dicom(inputs: str | None) -> bool:
+    if inputs is None or not Path(inputs).exists():
+        return False
+    from nnseg.raw.dicom.files import looks_like_dicom_input
+
+    return looks_like_dicom_input(Path(inputs))
+
+
+def _run_dicom(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, num_parts: int, part_id: int) -> int:
+    from nnseg.predictions.onnx_backend import load_predictor
+
+    if args.dicomweb is None and (args.i is None or not Path(args.i).exists()):
+        raise FileNotFoundError(f"DICOM input {args.i} does not exist (-i)")
+    if args.dicomweb is not None and args.study is None:
+        raise ValueError("--dicomweb needs --study STUDY_INSTANCE_UID")
+    if args.save_probabilities or args.prev_stage_predictions:
+        raise ValueError("--save_probabilities and -prev_stage_predictions are not supported with DICOM input; "
+                         "convert the series with convert-dicom and predict the NIfTI files instead")
+    predictor = load_predictor(
+        model_folder, backend=args.backend, folds=args.f, checkpoint=args.chk, device=_device(args.device),
+        precision=args.precision,
+        step_size=args.step_size, use_tta=not args.disable_tta, tile_batch_size=args.tile_batch_size,
+        accumulate_on_device=not args.not_on_device)
+    if args.dicomweb is not None:
+        from nnseg.predictions.dicomweb import auth_headers, predict_dicomweb
+
+        web = predict_dicomweb(predictor, args.dicomweb, args.study, Path(args.o), series=args.series,
+                               headers=auth_headers(token=args.token, headers=args.header), seg_codes=args.seg_codes)
+        refused = f", {len(web.refused)} refused: {sorted(web.refused)}" if web.refused else ""
+        print(f"stored {len(web.stored)} SEG(s), {len(web.skipped)} series skipped{refused}", file=sys.stderr)
+        return 1 if web.refused else 0
+    from nnseg.predictions.dicom_predict import predict_dicom
+
+    report = predict_dicom(predictor, Path(args.i), Path(args.o), output_format=args.output_format,
+                           seg_codes=args.seg_codes, continue_prediction=args.continue_prediction, num_parts=num_parts,
+                           part_id=part_id, num_processes_preprocessing=npp, num_processes_export=nps,
+                           verbose=args.verbose, progress=not args.disable_progress_bar)
+    skipped = f", {len(report.skipped)} already done" if report.skipped else ""
+    print(f"predicted {len(report.written)} DICOM series into {args.o} in {report.wall_s:.1f} s{skipped}", file=sys.stderr)
     return 0
 
 
@@ -176,12 +249,27 @@ def run_predict_from_modelfolder(args: argparse.Namespace, ctx: Context) -> int:
 
 def add_install_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("zip", help="model zip written by nnUNetv2_export_model_to_zip")
+    add_zip_limit_options(p)
+
+
+def add_zip_limit_options(p: argparse.ArgumentParser) -> None:
+    """``--max-unzipped-gb`` and ``--max-zip-ratio`` (nnseg extras; see nnseg.predictions.zip_limits)."""
+    p.add_argument("--max-unzipped-gb", type=float, default=None, help="nnseg extra: refuse a zip that unpacks to more "
+                   "GiB than this [$NNSEG_MODEL_ZIP_MAX_GB or 16]")
+    p.add_argument("--max-zip-ratio", type=float, default=None, help="nnseg extra: refuse a zip that compresses better "
+                   "than this ratio (zip bomb) [$NNSEG_MODEL_ZIP_MAX_RATIO or 200]")
+
+
+def zip_limits(args: argparse.Namespace, ctx: Context) -> Any:
+    from nnseg.predictions.zip_limits import ZipLimits
+
+    return ZipLimits.from_settings(max_gb=args.max_unzipped_gb, max_ratio=args.max_zip_ratio, env=ctx.env)
 
 
 def run_install_model(args: argparse.Namespace, ctx: Context) -> int:
     from nnseg.predictions.install import install_model_zip
 
-    installed = install_model_zip(Path(args.zip), ctx.roots().results)
+    installed = install_model_zip(Path(args.zip), ctx.roots().results, limits=zip_limits(args, ctx))
     for folder in installed:
         print(f"installed {folder}")
     return 0

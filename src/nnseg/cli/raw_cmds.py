@@ -91,6 +91,11 @@ def add_demo_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ignore", action="store_true", help="add an ignore label over part of each label map")
     parser.add_argument("--cases", type=int, default=8, help="number of training cases (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--shape", type=int, nargs="+", default=None, metavar="N",
+                        help="spatial shape of every case, e.g. --shape 160 160 160 for a realistic 3D size "
+                             "(default 32 40 40; 16 48 48 anisotropic; 64 64 in 2D)")
+    parser.add_argument("--test-cases", dest="test_cases", type=int, default=2,
+                        help="unlabelled cases written to imagesTs (default 2)")
 
 
 def run_demo_data(args: argparse.Namespace, ctx: Context) -> int:
@@ -98,6 +103,7 @@ def run_demo_data(args: argparse.Namespace, ctx: Context) -> int:
 
     out = make_demo_dataset(_path(ctx, args.out), num_cases=args.cases, dims=2 if args.two_d else 3,
                             num_channels=args.channels, anisotropic=args.anisotropic, regions=args.regions,
-                            ignore_label=args.ignore, seed=args.seed)
-    print(f"wrote a synthetic dataset with {args.cases} training cases to {out}")
+                            ignore_label=args.ignore, seed=args.seed,
+                            shape=tuple(args.shape) if args.shape else None, num_test=args.test_cases)
+    print(f"wrote a synthetic dataset with {args.cases} training and {args.test_cases} test cases to {out}")
     return 0

@@ -56,6 +56,7 @@ def run_export_model(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def add_download_model(parser: argparse.ArgumentParser) -> None:
+    from nnseg.cli.predict_cmds import add_zip_limit_options
     from nnseg.predictions.download import DEFAULT_RETRIES, DEFAULT_TIMEOUT
 
     parser.add_argument("url", type=str, help="URL of the pretrained model zip")
@@ -65,6 +66,7 @@ def add_download_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
                         help=f"nnseg extra: how often an interrupted download is resumed before giving up. Default: {DEFAULT_RETRIES}")
     parser.add_argument("--no_pbar", action="store_true", help="nnseg extra: no progress bar")
+    add_zip_limit_options(parser)
 
 
 def _cache_dir(ctx: Context) -> Path | None:
@@ -76,11 +78,12 @@ def _cache_dir(ctx: Context) -> Path | None:
 
 
 def run_download_model(args: argparse.Namespace, ctx: Context) -> int:
+    from nnseg.cli.predict_cmds import zip_limits
     from nnseg.predictions.download import download_model
 
     results = ctx.roots().results
     installed = download_model(args.url, results, sha256=args.sha256, cache_dir=_cache_dir(ctx), progress=not args.no_pbar,
-                               timeout=args.timeout, retries=args.retries)
+                               timeout=args.timeout, retries=args.retries, limits=zip_limits(args, ctx))
     for folder in installed:
         print(f"installed {folder.relative_to(results).as_posix()} into {results}")
     return 0

@@ -29,6 +29,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("paths", None, "paths_cmd", "print the raw/preprocessed/results folders and where each came from"),
     Command("convert-msd", "nnUNetv2_convert_MSD_dataset", "raw_cmds", "convert an MSD TaskXX_Name folder to nnUNet_raw/DatasetXXX_Name"),
     Command("convert-old", "nnUNetv2_convert_old_nnUNet_dataset", "raw_cmds", "convert an nnU-Net v1 raw dataset to the v2 format"),
+    Command("convert-dicom", None, "dicom_cmds", "build nnUNet_raw/DatasetXXX_Name from DICOM image series and DICOM SEG (or NIfTI) labels"),
     Command("verify", None, "raw_cmds", "check a raw dataset and report every problem (exit code 1 on errors)"),
     Command("demo-data", None, "raw_cmds", "write a small synthetic dataset in raw format (for trying nnseg out)"),
     Command("evaluate", "nnUNetv2_evaluate_folder", "metrics_cmds", "evaluate predictions against references (labels from dataset.json); writes summary.json"),
@@ -45,6 +46,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("accumulate-cv", "nnUNetv2_accumulate_crossval_results", "select_cmds", "collect all folds' validation predictions of a model into one folder and evaluate them"),
     Command("determine-pp", "nnUNetv2_determine_postprocessing", "select_cmds", "choose largest-component postprocessing on cross-validation predictions (writes postprocessing.json/.pkl)"),
     Command("cross-validate", None, "cluster_cmds", "train every fold of the given configurations (one Dask task per fold with --cluster), then find-best"),
+    Command("serve", None, "serve_cmds", "serve models warm over HTTP (REST API + the MONAI Label API 3D Slicer uses); token, limits, job queue"),
+    Command("export-onnx", None, "serve_cmds", "write each fold's network as ONNX (fold_k/checkpoint_final.onnx) for --backend onnxruntime"),
     Command("apply-pp", "nnUNetv2_apply_postprocessing", "select_cmds", "apply postprocessing.json / postprocessing.pkl to a folder of predictions"),
 )
 

@@ -12,6 +12,7 @@ Then :func:`~nnseg.metrics.best_config.find_best_configuration` runs as ``nnUNet
 from __future__ import annotations
 
 import dataclasses
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,11 +52,37 @@ def fold_is_finished(request: TrainRequest) -> bool:
     return (folder / "checkpoint_final.pth").is_file() and (folder / "validation" / "summary.json").is_file()
 
 
+def _current_task_key() -> str | None:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().get_current_task())
+    except (ImportError, ValueError):  # not in a Dask worker (no --cluster)
+        return None
+
+
+def _take_over_lost_lock(request: TrainRequest, note: str) -> None:
+    """Remove the fold lock that an earlier run of this same Dask task left on another host (the scheduler reran
+    the task because that worker was lost; the lock module can only check owners on its own host)."""
+    from nnseg.locks import LOCK_NAME, read_lock
+
+    path = request.fold_folder / LOCK_NAME
+    owner = read_lock(path) if path.is_file() else None
+    if owner and str(owner.get("purpose", "")).endswith(note) and owner.get("host") != socket.gethostname():
+        path.unlink(missing_ok=True)
+        print(f"note: took over the lock of lost worker {owner.get('host')} (same Dask task {note}): {path}",
+              file=sys.stderr)
+
+
 def train_fold_task(request: TrainRequest) -> TrainOutcome:
     """One fold (worker side): skipped when finished, else trained or resumed (``--c``) and validated."""
     if fold_is_finished(request):
         return TrainOutcome(request.fold_folder, request.fold_folder / "validation", None)
-    return run_training(dataclasses.replace(request, continue_training=True, progress=False))
+    key = _current_task_key()
+    note = f"[dask task {key}]" if key else ""
+    if note:
+        _take_over_lost_lock(request, note)
+    return run_training(dataclasses.replace(request, continue_training=True, progress=False, lock_note=note))
 
 
 def _fold_memory(request: TrainRequest) -> int:

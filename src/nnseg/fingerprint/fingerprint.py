@@ -12,6 +12,8 @@ import numpy as np
 from nnseg.fingerprint.case_stats import CaseStats, WeightedSample, case_stats, intensity_statistics, samples_per_case
 from nnseg.fingerprint.pool import pool_map
 from nnseg.jsonio import load_json, save_json
+from nnseg.raw.discover import CaseFiles
+from nnseg.raw.input_checks import CaseRules, check_case_arrays, check_case_layout
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
 _KEYS = ("foreground_intensity_properties_per_channel", "median_relative_size_after_cropping", "shapes_after_crop",
@@ -91,6 +93,7 @@ class _CaseJob:
     label: Path
     io_name: str
     num_samples: int
+    rules: CaseRules
 
 
 def fingerprint_case_files(job: _CaseJob) -> CaseStats:
@@ -101,14 +104,16 @@ def fingerprint_case_files(job: _CaseJob) -> CaseStats:
         raise FileNotFoundError(f"case {job.identifier}: label file {job.label} does not exist; every training case "
                                 "needs labelsTr/<case><file_ending> (run `nnseg verify` for a full check)")
     io = get_io(job.io_name)
+    files = ", ".join(str(p) for p in (*job.images, job.label))
     try:
         images, geometry = io.read_images(list(job.images))
         seg, _ = io.read_seg(job.label)
-        if tuple(seg.shape[1:]) != tuple(images.shape[1:]):
-            raise ValueError(f"label shape {tuple(seg.shape[1:])} differs from image shape {tuple(images.shape[1:])}")
+    except Exception as e:
+        raise ValueError(f"case {job.identifier} ({files}): {e}") from None
+    check_case_arrays(CaseFiles(job.identifier, job.images, job.label), images, seg, job.rules)
+    try:
         return case_stats(images, seg, geometry.spacing, num_samples=job.num_samples)
     except Exception as e:
-        files = ", ".join(str(p) for p in (*job.images, job.label))
         raise ValueError(f"case {job.identifier} ({files}): {e}") from None
 
 
@@ -153,10 +158,12 @@ def extract_fingerprint(raw_dataset_folder: Path, *, num_processes: int, progres
     if not cases:
         raise ValueError(f"no training cases in {raw_dataset_folder / 'imagesTr'} (file ending {spec.file_ending!r}); "
                          "add CASE_0000<ending> images or fix dataset.json")
+    check_case_layout(cases, spec)
     io = determine_io(spec.file_ending, cases[0].images[0], overwrite=spec.overwrite_image_reader_writer)
-    n = samples_per_case(len(cases))
+    n, rules = samples_per_case(len(cases)), CaseRules.from_spec(spec)
     jobs = [_CaseJob(c.identifier, tuple(c.images), Path(c.label) if c.label else
-                     raw_dataset_folder / "labelsTr" / f"{c.identifier}{spec.file_ending}", io.name, n) for c in cases]
+                     raw_dataset_folder / "labelsTr" / f"{c.identifier}{spec.file_ending}", io.name, n, rules)
+            for c in cases]
     stats = map_cases(fingerprint_case_files, jobs, num_processes=num_processes, desc="fingerprint", progress=progress,
                       pool=pool)
     return Fingerprint.from_case_stats(stats)

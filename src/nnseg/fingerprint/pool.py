@@ -2,7 +2,8 @@
 
 ``pool_map`` runs a top-level function over jobs in ``spawn`` worker processes with a bounded number of jobs in flight
 (each job is one case, so memory stays bounded by the number of workers), yields results as they complete, and turns
-a worker that dies (e.g. killed for lack of memory) into a clear error instead of a hang.
+a worker that dies (e.g. killed for lack of memory) into a clear error instead of a hang. Workers die with the
+process that started them (``nnseg.parallel.die_with_parent``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
+
+from nnseg.parallel import spawn_context, worker_initargs, worker_initializer
 
 
 def limit_threads() -> None:
@@ -28,10 +31,8 @@ def limit_threads() -> None:
 def open_pool(num_workers: int) -> ProcessPoolExecutor:
     """A spawn pool with single-threaded workers, to share between steps (``pool_map(..., pool=...)``); close it with
     ``shutdown()`` or use it as a context manager. Workers start on first use and stay warm between steps."""
-    import multiprocessing
-
-    return ProcessPoolExecutor(max(1, int(num_workers)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=limit_threads)
+    return ProcessPoolExecutor(max(1, int(num_workers)), mp_context=spawn_context(), initializer=worker_initializer,
+                               initargs=worker_initargs(limit_threads))
 
 
 def pool_map(fn: Callable[[Any], Any], jobs: Sequence[Any], *, num_workers: int,
@@ -63,10 +64,8 @@ def pool_map(fn: Callable[[Any], Any], jobs: Sequence[Any], *, num_workers: int,
         for i, job in enumerate(jobs):
             yield i, fn(job)
         return
-    import multiprocessing
-
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer,
-                             initargs=initargs) as executor:
+    with ProcessPoolExecutor(workers, mp_context=spawn_context(), initializer=worker_initializer,
+                             initargs=worker_initargs(initializer, initargs)) as executor:
         yield from _submit_all(executor, fn, jobs, workers, limit, describe)
 
 

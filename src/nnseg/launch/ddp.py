@@ -17,7 +17,10 @@ import torch
 
 from nnseg.devices import resolve_device
 from nnseg.launch.hooks import standard_hooks
-from nnseg.launch.request import TrainOutcome, TrainRequest, device_name, fold_job
+from nnseg.fs_errors import describe_os_error, is_system_error
+from nnseg.launch.request import TrainOutcome, TrainRequest, device_name, fold_job, lock_purpose
+from nnseg.locks import folder_lock
+from nnseg.parallel import die_with_parent
 from nnseg.launch.validate import final_validation
 from nnseg.training.distributed import (
     DistInfo,
@@ -69,20 +72,28 @@ def launch_local(request: TrainRequest) -> None:
     try:
         torch.multiprocessing.start_processes(_spawned_rank, args=(request, port, n), nprocs=n, join=True,
                                               start_method="spawn")
-    except torch.multiprocessing.ProcessException as e:
+    except (torch.multiprocessing.ProcessExitedException, torch.multiprocessing.ProcessRaisedException) as e:
         raise RuntimeError(f"-num_gpus {n}: rank {e.error_index} failed ({str(e).strip().splitlines()[-1]}); its error "
                            "is printed above. Fix it and rerun, with --c to continue from the last checkpoint") from None
 
 
 def _spawned_rank(local_rank: int, request: TrainRequest, port: int, world: int) -> None:
     """Body of one process started by :func:`launch_local` (top level: picklable for spawn)."""
+    die_with_parent()  # a SIGKILL of the launcher must not leave ranks training on
     info = DistInfo(rank=local_rank, world_size=world, local_rank=local_rank, local_world_size=world,
                     init_method=f"tcp://127.0.0.1:{port}")
     try:
         run_rank(request, info)
-    except RANK_ERRORS as e:
-        print(f"nnUNetv2_train (rank {local_rank}): error: {e}", file=sys.stderr)
+    except (OSError, *RANK_ERRORS) as e:
+        print(f"nnUNetv2_train (rank {local_rank}): error: {error_line(e)}", file=sys.stderr)
         sys.exit(1)
+
+
+def error_line(e: BaseException) -> str:
+    """The one line a failing rank prints: an OSError of the system as path, cause and fix, else the message."""
+    if is_system_error(e):
+        return describe_os_error(e)  # type: ignore[arg-type]
+    return str(e.args[0] if isinstance(e, KeyError) and e.args else e)
 
 
 def _rank_device(request: TrainRequest, info: DistInfo) -> torch.device:
@@ -101,12 +112,14 @@ def run_rank(request: TrainRequest, info: DistInfo) -> TrainOutcome:
     rank_batch_sizes(_global_batch_size(job), info.world_size)  # before the rendezvous: every rank says why
     with process_group(info, device) as ddp:
         resume = request.continue_training or request.validating
-        run = ddp.main_first(lambda: make_run_spec(job, resume=resume))  # rank 0 writes the splits
+        run = ddp.main_first(lambda: make_run_spec(job, resume=resume, pretrained_weights=request.pretrained_weights,
+                                                   validate_only=request.validating))  # rank 0 writes the splits
         run = dataclasses.replace(run, seed=int(ddp.broadcast(run.seed)))
-        if not request.validating:
-            _train_rank(request, run, job, ddp)
-        result = final_validation(run, job, best=request.validate_best, npz=request.save_probabilities,
-                                  progress=False, ddp=ddp)
+        with folder_lock(run.output_folder, purpose=lock_purpose(request, ddp=True), enabled=info.is_main):
+            if not request.validating:
+                _train_rank(request, run, job, ddp)
+            result = final_validation(run, job, best=request.validate_best, npz=request.save_probabilities,
+                                      progress=False, ddp=ddp)
     return TrainOutcome(run.output_folder, result.folder, result.foreground_dice)
 
 

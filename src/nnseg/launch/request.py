@@ -53,6 +53,8 @@ class TrainRequest:
         background_batches: make batches in a thread on accelerators (``nnUNet_n_proc_DA=0`` turns it off).
         progress: show progress bars (a terminal), else only log lines.
         hooks: extra per-rank hooks (diagnostics, loggers, fault injection in tests).
+        lock_note: appended to the purpose recorded in the fold's lock file (the Dask backend puts its task key
+            there, so that a rerun of the same task may take over the lock its lost predecessor left).
     """
 
     preprocessed_dataset_folder: Path
@@ -73,6 +75,7 @@ class TrainRequest:
     background_batches: bool = True
     progress: bool = True
     hooks: tuple[HookFactory, ...] = ()
+    lock_note: str = ""
 
     @property
     def validating(self) -> bool:
@@ -94,6 +97,12 @@ class TrainOutcome:
     output_folder: Path
     validation_folder: Path
     foreground_dice: float | None
+
+
+def lock_purpose(request: TrainRequest, *, ddp: bool = False) -> str:
+    """What the fold's lock file says its owner does (``nnUNetv2_train fold 0 (DDP) [note]``)."""
+    text = f"nnUNetv2_train fold {request.fold}" + (" (DDP)" if ddp else "")
+    return f"{text} {request.lock_note}".strip()
 
 
 def parse_fold(text: str | int) -> int | str:

@@ -21,11 +21,13 @@ from pathlib import Path
 from nnseg.devices import resolve_device
 from nnseg.launch.ddp import launch_local, run_rank
 from nnseg.launch.hooks import SINGLE_PROCESS, standard_hooks
-from nnseg.launch.request import TrainOutcome, TrainRequest, device_name, fold_job
+from nnseg.launch.request import TrainOutcome, TrainRequest, device_name, fold_job, lock_purpose
 from nnseg.launch.validate import final_validation
 from nnseg.training.distributed import DistInfo
 from nnseg.training.loop import train
-from nnseg.training.setup import make_run_spec, save_run_files
+from nnseg.locks import folder_lock
+from nnseg.training.run_spec import RunSpec
+from nnseg.training.setup import FoldJob, make_run_spec, save_run_files
 
 __all__ = ["TrainOutcome", "TrainRequest", "run_training"]
 
@@ -59,7 +61,14 @@ def _validation_folder(request: TrainRequest) -> Path:
 
 def _single_process(request: TrainRequest) -> TrainOutcome:
     job = fold_job(request, resolve_device(device_name(request)))
-    run = make_run_spec(job, resume=request.continue_training or request.validating)
+    run = make_run_spec(job, resume=request.continue_training or request.validating,
+                        pretrained_weights=request.pretrained_weights,
+                        validate_only=request.validating)  # checks the whole run; writes nothing before
+    with folder_lock(run.output_folder, purpose=lock_purpose(request)):  # one run per fold folder
+        return _train_and_validate(request, run, job)
+
+
+def _train_and_validate(request: TrainRequest, run: RunSpec, job: FoldJob) -> TrainOutcome:
     if not request.validating:
         if run.output_folder.exists() and not request.continue_training and \
                 (run.output_folder / "checkpoint_final.pth").exists():

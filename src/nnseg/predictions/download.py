@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from nnseg._types import PathLike
 from nnseg.predictions.install import install_model_zip
+from nnseg.predictions.zip_limits import ZipLimits
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 3
@@ -175,7 +176,7 @@ def _attempts(url: str, part: Path, *, bar: tqdm, timeout: float, retries: int, 
 
 def download_model(url: str, results_root: PathLike, *, sha256: str | None = None, cache_dir: PathLike | None = None,
                    progress: bool = True, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
-                   retry_wait: float = 1.0) -> list[Path]:
+                   retry_wait: float = 1.0, limits: ZipLimits | None = None) -> list[Path]:
     """Download a model zip (resumable), check its SHA-256 if given, and install it into ``results_root``.
 
     Args:
@@ -184,6 +185,7 @@ def download_model(url: str, results_root: PathLike, *, sha256: str | None = Non
         sha256: expected hex SHA-256 of the zip (optional).
         cache_dir: folder for the partial download (default ``results_root/.nnseg_downloads``).
         progress, timeout, retries, retry_wait: see :func:`download_file`.
+        limits: size / compression-ratio limits of the zip (:class:`nnseg.predictions.zip_limits.ZipLimits`).
 
     Returns:
         The installed model folders.
@@ -206,6 +208,6 @@ def download_model(url: str, results_root: PathLike, *, sha256: str | None = Non
             raise ValueError(f"SHA-256 of the download from {url} is {actual}, expected {sha256.lower()}; the file "
                              "was deleted. Check the URL and the checksum")
     try:
-        return install_model_zip(part, results_root)
+        return install_model_zip(part, results_root, limits=limits)
     finally:
         part.unlink(missing_ok=True)

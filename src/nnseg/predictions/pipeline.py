@@ -21,6 +21,7 @@ import torch
 from nnseg._types import PathLike
 from nnseg.jsonio import save_json
 from nnseg.predictions.export import export_prediction
+from nnseg.predictions.input_checks import check_output_folder, check_prediction_case
 from nnseg.predictions.model_folder import TrainedModel
 from nnseg.predictions.predict import CaseTiming, PredictionReport, Predictor
 from nnseg.raw.discover import CaseFiles, image_cases
@@ -73,6 +74,8 @@ def _read_case(predictor: Predictor, case: CaseFiles, prev_stage_folder: Path | 
     start = time.perf_counter()
     io = get_io(predictor.model.plans.image_reader_writer)
     data, geometry = io.read_images(case.images)
+    check_prediction_case(case.images, data, geometry.spacing, plans=predictor.model.plans,
+                          configuration=predictor.model.configuration, configuration_name=predictor.model.configuration_name)
     prev = None
     if prev_stage_folder is not None:
         prev_file = prev_stage_folder / f"{case.identifier}{predictor.model.spec.file_ending}"
@@ -134,6 +137,7 @@ def run_pipeline(predictor: Predictor, cases: Sequence[CaseFiles], output: Path,
     from tqdm import tqdm
 
     model = predictor.model
+    check_output_folder(cases, output)
     write_run_info(model, output, args)
     ending = model.spec.file_ending
     report = PredictionReport()

@@ -29,6 +29,7 @@ from nnseg.devices import (
     keep_freed_memory_for_reuse,
     resolve_precision,
 )
+from nnseg.locks import LOCK_NAME, folder_lock
 from nnseg.predictions.export import convert_logits
 from nnseg.predictions.model_folder import (
     DEFAULT_FOLDS,
@@ -239,10 +240,12 @@ def predict(model_folder: PathLike | Predictor, inputs: PathLike | Sequence[Sequ
             "folder_with_segs_from_prev_stage": None if prev_stage_predictions is None else str(prev_stage_predictions),
             "num_parts": num_parts, "part_id": part_id, "folds": predictor.folds, "device": str(predictor.device),
             "precision": predictor.precision, "use_mirroring": predictor.use_tta, "tile_step_size": predictor.step_size}
-    report = run_pipeline(predictor, cases, Path(output), args=args, save_probabilities=save_probabilities,
-                          continue_prediction=continue_prediction, prev_stage_folder=prev_stage_predictions,
-                          num_readers=num_processes_preprocessing, num_writers=num_processes_export,
-                          verbose=verbose, progress=progress)
+    lock = LOCK_NAME if num_parts == 1 else f".nnseg.part{part_id}of{num_parts}.lock"  # parts may share -o
+    with folder_lock(Path(output), purpose=f"nnUNetv2_predict -o {output}", name=lock):
+        report = run_pipeline(predictor, cases, Path(output), args=args, save_probabilities=save_probabilities,
+                              continue_prediction=continue_prediction, prev_stage_folder=prev_stage_predictions,
+                              num_readers=num_processes_preprocessing, num_writers=num_processes_export,
+                              verbose=verbose, progress=progress)
     report.wall_s = time.perf_counter() - start
     return report
 

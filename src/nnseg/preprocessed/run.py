@@ -20,6 +20,7 @@ from typing import Any
 from nnseg.fingerprint.pool import limit_threads, pool_map
 from nnseg.jsonio import atomic_path, load_json, save_json, to_jsonable
 from nnseg.preprocessed import store
+from nnseg.raw.input_checks import check_case_layout
 
 DEFAULT_NUM_PROCESSES = {"2d": 8, "3d_fullres": 4, "3d_lowres": 8}
 DEFAULT_NUM_PROCESSES_OTHER = 4
@@ -91,35 +92,82 @@ def preprocess_job(job: CaseJob) -> tuple[str, tuple[str, ...], float]:
         ``(identifier, configurations, seconds)``.
 
     Raises:
-        ValueError: anything went wrong; the message names the case and its files, and no file of the case is left.
+        ValueError: the case's files cannot be read, fail the always-on checks (``nnseg.raw.input_checks``) or
+            cannot be preprocessed; the message names the case and its files.
+        OSError: writing the output failed (disk full, read-only, ...): names the output path, not the case.
+        In every case no file of the case is left.
     """
     from nnseg.preprocessed.preprocess import preprocess_case
-    from nnseg.raw.image_io import get_io
 
     start = time.perf_counter()
     state = _worker_state(job.context)
     plans, spec = state["plans"], state["spec"]
-    name = job.configurations[0]
+    images, seg, properties = _read_checked(job, state)
+    for name in job.configurations:
+        configuration = state["configurations"][name]
+        try:
+            data, seg_out, props = preprocess_case(images, seg, properties, plans=plans, configuration=configuration,
+                                                   spec=spec)
+        except Exception as e:
+            _remove_job_files(job, state)
+            raise _case_error(job, name, e) from None
+        try:
+            store.save_case(state["folders"][name], job.identifier, data, seg_out, props,
+                            patch_size=configuration.patch_size)
+        except Exception as e:  # the output could not be written: not the input case's fault
+            _remove_job_files(job, state)
+            raise _write_error(e, state["folders"][name], job.identifier) from None
+        del data, seg_out, props
+    return job.identifier, job.configurations, time.perf_counter() - start
+
+
+def _read_checked(job: CaseJob, state: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """The case's images, label and reader properties, after the always-on input checks."""
+    from nnseg.raw.discover import CaseFiles
+    from nnseg.raw.image_io import get_io
+    from nnseg.raw.input_checks import CaseRules, check_case_arrays, planned_dims
+
+    plans = state["plans"]
     try:
         io = get_io(plans.image_reader_writer)
         images, geometry = io.read_images(list(job.images))
         seg, _ = io.read_seg(job.label)
-        properties = geometry.to_properties()
-        for name in job.configurations:
-            configuration = state["configurations"][name]
-            data, seg_out, props = preprocess_case(images, seg, properties, plans=plans, configuration=configuration,
-                                                   spec=spec)
-            store.save_case(state["folders"][name], job.identifier, data, seg_out, props,
-                            patch_size=configuration.patch_size)
-            del data, seg_out, props
     except Exception as e:
-        for c in job.configurations:
+        _remove_job_files(job, state)
+        raise _case_error(job, job.configurations[0], e) from None
+    median = plans.original_median_shape_after_transp
+    rules = CaseRules.from_spec(state["spec"], planned_dims=planned_dims(median) if median else None)
+    try:
+        check_case_arrays(CaseFiles(job.identifier, job.images, job.label), images, seg, rules)
+    except ValueError:
+        _remove_job_files(job, state)
+        raise
+    return images, seg, geometry.to_properties()
+
+
+def _remove_job_files(job: CaseJob, state: dict[str, Any]) -> None:
+    for c in job.configurations:
+        try:
             store.remove_case(state["folders"][c], job.identifier)
-        files = ", ".join(str(p) for p in (*job.images, job.label))
-        raise ValueError(f"preprocessing case {job.identifier} ({name}) failed: {e}\n  files: {files}\n  fix or remove "
-                         "this case (`nnseg verify -d ...` checks the whole dataset), then rerun: finished cases are "
-                         "kept") from None
-    return job.identifier, job.configurations, time.perf_counter() - start
+        except OSError:  # e.g. a read-only folder: nothing could have been written there either
+            pass
+
+
+def _case_error(job: CaseJob, name: str, e: Exception) -> ValueError:
+    files = ", ".join(str(p) for p in (*job.images, job.label))
+    return ValueError(f"preprocessing case {job.identifier} ({name}) failed: {e}\n  files: {files}\n  fix or remove "
+                      "this case (`nnseg verify -d ...` checks the whole dataset), then rerun: finished cases are kept")
+
+
+def _write_error(e: Exception, folder: Path, identifier: str) -> Exception:
+    """An OSError naming the output path (the input case is fine); other failures say the same in words."""
+    from nnseg.fs_errors import is_system_error, with_path
+
+    if is_system_error(e):
+        return with_path(e, folder)  # type: ignore[arg-type]
+    return RuntimeError(f"writing preprocessed case {identifier} to {folder} failed ({type(e).__name__}: {e}); the "
+                        "input files are fine: check free disk space and that the folder is writable, then rerun "
+                        "(finished cases are kept)")
 
 
 # ---------------------------------------------------------------------------------------------- parent side
@@ -294,6 +342,7 @@ def preprocess_dataset(raw_dataset_folder: Path, preprocessed_dataset_folder: Pa
     cases = training_cases(raw, spec, env=env)
     if not cases:
         raise ValueError(f"no training cases in {raw / 'imagesTr'} (file ending {spec.file_ending!r})")
+    check_case_layout(cases, spec)
     folders = _data_folders(plans, configurations, out)
     limits = _resolve_num_processes(list(folders), num_processes)
     copy_dataset_files(raw, out)

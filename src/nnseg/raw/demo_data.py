@@ -123,6 +123,8 @@ def make_demo_dataset(out_folder: PathLike, *, num_cases: int = 8, dims: int = 3
         ``out_folder``.
     """
     _check_demo_args(dims, num_channels, anisotropic, regions, lesion, num_cases, shape)
+    if num_test < 0:
+        raise ValueError(f"num_test={num_test}; the number of test cases cannot be negative")
     out = Path(out_folder)
     shape = tuple(shape) if shape is not None else (_SHAPE_2D if dims == 2 else _SHAPE_3D_ANISO if anisotropic else _SHAPE_3D)
     spacing = (3.0, 0.75, 0.75) if anisotropic else (1.0,) * dims

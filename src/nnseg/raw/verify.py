@@ -159,6 +159,8 @@ def _case_files_problems(case: CaseFiles, spec: DatasetSpec, *, explicit: bool) 
     if not explicit and n:
         folder = case.images[0].parent
         wanted = [folder / f"{case.identifier}_{c:04d}{spec.file_ending}" for c in range(n)]
+        if n in (3, 4) and list(case.images) == wanted[:1]:
+            wanted = wanted[:1]  # one RGB(A) file may hold every channel, as nnU-Net accepts; the reader decides
         problems += [Problem(ERROR, p, f"channel file of case {case.identifier!r} is missing (dataset.json declares "
                              f"{n} channel(s))", "add the file, or fix channel_names in dataset.json")
                      for p in wanted if p not in case.images]
@@ -253,11 +255,14 @@ def _read(fn: Any, arg: Any, path: Path, problems: list[Problem]) -> tuple[np.nd
 
 
 def _image_content_problems(path: Path, data: np.ndarray) -> list[Problem]:
+    if bool(np.isfinite(data).all()):
+        return []
     n_nan = int(np.isnan(data).sum())
-    if n_nan:
-        return [Problem(ERROR, path, f"image contains {n_nan} NaN value(s)",
-                        "replace the NaNs (e.g. with 0 or the background intensity) and save the image again")]
-    return []
+    n_inf = int(np.isinf(data).sum())
+    found = " and ".join(t for t in (f"{n_nan} NaN value(s)" if n_nan else "",
+                                     f"{n_inf} infinite value(s)" if n_inf else "") if t)
+    return [Problem(ERROR, path, f"image contains {found}",
+                    "replace them (e.g. with 0 or the background intensity) and save the image again")]
 
 
 def _channel_count_problems(case: CaseFiles, images: list[tuple[Path, np.ndarray, Any]],

@@ -143,9 +143,34 @@ def save_checkpoint(ckpt: Mapping[str, Any], path: PathLike) -> None:
 
     Raises:
         ValueError: ``ckpt`` lacks ``network_weights``.
+        OSError: the file cannot be written (disk full, read-only, permissions): one line naming ``path`` and the
+            cause, instead of torch's ``enforce fail at inline_container.cc``; no partial file is left.
     """
     missing = [k for k in REQUIRED_FOR_INFERENCE if k not in ckpt]
     if missing:
         raise ValueError(f"checkpoint for {path} lacks {missing}; nnU-Net's keys are {list(CHECKPOINT_KEYS)}")
-    with atomic_path(path) as tmp:
-        torch.save(dict(ckpt), str(tmp))
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a Python file: its OSError keeps the errno
+            torch.save(dict(ckpt), f)
+    except (OSError, RuntimeError) as e:
+        raise checkpoint_write_error(Path(path), e) from None
+
+
+def checkpoint_write_error(path: Path, error: BaseException) -> OSError:
+    """One-line OSError for a failed checkpoint write: the path, the cause (errno text, or free space) and the fix."""
+    original = error if isinstance(error, OSError) else (error.__context__ if isinstance(error.__context__, OSError)
+                                                           else None)
+    code = getattr(original, "errno", None)
+    if original is not None and original.strerror:
+        cause = original.strerror
+    else:
+        import shutil
+
+        try:
+            free = shutil.disk_usage(path.parent).free
+            cause = f"{str(error).splitlines()[0]}; {free / 2**20:.0f} MiB free on that disk"
+        except OSError:
+            cause = str(error).splitlines()[0]
+    message = (f"cannot write checkpoint {path}: {cause}. Free disk space or make {path.parent} writable, then rerun "
+               "with --c to continue from the last checkpoint")
+    return OSError(code, message) if code else OSError(message)

@@ -8,7 +8,9 @@ this dataclass. Overrides beyond the preset are saved in the fold's ``train_conf
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -48,6 +50,12 @@ class TrainConfig:
     save_every: int = 50
     ema_alpha: float = 0.9
 
+    def __post_init__(self) -> None:
+        """Every value is checked against its rule in :data:`FIELD_RULES` when a TrainConfig is made (or changed)."""
+        for name, problem in config_problems(self).items():
+            raise ValueError(f"TrainConfig {name}={getattr(self, name)!r} is invalid: it must be {problem}. "
+                             f"Set it with --set {name}=VALUE (default {getattr(TrainConfig, name, None)!r})")
+
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
@@ -61,6 +69,61 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
         return cls(**data)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int_at_least(low: int, *, optional: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        return (optional and v is None) or (isinstance(v, int) and not isinstance(v, bool) and v >= low)
+    return ok, f"an integer >= {low}" + (" or none" if optional else "")
+
+
+def _float_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False,
+              optional: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        if optional and v is None:
+            return True
+        if not _number(v) or math.isnan(v) or (math.isinf(v) and high != math.inf):
+            return False
+        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    text = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    return ok, text + (" or none" if optional else "")
+
+
+def _choice(*values: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, str) and v.lower() in values), f"one of {list(values)}"
+
+
+def _bool() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
+def _name() -> tuple[Callable[[Any], bool], str]:  # registered names: checked by run_spec.check_component_names
+    return (lambda v: isinstance(v, str) and bool(v)), "a registered name"
+
+
+INF = math.inf
+FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_epochs": _int_at_least(1), "iterations_per_epoch": _int_at_least(1), "val_iterations_per_epoch": _int_at_least(0),
+    "initial_lr": _float_in(0, INF, high_open=True), "weight_decay": _float_in(0, INF, high_open=True),
+    "momentum": _float_in(0, 1, low_open=True, high_open=True), "optimizer": _name(), "lr_schedule": _name(),
+    "grad_clip": _float_in(0, INF, low_open=True), "loss": _name(), "dice_smooth": _float_in(0, INF, high_open=True),
+    "oversample_foreground": _float_in(0, 1), "deep_supervision": _bool(), "mirroring": _bool(), "augmentation": _name(),
+    "batch_size": _int_at_least(1, optional=True), "seed": _int_at_least(0, optional=True),
+    "precision": _choice("auto", "fp32", "bf16", "fp16"),
+    "compile": _choice("auto", "true", "false", "1", "0", "t", "f", "yes", "no", "on", "off"),
+    "early_stopping_patience": _int_at_least(1, optional=True),
+    "time_budget_hours": _float_in(0, INF, low_open=True, high_open=True, optional=True),
+    "save_every": _int_at_least(1), "ema_alpha": _float_in(0, 1),
+}
+
+
+def config_problems(config: TrainConfig) -> dict[str, str]:
+    """``{field: what it must be}`` for every field whose value breaks its rule in :data:`FIELD_RULES`."""
+    return {name: text for name, (ok, text) in FIELD_RULES.items() if not ok(getattr(config, name))}
 
 
 def preset_for_trainer(name: str) -> TrainConfig:

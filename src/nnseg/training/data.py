@@ -77,6 +77,11 @@ class BatchMaker:
             batch = self.cascade.train(batch.with_(seg=remove_negative_labels(batch.seg)), rng)
         return batch.image.contiguous(), make_targets(batch.seg, self.targets)
 
+    def case_ids(self, epoch: int, index: int, *, train: bool = True) -> list[str]:
+        """The cases of batch ``index`` of ``epoch``, re-drawn from the batch's seed (nothing is kept per batch)."""
+        sampler, kind = (self.train_sampler, TRAIN) if train else (self.val_sampler, VAL)
+        return sampler.choose_cases(batch_rng(self.seed, epoch, index, kind))
+
     def val_batch(self, epoch: int, index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         rng = batch_rng(self.seed, epoch, index, VAL)
         image, seg, _ = self.val_sampler.sample(rng)

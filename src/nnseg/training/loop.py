@@ -9,6 +9,7 @@ interrupted run ends exactly as an uninterrupted one.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,10 @@ from nnseg.training.checkpoint import load_checkpoint, save_checkpoint
 from nnseg.training.config import nnunet_trainer_class
 from nnseg.training.data import prefetched
 from nnseg.training.distributed import DistributedTraining
+from nnseg.training.failures import non_finite_loss_error, unreadable_checkpoint_error
+from nnseg.training.fold_state import discard_failed_start, write_train_config
 from nnseg.training.hooks import Hooks
+from nnseg.training.preflight import pretrained_mismatches
 from nnseg.training.run_spec import Components, RunSpec, build_components
 from nnseg.training.schedule import LR_SCHEDULES
 from nnseg.training.state import TrainState, checkpoint_dict, state_from_checkpoint
@@ -111,10 +115,14 @@ def _save(run: RunSpec, parts: Components, state: TrainState, name: str, next_ep
 
 
 def _restore(run: RunSpec, parts: Components) -> TrainState | None:
-    for name in CHECKPOINT_ORDER:
+    for i, name in enumerate(CHECKPOINT_ORDER):
         path = run.output_folder / name
         if path.is_file():
-            ckpt = load_checkpoint(path, map_location=run.device)
+            try:
+                ckpt = load_checkpoint(path, map_location=run.device)
+            except ValueError as e:
+                others = [run.output_folder / n for n in CHECKPOINT_ORDER[i + 1:] if (run.output_folder / n).is_file()]
+                raise unreadable_checkpoint_error(path, e, others) from None
             parts.module.load_state_dict(ckpt["network_weights"])
             if ckpt.get("optimizer_state") is not None:
                 parts.optimizer.load_state_dict(ckpt["optimizer_state"])
@@ -137,16 +145,18 @@ def run_epoch(run: RunSpec, parts: Components, state: TrainState, hooks: Hooks, 
     parts.network.train()
     losses = []
     batches = prefetched(lambda i: parts.batches.train_batch(epoch, i), cfg.iterations_per_epoch, background=run.background)
-    for image, targets in hooks.wrap_iterations(batches, epoch=epoch, total=cfg.iterations_per_epoch):
+    for i, (image, targets) in enumerate(hooks.wrap_iterations(batches, epoch=epoch, total=cfg.iterations_per_epoch)):
         losses.append(train_step(parts.network, image, targets, parts.loss, parts.optimizer, parts.scaler,
                                  precision=run.precision, grad_clip=cfg.grad_clip))
+        _check_finite(run, parts, losses[-1], image, epoch, i, train=True)
     parts.network.eval()
     n_fg = run.num_heads if run.regions is not None else run.num_heads - 1  # pseudo Dice: foreground only
     val_losses, counts = [], np.zeros((3, n_fg))
-    for image, targets in prefetched(lambda i: parts.batches.val_batch(epoch, i), cfg.val_iterations_per_epoch,
-                                     background=run.background):
+    for i, (image, targets) in enumerate(prefetched(lambda i: parts.batches.val_batch(epoch, i),
+                                                    cfg.val_iterations_per_epoch, background=run.background)):
         loss, c = validation_step(parts.network, image, targets, parts.loss, precision=run.precision,
                                   regions=run.regions is not None, ignore_label=run.ignore_label)
+        _check_finite(run, parts, loss, image, epoch, i, train=False)
         val_losses.append(loss)
         counts += c
     train_loss, val_loss = float(np.mean(losses)), float(np.mean(val_losses or [np.nan]))
@@ -160,6 +170,15 @@ def run_epoch(run: RunSpec, parts: Components, state: TrainState, hooks: Hooks, 
         _save(run, parts, state, "checkpoint_latest.pth", epoch + 1)
     hooks.on_epoch_end(run, state)
     state.current_epoch += 1
+
+
+def _check_finite(run: RunSpec, parts: Components, loss: float, image: torch.Tensor, epoch: int, index: int, *,
+                  train: bool) -> None:
+    """Stop at the first non-finite loss (the value is on the host already: no extra device synchronisation)."""
+    if not math.isfinite(loss):
+        raise non_finite_loss_error(loss, image, parts.batches.case_ids(epoch, index, train=train),
+                                    phase="training" if train else "validation", epoch=epoch, iteration=index,
+                                    precision=run.precision, config=run.config, data_folder=run.data_folder)
 
 
 def _apply_time_budget(run: RunSpec, state: TrainState) -> None:
@@ -180,14 +199,29 @@ def train(run: RunSpec, *, hooks: Hooks | None = None, resume: bool = False,
     """
     hooks = hooks or Hooks()
     run.output_folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train(run, hooks, resume=resume, pretrained_weights=pretrained_weights, dist=dist)
+    except BaseException:
+        if not run.disable_checkpointing:  # a start that failed before its first checkpoint leaves no settings behind
+            discard_failed_start(run.output_folder)
+        raise
+
+
+def _train(run: RunSpec, hooks: Hooks, *, resume: bool, pretrained_weights: Path | None,
+           dist: DistributedTraining | None) -> TrainResult:
     parts = build_components(run)
     if dist is not None:
         dist.prepare(run, parts)
     state = _restore(run, parts) if resume else None
     if state is None:
+        if resume and (dist is None or dist.info.is_main):
+            print(f"note: --c but {run.output_folder} holds no checkpoint to continue from; starting from scratch",
+                  file=sys.stderr)
         if pretrained_weights is not None:
             load_pretrained_weights(parts.module, pretrained_weights)
         state = TrainState(seed=run.seed, num_epochs=run.config.num_epochs)
+    if not run.disable_checkpointing:
+        write_train_config(run.output_folder, run.config)
     hooks.on_train_start(run, state, parts.module)
     stopped_early = False
     while state.current_epoch < state.num_epochs:
@@ -209,9 +243,9 @@ def train(run: RunSpec, *, hooks: Hooks | None = None, resume: bool = False,
 def load_pretrained_weights(network: nn.Module, path: Path, *, skip: Sequence[str] = (".seg_layers.",)) -> None:
     """nnU-Net's rule: every weight except the segmentation heads must exist with the same shape, and is copied."""
     source = load_checkpoint(path)["network_weights"]
-    source = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in source.items()}
     own = network.state_dict()
-    problems = [k for k in own if not any(s in k for s in skip) and (k not in source or source[k].shape != own[k].shape)]
+    problems = pretrained_mismatches(own, source, skip)
+    source = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in source.items()}
     if problems:
         raise ValueError(f"pretrained weights {path} do not fit this network ({len(problems)} keys missing or with "
                          f"another shape, e.g. {problems[:3]}); plans of both must describe the same architecture "

@@ -134,9 +134,13 @@ class PatchSampler:
             self._cache[identifier] = (data, seg, props)
         return self._cache[identifier]
 
+    def choose_cases(self, rng: np.random.Generator) -> list[str]:
+        """The cases of a batch: the first draw from the batch's generator (see :meth:`sample`)."""
+        return [self.identifiers[i] for i in rng.integers(len(self.identifiers), size=self.batch_size)]
+
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """One batch: float32 image, int16 seg (-1 = outside the image or the non-zero mask), case identifiers."""
-        chosen = [self.identifiers[i] for i in rng.integers(len(self.identifiers), size=self.batch_size)]
+        chosen = self.choose_cases(rng)
         images, segs = [], []
         for identifier, force in zip(chosen, oversample_flags(self.batch_size, self.oversample_foreground)):
             data, seg, props = self._open(identifier)

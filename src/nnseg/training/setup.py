@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,19 @@ from nnseg.plans.schema import Plans
 from nnseg.preprocessed.store import list_cases
 from nnseg.raw.dataset_json import DatasetSpec
 from nnseg.training.cascade import check_prev_stage_cases, prev_stage_folder
-from nnseg.training.config import TrainConfig, config_differences
+from nnseg.training.config import TrainConfig
+from nnseg.training.fold_state import TRAIN_CONFIG_FILE, check_saved_config
+from nnseg.training.preflight import (
+    available_memory_bytes,
+    check_dataset_complete,
+    check_label_values,
+    check_plans_plausible,
+    check_pretrained_weights,
+)
 from nnseg.training.run_spec import RunSpec, check_component_names
-from nnseg.training.splits import fold_cases, load_or_create_splits
+from nnseg.training.splits import check_splits_cases, fold_cases, load_or_create_splits, some_cases
 
-TRAIN_CONFIG_FILE = "train_config.json"
+__all__ = ["TRAIN_CONFIG_FILE", "FoldJob", "check_saved_config", "make_run_spec", "save_run_files"]
 
 
 @dataclass(frozen=True)
@@ -60,35 +69,55 @@ def label_setup(spec: DatasetSpec) -> dict[str, Any]:
     return {"regions": regions, "ignore_label": ignore, "num_heads": heads, "annotated_key": annotated}
 
 
-def check_saved_config(folder: Path, config: TrainConfig, *, resume: bool) -> None:
-    """Refuse to continue or overwrite a fold that was trained with other settings (naming the differences)."""
-    path = folder / TRAIN_CONFIG_FILE
-    if not path.is_file():
-        return
-    saved = TrainConfig.from_json(load_json(path))
-    diffs = config_differences(saved, config)
-    if diffs:
-        action = "continue (--c)" if resume else "overwrite"
-        raise ValueError(f"{folder} was trained with other settings; refusing to {action} it. Differences: "
-                         f"{'; '.join(diffs)}. Use the same settings, or another fold/trainer name, or delete the folder")
+def make_run_spec(job: FoldJob, *, resume: bool = False, pretrained_weights: Path | None = None,
+                  validate_only: bool = False) -> RunSpec:
+    """Resolve and check the whole run before anything is written (see :mod:`nnseg.training.preflight`).
 
-
-def make_run_spec(job: FoldJob, *, resume: bool = False) -> RunSpec:
+    ``splits_final.json`` is written (when missing) only after every check passed; ``validate_only`` (``--val``)
+    skips the checks that only matter for training (label values, plans plausibility, weights).
+    """
     check_component_names(job.config)
     cfg = job.plans.configuration(job.configuration_name)
-    data_folder = Path(job.preprocessed_dataset_folder) / cfg.data_identifier
+    pre = Path(job.preprocessed_dataset_folder)
+    data_folder = pre / cfg.data_identifier
     identifiers = list_cases(data_folder)
+    fix = f"Rerun `nnUNetv2_preprocess -d {job.plans.dataset_name} -c {job.configuration_name}`"
     if not identifiers:
-        raise FileNotFoundError(f"no preprocessed cases in {data_folder}; run `nnUNetv2_preprocess -d "
-                                f"{job.plans.dataset_name} -c {job.configuration_name}` (or plan_and_preprocess) first")
-    splits = load_or_create_splits(Path(job.preprocessed_dataset_folder) / "splits_final.json", identifiers)
-    cases = fold_cases(splits, job.fold, identifiers)
-    missing = sorted(set(cases["train"] + cases["val"]) - set(identifiers))
-    if missing:
-        raise ValueError(f"splits_final.json names cases that are not preprocessed in {data_folder}: {missing[:5]}...; "
-                         "delete splits_final.json or preprocess them")
+        raise FileNotFoundError(f"no preprocessed cases in {data_folder}; {fix} (or plan_and_preprocess) first")
+    check_dataset_complete(identifiers, preprocessed_dataset_folder=pre, data_folder=data_folder, spec=job.spec, fix=fix)
+    splits_file = pre / "splits_final.json"
+    new_splits = not splits_file.is_file()
+    splits = load_or_create_splits(splits_file, identifiers, save=False)
+    unused = check_splits_cases(splits, splits_file, identifiers, data_folder, fix)
+    if unused and job.fold != "all":
+        print(f"note: {len(unused)} preprocessed case(s) are in no fold of {splits_file}: {some_cases(unused)}; if an "
+              "earlier run wrote it from incomplete data, delete it to regenerate the splits", file=sys.stderr)
+    cases = fold_cases(splits, job.fold, identifiers, splits_file=splits_file)
     out = fold_folder(job.results_dataset_folder, job.trainer_name, job.plans.plans_name, job.configuration_name, job.fold)
     check_saved_config(out, job.config, resume=resume)
+    run = _run_spec(job, cases, data_folder, out)
+    if not validate_only:
+        _preflight(run, job, pretrained_weights)
+    if new_splits:
+        save_json(splits, splits_file)
+    return run
+
+
+def _preflight(run: RunSpec, job: FoldJob, pretrained_weights: Path | None) -> None:
+    fix = f"rerun `nnUNetv2_preprocess -d {job.plans.dataset_name} -c {job.configuration_name}`"
+    shapes = check_label_values(run.data_folder, sorted(set(run.train_ids + run.val_ids)), job.spec, fix=fix)
+    where = (f"plans {Path(job.preprocessed_dataset_folder) / (job.plans.plans_name + '.json')}, configuration "
+             f"{job.configuration_name}")
+    common = dict(architecture=run.architecture, input_channels=run.num_input_channels, num_heads=run.num_heads,
+                  deep_supervision=run.config.deep_supervision)
+    check_plans_plausible(patch_size=run.patch_size, batch_size=run.batch_size, image_shapes=shapes,
+                          available=available_memory_bytes(run.device), where=where, **common)  # type: ignore[arg-type]
+    if pretrained_weights is not None:
+        check_pretrained_weights(Path(pretrained_weights), **common)  # type: ignore[arg-type]
+
+
+def _run_spec(job: FoldJob, cases: dict[str, list[str]], data_folder: Path, out: Path) -> RunSpec:
+    cfg = job.plans.configuration(job.configuration_name)
     seed = job.config.seed if job.config.seed is not None else int(np.random.SeedSequence().entropy % (2**31))
     labels = label_setup(job.spec)
     prev = _prev_stage(job, cfg.previous_stage, cases["train"] + cases["val"])
@@ -118,8 +147,7 @@ def _prev_stage(job: FoldJob, previous_stage: str | None, identifiers: list[str]
 
 
 def save_run_files(run: RunSpec, job: FoldJob) -> None:
-    """``train_config.json`` in the fold folder; plans/dataset.json/fingerprint copies in the model folder."""
-    save_json(run.config.to_json(), run.output_folder / TRAIN_CONFIG_FILE)
+    """plans/dataset.json/fingerprint copies in the model folder (``train_config.json``: written by ``train``)."""
     model = run.output_folder.parent
     save_json(job.plans.to_json(), model / "plans.json")
     save_json(job.spec.to_json(), model / "dataset.json")

@@ -44,35 +44,58 @@ def kfold_splits(identifiers: Sequence[str], *, n_splits: int = NUM_FOLDS, seed:
     return splits
 
 
-def random_split(identifiers: Sequence[str], fold: int) -> Split:
-    """nnU-Net's fallback for a fold beyond the splits file: a seeded random 80:20 split."""
-    keys = sorted(identifiers)
-    rnd = np.random.RandomState(seed=SPLIT_SEED + fold)
-    train_idx = rnd.choice(len(keys), int(len(keys) * 0.8), replace=False)
-    chosen = set(int(i) for i in train_idx)
-    return {"train": [keys[int(i)] for i in train_idx], "val": [k for i, k in enumerate(keys) if i not in chosen]}
-
-
-def load_or_create_splits(splits_file: Path, identifiers: Sequence[str]) -> list[Split]:
-    """Reuse ``splits_final.json`` when it exists, else write nnU-Net's split there (atomically)."""
+def load_or_create_splits(splits_file: Path, identifiers: Sequence[str], *, save: bool = True) -> list[Split]:
+    """Reuse ``splits_final.json`` when it exists, else nnU-Net's split (written there atomically when ``save``)."""
     if splits_file.is_file():
         splits = load_json(splits_file)
         if not isinstance(splits, list) or not all(isinstance(s, dict) and {"train", "val"} <= set(s) for s in splits):
             raise ValueError(f"{splits_file} is not a list of {{'train': [...], 'val': [...]}}; delete it to regenerate")
         return splits
     splits = kfold_splits(identifiers)
-    save_json(splits, splits_file)
+    if save:
+        save_json(splits, splits_file)
     return splits
 
 
-def fold_cases(splits: list[Split], fold: int | str, identifiers: Sequence[str]) -> Split:
-    """Training and validation cases of ``fold`` (an int, or ``'all'``: train on everything, validate on it too)."""
+def fold_cases(splits: list[Split], fold: int | str, identifiers: Sequence[str], *,
+               splits_file: Path | str = "splits_final.json") -> Split:
+    """Training and validation cases of ``fold`` (an int, or ``'all'``: train on everything, validate on it too).
+
+    Raises:
+        ValueError: ``fold`` is not in the splits file. nnU-Net silently trains such a fold on a seeded random 80:20
+            split (:func:`random_split`); nnseg refuses and says how to add the fold.
+    """
     if fold == "all":
         keys = sorted(identifiers)
         return {"train": keys, "val": keys}
     fold = int(fold)
-    if fold < 0:
-        raise ValueError(f"fold must be 0..{len(splits) - 1} or 'all', got {fold}")
-    if fold < len(splits):
+    if 0 <= fold < len(splits):
         return {"train": list(splits[fold]["train"]), "val": list(splits[fold]["val"])}
-    return random_split(identifiers, fold)
+    raise ValueError(f"fold {fold} is not in {splits_file}, which has folds 0-{len(splits) - 1}; train one of those or "
+                     f"'all', or add the fold to {splits_file} (entry i of the list is fold i: "
+                     "{'train': [...], 'val': [...]}; nnU-Net would use a random 80:20 split here)")
+
+
+def missing_preprocessed_cases(expected: Sequence[str], preprocessed: Sequence[str]) -> list[str]:
+    """Cases of the dataset listing (``expected``) without a complete preprocessed case."""
+    return sorted(set(expected) - set(preprocessed))
+
+
+def check_splits_cases(splits: list[Split], splits_file: Path, preprocessed: Sequence[str], data_folder: Path,
+                       fix: str) -> list[str]:
+    """Refuse splits naming cases that are not preprocessed; return the preprocessed cases no fold uses.
+
+    Raises:
+        ValueError: ``splits_file`` names cases missing from ``data_folder`` (listed in the message, with ``fix``).
+    """
+    named = {c for s in splits for c in list(s["train"]) + list(s["val"])}
+    missing = sorted(named - set(preprocessed))
+    if missing:
+        raise ValueError(f"{splits_file} names {len(missing)} case(s) that are not preprocessed in {data_folder}: "
+                         f"{some_cases(missing)}. {fix}, or remove them from {splits_file}")
+    return sorted(set(preprocessed) - named)
+
+
+def some_cases(cases: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(cases[:limit])
+    return shown + (f" ... ({len(cases) - limit} more)" if len(cases) > limit else "")

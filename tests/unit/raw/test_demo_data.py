@@ -77,6 +77,7 @@ def test_organ_and_lesion_are_separable_by_intensity() -> None:
 @pytest.mark.parametrize("kwargs, match", [
     ({"dims": 4}, "dims=4"), ({"num_channels": 3}, "num_channels=3"), ({"dims": 2, "anisotropic": True}, "dims=3"),
     ({"regions": True, "lesion": False}, "lesion"), ({"num_cases": 0}, "num_cases=0"), ({"shape": (4, 4, 4)}, "shape"),
+    ({"num_test": -1}, "num_test=-1"),
 ])
 def test_bad_options_are_refused(tmp_path: Path, kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -91,3 +92,15 @@ def test_cli_demo_data(tmp_path: Path, roots_env: dict[str, str]) -> None:
     assert d["numTraining"] == 2 and d["file_ending"] == ".png" and len(d["channel_names"]) == 2
     assert d["labels"]["ignore"] == 3 and d["regions_class_order"] == [1, 2]
     assert main(["verify", "-d", "996", "-np", "1"], env=roots_env, cwd=tmp_path) == 0
+
+
+def test_cli_demo_data_shape_and_test_cases(tmp_path: Path, roots_env: dict[str, str]) -> None:
+    """The size the GPU bench asks for (``--shape``) and the number of test cases, through the CLI."""
+    argv = ["demo-data", "raw/Dataset995_Big", "--cases", "1", "--test-cases", "3", "--shape", "20", "24", "28"]
+    assert main(argv, env=roots_env, cwd=tmp_path) == 0
+    out = tmp_path / "raw/Dataset995_Big"
+    assert len(list((out / "imagesTs").glob("*_0000.nii.gz"))) == 3
+    image, _ = determine_io(".nii.gz").read_images([out / "imagesTr" / "case_000_0000.nii.gz"])
+    assert image.shape == (1, 20, 24, 28)
+    assert main(["demo-data", "raw/Dataset994_Bad", "--shape", "20", "24"], env=roots_env, cwd=tmp_path) == 1
+    assert not (tmp_path / "raw/Dataset994_Bad").exists()

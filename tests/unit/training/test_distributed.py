@@ -228,6 +228,7 @@ def test_shard_predict_args_composes_parts_and_ranks() -> None:
         shard_predict_args(argparse.Namespace(num_parts=2, part_id=2, device=None), None)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_one_rank_nccl_syncbn_compile_fp16(tiny_preprocessed: Path, tmp_path: Path) -> None:
     """The GPU path on one rank: NCCL, cuda:LOCAL_RANK, BatchNorm -> SyncBatchNorm, torch.compile(DDP), fp16 scaler."""

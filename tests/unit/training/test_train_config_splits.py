@@ -20,7 +20,7 @@ from nnseg.training.config import (
 from nnseg.training.run_spec import build_components
 from nnseg.training.schedule import poly_lr
 from nnseg.training.setup import FoldJob, make_run_spec
-from nnseg.training.splits import fold_cases, kfold_splits, load_or_create_splits, random_split
+from nnseg.training.splits import fold_cases, kfold_splits, load_or_create_splits
 
 
 def test_split_equals_nnunet_on_hippocampus(expected_dir: Path) -> None:
@@ -48,8 +48,8 @@ def test_splits_file_reused_and_fold_all(tmp_path: Path) -> None:
     f.write_text(json.dumps(custom))
     assert load_or_create_splits(f, ids) == custom
     assert fold_cases(custom, "all", ids) == {"train": ids, "val": ids}
-    extra = fold_cases(custom, 3, ids)
-    assert extra == random_split(ids, 3) and len(extra["train"]) == 8
+    with pytest.raises(ValueError, match=r"fold 3 is not in splits_final.json, which has folds 0-0.*add the fold"):
+        fold_cases(custom, 3, ids)  # nnU-Net trains a random 80:20 split here; nnseg refuses
     f.unlink()
     assert load_or_create_splits(f, ids) == kfold_splits(ids) and f.is_file()
 

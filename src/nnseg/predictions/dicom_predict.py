@@ -1,0 +1,170 @@
+"""Predict DICOM series: each image series is one case; output NIfTI (the model's file ending) or DICOM SEG.
+
+A thin layer over :func:`~nnseg.predictions.predict.predict`: every series is checked first (nothing is written when
+one is broken), converted to a temporary file in the model's format with the series geometry, predicted as usual,
+and, for ``dicom-seg``, the label map is written as a SEG on the source slices. Cases are named by
+SeriesInstanceUID with ``_`` for ``.`` (``OUT/1_2_840_..._7.dcm`` or ``OUT/1_2_840_..._7<file_ending>``): file names
+with dozens of dots would break suffix handling.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+from nnseg import __version__
+from nnseg._types import PathLike
+from nnseg.predictions.predict import Predictor, predict
+from nnseg.raw.dicom.files import DicomSeries, open_dicom
+from nnseg.raw.dicom.seg import Segment, derived_uid, label_names, load_seg_codes, make_segments, write_segmentation
+from nnseg.raw.dicom.series import read_volume, series_geometry, to_sitk
+
+OUTPUT_FORMATS = ("nifti", "dicom-seg")
+VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".gipl")
+
+
+@dataclass
+class DicomPredictionReport:
+    """Outputs written, series skipped (already done), and notes on the input (objects left out)."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def _stderr(message: str) -> None:
+    print(f"nnseg: {message}", file=sys.stderr, flush=True)
+
+
+def model_key(predictor: Predictor) -> str:
+    """What identifies the model in derived SEG UIDs: dataset/model folder names and folds."""
+    folder = predictor.model.folder
+    return f"{folder.parent.name}/{folder.name}/folds={','.join(str(f) for f in predictor.folds)}"
+
+
+def seg_uids(source_series_uid: str, predictor: Predictor) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) of the SEG for a source series: the same on every run of the same model."""
+    key = model_key(predictor)
+    return derived_uid("nnseg-seg-series", source_series_uid, key), derived_uid("nnseg-seg-sop", source_series_uid, key)
+
+
+def check_model_for_dicom(predictor: Predictor) -> None:
+    """Refuse models that cannot take one DICOM series per case (several channels, 2D image formats)."""
+    spec = predictor.model.spec
+    if spec.num_channels != 1:
+        raise ValueError(f"the model expects {spec.num_channels} channels ({spec.channel_names}); DICOM input gives one "
+                         "series per case, so it works with single-channel models only")
+    if spec.file_ending.lower() not in VOLUME_ENDINGS:
+        raise ValueError(f"the model reads {spec.file_ending} files (2D images); DICOM input needs a model trained on "
+                         f"volumes ({', '.join(VOLUME_ENDINGS)})")
+
+
+def segments_for(predictor: Predictor, seg_codes: PathLike | None) -> list[Segment]:
+    """The SEG segments of the model's labels (or regions), with codes from ``seg_codes`` when given."""
+    spec = predictor.model.spec
+    names = label_names(spec.labels, spec.regions_class_order)
+    codes = load_seg_codes(Path(seg_codes), names) if seg_codes is not None else None
+    return make_segments(names, codes)
+
+
+def case_name(series_uid: str) -> str:
+    """The case identifier of a series: its SeriesInstanceUID with ``_`` for ``.``."""
+    return series_uid.replace(".", "_")
+
+
+def _output_name(series: DicomSeries, output_format: str, ending: str) -> str:
+    return f"{case_name(series.uid)}{'.dcm' if output_format == 'dicom-seg' else ending}"
+
+
+def _write_segs(predictor: Predictor, pending: Sequence[tuple[DicomSeries, tuple[Any, ...]]], predicted: Path,
+                output: Path, segments: Sequence[Segment]) -> list[Path]:
+    import SimpleITK as sitk
+
+    model = predictor.model
+    written = []
+    for series, headers in pending:
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(predicted / f"{case_name(series.uid)}{model.spec.file_ending}")))
+        series_uid, sop_uid = seg_uids(series.uid, predictor)
+        target = output / f"{case_name(series.uid)}.dcm"
+        write_segmentation(labels, headers, segments, target, series_uid=series_uid, sop_uid=sop_uid,
+                           description=f"nnseg {model.folder.parent.name} {model.configuration_name}",
+                           version=__version__)
+        written.append(target)
+    return written
+
+
+def predict_dicom(predictor: Predictor, inputs: PathLike, output: PathLike, *, output_format: str = "nifti",
+                  seg_codes: PathLike | None = None, continue_prediction: bool = False, num_parts: int = 1,
+                  part_id: int = 0, num_processes_preprocessing: int = 0, num_processes_export: int = 0,
+                  verbose: bool = False, progress: bool = True, log: Callable[[str], None] = _stderr,
+                  require_series: bool = True) -> DicomPredictionReport:
+    """Predict every image series under ``inputs`` (a folder, zip or DICOMDIR tree) into ``output``.
+
+    Args:
+        output_format: ``nifti`` (the model's file ending) or ``dicom-seg``.
+        seg_codes: JSON file with SNOMED-CT codes per label (see :func:`~nnseg.raw.dicom.seg.load_seg_codes`).
+        continue_prediction: skip series whose output exists; num_parts/part_id: shard the sorted series.
+        log: receives the notes (objects left out, series skipped).
+        require_series: raise when there is no image series (else return an empty report).
+
+    Raises:
+        ValueError: an unknown format, an unsuitable model, no image series, or a broken series (named); nothing
+            is written then.
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {output_format!r}; choose one of {OUTPUT_FORMATS}")
+    start = time.perf_counter()
+    check_model_for_dicom(predictor)
+    segments = segments_for(predictor, seg_codes) if output_format == "dicom-seg" else []
+    report = DicomPredictionReport()
+    output = Path(output)
+    with open_dicom(Path(inputs)) as scan, TemporaryDirectory(prefix="nnseg-dicom-predict-") as tmp:
+        for note in scan.notes:
+            log(note)
+        report.notes += scan.notes
+        if not scan.series and not require_series:
+            return report
+        if not scan.series:
+            raise ValueError(f"no DICOM image series found in {inputs}; point -i at a folder, zip or DICOMDIR tree "
+                             "holding single-frame images")
+        chosen = scan.series[part_id::num_parts]
+        for series in chosen:
+            series_geometry(series)  # every series is checked before anything is written
+        ending = predictor.model.spec.file_ending
+        todo = [s for s in chosen if not (continue_prediction
+                                          and (output / _output_name(s, output_format, ending)).is_file())]
+        report.skipped = [s.uid for s in chosen if s not in todo]
+        for uid in report.skipped:
+            log(f"series {uid}: output exists, skipped (--continue_prediction)")
+        report.written = _predict_series(predictor, todo, Path(tmp), output, output_format, segments,
+                                         num_processes_preprocessing, num_processes_export, verbose, progress)
+    report.wall_s = time.perf_counter() - start
+    return report
+
+
+def _predict_series(predictor: Predictor, todo: Sequence[DicomSeries], tmp: Path, output: Path, output_format: str,
+                    segments: Sequence[Segment], npp: int, nps: int, verbose: bool, progress: bool) -> list[Path]:
+    import SimpleITK as sitk
+
+    if not todo:
+        return []
+    ending = predictor.model.spec.file_ending
+    pending = []
+    for series in todo:
+        volume, geometry, headers = read_volume(series)
+        image_file = tmp / "images" / f"{case_name(series.uid)}_0000{ending}"
+        image_file.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(to_sitk(volume, geometry), str(image_file), True)
+        pending.append((series, headers, image_file))
+    target = output if output_format == "nifti" else tmp / "predicted"
+    report = predict(predictor, [[f] for _, _, f in pending], target, num_processes_preprocessing=npp,
+                     num_processes_export=nps, verbose=verbose, progress=progress)
+    if output_format == "nifti":
+        return list(report.written)
+    return _write_segs(predictor, [(s, h) for s, h, _ in pending], target, output, segments)

@@ -1,0 +1,167 @@
+"""The FastAPI application of ``nnseg serve``: the native REST API, auth, limits and JSON errors.
+
+Native API (every answer is JSON except label maps; errors are ``{"detail": "..."}``):
+
+* ``GET /health`` (no token): ``{"status": "ok"}``.
+* ``GET /v1/models``: the served models (labels, channels, configuration, folds, device, backend).
+* ``POST /v1/models/{model}/predict``: multipart ``file`` (one per channel, NIfTI/NRRD/MHA) -> the label map
+  (same format as the upload, or ``?result_format=.nrrd``). Waits for the result.
+* ``POST /v1/models/{model}/jobs``: the same upload -> 202 ``{"id", "status", ...}``; ``GET /v1/jobs/{id}`` gives
+  status and progress (0..1), ``GET /v1/jobs/{id}/result`` the label map, ``POST /v1/jobs/{id}/cancel`` cancels it
+  (status ``cancelled``), ``DELETE /v1/jobs/{id}`` cancels it and deletes it with its files.
+
+Status codes: 400 bad or unreadable file, 401 missing/wrong token, 404 unknown model or job, 409 result not ready,
+413 upload too large, 422 wrong number of channels, 429 queue full (retry later).
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at runtime
+
+from collections.abc import Sequence
+from typing import Any
+
+from nnseg import __version__
+from nnseg.serve.auth import BearerAuth
+from nnseg.serve.jobs import QueueFull
+from nnseg.serve.models import CaseError
+from nnseg.serve.service import (
+    MAX_FILES,
+    NotFound,
+    ServeState,
+    describe_all,
+    job_from_form,
+    job_result,
+    run_to_bytes,
+)
+from nnseg.serve.uploads import SizeLimit, UploadTooLarge
+
+PUBLIC_PATHS = {"/health", "/auth/", "/auth", "/auth/token"}
+MEDIA_TYPES = {".nii.gz": "application/gzip", ".nrrd": "application/octet-stream", ".mha": "application/octet-stream"}
+
+
+def _fastapi() -> Any:
+    try:
+        import fastapi
+    except ImportError:
+        raise ImportError("nnseg serve needs fastapi, uvicorn and python-multipart: `pip install nnseg[serve]`") from None
+    return fastapi
+
+
+def label_response(data: bytes, filename: str) -> Any:
+    from fastapi.responses import Response
+
+    ending = next((e for e in MEDIA_TYPES if filename.endswith(e)), ".nrrd")
+    return Response(content=data, media_type=MEDIA_TYPES[ending],
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",)) -> Any:
+    """The FastAPI app over ``state`` (models loaded, queue running); :mod:`nnseg.serve.server` runs it."""
+    fastapi = _fastapi()
+    from nnseg.serve.monai_label import monai_label_router
+
+    app = fastapi.FastAPI(title="nnseg serve", version=__version__, docs_url="/docs", redoc_url=None)
+    app.state.nnseg = state
+    _install_errors(app, state)
+    app.include_router(_model_router(state, devices))
+    app.include_router(_job_router(state))
+    app.include_router(monai_label_router(state))
+    app.add_middleware(SizeLimit, limit=state.max_upload_bytes)
+    app.add_middleware(BearerAuth, token=state.token, public=PUBLIC_PATHS)  # added last: runs first
+    return app
+
+
+def _install_errors(app: Any, state: ServeState) -> None:
+    from fastapi.responses import JSONResponse
+
+    def handler(status: int | None, headers: dict[str, str] | None = None) -> Any:
+        async def handle(request: Any, exc: Exception) -> Any:
+            code = status if status is not None else getattr(exc, "status", 400)
+            return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
+        return handle
+
+    app.add_exception_handler(NotFound, handler(404))
+    app.add_exception_handler(CaseError, handler(None))
+    app.add_exception_handler(QueueFull, handler(429, {"Retry-After": "5"}))
+    app.add_exception_handler(UploadTooLarge, handler(413, {"Connection": "close"}))
+
+    async def internal(request: Any, exc: Exception) -> Any:
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}: {exc}); see the server log"},
+                            status_code=500)
+
+    app.add_exception_handler(Exception, internal)
+
+
+def _form(request: Any) -> Any:
+    return request.form(max_files=MAX_FILES, max_fields=32)
+
+
+def _model_router(state: ServeState, devices: Sequence[str]) -> Any:
+    fastapi = _fastapi()
+    router = fastapi.APIRouter()
+    Request = fastapi.Request
+
+    @router.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @router.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"models": describe_all(state.models, devices), "queue": state.queue.counts(),
+                "max_queued": state.queue.max_queued, "max_upload_bytes": state.max_upload_bytes}
+
+    @router.get("/v1/models/{model}")
+    async def get_model(model: str) -> dict[str, Any]:
+        return {**state.model(model).describe(), "devices": list(devices)}
+
+    @router.post("/v1/models/{model}/predict")
+    async def predict(model: str, request: Request, result_format: str | None = None) -> Any:
+        state.model(model)
+        state.queue.check_room()
+        async with _form(request) as form:
+            job = await job_from_form(state, model, form, result_format=result_format)
+        data = await run_to_bytes(state, job)
+        return label_response(data, f"{model}_segmentation{job.result.name[len('result'):]}")
+
+    @router.post("/v1/models/{model}/jobs", status_code=202)
+    async def submit(model: str, request: Request, result_format: str | None = None) -> dict[str, Any]:
+        state.model(model)
+        state.queue.check_room()
+        async with _form(request) as form:
+            job = await job_from_form(state, model, form, result_format=result_format)
+        return {**job.describe(), "status_url": f"/v1/jobs/{job.id}", "result_url": f"/v1/jobs/{job.id}/result"}
+
+    return router
+
+
+def _job_router(state: ServeState) -> Any:
+    router = _fastapi().APIRouter()
+
+    @router.get("/v1/jobs/{job_id}")
+    async def job_status(job_id: str) -> dict[str, Any]:
+        try:
+            return state.queue.get(job_id).describe()
+        except KeyError as e:
+            raise NotFound(e.args[0]) from None
+
+    @router.get("/v1/jobs/{job_id}/result")
+    async def result(job_id: str) -> Any:
+        job, data = job_result(state, job_id)
+        return label_response(data, f"{job.model}_segmentation{job.result.name[len('result'):]}")
+
+    @router.post("/v1/jobs/{job_id}/cancel")
+    async def cancel(job_id: str) -> dict[str, Any]:
+        try:
+            return state.queue.cancel(job_id).describe()
+        except KeyError as e:
+            raise NotFound(e.args[0]) from None
+
+    @router.delete("/v1/jobs/{job_id}")
+    async def remove(job_id: str) -> dict[str, Any]:
+        try:
+            job = state.queue.get(job_id)
+        except KeyError as e:
+            raise NotFound(e.args[0]) from None
+        state.queue.remove(job_id)
+        return {**job.describe(), "removed": True}
+
+    return router

@@ -1,0 +1,148 @@
+"""Start ``nnseg serve``: check the binding, load the models once per device, run uvicorn, clean up.
+
+Example:
+    >>> serve(["results/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres"], port=8000)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nnseg.serve.auth import check_binding, resolve_token
+from nnseg.serve.jobs import JobQueue
+from nnseg.serve.models import ModelOptions, load_models
+from nnseg.serve.uploads import ImageStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Limits of the server (the models' options are :class:`~nnseg.serve.models.ModelOptions`)."""
+
+    max_upload_mb: float = 512.0
+    max_queued: int = 16
+    result_ttl_s: float = 600.0
+    log_level: str = "info"
+
+
+def resolve_devices(devices: Sequence[str] | None) -> list[str]:
+    """The devices to serve on, checked; default: ``cuda`` if available, else ``cpu``.
+
+    Raises:
+        ValueError: an unknown or unavailable device, or one given twice.
+    """
+    from nnseg.predictions.predict import resolve_device
+
+    chosen = [str(resolve_device(d)) for d in (devices or [None])]  # type: ignore[list-item]
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"device(s) {chosen} given more than once; each device gets one worker, list it once")
+    return chosen
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port (0: any free port)") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def build_state(models: Sequence[str | Path], *, devices: Sequence[str], token: str | None, options: ModelOptions,
+                limits: ServerOptions, work_dir: Path) -> Any:
+    """Load the models on every device and start the queue's workers; returns the :class:`ServeState`."""
+    from nnseg.serve.service import ServeState
+
+    per_device = [load_models(models, device=d, options=options) for d in devices]
+    queue = JobQueue(per_device, work_dir=work_dir / "jobs", max_queued=limits.max_queued,
+                     result_ttl_s=limits.result_ttl_s)
+    return ServeState(models=per_device[0], queue=queue, store=ImageStore(work_dir / "uploads"), token=token,
+                      max_upload_bytes=int(limits.max_upload_mb * 2**20), work_dir=work_dir)
+
+
+def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          devices: Sequence[str] | None = None, options: ModelOptions | None = None,
+          limits: ServerOptions | None = None) -> None:
+    """Serve ``models`` (model folders, or ``NAME=FOLDER``) until interrupted.
+
+    Args:
+        host, port: where to listen (port 0: any free port; the address is printed).
+        token: bearer token (default ``$NNSEG_SERVE_TOKEN``); required unless ``host`` is loopback.
+        devices: one worker per device, each with its own copy of the models (default: cuda if available, else cpu).
+        options: folds, checkpoint, precision, TTA, step size, backend (as ``nnseg predict``).
+        limits: upload size, queue length, how long results are kept.
+
+    Raises:
+        ValueError: no models, no token on a non-loopback host, bad options. FileNotFoundError: a model is missing.
+        ImportError: fastapi/uvicorn missing (``pip install nnseg[serve]``).
+    """
+    from nnseg.serve.app import _fastapi, create_app
+
+    if not models:
+        raise ValueError("no models to serve; pass model folders with --models")
+    token = resolve_token(token)
+    check_binding(host, token)
+    _fastapi()
+    uvicorn = _uvicorn()
+    chosen = resolve_devices(devices)
+    limits = limits or ServerOptions()
+    sock = _bind(host, port)
+    work_dir = Path(tempfile.mkdtemp(prefix="nnseg-serve-"))
+    state = None
+    try:
+        state = build_state(models, devices=chosen, token=token, options=options or ModelOptions(), limits=limits,
+                            work_dir=work_dir)
+        app = create_app(state, devices=chosen)
+        bound = sock.getsockname()
+        print(f"nnseg serve: http://{host}:{bound[1]}/ models {sorted(state.models)} on {chosen} "
+              f"(MONAI Label: http://{host}:{bound[1]}/info/)", flush=True)
+        config = uvicorn.Config(app, log_level=limits.log_level, timeout_graceful_shutdown=10)
+        _run_until_signal(uvicorn.Server(config), sock)
+    finally:
+        if state is not None:
+            state.queue.shutdown()
+            state.store.clear()
+        shutil.rmtree(work_dir, ignore_errors=True)
+        sock.close()
+        print("nnseg serve: stopped, temporary files removed", file=sys.stderr, flush=True)
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run_until_signal(server: Any, sock: socket.socket) -> None:
+    """Run uvicorn; SIGINT / SIGTERM end it gracefully (uvicorn re-raises them afterwards: caught, so we clean up)."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if in_main else None
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _uvicorn() -> Any:
+    try:
+        import uvicorn
+    except ImportError:
+        raise ImportError("nnseg serve needs uvicorn: `pip install nnseg[serve]`") from None
+    return uvicorn
