@@ -10,7 +10,10 @@ Cases: Dataset004_Hippocampus (200 cases, converted from ``Task04_Hippocampus`` 
 Dataset901_SynthAniso with the default (scipy) and the torch-resampling planner. nnU-Net 2.8.1 needs 26.7 s and
 1.9 GB for Hippocampus; the target is <= 11 s and <= 1.0 GB.
 
-Usage: ``python bench/preprocess.py [--np 2] [--only hippocampus|synth] [--verbose] [--keep DIR]``
+Hippocampus is also run on a local Dask cluster (``--cluster local:N`` with N = ``--np`` worker processes, issue 18)
+and printed next to the plain run with the ratio of their walls (target <= 1.15x).
+
+Usage: ``python bench/preprocess.py [--np 2] [--only hippocampus|synth] [--no-cluster] [--verbose] [--keep DIR]``
 """
 
 from __future__ import annotations
@@ -99,12 +102,14 @@ def _command(dataset: str, num_processes: int, extra: list[str]) -> list[str]:
             "-npfp", str(num_processes), "--no_pbar", "--verbose", *extra]
 
 
-def bench_hippocampus(base: Path, num_processes: int) -> dict[str, float]:
+def bench_hippocampus(base: Path, num_processes: int, *, cluster: bool = False) -> dict[str, float]:
+    """Plain, or with ``--cluster local:<num_processes>`` (a LocalCluster of that many single-threaded workers)."""
     from nnseg.raw.convert import convert_msd
 
-    env = _roots(base / "hippocampus")
+    env = _roots(base / ("hippocampus_cluster" if cluster else "hippocampus"))
     convert_msd(DATA / "Task04_Hippocampus", env["nnUNet_raw"], num_processes=num_processes)
-    return run_measured(_command("4", num_processes, []), env)
+    extra = ["--cluster", f"local:{num_processes}"] if cluster else []
+    return run_measured(_command("4", num_processes, extra), env)
 
 
 def bench_synth(base: Path, num_processes: int, planner: str) -> dict[str, float]:
@@ -117,6 +122,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--np", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--only", choices=("hippocampus", "synth"), default=None)
+    parser.add_argument("--no-cluster", dest="cluster", action="store_false",
+                        help="skip the Hippocampus run on a local Dask cluster")
     parser.add_argument("--verbose", action="store_true", help="print the command's output (phase timings)")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     args = parser.parse_args()
@@ -124,15 +131,22 @@ def main() -> None:
     runs = []
     if args.only in (None, "hippocampus"):
         runs.append(("Dataset004_Hippocampus (200 cases)", lambda: bench_hippocampus(base, args.np)))
+        if args.cluster:
+            runs.append((f"  same on --cluster local:{args.np} (Dask)",
+                         lambda: bench_hippocampus(base, args.np, cluster=True)))
     if args.only in (None, "synth"):
         for planner in ("ExperimentPlanner", "nnUNetPlanner_torchres"):
             runs.append((f"Dataset901_SynthAniso {planner}", lambda p=planner: bench_synth(base, args.np, p)))
     try:
         print(f"plan-and-preprocess, -np {args.np} -npfp {args.np}, {os.cpu_count()} CPUs")
+        plain_wall = None
         for name, fn in runs:
             r = fn()
+            ratio = f"   {r['wall_s'] / plain_wall:.2f}x the plain wall" if "cluster" in name and plain_wall else ""
+            plain_wall = r["wall_s"] if name.startswith("Dataset004") else plain_wall
             print(f"{name:<45} wall {r['wall_s']:6.1f} s   CPU {r['cpu_s']:6.1f} s   peak RSS (tree) "
-                  f"{r['peak_tree_rss_mb']:6.0f} MB   largest process {r['max_process_rss_mb']:5.0f} MB", flush=True)
+                  f"{r['peak_tree_rss_mb']:6.0f} MB   largest process {r['max_process_rss_mb']:5.0f} MB{ratio}",
+                  flush=True)
             if args.verbose:
                 print(r["output"])
     finally:

@@ -1,8 +1,9 @@
 """Data-parallel training for real: 2 gloo ranks launched with torchrun (issue 8).
 
-* ``torchrun -m nnseg.train``: both ranks step and hold identical weights after every step (per-step checksums from
-  ``NNSEG_DDP_CHECKSUMS``), rank 0 alone writes the log; rank 0 is killed mid-epoch (``NNSEG_DDP_CRASH_AT``) and
-  ``nnUNetv2_train ... -num_gpus 2 --c`` resumes under DDP and ends with the configured number of epochs.
+* ``torchrun`` over the train command: both ranks step and hold identical weights after every step (per-step
+  checksums, a hook added by the test-only entry ``train_entry.py``), rank 0 alone writes the log; rank 0 is killed
+  mid-epoch (a crash hook from the same entry) and ``nnUNetv2_train ... -num_gpus 2 --c`` resumes under DDP and ends
+  with the configured number of epochs.
 * One optimizer step on a fixed global batch split over 2 ranks equals the single-process step on the whole batch
   (per-sample Dice and batch Dice, the latter through the all-gather with gradient).
 * ``torchrun -m nnseg.predict`` shards the cases over the ranks into one folder.
@@ -24,6 +25,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+ENTRY = Path(__file__).resolve().parent / "train_entry.py"  # the train command plus hooks injected by the tests
 DATASET = "Dataset990_TinyDDP"
 TIMEOUT_S = 120
 SHAPE = (20, 20, 20)
@@ -123,19 +125,18 @@ MODEL = "nnUNetTrainer_3epochs_NoMirroring"
 
 @pytest.fixture(scope="module")
 def ddp_trained(ddp_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    """torchrun -m nnseg.train with rank 0 killed at epoch 2 iteration 1, then -num_gpus 2 --c.
+    """torchrun (train command) with rank 0 killed at epoch 2 iteration 1, then -num_gpus 2 --c.
 
     Returns the fold folder, the checksum folder and the crashed run's output.
     """
     sums = tmp_path_factory.mktemp("checksums")
-    env = {**ddp_env, "NNSEG_DDP_CHECKSUMS": str(sums), "NNSEG_DDP_CRASH_AT": "2:1"}
-    crashed = launch(torchrun("-m", "nnseg.train", *TRAIN_ARGS), env, expect_ok=False)
+    crashed = launch(torchrun(str(ENTRY), "--checksums", str(sums), "--crash-at", "2:1", *TRAIN_ARGS), ddp_env,
+                     expect_ok=False)
     assert crashed.returncode != 0, crashed.stdout
     fold = Path(ddp_env["nnUNet_results"]) / DATASET / f"{MODEL}__nnUNetPlans__3d_fullres" / "fold_0"
     latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
     assert latest["current_epoch"] == 2 and not (fold / "checkpoint_final.pth").exists()
-    resume_env = {**ddp_env, "NNSEG_DDP_CHECKSUMS": str(sums)}
-    launch([sys.executable, "-m", "nnseg.cli.main", "train", *TRAIN_ARGS, "-num_gpus", "2", "--c"], resume_env)
+    launch([sys.executable, str(ENTRY), "--checksums", str(sums), *TRAIN_ARGS, "-num_gpus", "2", "--c"], ddp_env)
     return fold, sums, crashed.stdout + crashed.stderr
 
 
@@ -187,6 +188,8 @@ def test_batch_size_smaller_than_world_is_refused(ddp_env: dict[str, str], tmp_p
     env = {k: ddp_env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     with pytest.raises(ValueError, match="batch size 2 is smaller than the number of processes 3"):
         main(["train", *TRAIN_ARGS, "-num_gpus", "3"], env={**env, "NNSEG_DEBUG": "1"})
+    proc = launch([sys.executable, "-m", "nnseg.train", *TRAIN_ARGS, "-num_gpus", "3"], ddp_env, expect_ok=False)
+    assert proc.returncode == 1 and "smaller than the number of processes 3" in proc.stderr  # the torchrun entry
 
 
 @pytest.mark.slow

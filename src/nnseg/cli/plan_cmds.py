@@ -73,6 +73,12 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_pbar", action="store_true", help="no progress bar")
 
 
+def _add_cluster_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT|FILE.json",
+                        help="run one task per case on a Dask cluster (a LocalCluster of N processes, a running "
+                        "scheduler, or a scheduler file); needs pip install nnseg[dask]")
+
+
 def add_fingerprint(parser: argparse.ArgumentParser) -> None:
     _add_dataset(parser)
     _add_fingerprint_options(parser, "-np")
@@ -92,6 +98,7 @@ def add_preprocess(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clean", action="store_true", help="preprocess every case again (default: resume, keeping "
                         "finished cases made with the same plans)")
     _add_output_options(parser)
+    _add_cluster_option(parser)
 
 
 def add_plan_and_preprocess(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +108,7 @@ def add_plan_and_preprocess(parser: argparse.ArgumentParser) -> None:
     _add_planner_options(parser)
     _add_preprocess_options(parser)
     _add_output_options(parser)
+    _add_cluster_option(parser)
 
 
 def add_move_plans(parser: argparse.ArgumentParser) -> None:
@@ -157,7 +165,7 @@ def fingerprint_step(ctx: Context, name: str, *, num_processes: int, clean: bool
         raise ValueError(f"unknown fingerprint extractor -fpe {extractor!r}; available: {list(FINGERPRINT_EXTRACTORS)}")
     raw = _raw_folder(ctx, name)
     if verify:
-        _verify(raw, num_processes)
+        _verify(raw, _cap(num_processes))
     target = ctx.roots().preprocessed / name / FINGERPRINT_FILE
     if target.is_file() and not clean:
         print(f"{name}: using the existing fingerprint {target} (--clean re-extracts it)")
@@ -219,7 +227,7 @@ def _num_processes_per_configuration(configurations: Sequence[str], np_values: S
 
 def preprocess_step(ctx: Context, name: str, *, plans_name: str, configurations: Sequence[str],
                     np_values: Sequence[int] | None, progress: bool, verbose: bool, clean: bool = False,
-                    pool: Any = None) -> None:
+                    pool: Any = None, in_flight: int | None = None) -> None:
     """Preprocess the training cases of each configuration the plans have (others are skipped with a note)."""
     from nnseg.plans.schema import load_plans
     from nnseg.preprocessed.run import preprocess_dataset
@@ -231,6 +239,8 @@ def preprocess_step(ctx: Context, name: str, *, plans_name: str, configurations:
                                 f"(nnUNetv2_plan_experiment) or `nnseg plan-and-preprocess -d {name}`, or check -plans_name")
     plans = load_plans(plans_file)
     numbers = dict(zip(configurations, _num_processes_per_configuration(configurations, np_values)))
+    if in_flight is not None:  # a cluster: cases in flight at once instead of local processes
+        numbers = {c: in_flight for c in configurations}
     chosen = []
     for c in configurations:
         if c not in plans.configurations:
@@ -243,7 +253,8 @@ def preprocess_step(ctx: Context, name: str, *, plans_name: str, configurations:
             chosen.append(c)
     if not chosen:
         return
-    print(f"{name}: preprocessing {', '.join(f'{c} ({numbers[c]} processes)' for c in chosen)}")
+    unit = 'cases in flight on the cluster' if in_flight is not None else 'processes'
+    print(f"{name}: preprocessing {', '.join(f'{c} ({numbers[c]} {unit})' for c in chosen)}")
     preprocess_dataset(_raw_folder(ctx, name), out, plans, chosen, num_processes={c: numbers[c] for c in chosen},
                        progress=progress, verbose=verbose, clean=clean, env=ctx.env, pool=pool)
 
@@ -287,9 +298,13 @@ def run_plan(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_preprocess(args: argparse.Namespace, ctx: Context) -> int:
-    for ref in args.d:
-        preprocess_step(ctx, ctx.dataset_name(ref), plans_name=args.plans_name, configurations=args.c,
-                        np_values=args.np, progress=not args.no_pbar, verbose=args.verbose, clean=args.clean)
+    from nnseg.cluster.preprocess import open_case_pool
+
+    with open_case_pool(args.cluster) as cluster:
+        for ref in args.d:
+            preprocess_step(ctx, ctx.dataset_name(ref), plans_name=args.plans_name, configurations=args.c,
+                            np_values=args.np, progress=not args.no_pbar, verbose=args.verbose, clean=args.clean,
+                            pool=cluster, in_flight=cluster.in_flight if cluster else None)
     return 0
 
 
@@ -299,6 +314,8 @@ def run_plan_and_preprocess(args: argparse.Namespace, ctx: Context) -> int:
 
     check_class_names(extractor=args.fpe, planner=args.pl, preprocessor=args.preprocessor_name)
     names = [ctx.dataset_name(ref) for ref in args.d]
+    if args.cluster:
+        return _plan_and_preprocess_on_cluster(args, ctx, names)
     _preload("nnseg.plans.planner")  # its imports (torch, ~1.5 s) overlap with fingerprinting in the workers
     npfp = _fingerprint_np(ctx, args.npfp)
     np_max = max(_num_processes_per_configuration(args.c, args.np), default=1) if not args.no_pp else 1
@@ -314,6 +331,24 @@ def run_plan_and_preprocess(args: argparse.Namespace, ctx: Context) -> int:
             preprocess_step(ctx, name, plans_name=plans_names[name], configurations=args.c, np_values=args.np,
                             progress=not args.no_pbar, verbose=args.verbose, clean=args.clean,
                             pool=pool if np_max > 1 else None)
+    return 0
+
+
+def _plan_and_preprocess_on_cluster(args: argparse.Namespace, ctx: Context, names: Sequence[str]) -> int:
+    """plan-and-preprocess with fingerprint and preprocessing cases as tasks on ``--cluster``."""
+    from nnseg.cluster.preprocess import open_case_pool
+
+    _preload("nnseg.plans.planner")
+    with open_case_pool(args.cluster) as pool:
+        for name in names:
+            fingerprint_step(ctx, name, num_processes=pool.in_flight, clean=args.clean,
+                             verify=args.verify_dataset_integrity, extractor=args.fpe, progress=not args.no_pbar,
+                             verbose=args.verbose, pool=pool)
+        plans_names = {name: plan_step(ctx, name, **_plan_kwargs(args)) for name in names}  # type: ignore[arg-type]
+        for name in [] if args.no_pp else names:
+            preprocess_step(ctx, name, plans_name=plans_names[name], configurations=args.c, np_values=args.np,
+                            progress=not args.no_pbar, verbose=args.verbose, clean=args.clean, pool=pool,
+                            in_flight=pool.in_flight)
     return 0
 
 

@@ -87,6 +87,8 @@ def _common_predict_args(p: argparse.ArgumentParser) -> None:
                    help="autocast precision [auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32]")
     g.add_argument("--tile_batch_size", type=int, default=None,
                    help="tiles per network call [8 without TTA, 1 with 3D TTA (8 mirrored copies)]")
+    g.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT|FILE.json",
+                   help="predict one case per task on a Dask cluster (pip install nnseg[dask]); -npp/-nps are ignored")
     g.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
                    help="run the networks in torch, or in onnxruntime from the files `nnseg export-onnx` wrote [torch]")
     _dicom_args(p)
@@ -140,6 +142,8 @@ def _run(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, nu
     if not inputs.is_dir():
         raise FileNotFoundError(f"input folder {inputs} does not exist (-i)")
     folds = None if args.f is None else args.f
+    if args.cluster:
+        return _run_on_cluster(args, model_folder, num_parts=num_parts, part_id=part_id)
     device = _device(args.device)
     model: Any = model_folder
     if args.backend != "torch":  # the onnxruntime networks are loaded here; predict() then takes the Predictor
@@ -158,6 +162,24 @@ def _run(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, nu
                      progress=not args.disable_progress_bar)
     skipped = f", {len(report.skipped)} already done" if report.skipped else ""
     print(f"predicted {len(report.written)} case(s) into {args.o} in {report.wall_s:.1f} s{skipped}", file=sys.stderr)
+    return 0
+
+
+def _run_on_cluster(args: argparse.Namespace, model_folder: Path, *, num_parts: int, part_id: int) -> int:
+    from nnseg.cluster.predict import predict_on_cluster
+
+    if args.backend != "torch":
+        raise ValueError(f"--cluster predicts with the torch backend; drop --backend {args.backend} or --cluster")
+    report = predict_on_cluster(args.cluster, model_folder, Path(args.i), Path(args.o), folds=args.f, checkpoint=args.chk,
+                                step_size=args.step_size, use_tta=not args.disable_tta,
+                                save_probabilities=args.save_probabilities, device=args.device,
+                                precision=args.precision, tile_batch_size=args.tile_batch_size,
+                                continue_prediction=args.continue_prediction, num_parts=num_parts, part_id=part_id,
+                                prev_stage_predictions=args.prev_stage_predictions,
+                                accumulate_on_device=not args.not_on_device, progress=not args.disable_progress_bar)
+    skipped = f", {len(report.skipped)} already done" if report.skipped else ""
+    print(f"predicted {len(report.written)} case(s) into {args.o} on the cluster in {report.wall_s:.1f} s{skipped}",
+          file=sys.stderr)
     return 0
 
 

@@ -45,6 +45,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("find-best", "nnUNetv2_find_best_configuration", "select_cmds", "pick the best configuration or ensemble by cross-validation Dice; write inference instructions"),
     Command("accumulate-cv", "nnUNetv2_accumulate_crossval_results", "select_cmds", "collect all folds' validation predictions of a model into one folder and evaluate them"),
     Command("determine-pp", "nnUNetv2_determine_postprocessing", "select_cmds", "choose largest-component postprocessing on cross-validation predictions (writes postprocessing.json/.pkl)"),
+    Command("cross-validate", None, "cluster_cmds", "train every fold of the given configurations (one Dask task per fold with --cluster), then find-best"),
     Command("serve", None, "serve_cmds", "serve models warm over HTTP (REST API + the MONAI Label API 3D Slicer uses); token, limits, job queue"),
     Command("export-onnx", None, "serve_cmds", "write each fold's network as ONNX (fold_k/checkpoint_final.onnx) for --backend onnxruntime"),
     Command("apply-pp", "nnUNetv2_apply_postprocessing", "select_cmds", "apply postprocessing.json / postprocessing.pkl to a folder of predictions"),

@@ -96,6 +96,23 @@ def _export_case(predictor: Predictor, logits: torch.Tensor, props: dict[str, An
     return time.perf_counter() - start
 
 
+def predict_case(predictor: Predictor, case: CaseFiles, output: Path, *, save_probabilities: bool = False,
+                 prev_stage_folder: PathLike | None = None) -> CaseTiming:
+    """Read, preprocess, predict and write one case (``output/CASE<ending>``, written atomically) in this thread.
+
+    The unit of work of distributed prediction (:mod:`nnseg.cluster.predict`); :func:`run_pipeline` overlaps the same
+    steps over many cases.
+    """
+    prev = Path(prev_stage_folder) if prev_stage_folder is not None else None
+    data, props, geometry, read_s = _read_case(predictor, case, prev)
+    start = time.perf_counter()
+    logits = predictor.predict_logits(data)
+    del data
+    network_s = time.perf_counter() - start
+    export_s = _export_case(predictor, logits, props, geometry, Path(output) / case.identifier, save_probabilities)
+    return CaseTiming(case.identifier, read=read_s, network=network_s, export=export_s)
+
+
 class _Inline:
     """A stand-in executor that runs work immediately (0 background workers)."""
 

@@ -1,14 +1,12 @@
-"""Diagnostic hooks for data-parallel runs: per-step weight checksums and a simulated crash.
+"""Diagnostic hook for data-parallel runs: per-step weight checksums.
 
-They let a test (or a user chasing a divergence) check from the outside that every rank holds the same weights after
-every optimizer step, and that an interrupted DDP job resumes with ``--c``. The CLI turns them on from environment
-variables (``NNSEG_DDP_CHECKSUMS=<folder>``, ``NNSEG_DDP_CRASH_AT=<epoch>:<iteration>``); nothing else uses them.
+It lets a test (or a user chasing a divergence) check from the outside that every rank holds the same weights after
+every optimizer step. Add it through ``TrainRequest.hooks`` with ``functools.partial(checksum_hooks, folder)``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +17,6 @@ from nnseg.jsonio import load_json, save_json
 from nnseg.training.hooks import Hooks
 
 T = TypeVar("T")
-CRASH_EXIT_CODE = 17
 
 
 def weights_digest(module: torch.nn.Module) -> tuple[str, float]:
@@ -68,24 +65,6 @@ class WeightChecksums(Hooks):
         save_json(self.entries, self.path)
 
 
-class CrashAt(Hooks):
-    """Ends the process abruptly (``os._exit``, no cleanup) when training reaches (epoch, iteration): a killed job."""
-
-    def __init__(self, epoch: int, iteration: int) -> None:
-        self.epoch, self.iteration = epoch, iteration
-
-    def wrap_iterations(self, batches: Iterable[T], *, epoch: int, total: int) -> Iterator[T]:
-        for index, batch in enumerate(batches):
-            if epoch == self.epoch and index == self.iteration:
-                print(f"nnseg: simulated crash at epoch {epoch}, iteration {index}", flush=True)
-                os._exit(CRASH_EXIT_CODE)
-            yield batch
-
-
-def parse_crash_at(text: str) -> CrashAt:
-    """``"EPOCH:ITERATION"`` -> :class:`CrashAt`."""
-    try:
-        epoch, iteration = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise ValueError(f"NNSEG_DDP_CRASH_AT must look like EPOCH:ITERATION (e.g. 2:1), got {text!r}") from None
-    return CrashAt(epoch, iteration)
+def checksum_hooks(folder: Path, info: Any) -> list[Hooks]:
+    """A :class:`WeightChecksums` for the rank ``info`` (a ``DistInfo``): a ``TrainRequest.hooks`` factory."""
+    return [WeightChecksums(Path(folder), int(info.rank))]

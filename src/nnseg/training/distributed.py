@@ -118,6 +118,22 @@ def rank_batch_sizes(batch_size: int, world_size: int) -> list[int]:
     return [base + (1 if r < extra else 0) for r in range(world_size)]
 
 
+def rank_part(num_parts: int, part_id: int, info: DistInfo | None) -> tuple[int, int]:
+    """``(part_id, num_parts)`` of this rank's share of prediction part ``part_id`` of ``num_parts``.
+
+    ``sorted[part_id::num_parts][rank::world]`` = ``sorted[part_id + rank * num_parts :: num_parts * world]``, so the
+    ranks' shares partition the part.
+
+    Raises:
+        ValueError: ``part_id`` outside ``[0, num_parts)``.
+    """
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise ValueError(f"-part_id must be in [0, -num_parts); got -num_parts {num_parts} -part_id {part_id}")
+    if info is None:
+        return part_id, num_parts
+    return part_id + info.rank * num_parts, num_parts * info.world_size
+
+
 def rank_oversampling(batch_size: int, oversample_foreground: float, world_size: int, rank: int) -> tuple[int, float]:
     """This rank's batch size and foreground-oversampling fraction.
 

@@ -13,15 +13,10 @@ import torch
 from tinydata import tiny_plans, tiny_spec
 from torch import nn
 
-from nnseg.cli.ddp_cmds import diagnostic_hooks, is_distributed, shard_predict_args
+from nnseg.cli.ddp_cmds import shard_predict_args
 from nnseg.training.checkpoint import load_checkpoint
 from nnseg.training.config import TrainConfig
-from nnseg.training.ddp_checks import (
-    CrashAt,
-    WeightChecksums,
-    parse_crash_at,
-    weights_digest,
-)
+from nnseg.training.ddp_checks import WeightChecksums, checksum_hooks, weights_digest
 from nnseg.training.distributed import (
     DDP_LAST_DS_WEIGHT,
     DistInfo,
@@ -211,24 +206,9 @@ def test_weight_checksums_per_step(tmp_path: Path) -> None:
     assert again.entries[-1]["sha256"] == weights_digest(net)[0]
 
 
-def test_crash_hook_parsing_and_env(tmp_path: Path) -> None:
-    hook = parse_crash_at("2:1")
-    assert (hook.epoch, hook.iteration) == (2, 1)
-    assert list(hook.wrap_iterations(range(3), epoch=1, total=3)) == [0, 1, 2]  # another epoch: no crash
-    with pytest.raises(ValueError, match="EPOCH:ITERATION"):
-        parse_crash_at("2")
-    env = {"NNSEG_DDP_CHECKSUMS": str(tmp_path), "NNSEG_DDP_CRASH_AT": "1:0"}
-    main_hooks = diagnostic_hooks(env, DistInfo(0, 2))
-    assert [type(h) for h in main_hooks] == [WeightChecksums, CrashAt]
-    assert [type(h) for h in diagnostic_hooks(env, DistInfo(1, 2))] == [WeightChecksums]  # only rank 0 crashes
-    assert diagnostic_hooks({}, DistInfo(0, 2)) == []
-
-
-def test_is_distributed() -> None:
-    ns = argparse.Namespace(num_gpus=1)
-    assert not is_distributed(ns, {}) and not is_distributed(ns, {"WORLD_SIZE": "1"})
-    assert is_distributed(ns, {"WORLD_SIZE": "2", "RANK": "0"})
-    assert is_distributed(argparse.Namespace(num_gpus=2), {})
+def test_checksum_hook_factory_per_rank(tmp_path: Path) -> None:
+    hooks = [checksum_hooks(tmp_path, DistInfo(r, 2)) for r in range(2)]
+    assert [h[0].path.name for h in hooks] == ["checksums_rank0.json", "checksums_rank1.json"]
 
 
 def test_shard_predict_args_composes_parts_and_ranks() -> None:

@@ -129,7 +129,10 @@ def test_written_when_a_training_run_starts(tiny_preprocessed: Path, tmp_path: P
     assert "encoder 0" in text and "decoder 0" in text and "layers:" in text
 
 
-def test_train_command_registers_the_hook() -> None:
-    from nnseg.cli import train_cmds
+def test_every_training_run_gets_the_hook(tmp_path: Path) -> None:
+    from nnseg.launch.hooks import standard_hooks
+    from nnseg.training.distributed import DistInfo
 
-    assert "NetworkSummary(run.output_folder)" in Path(train_cmds.__file__).read_text()
+    run = type("Run", (), {"output_folder": tmp_path})()
+    assert any(isinstance(h, NetworkSummary) for h in standard_hooks(run).hooks)  # type: ignore[arg-type]
+    assert not any(isinstance(h, NetworkSummary) for h in standard_hooks(run, info=DistInfo(1, 2)).hooks)  # type: ignore[arg-type]

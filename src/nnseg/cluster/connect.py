@@ -1,0 +1,156 @@
+"""Connect to a Dask cluster from a ``--cluster`` value and describe its workers.
+
+Values:
+
+* ``local`` or ``local:N``: a scheduler in this process and N single-threaded worker processes on this machine
+  (default: the CPU count), each advertising ``MEMORY`` = its share of the machine's RAM (see
+  :mod:`nnseg.cluster.memory`);
+* ``tcp://host:port``: a running ``dask scheduler`` (workers started with e.g.
+  ``dask worker tcp://host:8786 --nthreads 1 --resources "MEMORY=16e9"``);
+* a path ending in ``.json``: the scheduler file written by ``dask scheduler --scheduler-file`` or dask-jobqueue.
+
+Example:
+    >>> parse_cluster("local:2")
+    ('local', 2)
+    >>> parse_cluster("tcp://127.0.0.1:8786")
+    ('address', 'tcp://127.0.0.1:8786')
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+MEMORY = "MEMORY"  # the worker resource that holds bytes of RAM a worker offers to nnseg tasks
+GPU = "GPU"  # the worker resource that counts GPUs
+WAIT_FOR_WORKERS_S = 600.0
+
+
+def require_dask() -> Any:
+    """The ``distributed`` module, or a clear error saying how to install it."""
+    try:
+        import distributed
+    except ImportError:
+        raise RuntimeError("--cluster needs Dask: pip install nnseg[dask] (installs dask, distributed and "
+                           "dask-jobqueue)") from None
+    return distributed
+
+
+def parse_cluster(value: str) -> tuple[str, Any]:
+    """``('local', N or None)``, ``('address', 'tcp://...')`` or ``('file', path)``.
+
+    Raises:
+        ValueError: anything else (the message lists the accepted forms).
+    """
+    text = value.strip()
+    if text == "local" or text.startswith("local:"):
+        count = text.partition(":")[2]
+        if count and (not count.isdigit() or int(count) < 1):
+            raise ValueError(f"--cluster {value!r}: the worker count after 'local:' must be a positive integer")
+        return "local", int(count) if count else None
+    if "://" in text:
+        return "address", text
+    if text.endswith(".json"):
+        if not os.path.isfile(text):
+            raise ValueError(f"--cluster {value!r}: scheduler file not found; start the scheduler with "
+                             "--scheduler-file first")
+        return "file", text
+    raise ValueError(f"--cluster {value!r} is not understood; use local, local:N, tcp://HOST:PORT or a scheduler "
+                     "file SCHEDULER.json")
+
+
+class LocalWorkers:
+    """A scheduler in this process and N ``dask worker --no-nanny`` processes on 127.0.0.1 (``--cluster local:N``).
+
+    Without nannies each worker is one process (a nanny per worker cost ~1.5 s of CPU to start and 4 s to stop a worker
+    that imported torch); the workers are killed on :meth:`close` (every nnseg output is written atomically).
+    """
+
+    def __init__(self, workers: int | None) -> None:
+        import psutil
+
+        distributed = require_dask()
+        self.n = workers or os.cpu_count() or 1
+        memory = int(psutil.virtual_memory().total // self.n)
+        self.cluster = distributed.LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                                scheduler_port=0)
+        env = {**os.environ, "DASK_LOGGING__DISTRIBUTED": "error"}
+        command = [sys.executable, "-m", "distributed.cli.dask_worker", self.cluster.scheduler_address, "--no-nanny",
+                   "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", "--memory-limit", str(memory),
+                   "--resources", f"{MEMORY}={memory}", "--death-timeout", "60"]  # orphans end on their own
+        self.processes = [subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL) for _ in range(self.n)]
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+        for process in self.processes:
+            process.wait()
+        self.cluster.close()
+
+
+@contextmanager
+def open_client(value: str, *, announce: bool = True) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``--cluster value`` (a LocalCluster is closed on leaving)."""
+    distributed = require_dask()
+    kind, target = parse_cluster(value)
+    cluster = LocalWorkers(target) if kind == "local" else None
+    try:
+        if cluster is not None:
+            client = distributed.Client(cluster.cluster)
+            client.wait_for_workers(cluster.n, timeout=WAIT_FOR_WORKERS_S)
+        elif kind == "file":
+            client = distributed.Client(scheduler_file=target, timeout="30s")
+        else:
+            client = distributed.Client(target, timeout="30s")
+    except OSError as e:
+        if cluster is not None:
+            cluster.close()
+        raise RuntimeError(f"cannot reach the Dask scheduler {value!r} ({e}); start it (dask scheduler) or check "
+                           "the address") from None
+    try:
+        _wait_for_a_worker(client, value)
+        if announce:
+            announce_cluster(client)
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _wait_for_a_worker(client: Any, value: str, timeout_s: float = WAIT_FOR_WORKERS_S) -> None:
+    """Block until one worker is connected (batch-system workers may still be queued), so tasks are sized by them."""
+    if client.scheduler_info()["workers"]:
+        return
+    print(f"nnseg: waiting up to {timeout_s:.0f} s for the first worker of {value}", file=sys.stderr)
+    try:
+        client.wait_for_workers(1, timeout=timeout_s)
+    except TimeoutError:
+        raise RuntimeError(f"no Dask worker joined {value} within {timeout_s:.0f} s; start workers (dask worker "
+                           f"{client.scheduler.address}) or check the batch jobs of dask-jobqueue") from None
+
+
+def worker_resources(client: Any) -> dict[str, dict[str, float]]:
+    """``{worker address: {resource: amount}}`` of the workers connected now."""
+    return {addr: dict(w.get("resources") or {}) for addr, w in client.scheduler_info()["workers"].items()}
+
+
+def announce_cluster(client: Any) -> None:
+    """Print the workers, their resources and the dashboard link on stderr."""
+    workers = client.scheduler_info()["workers"]
+    threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
+    print(f"nnseg: Dask cluster {client.scheduler.address}: {len(workers)} worker(s), {threads} thread(s)",
+          file=sys.stderr)
+    try:
+        import bokeh  # noqa: F401 - the dashboard needs it
+        print(f"nnseg: dashboard {client.dashboard_link}", file=sys.stderr)
+    except ImportError:
+        print("nnseg: no dashboard (pip install bokeh to get one)", file=sys.stderr)
+    if workers and not all(MEMORY in (w.get("resources") or {}) for w in workers.values()):
+        print(f"nnseg: some workers advertise no {MEMORY} resource; tasks are not sized by memory (start workers "
+              f"with --resources \"{MEMORY}=<bytes>\" to keep large cases apart)", file=sys.stderr)

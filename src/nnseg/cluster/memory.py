@@ -1,0 +1,89 @@
+"""Per-task memory estimates, handed to Dask as the ``MEMORY`` resource so large cases do not pile up on one worker.
+
+A worker started with ``--resources "MEMORY=16e9"`` runs tasks only while the sum of their ``MEMORY`` stays within
+16 GB; a 512^3 case (estimated ~10 GB for preprocessing) therefore runs alone, while 100 Hippocampus cases (~40 MB
+each) run as many at a time as the worker has threads. The estimates are coarse upper bounds built from the image
+header (shape, channel count; the voxels are not read) and the plans:
+
+* preprocessing / fingerprint: ``(voxels in + voxels after resampling) x (channels + 1) x 4 bytes x 4`` (the float32
+  image and segmentation, resampling's float copies and per-label segmentation resampling), plus 200 MB;
+* prediction: ``voxels after resampling x (channels + 3 x classes) x 4 bytes`` (input, logits, Gaussian weights and
+  accumulator) ``+ voxels in x 2 x classes x 4 bytes`` (probabilities at the original size) plus 1 GB (networks);
+* training: nnU-Net's feature-map proxy (:func:`nnseg.networks.memory.estimate_feature_map_size`) x batch size x 12
+  bytes (activations, gradients, autocast copies) plus 2 GB (process, data loading).
+
+A task whose estimate exceeds every worker's ``MEMORY`` asks for the largest worker's whole amount (it runs alone
+there) instead of never running.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+MB = 2**20
+PREPROCESS_BASE = 200 * MB
+PREDICT_BASE = 1024 * MB
+TRAIN_BASE = 2048 * MB
+
+
+@lru_cache(maxsize=1 << 16)
+def image_header(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
+    """``(shape, spacing)`` in SimpleITK's (x, y, z) order from the file's header, or None if it cannot be read."""
+    try:
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return tuple(int(s) for s in reader.GetSize()), tuple(float(s) for s in reader.GetSpacing())
+    except Exception:  # noqa: BLE001 - any unreadable header falls back to the file size
+        return None
+
+
+def _voxels(path: Path) -> tuple[int, tuple[float, ...] | None]:
+    header = image_header(path)
+    if header is None:  # assume 4x compression of float32 voxels
+        return max(1, Path(path).stat().st_size), None  # bytes x 4 (compression) / 4 bytes per voxel
+    return math.prod(header[0]), header[1]
+
+
+def resampling_factor(spacing: Sequence[float] | None, target: Sequence[float] | None) -> float:
+    """How many times more voxels the image has after resampling to ``target`` (1 when unknown)."""
+    if not spacing or not target or len(spacing) != len(target):
+        return 1.0
+    return max(1e-3, math.prod(float(s) / float(t) for s, t in zip(sorted(spacing), sorted(target))))
+
+
+def preprocess_bytes(images: Sequence[Path], target_spacings: Sequence[Sequence[float]] = ()) -> int:
+    """Estimated peak bytes of preprocessing (or fingerprinting) one case of ``images`` (one file per channel)."""
+    voxels, spacing = _voxels(images[0])
+    factor = max([resampling_factor(spacing, t) for t in target_spacings] or [1.0])
+    return int((voxels + voxels * factor) * (len(images) + 1) * 4 * 4 + PREPROCESS_BASE)
+
+
+def predict_bytes(images: Sequence[Path], *, target_spacing: Sequence[float] | None, num_classes: int) -> int:
+    """Estimated peak bytes of predicting one case of ``images`` with ``num_classes`` outputs."""
+    voxels, spacing = _voxels(images[0])
+    resampled = voxels * resampling_factor(spacing, target_spacing)
+    return int(resampled * (len(images) + 3 * num_classes) * 4 + voxels * 2 * num_classes * 4 + PREDICT_BASE)
+
+
+def train_bytes(configuration: Any, *, input_channels: int, num_classes: int, batch_size: int | None = None) -> int:
+    """Estimated peak host bytes of training one fold of a plans ``configuration`` (a ``ConfigurationPlans``)."""
+    from nnseg.networks.memory import estimate_feature_map_size
+
+    features = estimate_feature_map_size(configuration.architecture, configuration.patch_size,
+                                         input_channels=input_channels, num_classes=num_classes)
+    return int(features * int(batch_size or configuration.batch_size) * 12 + TRAIN_BASE)
+
+
+def fit_to_workers(estimate: int, capacities: Mapping[str, float]) -> int | None:
+    """The ``MEMORY`` to request: the estimate, at most the largest worker's amount; None when some worker
+    advertises no ``MEMORY`` (requesting it would keep tasks off those workers)."""
+    if not capacities or any(c is None for c in capacities.values()):
+        return None
+    return int(min(estimate, max(capacities.values())))

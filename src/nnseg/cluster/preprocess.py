@@ -1,0 +1,49 @@
+"""Fingerprinting and preprocessing on a Dask cluster: one task per case, sized by memory.
+
+The per-case functions are the local ones (:func:`nnseg.fingerprint.fingerprint.fingerprint_case_files`,
+:func:`nnseg.preprocessed.run.preprocess_job`); only the pool changes. Preprocessing writes each case's arrays under
+temporary names and its ``.json`` last, so a case is complete exactly when its ``.json`` exists: a task lost with its
+worker is rerun elsewhere, and a rerun of the command skips complete cases and removes leftovers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from nnseg.cluster.connect import open_client
+from nnseg.cluster.memory import preprocess_bytes
+from nnseg.cluster.tasks import DEFAULT_RETRIES, DaskPool
+
+
+_SPACINGS: dict[tuple[str, str], tuple[float, ...]] = {}
+
+
+def _target_spacing(context: Any, configuration: str) -> tuple[float, ...]:
+    """The configuration's target spacing, parsed once per preprocessing run (``context.key``)."""
+    key = (context.key, configuration)
+    if key not in _SPACINGS:
+        from nnseg.plans.schema import Plans
+
+        plans = Plans.from_json(context.plans_json)
+        _SPACINGS[key] = tuple(float(s) for s in plans.configuration(configuration).spacing)
+    return _SPACINGS[key]
+
+
+def case_memory(job: Any) -> int:
+    """Estimated bytes of one fingerprint job or preprocessing job (``CaseJob``: resampled to its configurations)."""
+    context = getattr(job, "context", None)
+    if context is None:
+        return preprocess_bytes(list(job.images))
+    return preprocess_bytes(list(job.images), [_target_spacing(context, c) for c in job.configurations])
+
+
+@contextmanager
+def open_case_pool(cluster: str | None, *, retries: int = DEFAULT_RETRIES) -> Iterator[DaskPool | None]:
+    """A :class:`DaskPool` on ``--cluster cluster`` for per-case work, or None without ``--cluster``."""
+    if cluster is None:
+        yield None
+        return
+    with open_client(cluster) as client:
+        yield DaskPool(client, memory=case_memory, retries=retries)

@@ -1,0 +1,124 @@
+"""Submitting nnseg's per-case / per-fold functions as Dask tasks, with retries, resources and a progress bar.
+
+Every task function nnseg submits is idempotent and writes its outputs under temporary names that are renamed when
+complete, so a task that dies with its worker (Dask reruns it elsewhere, up to ``distributed.scheduler.allowed-failures``
+times) or a rerun of the whole command never leaves a truncated or duplicated output.
+
+:class:`DaskPool` looks like the process pools of :mod:`nnseg.fingerprint.pool` (``submit(fn, job)`` returning a
+``concurrent.futures.Future``), so fingerprinting and preprocessing run on the cluster unchanged.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from nnseg.cluster.connect import MEMORY, require_dask, worker_resources
+from nnseg.cluster.memory import fit_to_workers
+from nnseg.fingerprint.pool import limit_threads
+
+DEFAULT_RETRIES = 2
+
+
+def single_threaded(fn: Callable[[Any], Any], job: Any) -> Any:
+    """``fn(job)`` with one thread for ITK/BLAS/torch (a worker thread is one slot of the cluster)."""
+    limit_threads()
+    return fn(job)
+
+
+def memory_capacities(client: Any) -> dict[str, float | None]:
+    """``{worker: MEMORY}`` (None for a worker that advertises none)."""
+    return {addr: res.get(MEMORY) for addr, res in worker_resources(client).items()}
+
+
+def task_resources(client: Any, *, memory: int | None = None, gpu: bool = False,
+                   capacities: Mapping[str, float | None] | None = None) -> dict[str, float] | None:
+    """The Dask ``resources=`` of a task: ``MEMORY`` fitted to the workers (see :func:`fit_to_workers`), ``GPU: 1``."""
+    out: dict[str, float] = {}
+    if memory is not None:
+        fitted = fit_to_workers(memory, memory_capacities(client) if capacities is None else capacities)
+        if fitted is not None:
+            out[MEMORY] = fitted
+    if gpu:
+        out["GPU"] = 1
+    return out or None
+
+
+def explain_failure(error: BaseException, what: str) -> BaseException:
+    """A lost-worker error (``KilledWorker``) as a RuntimeError saying what to do; other errors unchanged."""
+    if type(error).__name__ == "KilledWorker":
+        return RuntimeError(f"{what}: every worker that ran it died ({error}); most likely it ran out of memory. Give "
+                            "the workers more memory (or lower their MEMORY resource so fewer tasks share one) and "
+                            "rerun: finished work is kept")
+    return error
+
+
+class DaskPool:
+    """``submit(fn, job) -> concurrent.futures.Future`` running ``single_threaded(fn, job)`` as a Dask task.
+
+    Args:
+        client: a ``distributed.Client``.
+        memory: bytes one job needs (see :mod:`nnseg.cluster.memory`), or None for no ``MEMORY`` resource.
+        retries: reruns of a task that raised (a task lost with its worker is rerun regardless).
+        in_flight: how many jobs the caller should keep submitted at once.
+    """
+
+    def __init__(self, client: Any, *, memory: Callable[[Any], int] | None = None, retries: int = DEFAULT_RETRIES,
+                 in_flight: int | None = None) -> None:
+        self.client, self.memory, self.retries = client, memory, retries
+        self.capacities = memory_capacities(client)
+        threads = sum(int(w.get("nthreads", 1)) for w in client.scheduler_info()["workers"].values())
+        self.in_flight = in_flight or max(32, 8 * threads)  # queued on the scheduler: no idle round trips
+        self._live: dict[str, Any] = {}
+
+    def submit(self, fn: Callable[[Any], Any], job: Any) -> concurrent.futures.Future[Any]:
+        name = str(getattr(job, "identifier", "job"))
+        resources = task_resources(self.client, memory=self.memory(job) if self.memory else None,
+                                   capacities=self.capacities)
+        key = f"{getattr(fn, '__name__', 'task')}-{name}-{uuid.uuid4().hex[:8]}"
+        task = self.client.submit(single_threaded, fn, job, key=key, resources=resources, retries=self.retries,
+                                  pure=False)
+        self._live[key] = task
+        out: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        out.set_running_or_notify_cancel()
+        task.add_done_callback(lambda t: self._forward(t, out, key, name))
+        return out
+
+    def _forward(self, task: Any, out: concurrent.futures.Future[Any], key: str, name: str) -> None:
+        try:
+            out.set_result(task.result())
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's future
+            out.set_exception(explain_failure(e, f"case {name}"))
+        finally:
+            self._live.pop(key, None)
+
+
+def run_tasks(client: Any, fn: Callable[[Any], Any], jobs: Sequence[Any], *, names: Sequence[str],
+              resources: Sequence[dict[str, float] | None], retries: int = DEFAULT_RETRIES, desc: str = "tasks",
+              progress: bool = True) -> Iterator[tuple[int, Any]]:
+    """Submit ``fn(job)`` for every job and yield ``(index, result)`` as tasks finish, with a tqdm bar on stderr.
+
+    Raises:
+        The first task error (a lost-worker error explained, see :func:`explain_failure`); the other tasks are
+        cancelled.
+    """
+    distributed = require_dask()
+    futures = {client.submit(fn, job, key=f"{desc}-{name}-{uuid.uuid4().hex[:8]}", resources=res, retries=retries,
+                             pure=False): i for i, (job, name, res) in enumerate(zip(jobs, names, resources))}
+    from tqdm import tqdm
+
+    try:
+        with tqdm(total=len(jobs), desc=desc, unit="task", disable=not progress, file=sys.stderr) as bar:
+            for future in distributed.as_completed(futures):
+                i = futures[future]
+                try:
+                    result = future.result()
+                except BaseException as e:
+                    raise explain_failure(e, f"{desc} {names[i]}") from None
+                bar.update(1)
+                yield i, result
+    finally:
+        client.cancel([f for f in futures if not f.done()])
