@@ -24,13 +24,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import blosc2
 import numpy as np
 
 from nnseg.jsonio import atomic_path, load_json, to_jsonable
 from nnseg.safe_pickle import restricted_loads
+
+if TYPE_CHECKING:
+    import blosc2  # imported where used: a process that only lists or removes cases (the parent of a pool) skips it
 
 BLOCK_MAX_BYTES = 128 * 1024
 CHUNK_MAX_BYTES = 6 * 1024 * 1024
@@ -86,6 +88,8 @@ def chunks_and_blocks(shape: Sequence[int], patch_size: Sequence[int] | None, it
 
 
 def _cparams(array: np.ndarray, filt: blosc2.Filter, nthreads: int) -> blosc2.CParams:
+    import blosc2
+
     return blosc2.CParams(codec=blosc2.Codec.LZ4HC, clevel=CLEVEL, filters=[filt], typesize=array.dtype.itemsize,
                           nthreads=nthreads)
 
@@ -96,6 +100,8 @@ def choose_filter(array: np.ndarray, chunks: Sequence[int]) -> blosc2.Filter:
     The trial uses the fast LZ4 codec (the filter's effect on the size carries over to LZ4HC at a fraction of the
     cost); ties go to SHUFFLE.
     """
+    import blosc2
+
     if array.dtype.itemsize == 1:
         return blosc2.Filter.NOFILTER
     region = tuple(slice(max(0, (s - c) // 2), max(0, (s - c) // 2) + c) for s, c in zip(array.shape, chunks))
@@ -115,6 +121,8 @@ def write_b2nd(array: np.ndarray, path: Path, *, patch_size: Sequence[int] | Non
 
 
 def _write_b2nd_to(array: np.ndarray, path: Path, *, patch_size: Sequence[int] | None, nthreads: int) -> None:
+    import blosc2
+
     array = np.ascontiguousarray(array)
     chunks, blocks = chunks_and_blocks(array.shape, patch_size, array.dtype.itemsize)
     filt = choose_filter(array, chunks)
@@ -126,6 +134,8 @@ def _write_b2nd_to(array: np.ndarray, path: Path, *, patch_size: Sequence[int] |
 
 def open_b2nd(path: Path, *, mmap: bool | None = None) -> blosc2.NDArray:
     """Open a ``.b2nd`` file lazily (slicing returns numpy and decompresses only the chunks touched)."""
+    import blosc2
+
     use_mmap = (sys.platform != "win32") if mmap is None else mmap
     kwargs: dict[str, Any] = {"mmap_mode": "r"} if use_mmap else {}
     try:
