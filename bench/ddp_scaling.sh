@@ -12,6 +12,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
+"$PY" "$REPO/bench/cpuinfo.py"  # the CPU these figures come from
 WORK=${WORK:-$(mktemp -d -t nnseg_ddp_bench.XXXXXX)}
 EPOCHS=${EPOCHS:-4}
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)")

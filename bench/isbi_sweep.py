@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the results and logs (must not exist)")
     args = parser.parse_args()
     variants = json.loads(args.variants.read_text())
+    from cpuinfo import cpu_line  # bench/cpuinfo.py
+
+    print(cpu_line(), flush=True)
     args.out.mkdir(parents=True)
     preprocessed = args.out / "preprocessed"
     shutil.copytree(args.preprocessed, preprocessed)  # every run reads the same split; nothing writes back

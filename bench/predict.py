@@ -79,7 +79,9 @@ def main() -> int:
     cores = os.cpu_count() or 1
     ref = NNUNET_S["tta" if tta else "notta"]
     cases = (MODEL_DIR / "cases.txt").read_text().split()[: args.cases]
-    print(f"CPU native bf16: {cpu_has_native_bf16()}; torch threads: {os.cpu_count()} cores; load avg {os.getloadavg()}")
+    from cpuinfo import cpu_line  # bench/cpuinfo.py
+
+    print(f"{cpu_line()}; CPU native bf16: {cpu_has_native_bf16()}; torch threads: {os.cpu_count()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         install_model_zip(MODEL_DIR / "model.zip", root / "results")

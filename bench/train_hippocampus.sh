@@ -26,6 +26,7 @@ plans = json.loads(p.read_text())
 plans["configurations"]["3d_fullres_bs2"] = {"inherits_from": "3d_fullres", "batch_size": 2}
 p.write_text(json.dumps(plans, indent=4))
 PY
+"$BIN/python" bench/cpuinfo.py  # the CPU these figures come from
 start=$(date +%s.%N)
 "$BIN/nnUNetv2_train" 4 3d_fullres_bs2 0 -device cpu --epochs 40 --iterations-per-epoch 25 \
     --set val_iterations_per_epoch=5 --precision "$PRECISION" --seed 0
@@ -36,5 +37,7 @@ s = json.load(open("$nnUNet_results/Dataset004_Hippocampus/nnUNetTrainer_40epoch
 wall = $end - $start
 print(f"train_hippocampus: precision $PRECISION, wall {wall:.0f} s (training + final validation), "
       f"fold-0 mean foreground Dice {s['foreground_mean']['Dice']:.4f} "
-      f"(per label {[round(v['Dice'], 4) for k, v in s['mean'].items()]})")
+      f"(per label {[round(v['Dice'], 4) for k, v in s['mean'].items()]}); epochs: see training_log "
+      "'Epoch time' lines")
 PY
+"$BIN/python" bench/cpuinfo.py

@@ -25,6 +25,7 @@ EPOCHS=${1:-30}
 ITERS=${2:-10}
 PRECISION=${PRECISION:-auto}
 BIN=${BIN:-.venv/bin}
+"$BIN/python" bench/cpuinfo.py  # the CPU these figures come from
 SHARED=${NNSEG_SHARED:-$(cd .. && pwd)/shared}
 WORK=${WORK:-$(mktemp -d)}
 export nnUNet_raw=$WORK/raw nnUNet_preprocessed=$WORK/preprocessed nnUNet_results=$WORK/results

@@ -4,7 +4,13 @@ Prints the mean seconds per iteration of (a) forward+backward alone on a fixed b
 precision and (b) nnseg's full training loop (patch sampling from the blosc2 store, batched augmentation in the
 background thread, targets, forward, backward, clipping, SGD step). Target: (b) <= 1.1 x (a).
 
+``--variants`` instead times one SGD step (forward, backward, clipping, step) of the 3d_fullres network (batch 2) and
+the 2d network (``--batch-2d``, default 32) per kernel variant, interleaved, best of ``--reps``: precision fp32/bf16,
+``+cl`` channels-last memory format, ``+compile`` torch.compile (inductor; its warm-up is printed separately),
+``+t1`` one torch thread. It prints wall and CPU seconds per step (CPU time is less distorted on a shared machine).
+
 Usage: python bench/train_throughput.py [--cases 40] [--iterations 20] [--precision auto|fp32|bf16]
+       python bench/train_throughput.py --variants fp32,bf16,bf16+cl,bf16+compile,bf16+t1 [--reps 3]
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cpuinfo import cpu_line  # bench/cpuinfo.py
+from torch import nn
 
 from nnseg.devices import autocast_context, resolve_precision
 from nnseg.plans.schema import load_plans
@@ -71,12 +79,68 @@ def loop_time(parts, n: int, precision: str, *, background: bool) -> float:  # t
     return float(np.mean(times[3:]))
 
 
+def variant_step(architecture: dict, patch: list[int], batch: int, variant: str):  # type: ignore[no-untyped-def]
+    """A closure running one SGD step of a fresh (seeded) network in ``variant`` (see the module docstring)."""
+    from nnseg.networks import build_network
+
+    torch.manual_seed(0)
+    net = build_network(architecture, input_channels=1, num_classes=3, deep_supervision=True)
+    fmt = (torch.channels_last_3d if len(patch) == 3 else torch.channels_last) if "+cl" in variant else None
+    x = torch.randn(batch, 1, *patch)
+    if fmt is not None:
+        net, x = net.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
+    runner = torch.compile(net) if "+compile" in variant else net
+    precision = "bf16" if variant.startswith("bf16") else "fp32"
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with autocast_context(torch.device("cpu"), precision):
+            loss = sum((o.float() ** 2).mean() for o in runner(x))
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+        opt.step()
+
+    return step
+
+
+def compare_variants(variants: list[str], iterations: int, reps: int, batch_2d: int) -> None:
+    plans = load_plans(EXPECTED / "nnUNetPlans.json")
+    threads = torch.get_num_threads()
+    for name, batch in (("3d_fullres", 2), ("2d", batch_2d)):
+        cfg = plans.configuration(name)
+        steps = {}
+        for v in variants:
+            torch.set_num_threads(1 if "+t1" in v else threads)
+            start = time.perf_counter()
+            steps[v] = variant_step(cfg.architecture, list(cfg.patch_size), batch, v)
+            steps[v]()
+            steps[v]()
+            print(f"{name} {v}: build + 2 warm-up steps (compile included) {time.perf_counter() - start:.1f} s", flush=True)
+        best = {v: (float("inf"), float("inf")) for v in variants}
+        for _ in range(reps):
+            for v, step in steps.items():
+                torch.set_num_threads(1 if "+t1" in v else threads)
+                wall, cpu = time.perf_counter(), time.process_time()
+                for _ in range(iterations):
+                    step()
+                best[v] = min(best[v], ((time.perf_counter() - wall) / iterations, (time.process_time() - cpu) / iterations))
+        for v, (wall, cpu) in best.items():
+            print(f"{name} batch {batch} {v:<18} wall {wall:.3f} s/step  CPU {cpu:.3f} s/step   {cpu_line()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=40)
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--variants", default=None, help="comma-separated kernel variants, e.g. fp32,bf16,bf16+cl")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--batch-2d", type=int, default=32)
     args = ap.parse_args()
+    if args.variants:
+        compare_variants(args.variants.split(","), min(args.iterations, 5), args.reps, args.batch_2d)
+        return
     torch.set_num_threads(torch.get_num_threads())
     device = torch.device("cpu")
     precision = resolve_precision(args.precision, device)
@@ -106,7 +170,8 @@ def main() -> None:
         n = args.iterations + 3
         t_loop = {mode: loop_time(parts, n, precision, background=mode) for mode in (False, True)}
         t_data = time_fn(lambda: parts.batches.train_batch(2, 0), 10, warmup=1)
-    print(f"machine: {torch.get_num_threads()} torch threads, precision {precision}, batch {tuple(image.shape)}")
+    print(f"machine: {torch.get_num_threads()} torch threads, precision {precision}, batch {tuple(image.shape)}; "
+          f"{cpu_line()}")
     print(f"forward+backward alone:          {t_fb:.3f} s/iteration")
     print(f"forward+backward+clip+SGD step:  {t_step:.3f} s/iteration")
     print(f"data path alone (sample+augment): {t_data:.3f} s/batch")

@@ -23,6 +23,9 @@ FINGERPRINT_EXTRACTORS = ("DatasetFingerprintExtractor",)
 PREPROCESSORS = ("DefaultPreprocessor",)
 DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
 DEFAULT_NP = 8  # nnU-Net's default_num_processes (env nnUNet_def_n_proc)
+# what pool workers of plan-and-preprocess import as they start (while this process scans the dataset)
+WORKER_MODULES = ("nnseg.fingerprint.fingerprint", "nnseg.raw.image_io", "SimpleITK", "scipy.ndimage",
+                  "nnseg.preprocessed.run", "nnseg.preprocessed.preprocess", "blosc2")
 
 
 def _cap(n: int) -> int:
@@ -316,10 +319,10 @@ def run_plan_and_preprocess(args: argparse.Namespace, ctx: Context) -> int:
     names = [ctx.dataset_name(ref) for ref in args.d]
     if args.cluster:
         return _plan_and_preprocess_on_cluster(args, ctx, names)
-    _preload("nnseg.plans.planner")  # its imports (torch, ~1.5 s) overlap with fingerprinting in the workers
     npfp = _fingerprint_np(ctx, args.npfp)
     np_max = max(_num_processes_per_configuration(args.c, args.np), default=1) if not args.no_pp else 1
-    with open_pool(max(npfp, np_max)) as pool:
+    with open_pool(max(npfp, np_max), preload=WORKER_MODULES if max(npfp, np_max) > 1 else ()) as pool:
+        _preload("nnseg.plans.planner")  # its imports (torch, ~1.5 s) overlap with fingerprinting in the workers
         for name in names:
             fingerprint_step(ctx, name, num_processes=npfp, clean=args.clean, verify=args.verify_dataset_integrity,
                              extractor=args.fpe, progress=not args.no_pbar, verbose=args.verbose,

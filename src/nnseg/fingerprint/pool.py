@@ -28,11 +28,33 @@ def limit_threads() -> None:
         sys.modules["SimpleITK"].ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
-def open_pool(num_workers: int) -> ProcessPoolExecutor:
+def open_pool(num_workers: int, *, preload: Sequence[str] = ()) -> ProcessPoolExecutor:
     """A spawn pool with single-threaded workers, to share between steps (``pool_map(..., pool=...)``); close it with
-    ``shutdown()`` or use it as a context manager. Workers start on first use and stay warm between steps."""
-    return ProcessPoolExecutor(max(1, int(num_workers)), mp_context=spawn_context(), initializer=worker_initializer,
-                               initargs=worker_initargs(limit_threads))
+    ``shutdown()`` or use it as a context manager. Workers stay warm between steps and die with this process.
+
+    With ``preload`` (module names) every worker starts now and imports those modules, while this process goes on
+    (a worker's interpreter and imports take ~1 s: SimpleITK, scipy, blosc2); otherwise workers start on first use.
+    """
+    workers = max(1, int(num_workers))
+    pool = ProcessPoolExecutor(workers, mp_context=spawn_context(), initializer=worker_initializer,
+                               initargs=worker_initargs(_start_worker, (tuple(preload),)))
+    if preload:
+        for _ in range(workers):  # each submit finds no idle worker and starts one (spawn pools grow on demand)
+            pool.submit(os.getpid)
+    return pool
+
+
+def _start_worker(modules: tuple[str, ...]) -> None:
+    """Pool worker start: one thread (:func:`limit_threads`), then import ``modules`` (a failure is left for the job
+    that needs the module to report)."""
+    import importlib
+
+    limit_threads()
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the job importing it again raises the real error where it is handled
+            pass
 
 
 def pool_map(fn: Callable[[Any], Any], jobs: Sequence[Any], *, num_workers: int,

@@ -10,11 +10,21 @@ Public API:
 
 from __future__ import annotations
 
-from nnseg.networks.build import NETWORKS, build_network, resolve_architecture, set_deep_supervision
-from nnseg.networks.memory import estimate_feature_map_size
-from nnseg.networks.plain_unet import PlainConvUNet
-from nnseg.networks.resenc_unet import ResidualEncoderUNet
-from nnseg.networks.summary import count_parameters, network_summary
+import importlib
+from typing import Any
+
+# name -> module; loaded on first use, so that the torch-free VRAM estimate (memory) does not import torch
+_HOMES = {"NETWORKS": "build", "build_network": "build", "resolve_architecture": "build",
+          "set_deep_supervision": "build", "estimate_feature_map_size": "memory", "PlainConvUNet": "plain_unet",
+          "ResidualEncoderUNet": "resenc_unet", "count_parameters": "summary", "network_summary": "summary"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'nnseg.networks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"nnseg.networks.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "NETWORKS",

@@ -14,12 +14,15 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from nnseg.networks.blocks import as_dims, per_item
-from nnseg.networks.build import resolve_architecture
-from nnseg.networks.ops import conv_dim
-from nnseg.networks.plain_unet import PlainConvUNet
-from nnseg.networks.resenc_unet import ResidualEncoderUNet
-from nnseg.networks.residual import BottleneckD
+from nnseg.networks.dims import as_dims, per_item
+
+# The names nnU-Net's planners write: an architecture made only of these is estimated without importing torch
+# (the planner runs beside the preprocessing workers; torch costs ~1.3 s of CPU to import and ~0.4 s to unload).
+_PLAIN, _RESENC = ("dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                   "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet")
+_CONV_DIMS = {"torch.nn.modules.conv.Conv2d": 2, "torch.nn.modules.conv.Conv3d": 3}
+_BLOCKS = {None: False, "dynamic_network_architectures.building_blocks.residual.BasicBlockD": False,
+           "dynamic_network_architectures.building_blocks.residual.BottleneckD": True}
 
 __all__ = ["estimate_feature_map_size"]
 
@@ -54,7 +57,7 @@ def _residual_encoder(kw: dict[str, Any], strides: list[list[int]], patch: list[
     n = kw["n_stages"]
     features = per_item(kw["features_per_stage"], n, "features_per_stage")
     n_blocks = per_item(kw["n_blocks_per_stage"], n, "n_blocks_per_stage")
-    use_bottleneck = kw.get("block") is BottleneckD
+    use_bottleneck = kw["_bottleneck"]
     bottleneck = per_item(kw.get("bottleneck_channels"), n, "bottleneck_channels")
     c_in = kw.get("stem_channels") or features[0]
     total, size = _n(c_in, patch), patch
@@ -96,14 +99,36 @@ def _estimate_cached(arch_json: str, patch: tuple[int, ...], num_classes: int, d
     return _estimate(json.loads(arch_json), patch, num_classes, ds)
 
 
-def _estimate(architecture: Mapping[str, Any], patch: tuple[int, ...], num_classes: int, ds: bool) -> int:
+def _by_name(architecture: Mapping[str, Any]) -> tuple[bool, int, dict[str, Any]] | None:
+    """``(plain, dim, kwargs)`` of an architecture made only of the planners' names, else None."""
+    kw = dict(architecture.get("arch_kwargs") or {})
+    name, conv, block = architecture.get("network_class_name"), kw.get("conv_op"), kw.get("block")
+    if name not in (_PLAIN, _RESENC) or not isinstance(conv, str) or conv not in _CONV_DIMS:
+        return None
+    if not (block is None or isinstance(block, str)) or block not in _BLOCKS or "n_stages" not in kw:
+        return None
+    return name == _PLAIN, _CONV_DIMS[conv], {**kw, "_bottleneck": _BLOCKS[block]}
+
+
+def _resolved(architecture: Mapping[str, Any]) -> tuple[bool, int, dict[str, Any]]:
+    """``(plain, dim, kwargs)`` through the network registries (imports torch; validates every name)."""
+    from nnseg.networks.build import resolve_architecture
+    from nnseg.networks.ops import conv_dim
+    from nnseg.networks.plain_unet import PlainConvUNet
+    from nnseg.networks.resenc_unet import ResidualEncoderUNet
+    from nnseg.networks.residual import BottleneckD
+
     cls, kw = resolve_architecture(architecture)
-    dim = conv_dim(kw["conv_op"])
+    # a network from an extension gets the planned arch_kwargs: estimate the U-Net they describe
+    plain = cls is PlainConvUNet or (cls is not ResidualEncoderUNet and "n_blocks_per_stage" not in kw)
+    return plain, conv_dim(kw["conv_op"]), {**kw, "_bottleneck": kw.get("block") is BottleneckD}
+
+
+def _estimate(architecture: Mapping[str, Any], patch: tuple[int, ...], num_classes: int, ds: bool) -> int:
+    plain, dim, kw = _by_name(architecture) or _resolved(architecture)
     if len(patch) != dim:
         raise ValueError(f"patch size {list(patch)} has {len(patch)} axes but the architecture is {dim}D")
     strides = [as_dims(s, dim) for s in per_item(kw["strides"], kw["n_stages"], "strides")]
-    # a network from an extension gets the planned arch_kwargs: estimate the U-Net they describe
-    plain = cls is PlainConvUNet or (cls is not ResidualEncoderUNet and "n_blocks_per_stage" not in kw)
     encoder = _plain_encoder if plain else _residual_encoder
     return encoder(kw, strides, list(patch)) + _decoder(kw, strides, list(patch), num_classes, ds)
 

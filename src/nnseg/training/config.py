@@ -19,7 +19,7 @@ from nnseg.registry import Registry
 
 NNUNET_EPOCH_PRESETS = (1, 5, 10, 20, 50, 100, 250, 500, 750, 2000, 4000, 8000)
 DEFAULT_TRAINER = "nnUNetTrainer"
-RUNTIME_ONLY_FIELDS = ("compile",)  # how, not what, is computed: may change between a run and its continuation
+RUNTIME_ONLY_FIELDS = ("compile", "cpu_threads")  # how, not what, is computed: may change between a run and its continuation
 _EPOCHS_RE = re.compile(r"^nnUNetTrainer_(\d+)epochs?(_NoMirroring)?$")
 
 
@@ -47,6 +47,7 @@ class TrainConfig:
     seed: int | None = None
     precision: str = "auto"
     compile: str = "auto"
+    cpu_threads: int = 0  # CPU training: torch threads; 0 = the cores other processes leave free (training.cpu_threads)
     early_stopping_patience: int | None = None
     time_budget_hours: float | None = None
     save_every: int = 50

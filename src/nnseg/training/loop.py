@@ -23,6 +23,7 @@ from torch import nn
 from nnseg.devices import autocast_context
 from nnseg.training.checkpoint import load_checkpoint, save_checkpoint
 from nnseg.training.config import nnunet_trainer_class
+from nnseg.training.cpu_threads import apply_cpu_threads
 from nnseg.training.data import prefetched
 from nnseg.training.distributed import DistributedTraining
 from nnseg.training.failures import non_finite_loss_error, unreadable_checkpoint_error
@@ -139,6 +140,8 @@ def run_epoch(run: RunSpec, parts: Components, state: TrainState, hooks: Hooks, 
     Under DDP (``dist``) the losses and validation counts are reduced over ranks before they are logged.
     """
     cfg, epoch, start = run.config, state.current_epoch, time.time()
+    if run.device.type == "cpu" and dist is None:
+        apply_cpu_threads(cfg.cpu_threads)
     lr = LR_SCHEDULES[cfg.lr_schedule](epoch, state.num_epochs, cfg.initial_lr)
     for group in parts.optimizer.param_groups:
         group["lr"] = lr
