@@ -20,6 +20,13 @@ import torch
 
 from nnseg._types import PathLike
 from nnseg.jsonio import save_json
+from nnseg.predictions.bounded import (
+    MemoryPolicy,
+    plan_for_case,
+    predict_case_bounded,
+    shapes_of_preprocessed,
+    streaming_axis,
+)
 from nnseg.predictions.export import export_prediction
 from nnseg.predictions.model_folder import TrainedModel
 from nnseg.predictions.predict import CaseTiming, PredictionReport, Predictor
@@ -112,8 +119,12 @@ def _executor(workers: int, name: str) -> ThreadPoolExecutor | _Inline:
 def run_pipeline(predictor: Predictor, cases: Sequence[CaseFiles], output: Path, *, args: dict[str, Any],
                  save_probabilities: bool = False, continue_prediction: bool = False,
                  prev_stage_folder: PathLike | None = None, num_readers: int = 1, num_writers: int = 1,
-                 verbose: bool = False, progress: bool = True) -> PredictionReport:
-    """Predict ``cases`` into ``output`` (see the module docstring); returns what was written and the timings."""
+                 verbose: bool = False, progress: bool = True, memory: MemoryPolicy | None = None) -> PredictionReport:
+    """Predict ``cases`` into ``output`` (see the module docstring); returns what was written and the timings.
+
+    With ``memory``, each case is planned after preprocessing (:func:`nnseg.predictions.bounded.plan_for_case`): a case
+    whose one-shot estimate exceeds the budget is predicted in the calling thread by the bounded path.
+    """
     from tqdm import tqdm
 
     model = predictor.model
@@ -131,7 +142,7 @@ def run_pipeline(predictor: Predictor, cases: Sequence[CaseFiles], output: Path,
     try:
         with tqdm(total=len(todo), disable=not progress, unit="case", desc="predict", file=sys.stderr) as bar:
             _loop(predictor, todo, output, prev, readers, writers, max(1, num_readers) + 1, 2 * max(1, num_writers),
-                  save_probabilities, report, bar, verbose)
+                  save_probabilities, report, bar, verbose, memory)
     finally:
         readers.shutdown(wait=True, cancel_futures=True)
         writers.shutdown(wait=True, cancel_futures=True)
@@ -140,7 +151,7 @@ def run_pipeline(predictor: Predictor, cases: Sequence[CaseFiles], output: Path,
 
 def _loop(predictor: Predictor, todo: Sequence[CaseFiles], output: Path, prev: Path | None, readers: Any, writers: Any,
           read_ahead: int, max_pending: int, save_probabilities: bool, report: PredictionReport, bar: Any,
-          verbose: bool) -> None:
+          verbose: bool, memory: MemoryPolicy | None = None) -> None:
     reads: deque[tuple[CaseFiles, Future[Any]]] = deque()
     exports: deque[tuple[CaseTiming, Future[float]]] = deque()
     upcoming = iter(todo)
@@ -154,19 +165,29 @@ def _loop(predictor: Predictor, todo: Sequence[CaseFiles], output: Path, prev: P
 
     def finish_one() -> None:
         timing, future = exports.popleft()
-        timing.export = future.result()
         report.timings.append(timing)
         report.written.append(output / f"{timing.identifier}{predictor.model.spec.file_ending}")
+        timing.export = timing.export or float(future.result())
         bar.update(1)
         if verbose:
             bar.write(f"{timing.identifier}: read+preprocess {timing.read:.2f} s, network {timing.network:.2f} s, "
-                      f"export {timing.export:.2f} s")
+                      f"export {timing.export:.2f} s" + (f" ({timing.after_network:.2f} s after the network, "
+                                                         "bounded memory)" if timing.after_network else ""))
 
     top_up()
     while reads:
         case, future = reads.popleft()
         data, props, geometry, read_s = future.result()
         top_up()
+        plan = plan_for_case(predictor, case.identifier, shapes_of_preprocessed(data, props), memory) if memory else None
+        if plan is not None and plan.mode == "bounded":
+            while exports:
+                finish_one()
+            exports.append((_run_bounded(predictor, case.identifier, data, props, geometry, output, plan.slab_rows,
+                                         save_probabilities, read_s, bar), _done(0.0)))
+            del data
+            finish_one()
+            continue
         start = time.perf_counter()
         logits = predictor.predict_logits(data)
         if logits.device.type == "cuda":
@@ -179,3 +200,32 @@ def _loop(predictor: Predictor, todo: Sequence[CaseFiles], output: Path, prev: P
                                                output / case.identifier, save_probabilities)))
     while exports:
         finish_one()
+
+
+def _done(value: float) -> Future[float]:
+    future: Future[float] = Future()
+    future.set_result(value)
+    return future
+
+
+def _run_bounded(predictor: Predictor, identifier: str, data: np.ndarray, props: dict[str, Any], geometry: Any,
+                 output: Path, slab_rows: int, save_probabilities: bool, read_s: float, outer: Any) -> CaseTiming:
+    """One case through :func:`predict_case_bounded`, with its own progress bar (network rows, then export rows)."""
+    from tqdm import tqdm
+
+    axis = streaming_axis(predictor, save_probabilities=save_probabilities)
+    rows = {"network": int(data.shape[1 + axis]),
+            "export": int(props["shape_after_cropping_and_before_resampling"][axis])}
+    with tqdm(total=sum(rows.values()), disable=bool(getattr(outer, "disable", False)), unit="row", desc=identifier,
+              leave=False, file=sys.stderr) as bar:
+        done = {"network": 0, "export": 0}
+
+        def step(stage: str, n: int) -> None:
+            done[stage] += n
+            bar.set_postfix_str(f"network {done['network']}/{rows['network']}, "
+                                f"export {done['export']}/{rows['export']} rows", refresh=False)
+            bar.update(n)
+
+        t = predict_case_bounded(predictor, data, props, output / identifier, slab_rows=slab_rows,
+                                 save_probabilities=save_probabilities, geometry=geometry, on_progress=step)
+    return CaseTiming(identifier, read=read_s, network=t.network, export=t.export, after_network=t.after_network)
