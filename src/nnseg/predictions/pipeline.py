@@ -170,29 +170,23 @@ def _loop(predictor: Predictor, todo: Sequence[CaseFiles], output: Path, prev: P
         timing.export = timing.export or float(future.result())
         bar.update(1)
         if verbose:
-            bar.write(f"{timing.identifier}: read+preprocess {timing.read:.2f} s, network {timing.network:.2f} s, "
-                      f"export {timing.export:.2f} s" + (f" ({timing.after_network:.2f} s after the network, "
-                                                         "bounded memory)" if timing.after_network else ""))
+            bar.write(_timing_line(timing))
 
     top_up()
     while reads:
         case, future = reads.popleft()
         data, props, geometry, read_s = future.result()
         top_up()
-        plan = plan_for_case(predictor, case.identifier, shapes_of_preprocessed(data, props), memory) if memory else None
-        if plan is not None and plan.mode == "bounded":
+        slab_rows = _bounded_slab_rows(predictor, case.identifier, data, props, memory)
+        if slab_rows:
             while exports:
                 finish_one()
-            exports.append((_run_bounded(predictor, case.identifier, data, props, geometry, output, plan.slab_rows,
+            exports.append((_run_bounded(predictor, case.identifier, data, props, geometry, output, slab_rows,
                                          save_probabilities, read_s, bar), _done(0.0)))
-            del data
             finish_one()
             continue
-        start = time.perf_counter()
-        logits = predictor.predict_logits(data)
-        if logits.device.type == "cuda":
-            torch.cuda.synchronize(logits.device)
-        timing = CaseTiming(case.identifier, read=read_s, network=time.perf_counter() - start)
+        logits, network_s = _network(predictor, data)
+        timing = CaseTiming(case.identifier, read=read_s, network=network_s)
         del data
         while exports and (len(exports) >= max_pending or exports[0][1].done()):
             finish_one()
@@ -200,6 +194,29 @@ def _loop(predictor: Predictor, todo: Sequence[CaseFiles], output: Path, prev: P
                                                output / case.identifier, save_probabilities)))
     while exports:
         finish_one()
+
+
+def _network(predictor: Predictor, data: np.ndarray) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    logits = predictor.predict_logits(data)
+    if logits.device.type == "cuda":
+        torch.cuda.synchronize(logits.device)
+    return logits, time.perf_counter() - start
+
+
+def _bounded_slab_rows(predictor: Predictor, identifier: str, data: np.ndarray, props: dict[str, Any],
+                       memory: MemoryPolicy | None) -> int:
+    """Output rows per slab if this case takes the bounded path, else 0."""
+    if memory is None:
+        return 0
+    plan = plan_for_case(predictor, identifier, shapes_of_preprocessed(data, props), memory)
+    return plan.slab_rows if plan.mode == "bounded" else 0
+
+
+def _timing_line(timing: CaseTiming) -> str:
+    bounded = f" ({timing.after_network:.2f} s after the network, bounded memory)" if timing.after_network else ""
+    return (f"{timing.identifier}: read+preprocess {timing.read:.2f} s, network {timing.network:.2f} s, "
+            f"export {timing.export:.2f} s{bounded}")
 
 
 def _done(value: float) -> Future[float]:
