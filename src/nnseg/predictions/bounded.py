@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from nnseg._types import Geometry
-from nnseg.devices import autocast_context
+from nnseg.devices import autocast_context, return_large_blocks_to_os
 from nnseg.jsonio import atomic_path
 from nnseg.predictions.export import current_and_target_spacing, write_segmentation
 from nnseg.predictions.memory_plan import CasePlan, CaseShapes, case_shapes, memory_budget, plan_case
@@ -113,6 +113,8 @@ def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, 
         ValueError: the plans' probability resampling is not separable (see :mod:`nnseg.predictions.slab_resample`).
     """
     model = predictor.model
+    if predictor.device.type == "cpu" or not predictor.accumulate_on_device:
+        return_large_blocks_to_os()
     axis = streaming_axis(predictor, save_probabilities=save_probabilities)
     resampler = case_resampler(predictor, tuple(int(s) for s in data.shape[1:]), properties, axis)
     reader = model.plans.image_reader_writer

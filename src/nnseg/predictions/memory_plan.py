@@ -38,6 +38,7 @@ GIB = 1 << 30
 MAX_SAMPLES_PER_CALL = 8
 BASELINE_BYTES = GIB // 2  # interpreter, torch, the model's weights
 SLAB_ROW_CHOICES = (64, 32, 16, 8, 4, 2, 1)
+SLAB_BYTES = GIB // 2  # larger export slabs only cost memory: 4 rows of a 118-class 512x512 plane are 0.5 GB
 
 
 def available_bytes(device: torch.device) -> int:
@@ -187,7 +188,9 @@ def plan_case(model: TrainedModel, identifier: str, shapes: CaseShapes, *, budge
         if _total(parts) <= budget:
             return CasePlan(identifier, "one-shot", 0, samples, _total(parts), budget, budget_source, parts)
     rows_out = max(1, shapes.cropped[axis])
-    choices = [int(slab_rows)] if slab_rows is not None else [r for r in SLAB_ROW_CHOICES if r <= rows_out] or [1]
+    row_bytes = 4 * model.num_outputs * math.prod(shapes.cropped) // rows_out
+    choices = [int(slab_rows)] if slab_rows is not None else [
+        r for r in SLAB_ROW_CHOICES if r <= rows_out and (r == 1 or r * row_bytes <= SLAB_BYTES)] or [1]
     parts = {}
     for rows in choices:
         parts = estimate_parts(model, shapes, slab_rows=rows, **common)  # type: ignore[arg-type]

@@ -61,19 +61,31 @@ class AxisRule:
         return lo, np.minimum(lo + 1, self.n_in - 1), (coords - lo).astype(np.float32)
 
 
-def _apply(x: torch.Tensor, dim: int, rule: AxisRule, offset: int = 0, rows: slice | None = None) -> torch.Tensor:
-    """Resample ``x`` along ``dim`` by ``rule`` (output indices ``rows``; ``offset``: first input index held)."""
+def _apply(x: torch.Tensor, dim: int, rule: AxisRule) -> torch.Tensor:
+    """Resample ``x`` along ``dim`` by ``rule`` (two temporaries of the result's size)."""
     first, second, weight = rule.indices()
-    rows = rows or slice(0, rule.n_out)
-    first, second = first[rows] - offset, second[rows] - offset
     a = x.index_select(dim, torch.from_numpy(first).to(x.device))
     if weight is None:
         return a
-    b = x.index_select(dim, torch.from_numpy(second).to(x.device))
     shape = [1] * x.ndim
     shape[dim] = -1
-    w = torch.from_numpy(weight[rows]).to(device=x.device, dtype=x.dtype).view(shape)
-    return a * (1 - w) + b * w  # the order of export._resample_axis0 and of torch's linear kernels
+    w = torch.from_numpy(weight).to(device=x.device, dtype=x.dtype).view(shape)
+    a.mul_(1 - w)  # a * (1 - w) + b * w: the order of export._resample_axis0 and of torch's linear kernels
+    return a.add_(x.index_select(dim, torch.from_numpy(second).to(x.device)).mul_(w))
+
+
+def _rows(x: torch.Tensor, rule: AxisRule, offset: int, start: int, stop: int) -> torch.Tensor:
+    """Output rows ``[start, stop)`` along dim 1 of ``x`` (input rows from ``offset``), one row at a time."""
+    first, second, weight = rule.indices()
+    out = torch.empty((x.shape[0], stop - start, *x.shape[2:]), dtype=x.dtype, device=x.device)
+    for i, r in enumerate(range(start, stop)):
+        if weight is None:
+            out[:, i] = x[:, int(first[r]) - offset]
+            continue
+        w = torch.tensor(float(weight[r]), dtype=x.dtype)
+        torch.mul(x[:, int(first[r]) - offset], 1 - w, out=out[:, i])
+        out[:, i].add_(x[:, int(second[r]) - offset] * w)
+    return out
 
 
 @dataclass(frozen=True)
@@ -110,7 +122,7 @@ class SlabResampler:
 
     def rows(self, source: torch.Tensor, offset: int, start: int, stop: int) -> torch.Tensor:
         """Output rows ``[start, stop)`` from input rows ``source`` (``(K, n, n1, n2)`` starting at row ``offset``)."""
-        return _apply(self.plane(source), 1, self.rules[0], offset, slice(start, stop))
+        return _rows(self.plane(source), self.rules[0], offset, start, stop)
 
 
 def _kinds(name: str, kwargs: Mapping[str, Any]) -> tuple[str, str]:
