@@ -91,7 +91,9 @@ def fold_slabs(predictor: Predictor, data: np.ndarray | torch.Tensor, *, axis: i
             total = total + item[1]  # type: ignore[index]
         if len(items) > 1:
             total /= len(items)
+        del items
         yield first, total
+        del total  # the consumer holds what it still needs; a second slab must not stay alive here
 
 
 def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, properties: Mapping[str, Any],

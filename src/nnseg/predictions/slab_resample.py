@@ -17,7 +17,7 @@ so the result equals the one-shot path to float rounding (<= 1e-6 on probabiliti
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,17 +74,18 @@ def _apply(x: torch.Tensor, dim: int, rule: AxisRule) -> torch.Tensor:
     return a.add_(x.index_select(dim, torch.from_numpy(second).to(x.device)).mul_(w))
 
 
-def _rows(x: torch.Tensor, rule: AxisRule, offset: int, start: int, stop: int) -> torch.Tensor:
-    """Output rows ``[start, stop)`` along dim 1 of ``x`` (input rows from ``offset``), one row at a time."""
+def combine_rows(rule: AxisRule, row: Callable[[int], torch.Tensor], start: int, stop: int) -> torch.Tensor:
+    """Output rows ``[start, stop)`` along the streaming axis; ``row(i)`` gives input row ``i`` ``(K, n1, n2)``."""
     first, second, weight = rule.indices()
-    out = torch.empty((x.shape[0], stop - start, *x.shape[2:]), dtype=x.dtype, device=x.device)
+    sample = row(int(first[start]))
+    out = torch.empty((sample.shape[0], stop - start, *sample.shape[1:]), dtype=sample.dtype, device=sample.device)
     for i, r in enumerate(range(start, stop)):
         if weight is None:
-            out[:, i] = x[:, int(first[r]) - offset]
+            out[:, i] = row(int(first[r]))
             continue
-        w = torch.tensor(float(weight[r]), dtype=x.dtype)
-        torch.mul(x[:, int(first[r]) - offset], 1 - w, out=out[:, i])
-        out[:, i].add_(x[:, int(second[r]) - offset] * w)
+        w = torch.tensor(float(weight[r]), dtype=sample.dtype)
+        torch.mul(row(int(first[r])), 1 - w, out=out[:, i])
+        out[:, i].add_(row(int(second[r])) * w)
     return out
 
 
@@ -122,7 +123,8 @@ class SlabResampler:
 
     def rows(self, source: torch.Tensor, offset: int, start: int, stop: int) -> torch.Tensor:
         """Output rows ``[start, stop)`` from input rows ``source`` (``(K, n, n1, n2)`` starting at row ``offset``)."""
-        return _rows(self.plane(source), self.rules[0], offset, start, stop)
+        planed = self.plane(source)
+        return combine_rows(self.rules[0], lambda i: planed[:, i - offset], start, stop)
 
 
 def _kinds(name: str, kwargs: Mapping[str, Any]) -> tuple[str, str]:

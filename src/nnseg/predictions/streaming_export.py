@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from nnseg.predictions.export import apply_inference_nonlin, probabilities_to_segmentation, segmentation_dtype
-from nnseg.predictions.slab_resample import SlabResampler
+from nnseg.predictions.slab_resample import SlabResampler, combine_rows
 from nnseg.raw.dataset_json import DatasetSpec
 
 
@@ -142,6 +142,7 @@ class SlabExporter:
             raise ValueError(f"slab_rows must be >= 1, got {slab_rows}")
         self.resampler, self.sink, self.slab_rows, self.on_slab = resampler, sink, int(slab_rows), on_slab
         self.pieces: list[tuple[int, torch.Tensor]] = []  # (first input row, rows)
+        self.planed: dict[int, torch.Tensor] = {}  # input rows already resampled in-plane (the halo of the last slab)
         self.held_until = 0
         self.next_out = 0
 
@@ -178,11 +179,17 @@ class SlabExporter:
             if hi > self.held_until:
                 return
             with torch.no_grad():
-                out = self.resampler.rows(self._gather(lo, hi), lo, self.next_out, stop)
+                missing = [r for r in range(lo, hi) if r not in self.planed]
+                if missing:
+                    planed = self.resampler.plane(self._gather(missing[0], missing[-1] + 1))
+                    self.planed.update({r: planed[:, r - missing[0]] for r in missing})
+                    del planed
+                out = combine_rows(self.resampler.rules[0], self.planed.__getitem__, self.next_out, stop)
                 self.sink(self.next_out, out)
             del out
             if self.on_slab is not None:
                 self.on_slab(stop - self.next_out)
             self.next_out = stop
-            if stop < total:
-                self._drop_before(self.resampler.source_rows(stop, stop + 1)[0])
+            keep = self.resampler.source_rows(stop, stop + 1)[0] if stop < total else self.held_until
+            self._drop_before(keep)
+            self.planed = {r: t for r, t in self.planed.items() if r >= keep}

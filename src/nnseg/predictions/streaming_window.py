@@ -140,4 +140,5 @@ def _stream(predictor: Predictor, padded: torch.Tensor, slicers: list[tuple[slic
             lo, hi = max(done, keep.start), min(ready, keep.stop)
             if hi > lo:
                 yield lo - keep.start, slab[:, lo - done:hi - done][rest]
+            del slab
             done = ready
