@@ -27,6 +27,7 @@ from nnseg._types import Geometry
 from nnseg.devices import autocast_context, return_large_blocks_to_os
 from nnseg.jsonio import atomic_path
 from nnseg.predictions.export import current_and_target_spacing, write_segmentation
+from nnseg.predictions.logit_spill import LogitSpill
 from nnseg.predictions.memory_plan import CasePlan, CaseShapes, case_shapes, memory_budget, plan_case
 from nnseg.predictions.predict import Predictor
 from nnseg.predictions.predict_io import save_properties_pkl
@@ -47,7 +48,8 @@ class BoundedTiming:
 
 
 def streaming_axis(predictor: Predictor, *, save_probabilities: bool) -> int:
-    """0, or with probabilities the plans axis that is the input file's last (``transpose_backward[2]``)."""
+    """The export's axis: 0, or with probabilities the plans axis that is the input file's last
+    (``transpose_backward[2]``); the network always streams along 0 (see :mod:`nnseg.predictions.logit_spill`)."""
     return int(predictor.model.plans.transpose_backward[2]) if save_probabilities else 0
 
 
@@ -63,8 +65,8 @@ def case_resampler(predictor: Predictor, grid_shape: tuple[int, ...], properties
                           properties["shape_after_cropping_and_before_resampling"], current, target, axis=axis)
 
 
-def fold_slabs(predictor: Predictor, data: np.ndarray | torch.Tensor, *, axis: int,
-               timing: BoundedTiming) -> Iterator[tuple[int, torch.Tensor]]:
+def fold_slabs(predictor: Predictor, data: np.ndarray | torch.Tensor, *, timing: BoundedTiming,
+               axis: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
     """Finished slabs of the fold-averaged logits (the folds' sliding windows advance together)."""
     image = torch.as_tensor(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data, dtype=torch.float32)
     if image.shape[0] != predictor.model.num_input_channels:
@@ -124,13 +126,15 @@ def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, 
     output_truncated = Path(output_truncated)
     timing = BoundedTiming()
     if not save_probabilities:
-        seg = _run(predictor, data, properties, resampler, axis, slab_rows, None, timing, on_progress)
+        seg = _run(predictor, data, properties, resampler, axis, slab_rows, None, timing, on_progress,
+                   output_truncated.parent)
     else:
         full = [int(properties["shape_before_cropping"][a]) for a in model.plans.transpose_backward]
         with atomic_path(output_truncated.with_name(output_truncated.name + ".npz")) as tmp:
             writer = NpzProbabilityWriter(tmp, (model.num_outputs, *full))
             try:
-                seg = _run(predictor, data, properties, resampler, axis, slab_rows, writer, timing, on_progress)
+                seg = _run(predictor, data, properties, resampler, axis, slab_rows, writer, timing, on_progress,
+                           output_truncated.parent)
             except BaseException:
                 writer.abort()
                 raise
@@ -142,22 +146,46 @@ def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, 
     return timing
 
 
+def _export_through_spill(predictor: Predictor, data: Any, exporter: SlabExporter, axis: int, slab_rows: int,
+                          timing: BoundedTiming, report: Callable[[str, int], None], folder: Path) -> None:
+    """Network along axis 0 into a :class:`LogitSpill`, then the export along ``axis`` from it."""
+    grid = tuple(int(s) for s in data.shape[1:])
+    spill = LogitSpill(folder, (predictor.model.num_outputs, *grid), axis)
+    try:
+        for first, rows in fold_slabs(predictor, data, timing=timing):
+            report("network", rows.shape[1])
+            start = time.perf_counter()
+            spill.write(first, rows)
+            del rows
+            timing.export += time.perf_counter() - start
+        timing.after_network = time.perf_counter()
+        for a in range(0, grid[axis], slab_rows):
+            start = time.perf_counter()
+            exporter.feed(a, spill.read(a, min(a + slab_rows, grid[axis])))
+            timing.export += time.perf_counter() - start
+    finally:
+        spill.close()
+
+
 def _run(predictor: Predictor, data: Any, properties: Mapping[str, Any], resampler: SlabResampler, axis: int,
          slab_rows: int, writer: NpzProbabilityWriter | None, timing: BoundedTiming,
-         on_progress: Callable[[str, int], None] | None) -> np.ndarray:
+         on_progress: Callable[[str, int], None] | None, spill_folder: Path) -> np.ndarray:
     model = predictor.model
     sink = CaseSink(model.spec, properties, axis=axis, num_outputs=model.num_outputs,
                     transpose_backward=model.plans.transpose_backward, probabilities=writer)
     report = on_progress or (lambda stage, rows: None)
     exporter = SlabExporter(resampler, sink.write, slab_rows=slab_rows, on_slab=lambda rows: report("export", rows))
-    for first, rows in fold_slabs(predictor, data, axis=axis, timing=timing):
-        report("network", rows.shape[1])
-        start = time.perf_counter()
-        exporter.feed(first, rows)
-        del rows
-        timing.export += time.perf_counter() - start
+    if axis == 0:
+        for first, rows in fold_slabs(predictor, data, timing=timing):
+            report("network", rows.shape[1])
+            start = time.perf_counter()
+            exporter.feed(first, rows)
+            del rows
+            timing.export += time.perf_counter() - start
+    else:
+        _export_through_spill(predictor, data, exporter, axis, slab_rows, timing, report, spill_folder)
     start = time.perf_counter()
-    timing.after_network = start
+    timing.after_network = timing.after_network or start
     exporter.close()
     seg = sink.result()
     timing.export += time.perf_counter() - start

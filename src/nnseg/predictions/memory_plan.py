@@ -128,7 +128,8 @@ def _stream_geometry(model: TrainedModel, shapes: CaseShapes, tiles: int, axis: 
 
 def estimate_parts(model: TrainedModel, shapes: CaseShapes, *, samples: int, tiles: int, folds: int,
                    save_probabilities: bool, slab_rows: int | None, axis: int = 0) -> dict[str, int]:
-    """The estimate's parts in bytes (``slab_rows`` None: the one-shot path)."""
+    """The estimate's parts in bytes (``slab_rows`` None: the one-shot path; ``axis``: the export's axis, the
+    network streams along 0)."""
     k, grid, full, cropped = model.num_outputs, math.prod(shapes.grid), math.prod(shapes.full), math.prod(shapes.cropped)
     parts = {"baseline": BASELINE_BYTES,
              "input": 4 * shapes.channels * full * 2 + 8 * full // max(1, shapes.channels) + 4 * model.num_input_channels * grid,
@@ -140,20 +141,25 @@ def estimate_parts(model: TrainedModel, shapes: CaseShapes, *, samples: int, til
         parts["accumulator"] = 4 * (k + 1) * padded * (2 if folds > 1 else 1)
         parts["export"] = 4 * k * cropped * 2 + 2 * full + (8 * k * full if save_probabilities else 0)
         return parts
-    ring, step, plane = _stream_geometry(model, shapes, tiles, axis)
+    ring, step, plane = _stream_geometry(model, shapes, tiles, 0)
+    parts["accumulator"] = folds * 4 * (k + 1) * ring * plane + 4 * k * step * plane * (2 if folds > 1 else 1)
     plane_out = cropped // shapes.cropped[axis]
     ratio = shapes.grid[axis] / max(1, shapes.cropped[axis])
+    if axis != 0:  # the export reads slab_rows network rows at a time from the spill file, after the network
+        step, plane = slab_rows, grid // shapes.grid[axis]
     source_rows = int(math.ceil(slab_rows * ratio)) + 2
     twice = 2 if save_probabilities or model.spec.has_regions else 1
-    parts["accumulator"] = folds * 4 * (k + 1) * ring * plane + 4 * k * step * plane * (2 if folds > 1 else 1)
     parts["export"] = (4 * k * (step + source_rows) * plane + 4 * k * source_rows * plane_out
                        + 4 * k * slab_rows * plane_out * twice + 2 * full
                        + (8 * k * slab_rows * (full // shapes.full[axis]) if save_probabilities else 0))
     return parts
 
 
-def _total(parts: Mapping[str, int]) -> int:
-    run = parts["network"] + parts["accumulator"] + parts["export"]
+def _total(parts: Mapping[str, int], *, sequential: bool = False) -> int:
+    """Peak: the input stage, or the network with its accumulator and the export (one after the other when the
+    logits go through the spill file, else at the same time)."""
+    net = parts["network"] + parts["accumulator"]
+    run = max(net, parts["export"]) if sequential else net + parts["export"]
     return parts["baseline"] + max(parts["input"], run)
 
 
@@ -194,9 +200,11 @@ def plan_case(model: TrainedModel, identifier: str, shapes: CaseShapes, *, budge
     parts = {}
     for rows in choices:
         parts = estimate_parts(model, shapes, slab_rows=rows, **common)  # type: ignore[arg-type]
-        if _total(parts) <= budget:
-            return CasePlan(identifier, "bounded", rows, samples, _total(parts), budget, budget_source, parts)
-    plan = CasePlan(identifier, "bounded", choices[-1], samples, _total(parts), budget, budget_source, parts)
+        if _total(parts, sequential=axis != 0) <= budget:
+            return CasePlan(identifier, "bounded", rows, samples, _total(parts, sequential=axis != 0), budget,
+                            budget_source, parts)
+    plan = CasePlan(identifier, "bounded", choices[-1], samples, _total(parts, sequential=axis != 0), budget,
+                    budget_source, parts)
     raise CaseDoesNotFit(
         f"case {identifier} does not fit in memory: predicting it needs about {plan.describe()} with "
         f"{choices[-1]} output row(s) per export slab and {samples} network sample(s) per call, more than the "

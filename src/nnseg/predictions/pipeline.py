@@ -231,7 +231,7 @@ def _run_bounded(predictor: Predictor, identifier: str, data: np.ndarray, props:
     from tqdm import tqdm
 
     axis = streaming_axis(predictor, save_probabilities=save_probabilities)
-    rows = {"network": int(data.shape[1 + axis]),
+    rows = {"network": int(data.shape[1]),
             "export": int(props["shape_after_cropping_and_before_resampling"][axis])}
     with tqdm(total=sum(rows.values()), disable=bool(getattr(outer, "disable", False)), unit="row", desc=identifier,
               leave=False, file=sys.stderr) as bar:

@@ -119,3 +119,21 @@ def test_2d_model_on_a_volume(tmp_path: Path, expected_dir: Path) -> None:
     folder = _model(tmp_path, expected_dir, labels=LABELS, two_d=True, spacing=[0.9, 1.2])
     image, geometry = _image((6, 21, 18), (2.0, 0.8, 1.1))
     assert _compare(folder, image, geometry, tmp_path) >= 2 * 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bounded_on_cuda_matches_the_cpu(tmp_path: Path, expected_dir: Path) -> None:
+    """Ring accumulator and slab export on the GPU (fp32) give the CPU's result up to GPU rounding."""
+    folder = _model(tmp_path, expected_dir, labels=LABELS)
+    image, geometry = _image((13, 21, 18), (1.3, 0.9, 1.1))
+    cpu = Predictor.from_model_folder(folder, folds=(0,), device="cpu", precision="fp32")
+    gpu = Predictor.from_model_folder(folder, folds=(0,), device="cuda", precision="fp32")
+    data, props = cpu.preprocess(image, geometry)
+    for name, predictor in (("cpu", cpu), ("gpu", gpu)):
+        predict_case_bounded(predictor, data, props, tmp_path / name / "case", slab_rows=2, save_probabilities=True,
+                             geometry=geometry)
+    seg = [sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / n / "case.nii.gz"))) for n in ("cpu", "gpu")]
+    assert (seg[0] == seg[1]).mean() > 0.999
+    probs = [np.load(tmp_path / n / "case.npz")["probabilities"] for n in ("cpu", "gpu")]
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-4)
