@@ -62,12 +62,12 @@ class _RingAccumulator:
 
     def pop(self, start: int, stop: int) -> torch.Tensor:
         """Mean logits of global rows ``[start, stop)``; the rows are zeroed for reuse."""
-        pieces = []
-        for ring, _ in _ring(start, stop, self.rows):
-            pieces.append(self.logits[:, ring] / self.counts[ring])
+        out = torch.empty((self.logits.shape[0], stop - start, *self.logits.shape[2:]), dtype=torch.float32,
+                          device=self.logits.device)
+        for ring, part in _ring(start, stop, self.rows):  # divided straight into the result: no concatenated copy
+            torch.div(self.logits[:, ring], self.counts[ring], out=out[:, part])
             self.logits[:, ring] = 0
             self.counts[ring] = 0
-        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
         if not bool(torch.isfinite(out).all()):
             raise RuntimeError("non-finite values in the predicted logits (a network that produced inf/NaN)")
         return out
@@ -133,6 +133,7 @@ def _stream(predictor: Predictor, padded: torch.Tensor, slicers: list[tuple[slic
         pred = predictor(tiles).to(acc)
         for p, sl in zip(pred.float(), group):
             ring.add(p, weight, sl)
+        del tiles, pred, p  # the tile outputs must not stay alive while the consumer exports
         position += len(group)
         ready = starts[position] if position < len(starts) else spatial[0]
         if ready > done:
