@@ -14,6 +14,7 @@ The streaming axis is the first axis of the plans' axis order (bitwise the one-s
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ def case_resampler(predictor: Predictor, grid_shape: tuple[int, ...], properties
 
 
 def fold_slabs(predictor: Predictor, data: np.ndarray | torch.Tensor, *, timing: BoundedTiming,
-               axis: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+               axis: int = 0, tiles: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Finished slabs of the fold-averaged logits (the folds' sliding windows advance together)."""
     image = torch.as_tensor(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data, dtype=torch.float32)
     if image.shape[0] != predictor.model.num_input_channels:
@@ -77,7 +78,8 @@ def fold_slabs(predictor: Predictor, data: np.ndarray | torch.Tensor, *, timing:
     cfg = predictor.model.configuration
     gens = [sliding_window_slabs(predictor.tta_predictor(net), image, cfg.patch_size,
                                  num_outputs=predictor.model.num_outputs, step_size=predictor.step_size,
-                                 batch_size=predictor.tiles_per_call(), device=device, accumulate_device=acc, axis=axis)
+                                 batch_size=tiles or predictor.tiles_per_call(), device=device, accumulate_device=acc,
+                                 axis=axis)
             for net in predictor.networks]
     while True:
         start = time.perf_counter()
@@ -100,8 +102,8 @@ def fold_slabs(predictor: Predictor, data: np.ndarray | torch.Tensor, *, timing:
 
 def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, properties: Mapping[str, Any],
                          output_truncated: Path, *, slab_rows: int, save_probabilities: bool = False,
-                         geometry: Geometry | None = None,
-                         on_progress: Callable[[str, int], None] | None = None) -> BoundedTiming:
+                         geometry: Geometry | None = None, on_progress: Callable[[str, int], None] | None = None,
+                         tiles_per_call: int | None = None) -> BoundedTiming:
     """Predict one preprocessed case and write ``<output_truncated><ending>`` (+ ``.npz``/``.pkl``) in bounded memory.
 
     Args:
@@ -112,10 +114,13 @@ def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, 
         save_probabilities: also write ``CASE.npz`` (streamed, Fortran order) and ``CASE.pkl``.
         geometry: the input's geometry (default rebuilt from ``properties``).
         on_progress: called with ``("network", rows)`` / ``("export", rows)`` as rows are finished.
+        tiles_per_call: tiles per network call (default the predictor's; the memory plan may choose 1).
 
     Raises:
         ValueError: the plans' probability resampling is not separable (see :mod:`nnseg.predictions.slab_resample`).
     """
+    if tiles_per_call is not None and tiles_per_call != predictor.tiles_per_call():
+        predictor = dataclasses.replace(predictor, tile_batch_size=int(tiles_per_call))
     model = predictor.model
     if predictor.device.type == "cpu" or not predictor.accumulate_on_device:
         return_large_blocks_to_os()

@@ -106,6 +106,7 @@ class CasePlan:
     budget: int
     budget_source: str
     parts: dict[str, int] = field(default_factory=dict)
+    tiles: int | None = None  # tiles per network call of the bounded path (None: the predictor's own)
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {v / GIB:.2f}" for k, v in self.parts.items())
@@ -183,30 +184,33 @@ def plan_case(model: TrainedModel, identifier: str, shapes: CaseShapes, *, budge
               samples: int, tiles: int, folds: int = 1, save_probabilities: bool = False, slab_rows: int | None = None,
               bounded: bool = False, axis: int = 0) -> CasePlan:
     """Choose the path for one case: one-shot if it fits (and neither ``slab_rows`` nor ``bounded`` is given), else
-    the bounded path with the largest slab that fits.
+    the bounded path with the largest slab that fits; if none does, the same with one tile per network call (no
+    spread of tile rows in the ring accumulator, activations of one tile). ``CasePlan.samples`` is then 1.
 
     Raises:
         CaseDoesNotFit: not even one output row per slab fits; the message names the case, the estimate and the fix.
     """
-    common = dict(samples=samples, tiles=tiles, folds=folds, save_probabilities=save_probabilities, axis=axis)
+    common = dict(folds=folds, save_probabilities=save_probabilities, axis=axis)
     if slab_rows is None and not bounded:
-        parts = estimate_parts(model, shapes, slab_rows=None, **common)  # type: ignore[arg-type]
+        parts = estimate_parts(model, shapes, slab_rows=None, samples=samples, tiles=tiles, **common)  # type: ignore[arg-type]
         if _total(parts) <= budget:
             return CasePlan(identifier, "one-shot", 0, samples, _total(parts), budget, budget_source, parts)
     rows_out = max(1, shapes.cropped[axis])
     row_bytes = 4 * model.num_outputs * math.prod(shapes.cropped) // rows_out
     choices = [int(slab_rows)] if slab_rows is not None else [
         r for r in SLAB_ROW_CHOICES if r <= rows_out and (r == 1 or r * row_bytes <= SLAB_BYTES)] or [1]
-    parts = {}
-    for rows in choices:
-        parts = estimate_parts(model, shapes, slab_rows=rows, **common)  # type: ignore[arg-type]
-        if _total(parts, sequential=axis != 0) <= budget:
-            return CasePlan(identifier, "bounded", rows, samples, _total(parts, sequential=axis != 0), budget,
-                            budget_source, parts)
-    plan = CasePlan(identifier, "bounded", choices[-1], samples, _total(parts, sequential=axis != 0), budget,
-                    budget_source, parts)
+    per_tile = max(1, samples // max(1, tiles))
+    parts: dict[str, int] = {}
+    for n_samples, n_tiles in dict.fromkeys([(samples, tiles), (min(samples, per_tile), 1)]):
+        for rows in choices:
+            parts = estimate_parts(model, shapes, slab_rows=rows, samples=n_samples, tiles=n_tiles, **common)  # type: ignore[arg-type]
+            total = _total(parts, sequential=axis != 0)
+            if total <= budget:
+                return CasePlan(identifier, "bounded", rows, n_samples, total, budget, budget_source, parts, n_tiles)
+    plan = CasePlan(identifier, "bounded", choices[-1], 1, _total(parts, sequential=axis != 0), budget, budget_source,
+                    parts)
     raise CaseDoesNotFit(
         f"case {identifier} does not fit in memory: predicting it needs about {plan.describe()} with "
-        f"{choices[-1]} output row(s) per export slab and {samples} network sample(s) per call, more than the "
+        f"{choices[-1]} output row(s) per export slab and one tile per network call, more than the "
         f"{budget / GIB:.2f} GB allowed ({budget_source}); {_advice(model, shapes, parts, budget)}. Raise --max-memory "
         "(or free memory), or predict on a machine with more memory. Nothing was written.")

@@ -28,6 +28,7 @@ from nnseg.predictions.bounded import (
     streaming_axis,
 )
 from nnseg.predictions.export import export_prediction
+from nnseg.predictions.memory_plan import CasePlan
 from nnseg.predictions.model_folder import TrainedModel
 from nnseg.predictions.predict import CaseTiming, PredictionReport, Predictor
 from nnseg.raw.discover import CaseFiles, image_cases
@@ -177,11 +178,11 @@ def _loop(predictor: Predictor, todo: Sequence[CaseFiles], output: Path, prev: P
         case, future = reads.popleft()
         data, props, geometry, read_s = future.result()
         top_up()
-        slab_rows = _bounded_slab_rows(predictor, case.identifier, data, props, memory)
-        if slab_rows:
+        plan = _bounded_plan(predictor, case.identifier, data, props, memory)
+        if plan is not None:
             while exports:
                 finish_one()
-            exports.append((_run_bounded(predictor, case.identifier, data, props, geometry, output, slab_rows,
+            exports.append((_run_bounded(predictor, case.identifier, data, props, geometry, output, plan,
                                          save_probabilities, read_s, bar), _done(0.0)))
             finish_one()
             continue
@@ -204,13 +205,13 @@ def _network(predictor: Predictor, data: np.ndarray) -> tuple[torch.Tensor, floa
     return logits, time.perf_counter() - start
 
 
-def _bounded_slab_rows(predictor: Predictor, identifier: str, data: np.ndarray, props: dict[str, Any],
-                       memory: MemoryPolicy | None) -> int:
-    """Output rows per slab if this case takes the bounded path, else 0."""
+def _bounded_plan(predictor: Predictor, identifier: str, data: np.ndarray, props: dict[str, Any],
+                  memory: MemoryPolicy | None) -> CasePlan | None:
+    """The memory plan if this case takes the bounded path, else None."""
     if memory is None:
-        return 0
+        return None
     plan = plan_for_case(predictor, identifier, shapes_of_preprocessed(data, props), memory)
-    return plan.slab_rows if plan.mode == "bounded" else 0
+    return plan if plan.mode == "bounded" else None
 
 
 def _timing_line(timing: CaseTiming) -> str:
@@ -226,7 +227,7 @@ def _done(value: float) -> Future[float]:
 
 
 def _run_bounded(predictor: Predictor, identifier: str, data: np.ndarray, props: dict[str, Any], geometry: Any,
-                 output: Path, slab_rows: int, save_probabilities: bool, read_s: float, outer: Any) -> CaseTiming:
+                 output: Path, plan: CasePlan, save_probabilities: bool, read_s: float, outer: Any) -> CaseTiming:
     """One case through :func:`predict_case_bounded`, with its own progress bar (network rows, then export rows)."""
     from tqdm import tqdm
 
@@ -243,6 +244,7 @@ def _run_bounded(predictor: Predictor, identifier: str, data: np.ndarray, props:
                                 f"export {done['export']}/{rows['export']} rows", refresh=False)
             bar.update(n)
 
-        t = predict_case_bounded(predictor, data, props, output / identifier, slab_rows=slab_rows,
-                                 save_probabilities=save_probabilities, geometry=geometry, on_progress=step)
+        t = predict_case_bounded(predictor, data, props, output / identifier, slab_rows=plan.slab_rows,
+                                 save_probabilities=save_probabilities, geometry=geometry, on_progress=step,
+                                 tiles_per_call=plan.tiles)
     return CaseTiming(identifier, read=read_s, network=t.network, export=t.export, after_network=t.after_network)
