@@ -128,6 +128,8 @@ def _stream(predictor: Predictor, padded: torch.Tensor, slicers: list[tuple[slic
     keep = slice(revert[1].start or 0, spatial[0] if revert[1].stop is None else revert[1].stop)
     rest = (slice(None), slice(None), *revert[2:])
     done, position = 0, 0
+    rows = sorted(set(starts))
+    chunk = max([b - a for a, b in zip(rows, rows[1:])] or [weight.shape[0]])
     for group in _batches(slicers, batch_size):
         tiles = torch.stack([padded[(slice(None), *sl)] for sl in group]).to(device)
         pred = predictor(tiles).to(acc)
@@ -136,10 +138,11 @@ def _stream(predictor: Predictor, padded: torch.Tensor, slicers: list[tuple[slic
         del tiles, pred, p  # the tile outputs must not stay alive while the consumer exports
         position += len(group)
         ready = starts[position] if position < len(starts) else spatial[0]
-        if ready > done:
-            slab = ring.pop(done, ready)
-            lo, hi = max(done, keep.start), min(ready, keep.stop)
+        while ready > done:  # the last call frees a whole window: hand it on in step-sized slabs
+            stop = min(ready, done + chunk)
+            slab = ring.pop(done, stop)
+            lo, hi = max(done, keep.start), min(stop, keep.stop)
             if hi > lo:
                 yield lo - keep.start, slab[:, lo - done:hi - done][rest]
             del slab
-            done = ready
+            done = stop
