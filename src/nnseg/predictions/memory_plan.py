@@ -18,7 +18,7 @@ Samples per call (tiles x mirrored copies per network call) used to be a constan
 network (patch 40x56x40): H100, fp16, 343 tiles without TTA: 1 -> 8 tiles per call is 5.5x faster (0.93 -> 0.17 s),
 more gains little; with TTA 4 tiles gain only 1.2x. 2-core CPU, 8 tiles without TTA: CPU time 3.7 -> 1.6 s (bf16),
 5.7-8.9 -> 2.8 s (fp32) from 1 to 8 tiles per call. So 8 stays the ceiling, but the count is now the largest one whose
-activations fit in a quarter of the budget (CPU RAM, or free GPU memory on CUDA): a 128^3 BraTS patch gets 2, not 8.
+activations fit in a quarter of the budget (CPU RAM, or free GPU memory on CUDA): large patches get fewer.
 """
 
 from __future__ import annotations
