@@ -117,3 +117,25 @@ def keep_freed_memory_for_reuse() -> bool:
         return False
     _ALLOCATOR_TUNED = ok
     return ok
+
+
+def return_large_blocks_to_os(threshold: int = 64 << 20) -> bool:
+    """Serve blocks above ``threshold`` bytes with ``mmap`` again, and give the free heap back to the OS.
+
+    :func:`keep_freed_memory_for_reuse` keeps every block below 1 GB in the heap; with a stream of 0.1-0.6 GB slabs
+    (bounded-memory prediction of large images) the heap fragments and the process held 8.8 GB where 6.8 GB were
+    live (measured, 118-class CT). Network activations of one call stay below 64 MB per tensor for the patch sizes
+    this is used with, so they keep the fast heap reuse. Process-wide, Linux/glibc only.
+
+    Returns:
+        True if the setting is active.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2 * int(threshold)) == 1
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return ok

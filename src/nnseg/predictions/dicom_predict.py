@@ -164,7 +164,8 @@ def _predict_series(predictor: Predictor, todo: Sequence[DicomSeries], tmp: Path
         pending.append((series, headers, image_file))
     target = output if output_format == "nifti" else tmp / "predicted"
     report = predict(predictor, [[f] for _, _, f in pending], target, num_processes_preprocessing=npp,
-                     num_processes_export=nps, verbose=verbose, progress=progress)
+                     num_processes_export=nps, verbose=verbose, progress=progress,
+                     max_memory_gb=predictor.max_memory_gb)
     if output_format == "nifti":
         return list(report.written)
     return _write_segs(predictor, [(s, h) for s, h, _ in pending], target, output, segments)

@@ -20,8 +20,16 @@ import torch
 
 from nnseg._types import PathLike
 from nnseg.jsonio import save_json
+from nnseg.predictions.bounded import (
+    MemoryPolicy,
+    plan_for_case,
+    predict_case_bounded,
+    shapes_of_preprocessed,
+    streaming_axis,
+)
 from nnseg.predictions.export import export_prediction
 from nnseg.predictions.input_checks import check_output_folder, check_prediction_case
+from nnseg.predictions.memory_plan import CasePlan
 from nnseg.predictions.model_folder import TrainedModel
 from nnseg.predictions.predict import CaseTiming, PredictionReport, Predictor
 from nnseg.raw.discover import CaseFiles, image_cases
@@ -132,8 +140,12 @@ def _executor(workers: int, name: str) -> ThreadPoolExecutor | _Inline:
 def run_pipeline(predictor: Predictor, cases: Sequence[CaseFiles], output: Path, *, args: dict[str, Any],
                  save_probabilities: bool = False, continue_prediction: bool = False,
                  prev_stage_folder: PathLike | None = None, num_readers: int = 1, num_writers: int = 1,
-                 verbose: bool = False, progress: bool = True) -> PredictionReport:
-    """Predict ``cases`` into ``output`` (see the module docstring); returns what was written and the timings."""
+                 verbose: bool = False, progress: bool = True, memory: MemoryPolicy | None = None) -> PredictionReport:
+    """Predict ``cases`` into ``output`` (see the module docstring); returns what was written and the timings.
+
+    With ``memory``, each case is planned after preprocessing (:func:`nnseg.predictions.bounded.plan_for_case`): a case
+    whose one-shot estimate exceeds the budget is predicted in the calling thread by the bounded path.
+    """
     from tqdm import tqdm
 
     model = predictor.model
@@ -152,7 +164,7 @@ def run_pipeline(predictor: Predictor, cases: Sequence[CaseFiles], output: Path,
     try:
         with tqdm(total=len(todo), disable=not progress, unit="case", desc="predict", file=sys.stderr) as bar:
             _loop(predictor, todo, output, prev, readers, writers, max(1, num_readers) + 1, 2 * max(1, num_writers),
-                  save_probabilities, report, bar, verbose)
+                  save_probabilities, report, bar, verbose, memory)
     finally:
         readers.shutdown(wait=True, cancel_futures=True)
         writers.shutdown(wait=True, cancel_futures=True)
@@ -161,7 +173,7 @@ def run_pipeline(predictor: Predictor, cases: Sequence[CaseFiles], output: Path,
 
 def _loop(predictor: Predictor, todo: Sequence[CaseFiles], output: Path, prev: Path | None, readers: Any, writers: Any,
           read_ahead: int, max_pending: int, save_probabilities: bool, report: PredictionReport, bar: Any,
-          verbose: bool) -> None:
+          verbose: bool, memory: MemoryPolicy | None = None) -> None:
     reads: deque[tuple[CaseFiles, Future[Any]]] = deque()
     exports: deque[tuple[CaseTiming, Future[float]]] = deque()
     upcoming = iter(todo)
@@ -175,24 +187,28 @@ def _loop(predictor: Predictor, todo: Sequence[CaseFiles], output: Path, prev: P
 
     def finish_one() -> None:
         timing, future = exports.popleft()
-        timing.export = future.result()
         report.timings.append(timing)
         report.written.append(output / f"{timing.identifier}{predictor.model.spec.file_ending}")
+        timing.export = timing.export or float(future.result())
         bar.update(1)
         if verbose:
-            bar.write(f"{timing.identifier}: read+preprocess {timing.read:.2f} s, network {timing.network:.2f} s, "
-                      f"export {timing.export:.2f} s")
+            bar.write(_timing_line(timing))
 
     top_up()
     while reads:
         case, future = reads.popleft()
         data, props, geometry, read_s = future.result()
         top_up()
-        start = time.perf_counter()
-        logits = predictor.predict_logits(data)
-        if logits.device.type == "cuda":
-            torch.cuda.synchronize(logits.device)
-        timing = CaseTiming(case.identifier, read=read_s, network=time.perf_counter() - start)
+        plan = _bounded_plan(predictor, case.identifier, data, props, memory)
+        if plan is not None:
+            while exports:
+                finish_one()
+            exports.append((_run_bounded(predictor, case.identifier, data, props, geometry, output, plan,
+                                         save_probabilities, read_s, bar), _done(0.0)))
+            finish_one()
+            continue
+        logits, network_s = _network(predictor, data)
+        timing = CaseTiming(case.identifier, read=read_s, network=network_s)
         del data
         while exports and (len(exports) >= max_pending or exports[0][1].done()):
             finish_one()
@@ -200,3 +216,56 @@ def _loop(predictor: Predictor, todo: Sequence[CaseFiles], output: Path, prev: P
                                                output / case.identifier, save_probabilities)))
     while exports:
         finish_one()
+
+
+def _network(predictor: Predictor, data: np.ndarray) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    logits = predictor.predict_logits(data)
+    if logits.device.type == "cuda":
+        torch.cuda.synchronize(logits.device)
+    return logits, time.perf_counter() - start
+
+
+def _bounded_plan(predictor: Predictor, identifier: str, data: np.ndarray, props: dict[str, Any],
+                  memory: MemoryPolicy | None) -> CasePlan | None:
+    """The memory plan if this case takes the bounded path, else None."""
+    if memory is None:
+        return None
+    plan = plan_for_case(predictor, identifier, shapes_of_preprocessed(data, props), memory)
+    return plan if plan.mode == "bounded" else None
+
+
+def _timing_line(timing: CaseTiming) -> str:
+    bounded = f" ({timing.after_network:.2f} s after the network, bounded memory)" if timing.after_network else ""
+    return (f"{timing.identifier}: read+preprocess {timing.read:.2f} s, network {timing.network:.2f} s, "
+            f"export {timing.export:.2f} s{bounded}")
+
+
+def _done(value: float) -> Future[float]:
+    future: Future[float] = Future()
+    future.set_result(value)
+    return future
+
+
+def _run_bounded(predictor: Predictor, identifier: str, data: np.ndarray, props: dict[str, Any], geometry: Any,
+                 output: Path, plan: CasePlan, save_probabilities: bool, read_s: float, outer: Any) -> CaseTiming:
+    """One case through :func:`predict_case_bounded`, with its own progress bar (network rows, then export rows)."""
+    from tqdm import tqdm
+
+    axis = streaming_axis(predictor, save_probabilities=save_probabilities)
+    rows = {"network": int(data.shape[1]),
+            "export": int(props["shape_after_cropping_and_before_resampling"][axis])}
+    with tqdm(total=sum(rows.values()), disable=bool(getattr(outer, "disable", False)), unit="row", desc=identifier,
+              leave=False, file=sys.stderr) as bar:
+        done = {"network": 0, "export": 0}
+
+        def step(stage: str, n: int) -> None:
+            done[stage] += n
+            bar.set_postfix_str(f"network {done['network']}/{rows['network']}, "
+                                f"export {done['export']}/{rows['export']} rows", refresh=False)
+            bar.update(n)
+
+        t = predict_case_bounded(predictor, data, props, output / identifier, slab_rows=plan.slab_rows,
+                                 save_probabilities=save_probabilities, geometry=geometry, on_progress=step,
+                                 tiles_per_call=plan.tiles)
+    return CaseTiming(identifier, read=read_s, network=t.network, export=t.export, after_network=t.after_network)

@@ -31,6 +31,7 @@ from nnseg.devices import (
 )
 from nnseg.locks import LOCK_NAME, folder_lock
 from nnseg.predictions.export import convert_logits
+from nnseg.predictions.memory_plan import memory_budget, samples_per_call
 from nnseg.predictions.model_folder import (
     DEFAULT_FOLDS,
     Fold,
@@ -45,16 +46,6 @@ from nnseg.predictions.model_folder import (
 from nnseg.predictions.sliding_window import sliding_window_predict
 from nnseg.predictions.tta import mirror_tta
 from nnseg.preprocessed.preprocess import preprocess_case
-
-# Network samples per call (tiles x mirrored copies) when tile_batch_size is not given, measured with the Hippocampus
-# network (patch 40x56x40). H100, fp16, 343 tiles: without TTA 1 -> 8 tiles per call is 5.5x faster (0.93 -> 0.17 s),
-# more gains little; with TTA (8 mirrored copies per tile in one call) 4 tiles gain only 1.2x. 2-core CPU, 8 tiles
-# without TTA: CPU time 3.7 -> 1.6 s (bf16), 5.7-8.9 -> 2.8 s (fp32) from 1 to 8 tiles per call. So: 8 samples per call,
-# i.e. one tile with 3D TTA, two with 2D TTA, eight without TTA.
-SAMPLES_PER_CALL = {"cpu": 8, "cuda": 8, "mps": 8}
-
-
-
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``'auto'``: the training rule :func:`nnseg.devices.auto_device` (CUDA, then MPS, then CPU); otherwise
@@ -80,12 +71,14 @@ class Predictor:
     tile_batch_size: int | None = None
     accumulate_on_device: bool = True
     folds: list[Fold] = field(default_factory=list)
+    max_memory_gb: float | None = None  # memory budget (None: from the free memory), see nnseg.predictions.memory_plan
 
     @classmethod
     def from_model_folder(cls, model_folder: PathLike, *, folds: Sequence[Fold] | None = DEFAULT_FOLDS,
                           checkpoint: str = "checkpoint_final.pth", device: str | torch.device | None = None,
                           precision: str | None = None, step_size: float = 0.5, use_tta: bool = True,
-                          tile_batch_size: int | None = None, accumulate_on_device: bool = True) -> Predictor:
+                          tile_batch_size: int | None = None, accumulate_on_device: bool = True,
+                          max_memory_gb: float | None = None) -> Predictor:
         """Load plans, dataset.json and the checkpoints of ``folds`` (None: every fold that has ``checkpoint``).
 
         Raises:
@@ -111,14 +104,25 @@ class Predictor:
         return cls(model=model, networks=networks, mirror_axes=weights.mirroring_axes, device=dev,
                    precision=resolve_precision(precision, dev), step_size=step_size, use_tta=use_tta,
                    tile_batch_size=tile_batch_size, accumulate_on_device=accumulate_on_device,
-                   folds=[_fold_of(p) for p in paths])
+                   folds=[_fold_of(p) for p in paths], max_memory_gb=max_memory_gb)
+
+    def samples_per_call(self) -> int:
+        """Network samples per call (tiles x mirrored copies) that fit the memory budget, 1-8 (see memory_plan)."""
+        return samples_per_call(self.model, memory_budget(self.max_memory_gb, self.device)[0])
 
     def tiles_per_call(self) -> int:
-        """``tile_batch_size`` if set, else :data:`SAMPLES_PER_CALL` of the device divided by the TTA passes."""
+        """``tile_batch_size`` if set, else :meth:`samples_per_call` divided by the TTA passes (at least 1)."""
         if self.tile_batch_size is not None:
             return self.tile_batch_size
-        passes = 2 ** len(self.mirror_axes) if self.use_tta and self.mirror_axes else 1
-        return max(1, SAMPLES_PER_CALL.get(self.device.type, 1) // passes)
+        return max(1, self.samples_per_call() // self.tta_passes())
+
+    def tta_passes(self) -> int:
+        return 2 ** len(self.mirror_axes) if self.use_tta and self.mirror_axes else 1
+
+    def tta_predictor(self, net: torch.nn.Module) -> Any:
+        """``net`` wrapped by mirroring TTA; the mirrored copies share one call when the sample budget allows it."""
+        batched = self.tile_batch_size is not None or self.samples_per_call() >= self.tta_passes()
+        return mirror_tta(net, self.mirror_axes if self.use_tta else None, batched=batched)
 
     def predict_logits(self, data: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Logits ``(K, X, Y, Z)`` float32 of a preprocessed case ``(C, X, Y, Z)``, averaged over folds.
@@ -133,7 +137,7 @@ class Predictor:
         acc = self.device if self.accumulate_on_device else torch.device("cpu")
         total: torch.Tensor | None = None
         for net in self.networks:
-            predictor = mirror_tta(net, self.mirror_axes if self.use_tta else None)
+            predictor = self.tta_predictor(net)
             with autocast_context(self.device, self.precision):
                 logits = sliding_window_predict(predictor, image, self.model.configuration.patch_size,
                                                 num_outputs=self.model.num_outputs, step_size=self.step_size,
@@ -183,6 +187,7 @@ class CaseTiming:
     read: float = 0.0
     network: float = 0.0
     export: float = 0.0
+    after_network: float = 0.0  # bounded path: the export is interleaved; this is what remains after the network
 
 
 @dataclass
@@ -205,7 +210,7 @@ def predict(model_folder: PathLike | Predictor, inputs: PathLike | Sequence[Sequ
             precision: str | None = None, tile_batch_size: int | None = None, num_processes_preprocessing: int = 3,
             num_processes_export: int = 3, continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0,
             prev_stage_predictions: PathLike | None = None, accumulate_on_device: bool = True, verbose: bool = False,
-            progress: bool = True) -> PredictionReport:
+            progress: bool = True, max_memory_gb: float | None = None, slab_rows: int | None = None) -> PredictionReport:
     """Predict every case of ``inputs`` and write ``output/CASE<file_ending>`` (nnU-Net's ``predict_from_files``).
 
     Args:
@@ -219,18 +224,32 @@ def predict(model_folder: PathLike | Predictor, inputs: PathLike | Sequence[Sequ
         continue_prediction: skip cases whose outputs exist.
         num_parts, part_id: predict only cases ``sorted_cases[part_id::num_parts]``.
         prev_stage_predictions: folder with the previous stage's ``CASE<ending>`` (cascade).
-        verbose: print a timing line per case; progress: show a progress bar over cases.
+        verbose: print a timing line per case; progress: show a progress bar over cases (and one per large case).
+        max_memory_gb: memory budget (None: 85 % of the free RAM, or free GPU memory); a case whose one-shot
+            estimate exceeds it is predicted in bounded memory, one that cannot fit even so is refused before anything
+            is written (:mod:`nnseg.predictions.memory_plan`).
+        slab_rows: force the bounded path with this many output rows per export slab (testing, tuning).
 
     Returns:
         A :class:`PredictionReport`.
+
+    Raises:
+        nnseg.predictions.memory_plan.CaseDoesNotFit: a case exceeds ``max_memory_gb`` (nothing written).
     """
+    from nnseg.predictions.bounded import MemoryPolicy, check_cases_fit
     from nnseg.predictions.pipeline import run_pipeline, select_cases
 
     start = time.perf_counter()
     predictor = model_folder if isinstance(model_folder, Predictor) else Predictor.from_model_folder(
         model_folder, folds=folds, checkpoint=checkpoint, device=device, precision=precision, step_size=step_size,
-        use_tta=use_tta, tile_batch_size=tile_batch_size, accumulate_on_device=accumulate_on_device)
+        use_tta=use_tta, tile_batch_size=tile_batch_size, accumulate_on_device=accumulate_on_device,
+        max_memory_gb=max_memory_gb)
+    if max_memory_gb is not None:
+        predictor.max_memory_gb = max_memory_gb
     cases = select_cases(predictor.model, inputs, num_parts=num_parts, part_id=part_id)
+    memory = MemoryPolicy.create(predictor, max_memory_gb=max_memory_gb, slab_rows=slab_rows,
+                                 save_probabilities=save_probabilities)
+    check_cases_fit(predictor, cases, memory)
     source = str(inputs) if isinstance(inputs, (str, Path)) else [[str(f) for f in c] for c in inputs]
     args = {"list_of_lists_or_source_folder": source,
             "output_folder_or_list_of_truncated_output_files": str(output), "save_probabilities": save_probabilities,
@@ -244,7 +263,7 @@ def predict(model_folder: PathLike | Predictor, inputs: PathLike | Sequence[Sequ
         report = run_pipeline(predictor, cases, Path(output), args=args, save_probabilities=save_probabilities,
                               continue_prediction=continue_prediction, prev_stage_folder=prev_stage_predictions,
                               num_readers=num_processes_preprocessing, num_writers=num_processes_export,
-                              verbose=verbose, progress=progress)
+                              verbose=verbose, progress=progress, memory=memory)
     report.wall_s = time.perf_counter() - start
     return report
 

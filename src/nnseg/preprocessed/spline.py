@@ -32,11 +32,36 @@ def _cubic_matrix(n_in: int, n_out: int) -> sparse.csr_matrix:
     return sparse.csr_matrix((w.ravel(), (rows, cols.ravel())), shape=(n_out, n_in + 2 * _NPAD))
 
 
-def _cubic_axis(x: np.ndarray, axis: int, n_out: int) -> np.ndarray:
-    """Cubic zoom of float64 ``x`` along one axis to ``n_out`` samples."""
+def _cubic_axis(x: np.ndarray, axis: int, n_out: int, *, chunk_bytes: int = 64 << 20) -> np.ndarray:
+    """Cubic zoom of ``x`` along one axis to ``n_out`` samples (float64 result).
+
+    Lines along ``axis`` are independent, so the work runs in chunks along the longest other axis: the padded,
+    prefiltered float64 copy exists for one chunk at a time (a 512x512x400 CT no longer needs three float64 copies
+    of itself), and the result is bitwise the one of a single pass.
+    """
+    shape = list(x.shape)
+    shape[axis] = n_out
+    result = np.empty(shape, dtype=np.float64)
+    others = [a for a in range(x.ndim) if a != axis]
+    if not others:
+        result[...] = _cubic_lines(x, axis, n_out)
+        return result
+    split = max(others, key=lambda a: x.shape[a])
+    line_bytes = 8 * (x.shape[axis] + 2 * _NPAD) * x.size // max(1, x.shape[axis] * x.shape[split])
+    step = max(1, chunk_bytes // max(1, line_bytes))
+    for start in range(0, x.shape[split], step):
+        index = [slice(None)] * x.ndim
+        index[split] = slice(start, min(start + step, x.shape[split]))
+        result[tuple(index)] = _cubic_lines(x[tuple(index)], axis, n_out)
+    return result
+
+
+def _cubic_lines(x: np.ndarray, axis: int, n_out: int) -> np.ndarray:
     pad = [(0, 0)] * x.ndim
     pad[axis] = (_NPAD, _NPAD)
-    coef = ndimage.spline_filter1d(np.pad(x, pad, mode="edge"), 3, axis=axis, mode="mirror", output=np.float64)
+    padded = np.pad(x.astype(np.float64, copy=False), pad, mode="edge")
+    coef = ndimage.spline_filter1d(padded, 3, axis=axis, mode="mirror", output=np.float64)
+    del padded
     moved = np.moveaxis(coef, axis, 0)
     flat = moved.reshape(moved.shape[0], -1)
     res = _cubic_matrix(x.shape[axis], n_out) @ flat
@@ -59,12 +84,12 @@ def spline_zoom(x: np.ndarray, new_shape: Sequence[int], order: int, out: np.nda
     if order != 3:
         factors = [n / o for n, o in zip(new_shape, x.shape)]
         return ndimage.zoom(x, factors, output=out, order=order, mode="nearest", grid_mode=True)
-    y = x.astype(np.float64, copy=False)
+    y = x  # converted to float64 chunk by chunk in the first pass
     # shrinking axes first keeps the intermediate arrays small
     for axis in sorted(range(x.ndim), key=lambda a: new_shape[a] / x.shape[a]):
         if y.shape[axis] != new_shape[axis]:
             y = _cubic_axis(y, axis, new_shape[axis])
     if out is None:
-        return y if y is not x else y.copy()
+        return y if y is not x else x.astype(np.float64)
     out[...] = y
     return out
