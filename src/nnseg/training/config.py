@@ -122,6 +122,7 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "time_budget_hours": _float_in(0, INF, low_open=True, high_open=True, optional=True),
     "save_every": _int_at_least(1), "ema_alpha": _float_in(0, 1),
     "network": ((lambda v: v is None or (isinstance(v, str) and bool(v))), "a registered network name or none"),
+    "cpu_threads": _int_at_least(0),
 }
 
 
