@@ -53,14 +53,10 @@ def dicom_result_ending(requested: str | None) -> str:
 
 
 def check_dicom_request(model: ServedModel, *, files: int, seg: bool) -> None:
-    """Refuse before reading the upload: several files (422), a model that cannot take DICOM (422), no pydicom (501)."""
+    """Refuse before reading the upload: several files (422), no pydicom (501), a model that cannot take DICOM (422)."""
     if files != 1:
         raise CaseError(f"a DICOM zip holds the whole case: send it alone as the field 'file' (got {files} files)",
                         status=422)
-    try:
-        check_model_for_dicom(model.predictor)
-    except ValueError as e:
-        raise CaseError(f"model {model.name}: {e}", status=422) from None
     try:
         require("pydicom")
         if seg:
@@ -68,6 +64,10 @@ def check_dicom_request(model: ServedModel, *, files: int, seg: bool) -> None:
     except ImportError as e:
         raise CaseError(f"this server cannot read DICOM uploads: {e} (on the server); or upload a NIfTI/NRRD/MHA "
                         "image instead", status=501) from None
+    try:
+        check_model_for_dicom(model.predictor)
+    except ValueError as e:
+        raise CaseError(f"model {model.name}: {e}", status=422) from None
 
 
 def check_dicom_zip(upload: Path, *, max_unzipped_bytes: int) -> None:
@@ -100,8 +100,9 @@ def _check_entries(upload: Path, limit: int) -> None:
     total = sum(i.file_size for i in infos)
     if total > limit or len(infos) > MAX_ENTRIES:
         raise CaseError(f"the zip unpacks to {total / 2**20:.1f} MiB in {len(infos)} entries, more than this server "
-                        f"takes ({limit / 2**20:.1f} MiB, {MAX_ENTRIES} entries: {UNZIPPED_PER_UPLOAD}x --max_upload_mb)"
-                        "; send one series, or start the server with a larger --max_upload_mb", status=413)
+                        f"takes (at most {limit / 2**20:.1f} MiB = {UNZIPPED_PER_UPLOAD} x --max_upload_mb, and "
+                        f"{MAX_ENTRIES} entries); send one series, or start the server with a larger --max_upload_mb",
+                        status=413)
     if total > shutil.disk_usage(upload.parent).free:
         raise CaseError(f"the server has too little free disk to unpack the zip ({total / 2**20:.1f} MiB); retry "
                         "later", status=507)
@@ -126,8 +127,9 @@ def _one_series(upload: Path, scratch: Path) -> DicomSeries:
         scan = scan_dicom(upload, scratch=scratch)
         if len(scan.series) != 1:
             found = "; ".join(s.replace(str(scratch), "") for s in scan.notes)[:300]
-            raise CaseError(f"the zip holds {len(scan.series)} DICOM image series; send a zip of exactly one series"
-                            f"{f' ({found})' if found else ''}", status=422)
+            uids = ", ".join(s.uid for s in scan.series[:3]) + (", ..." if len(scan.series) > 3 else "")
+            raise CaseError(f"the zip holds {len(scan.series)} DICOM image series{f' ({uids})' if uids else ''}; send "
+                            f"a zip of exactly one series{f' ({found})' if found else ''}", status=422)
         series_geometry(scan.series[0])
     except ValueError as e:
         if isinstance(e, CaseError):
