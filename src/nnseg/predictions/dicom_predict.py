@@ -90,13 +90,19 @@ def _write_segs(predictor: Predictor, pending: Sequence[tuple[DicomSeries, tuple
     written = []
     for series, headers in pending:
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(predicted / f"{case_name(series.uid)}{model.spec.file_ending}")))
-        series_uid, sop_uid = seg_uids(series.uid, predictor)
         target = output / f"{case_name(series.uid)}.dcm"
-        write_segmentation(labels, headers, segments, target, series_uid=series_uid, sop_uid=sop_uid,
-                           description=f"nnseg {model.folder.parent.name} {model.configuration_name}",
-                           version=__version__)
+        write_series_seg(predictor, labels, series.uid, headers, segments, target)
         written.append(target)
     return written
+
+
+def write_series_seg(predictor: Predictor, labels: Any, source_series_uid: str, headers: Sequence[Any],
+                     segments: Sequence[Segment], target: Path) -> None:
+    """Write a label map ``(slice, row, column)`` as the DICOM SEG of its source series (UIDs fixed per model)."""
+    model = predictor.model
+    series_uid, sop_uid = seg_uids(source_series_uid, predictor)
+    write_segmentation(labels, headers, segments, target, series_uid=series_uid, sop_uid=sop_uid,
+                       description=f"nnseg {model.folder.parent.name} {model.configuration_name}", version=__version__)
 
 
 def predict_dicom(predictor: Predictor, inputs: PathLike, output: PathLike, *, output_format: str = "nifti",
@@ -148,6 +154,19 @@ def predict_dicom(predictor: Predictor, inputs: PathLike, output: PathLike, *, o
     return report
 
 
+def write_series_image(series: DicomSeries, path: Path) -> tuple[Any, ...]:
+    """Write a series as one image file (the series geometry, rescale applied); return its slice headers in order.
+
+    Raises:
+        DicomGeometryError / DicomReadError (ValueError): the series is broken (named in the message).
+    """
+    import SimpleITK as sitk
+
+    volume, geometry, headers = read_volume(series)
+    sitk.WriteImage(to_sitk(volume, geometry), str(path), True)
+    return headers
+
+
 def _predict_series(predictor: Predictor, todo: Sequence[DicomSeries], tmp: Path, output: Path, output_format: str,
                     segments: Sequence[Segment], npp: int, nps: int, verbose: bool, progress: bool) -> list[Path]:
     import SimpleITK as sitk
@@ -157,11 +176,9 @@ def _predict_series(predictor: Predictor, todo: Sequence[DicomSeries], tmp: Path
     ending = predictor.model.spec.file_ending
     pending = []
     for series in todo:
-        volume, geometry, headers = read_volume(series)
         image_file = tmp / "images" / f"{case_name(series.uid)}_0000{ending}"
         image_file.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(to_sitk(volume, geometry), str(image_file), True)
-        pending.append((series, headers, image_file))
+        pending.append((series, write_series_image(series, image_file), image_file))
     target = output if output_format == "nifti" else tmp / "predicted"
     report = predict(predictor, [[f] for _, _, f in pending], target, num_processes_preprocessing=npp,
                      num_processes_export=nps, verbose=verbose, progress=progress,

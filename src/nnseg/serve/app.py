@@ -6,12 +6,15 @@ Native API (every answer is JSON except label maps; errors are ``{"detail": "...
 * ``GET /v1/models``: the served models (labels, channels, configuration, folds, device, backend).
 * ``POST /v1/models/{model}/predict``: multipart ``file`` (one per channel, NIfTI/NRRD/MHA) -> the label map
   (same format as the upload, or ``?result_format=.nrrd``). Waits for the result.
+* The upload may instead be a ``.zip`` of one DICOM image series (NIfTI answer, or ``?result_format=dicom-seg``:
+  a DICOM SEG, ``application/dicom``); see :mod:`nnseg.serve.dicom_upload`.
 * ``POST /v1/models/{model}/jobs``: the same upload -> 202 ``{"id", "status", ...}``; ``GET /v1/jobs/{id}`` gives
   status and progress (0..1), ``GET /v1/jobs/{id}/result`` the label map, ``POST /v1/jobs/{id}/cancel`` cancels it
   (status ``cancelled``), ``DELETE /v1/jobs/{id}`` cancels it and deletes it with its files.
 
 Status codes: 400 bad or unreadable file, 401 missing/wrong token, 404 unknown model or job, 409 result not ready,
-413 upload too large, 422 wrong number of channels, 429 queue full (retry later).
+413 upload too large, 422 wrong number of channels (or not exactly one valid DICOM series), 429 queue full (retry
+later), 501 DICOM upload to a server without pydicom.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at runtime
@@ -35,7 +38,8 @@ from nnseg.serve.service import (
 from nnseg.serve.uploads import SizeLimit, UploadTooLarge
 
 PUBLIC_PATHS = {"/health", "/auth/", "/auth", "/auth/token"}
-MEDIA_TYPES = {".nii.gz": "application/gzip", ".nrrd": "application/octet-stream", ".mha": "application/octet-stream"}
+MEDIA_TYPES = {".nii.gz": "application/gzip", ".nrrd": "application/octet-stream", ".mha": "application/octet-stream",
+               ".dcm": "application/dicom"}
 
 
 def _fastapi() -> Any:

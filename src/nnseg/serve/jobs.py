@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnseg.serve.dicom_upload import DICOM_ZIP, predict_dicom_zip
 from nnseg.serve.models import CaseError, JobCancelled, ServedModel, predict_case
 
 log = logging.getLogger(__name__)
@@ -200,8 +201,9 @@ class JobQueue:
         while (job := self._next()) is not None:
             status, error, code = DONE, None, None
             try:
-                predict_case(models[job.model], job.inputs, job.result, progress=lambda p, j=job: setattr(j, "progress", p),
-                             cancelled=job.cancel)
+                run = predict_dicom_zip if job.inputs[0].name.endswith(DICOM_ZIP) else predict_case
+                run(models[job.model], job.inputs, job.result, progress=lambda p, j=job: setattr(j, "progress", p),
+                    cancelled=job.cancel)
             except JobCancelled:
                 status = CANCELLED
             except CaseError as e:

@@ -13,6 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nnseg.serve.dicom_upload import (
+    DICOM_ZIP,
+    SEG_ENDING,
+    UNZIPPED_PER_UPLOAD,
+    check_dicom_request,
+    check_dicom_zip,
+    dicom_result_ending,
+    is_dicom_zip,
+)
 from nnseg.serve.jobs import DONE, FINISHED, Job, JobQueue
 from nnseg.serve.models import UPLOAD_ENDINGS, CaseError, ServedModel
 from nnseg.serve.uploads import ImageStore, save_upload, upload_ending
@@ -50,7 +59,8 @@ def result_ending(requested: str | None, default: str) -> str:
         return default
     ending = requested if requested.startswith(".") else f".{requested}"
     if ending.lower() not in UPLOAD_ENDINGS:
-        raise CaseError(f"result format {requested!r} is not one of {', '.join(UPLOAD_ENDINGS)}")
+        raise CaseError(f"result format {requested!r} is not one of {', '.join(UPLOAD_ENDINGS)} (dicom-seg: for the "
+                        "upload of a zip of a DICOM series)")
     return ending.lower()
 
 
@@ -70,6 +80,8 @@ async def job_from_form(state: ServeState, model_name: str, form: Any, *, image_
                         f"got {len(uploads)} files", status=422)
     if not uploads and not image_id:
         raise CaseError("no image in the request: send the image as the multipart field 'file' (one per channel)")
+    if uploads and is_dicom_zip(uploads[0].filename):
+        return await _dicom_job(state, model_name, uploads, result_format)
     endings = [upload_ending(u.filename) for u in uploads]
     job = state.queue.new_job(model_name, endings, result_ending(result_format, endings[0] if endings else ".nii.gz"))
     try:
@@ -83,6 +95,22 @@ async def job_from_form(state: ServeState, model_name: str, form: Any, *, image_
                 raise NotFound(e.args[0]) from None
             if not result_format:
                 job.result = job.folder / f"result{_ending_of(job.inputs[0])}"
+        state.queue.submit(job)
+    except BaseException:
+        state.queue.discard(job)
+        raise
+    return job
+
+
+async def _dicom_job(state: ServeState, model_name: str, uploads: Sequence[Any], result_format: str | None) -> Job:
+    """Queue the zip of a DICOM series (checked when it arrives: see :mod:`nnseg.serve.dicom_upload`)."""
+    ending = dicom_result_ending(result_format)
+    check_dicom_request(state.model(model_name), files=len(uploads), seg=ending == SEG_ENDING)
+    job = state.queue.new_job(model_name, [DICOM_ZIP], ending)
+    try:
+        await save_upload(uploads[0], job.inputs[0])
+        await asyncio.to_thread(check_dicom_zip, job.inputs[0],
+                                max_unzipped_bytes=UNZIPPED_PER_UPLOAD * state.max_upload_bytes)
         state.queue.submit(job)
     except BaseException:
         state.queue.discard(job)
