@@ -7,6 +7,7 @@ exists). Without it the test is skipped with the reason.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,8 +28,14 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH (apt-get install chromium; "
-                                                          ".ci/run installs it when tests/.needs-chromium exists)")]
+              pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
+                                 reason="chromium is not on PATH (apt-get install chromium; .ci/run installs it)")]
+
+
+@pytest.fixture(autouse=True)
+def _chromium_present_in_ci() -> None:
+    if CHROMIUM is None:  # only reached in CI (elsewhere the module skips): a missing browser is a failure there
+        pytest.fail("chromium is missing in CI (.ci/run installs the Debian package chromium)")
 
 
 def _write(array: np.ndarray, path: Path) -> None:
