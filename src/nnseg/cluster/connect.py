@@ -19,9 +19,11 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -70,35 +72,60 @@ class LocalWorkers:
     that imported torch); the workers are killed on :meth:`close` (every nnseg output is written atomically).
     """
 
-    def __init__(self, workers: int | None) -> None:
+    def __init__(self, workers: int | None, *, preload: Sequence[str] = ()) -> None:
         import psutil
 
-        distributed = require_dask()
         self.n = workers or os.cpu_count() or 1
         memory = int(psutil.virtual_memory().total // self.n)
-        self.cluster = distributed.LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                                                scheduler_port=0)
-        env = {**os.environ, "DASK_LOGGING__DISTRIBUTED": "error"}
-        command = [sys.executable, "-m", "distributed.cli.dask_worker", self.cluster.scheduler_address, "--no-nanny",
-                   "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", "--memory-limit", str(memory),
-                   "--resources", f"{MEMORY}={memory}", "--death-timeout", "60"]  # orphans end on their own
-        self.processes = [subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL) for _ in range(self.n)]
+        self.folder = tempfile.mkdtemp(prefix="nnseg_dask_")
+        scheduler_file = os.path.join(self.folder, "scheduler.json")
+        # the workers start first and wait for the scheduler file: their interpreter, `distributed` and the task
+        # modules (--preload) load while this process imports `distributed` and starts the scheduler
+        self.processes = [subprocess.Popen(_worker_command(scheduler_file, memory, preload), env=_worker_env(),
+                                           stdin=subprocess.DEVNULL) for _ in range(self.n)]
+        try:
+            distributed = require_dask()
+            self.cluster = distributed.LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                                    scheduler_port=0,
+                                                    scheduler_kwargs={"scheduler_file": scheduler_file})
+        except BaseException:
+            self._stop_workers()
+            raise
 
-    def close(self) -> None:
+    def _stop_workers(self) -> None:
         for process in self.processes:
             if process.poll() is None:
                 process.kill()
         for process in self.processes:
             process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def close(self) -> None:
+        self._stop_workers()
         self.cluster.close()
 
 
+def _worker_command(scheduler_file: str, memory: int, preload: Sequence[str]) -> list[str]:
+    """``dask worker`` for one single-threaded worker of ``memory`` bytes; orphans end on their own (death timeout)."""
+    return [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", scheduler_file, "--no-nanny",
+            "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", "--memory-limit", str(memory),
+            "--resources", f"{MEMORY}={memory}", "--death-timeout", "60",
+            *[arg for module in preload for arg in ("--preload", module)]]
+
+
+def _worker_env() -> dict[str, str]:
+    """Quiet workers without the statistical profiler (it samples the task thread every 10 ms: CPU taken from the
+    tasks, for a dashboard view ``local`` runs do not need)."""
+    return {**os.environ, "DASK_LOGGING__DISTRIBUTED": "error", "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
+
+
 @contextmanager
-def open_client(value: str, *, announce: bool = True) -> Iterator[Any]:
-    """A ``distributed.Client`` for ``--cluster value`` (a LocalCluster is closed on leaving)."""
-    distributed = require_dask()
+def open_client(value: str, *, announce: bool = True, preload: Sequence[str] = ()) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``--cluster value`` (a LocalCluster is closed on leaving); ``preload``: modules
+    the workers of ``local`` import while starting (those the tasks need; never torch for per-case work)."""
     kind, target = parse_cluster(value)
-    cluster = LocalWorkers(target) if kind == "local" else None
+    cluster = LocalWorkers(target, preload=preload) if kind == "local" else None
+    distributed = require_dask()
     try:
         if cluster is not None:
             client = distributed.Client(cluster.cluster)

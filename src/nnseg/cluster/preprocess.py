@@ -17,6 +17,9 @@ from nnseg.cluster.memory import preprocess_bytes
 from nnseg.cluster.tasks import DEFAULT_RETRIES, DaskPool
 
 
+# what fingerprint and preprocessing tasks import, loaded by local workers while they start (no torch)
+CASE_MODULES = ("SimpleITK", "scipy.ndimage", "blosc2", "nnseg.fingerprint.fingerprint", "nnseg.raw.image_io",
+                "nnseg.preprocessed.run", "nnseg.preprocessed.preprocess")
 _SPACINGS: dict[tuple[str, str], tuple[float, ...]] = {}
 
 
@@ -45,5 +48,5 @@ def open_case_pool(cluster: str | None, *, retries: int = DEFAULT_RETRIES) -> It
     if cluster is None:
         yield None
         return
-    with open_client(cluster) as client:
+    with open_client(cluster, preload=CASE_MODULES) as client:
         yield DaskPool(client, memory=case_memory, retries=retries)
