@@ -174,13 +174,13 @@ def cpu_model() -> str:
     return f"unknown CPU x {os.cpu_count()}"
 
 
-def run_predict(work: Path, extra: list[str]) -> dict[str, float]:
+def run_predict(work: Path, extra: list[str], *, device: str = "cpu") -> dict[str, float]:
     out = work / ("out_probs" if "--save_probabilities" in extra else "out")
     env = {**os.environ, "nnUNet_results": str(work / "nnUNet_results"), "nnUNet_raw": str(work / "raw"),
            "nnUNet_preprocessed": str(work / "preprocessed")}
     script = Path(sys.executable).parent / "nnseg"  # the installed console script (uses PYTHONPATH's nnseg)
     cmd = [str(script), "predict", "-i", str(work / "imagesTs"), "-o", str(out), "-d", DATASET,
-           "-c", "3d_fullres", "-f", "0", "-device", "cpu", "--disable_tta", "--verbose", "--disable_progress_bar",
+           "-c", "3d_fullres", "-f", "0", "-device", device, "--disable_tta", "--verbose", "--disable_progress_bar",
            "-npp", "0", "-nps", "0", *extra]
     peak, stop = [0], threading.Event()
     start = time.perf_counter()
@@ -212,6 +212,8 @@ def main() -> int:
     parser.add_argument("--save_probabilities", action="store_true", help="also write the 118-class CASE.npz")
     parser.add_argument("--max-memory", dest="max_memory", default=None, help="passed to nnseg predict")
     parser.add_argument("--keep_outputs", action="store_true", help="keep the predictions (the .npz is ~35 GB)")
+    parser.add_argument("--device", default="cpu", help="device of the prediction: cpu, cuda or mps [cpu] "
+                        "(bench/gpu_compare.py runs it on the GPU)")
     args = parser.parse_args()
     work = args.workdir
     folder = work / "nnUNet_results" / DATASET / MODEL
@@ -226,7 +228,7 @@ def main() -> int:
         write_image(image)
     extra = (["--save_probabilities"] if args.save_probabilities else []) + (
         ["--max-memory", args.max_memory] if args.max_memory else [])
-    r = run_predict(work, extra)
+    r = run_predict(work, extra, device=args.device)
     print(f"CPU: {cpu_model()} (shared machine: other jobs may run)")
     print(f"image {SHAPE[::-1]} (x, y, z) at {SPACING[::-1]} mm, {NUM_CLASSES} classes, plans at {TARGET} mm"
           f"{', --save_probabilities' if args.save_probabilities else ''}")
