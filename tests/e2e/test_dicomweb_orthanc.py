@@ -24,12 +24,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from dicom_synth import write_series
+from golden_model import install_golden_model
 
 from nnseg.cli.main import main
-from nnseg.predictions.install import install_model_zip
 
 pytestmark = [pytest.mark.slow]
-MODEL = "Dataset004_Hippocampus/nnUNetTrainer_bench__nnUNetPlans__3d_fullres_bs2"
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 AUTH = "Basic " + base64.b64encode(b"nnseg:secret").decode()
 
@@ -91,13 +90,7 @@ def _wait_until_up(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 @pytest.fixture
 def model(tmp_path: Path) -> Path:
-    from shared_paths import DATA, EXPECTED
-
-    model_zip = EXPECTED / "Dataset004_Hippocampus" / "model" / "model.zip"
-    if not model_zip.is_file() or not (DATA / "Task04_Hippocampus").is_dir():
-        pytest.skip("golden Hippocampus model or data missing")
-    install_model_zip(model_zip, tmp_path / "results")
-    return tmp_path / "results" / MODEL
+    return install_golden_model(tmp_path / "results")
 
 
 def _upload(url: str, tmp_path: Path) -> tuple[str, list[str]]:

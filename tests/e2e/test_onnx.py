@@ -11,30 +11,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from golden_model import IMAGES, install_golden_model
 
 from nnseg.cli.main import main
-from nnseg.predictions.install import install_model_zip
 
 pytestmark = [pytest.mark.golden, pytest.mark.slow]
-MODEL_PATH = "Dataset004_Hippocampus/nnUNetTrainer_bench__nnUNetPlans__3d_fullres_bs2"
 CASES = ("hippocampus_020", "hippocampus_037")
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from shared_paths import DATA, EXPECTED
-
-    model_zip = EXPECTED / "Dataset004_Hippocampus" / "model" / "model.zip"
-    images = DATA / "Task04_Hippocampus" / "imagesTr"
-    if not model_zip.is_file() or not images.is_dir():
-        pytest.skip(f"golden model or images missing ({model_zip}, {images})")
     root = tmp_path_factory.mktemp("onnx")
-    install_model_zip(model_zip, root / "results")
-    model = root / "results" / MODEL_PATH
+    model = install_golden_model(root / "results")
     (root / "in").mkdir()
     for case in CASES:
-        (root / "in" / f"{case}_0000.nii.gz").symlink_to(images / f"{case}.nii.gz")
-    return {"root": root, "model": model, "in": root / "in", "images": images}
+        (root / "in" / f"{case}_0000.nii.gz").symlink_to(IMAGES / f"{case}.nii.gz")
+    return {"root": root, "model": model, "in": root / "in", "images": IMAGES}
 
 
 def _predict(exported: dict[str, Path], out: Path, *extra: str) -> int:

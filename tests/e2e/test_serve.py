@@ -24,12 +24,11 @@ import httpx
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from golden_model import IMAGES, install_golden_model
 
 from nnseg.cli.main import main
-from nnseg.predictions.install import install_model_zip
 
 pytestmark = [pytest.mark.golden, pytest.mark.slow]
-MODEL_PATH = "Dataset004_Hippocampus/nnUNetTrainer_bench__nnUNetPlans__3d_fullres_bs2"
 NAME = "Dataset004_Hippocampus_3d_fullres_bs2"
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -66,21 +65,14 @@ def _start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str],
 
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from shared_paths import DATA, EXPECTED
-
-    model_zip = EXPECTED / "Dataset004_Hippocampus" / "model" / "model.zip"
-    images = DATA / "Task04_Hippocampus" / "imagesTr"
-    if not model_zip.is_file() or not images.is_dir():
-        pytest.skip(f"golden model or images missing ({model_zip}, {images})")
     root = tmp_path_factory.mktemp("serve")
-    install_model_zip(model_zip, root / "results")
+    model = install_golden_model(root / "results")
     (root / "in").mkdir()
     for case in CASES:
-        (root / "in" / f"{case}_0000.nii.gz").symlink_to(images / f"{case}.nii.gz")
-    model = root / "results" / MODEL_PATH
+        (root / "in" / f"{case}_0000.nii.gz").symlink_to(IMAGES / f"{case}.nii.gz")
     assert main(["predict-from-modelfolder", "-i", str(root / "in"), "-o", str(root / "ref"), "-m", str(model), "-f", "0",
                  "-device", "cpu", "--precision", "fp32", "--disable_tta", "--disable_progress_bar"]) == 0
-    return {"root": root, "model": model, "images": images, "ref": root / "ref"}
+    return {"root": root, "model": model, "images": IMAGES, "ref": root / "ref"}
 
 
 @pytest.fixture(scope="module")

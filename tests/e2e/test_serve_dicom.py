@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from dicom_synth import write_series
-from test_serve import AUTH, MODEL_PATH, NAME, TOKEN, _files_under, _seg, _start
+from golden_model import IMAGES, install_golden_model
+from test_serve import AUTH, NAME, TOKEN, _files_under, _seg, _start
 
 from nnseg.cli.main import main
-from nnseg.predictions.install import install_model_zip
 
 pytestmark = [pytest.mark.golden, pytest.mark.slow]
 CASE = "hippocampus_020"
@@ -42,19 +42,13 @@ def _zip(folder: Path, *, extra: dict[str, bytes] | None = None) -> bytes:
 
 @pytest.fixture(scope="module")
 def dicom_case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    from shared_paths import DATA, EXPECTED
-
-    model_zip = EXPECTED / "Dataset004_Hippocampus" / "model" / "model.zip"
-    image_file = DATA / "Task04_Hippocampus" / "imagesTr" / f"{CASE}.nii.gz"
-    if not model_zip.is_file() or not image_file.is_file():
-        pytest.skip(f"golden model or image missing ({model_zip}, {image_file})")
     root = tmp_path_factory.mktemp("serve_dicom")
-    install_model_zip(model_zip, root / "results")
+    model = install_golden_model(root / "results")
+    image_file = IMAGES / f"{CASE}.nii.gz"
     image = sitk.ReadImage(str(image_file))
     geometry = {"spacing": image.GetSpacing(), "origin": image.GetOrigin(), "direction": image.GetDirection()}
     files = write_series(sitk.GetArrayFromImage(image), root / "dicom" / "series", modality="CT", slope=0.125,
                          **geometry)
-    model = root / "results" / MODEL_PATH
     assert main(["predict-from-modelfolder", "-i", str(root / "dicom"), "-o", str(root / "ref"), "-m", str(model),
                  "-f", "0", "-device", "cpu", "--precision", "fp32", "--disable_tta", "--disable_progress_bar",
                  "-npp", "0", "-nps", "0"]) == 0

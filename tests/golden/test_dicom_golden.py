@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from dicom_synth import write_series
+from golden_model import IMAGES, MODEL_ZIP, install_golden_model
 
 from nnseg.cli.main import main
-from nnseg.predictions.install import install_model_zip
 
 pytestmark = [pytest.mark.golden, pytest.mark.slow]
-MODEL = "Dataset004_Hippocampus/nnUNetTrainer_bench__nnUNetPlans__3d_fullres_bs2"
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
@@ -36,16 +35,10 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from shared_paths import DATA, EXPECTED
-
-    model_zip = EXPECTED / "Dataset004_Hippocampus" / "model" / "model.zip"
-    images = DATA / "Task04_Hippocampus" / "imagesTr"
-    if not model_zip.is_file() or not images.is_dir():
-        pytest.skip(f"golden model or images missing ({model_zip}, {images})")
     root = tmp_path_factory.mktemp("dicom_golden")
-    install_model_zip(model_zip, root / "results")
-    return {"root": root, "model": root / "results" / MODEL, "case": images / "hippocampus_020.nii.gz",
-            "ref": EXPECTED / "Dataset004_Hippocampus" / "model" / "predictions_notta" / "hippocampus_020.nii.gz"}
+    model = install_golden_model(root / "results")
+    return {"root": root, "model": model, "case": IMAGES / "hippocampus_020.nii.gz",
+            "ref": MODEL_ZIP.parent / "predictions_notta" / "hippocampus_020.nii.gz"}
 
 
 def _predict(model: Path, inputs: Path, out: Path, *extra: str) -> None:
