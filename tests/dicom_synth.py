@@ -7,10 +7,14 @@ DICOM series that SimpleITK's own series reader reads back with the same geometr
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -107,3 +111,14 @@ def write_series(volume: np.ndarray, folder: Path, *, spacing: Sequence[float] =
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The lines of dciodvfy's report on ``path`` that start with 'Error' (skips outside CI when dciodvfy is missing)."""
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("dciodvfy (Debian package dicom3tools) is missing in CI")
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
+    result = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+    return [ln for ln in (result.stdout + result.stderr).splitlines() if ln.startswith("Error")]

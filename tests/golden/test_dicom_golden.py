@@ -6,31 +6,17 @@ reader) voxel for voxel, its frames lie at the source slices' positions, and dci
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dicom_synth import write_series
+from dicom_synth import dciodvfy_errors, write_series
 from golden_model import IMAGES, MODEL_ZIP, install_golden_model
 
 from nnseg.cli.main import main
 
 pytestmark = [pytest.mark.golden, pytest.mark.slow]
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    """The lines of dciodvfy's report that start with 'Error' (skips outside CI when dciodvfy is missing)."""
-    tool = shutil.which("dciodvfy")
-    if tool is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("dciodvfy (Debian package dicom3tools) is missing in CI")
-        pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
-    result = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
-    return [ln for ln in (result.stdout + result.stderr).splitlines() if ln.startswith("Error")]
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,11 @@ frames in the source geometry, and dciodvfy's verdict."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_synth import write_series
+from dicom_synth import dciodvfy_errors, write_series
 
 from nnseg.raw.dicom.seg import (DEFAULT_CATEGORY, DEFAULT_TYPE, derived_uid, label_names, load_seg_codes, make_segments,
                                  read_segmentation, write_segmentation)
@@ -87,20 +84,10 @@ def test_oblique_mr_seg_lies_on_the_source_slices_and_validates(tmp_path: Path, 
         source = next(h for h in headers if h.SOPInstanceUID == uid)
         assert np.allclose([float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient],
                            [float(v) for v in source.ImagePositionPatient], atol=1e-4)
-    assert _dciodvfy_errors(path) == []
-
-
-def _dciodvfy_errors(path: Path) -> list[str]:
-    tool = shutil.which("dciodvfy")
-    if tool is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("dciodvfy (dicom3tools) is missing in CI")
-        pytest.skip("dciodvfy not installed")
-    report = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
-    return [ln for ln in (report.stdout + report.stderr).splitlines() if ln.startswith("Error")]
+    assert dciodvfy_errors(path) == []
 
 
 @pytest.mark.parametrize("modality", ["CT", "MR"])
 def test_generated_test_series_are_valid_image_iods(tmp_path: Path, modality: str) -> None:
     (first, *_) = write_series(np.zeros((2, 8, 8)), tmp_path, modality=modality, intercept=-1024.0 * (modality == "CT"))
-    assert _dciodvfy_errors(first) == []
+    assert dciodvfy_errors(first) == []
