@@ -151,18 +151,25 @@ def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, 
     return timing
 
 
+def _network_into(consume: Callable[[int, Any], None], predictor: Predictor, data: Any, timing: BoundedTiming,
+                  report: Callable[[str, int], None]) -> None:
+    """The network slab by slab along axis 0, each finished slab handed to ``consume(first_row, rows)`` at once (the
+    time ``consume`` takes counts as export) and dropped before the next one is computed."""
+    for first, rows in fold_slabs(predictor, data, timing=timing):
+        report("network", rows.shape[1])
+        start = time.perf_counter()
+        consume(first, rows)
+        del rows
+        timing.export += time.perf_counter() - start
+
+
 def _export_through_spill(predictor: Predictor, data: Any, exporter: SlabExporter, axis: int, slab_rows: int,
                           timing: BoundedTiming, report: Callable[[str, int], None], folder: Path) -> None:
     """Network along axis 0 into a :class:`LogitSpill`, then the export along ``axis`` from it."""
     grid = tuple(int(s) for s in data.shape[1:])
     spill = LogitSpill(folder, (predictor.model.num_outputs, *grid), axis)
     try:
-        for first, rows in fold_slabs(predictor, data, timing=timing):
-            report("network", rows.shape[1])
-            start = time.perf_counter()
-            spill.write(first, rows)
-            del rows
-            timing.export += time.perf_counter() - start
+        _network_into(spill.write, predictor, data, timing, report)
         timing.after_network = time.perf_counter()
         for a in range(0, grid[axis], slab_rows):
             start = time.perf_counter()
@@ -181,12 +188,7 @@ def _run(predictor: Predictor, data: Any, properties: Mapping[str, Any], resampl
     report = on_progress or (lambda stage, rows: None)
     exporter = SlabExporter(resampler, sink.write, slab_rows=slab_rows, on_slab=lambda rows: report("export", rows))
     if axis == 0:
-        for first, rows in fold_slabs(predictor, data, timing=timing):
-            report("network", rows.shape[1])
-            start = time.perf_counter()
-            exporter.feed(first, rows)
-            del rows
-            timing.export += time.perf_counter() - start
+        _network_into(exporter.feed, predictor, data, timing, report)
     else:
         _export_through_spill(predictor, data, exporter, axis, slab_rows, timing, report, spill_folder)
     start = time.perf_counter()
