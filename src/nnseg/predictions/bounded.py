@@ -33,7 +33,8 @@ from nnseg.predictions.memory_plan import CasePlan, CaseShapes, case_shapes, mem
 from nnseg.predictions.predict import Predictor
 from nnseg.predictions.predict_io import save_properties_pkl
 from nnseg.predictions.slab_resample import SlabResampler, slab_resampler
-from nnseg.predictions.streaming_export import CaseSink, NpzProbabilityWriter, SlabExporter
+from nnseg.predictions.npz_stream import NpzStreamWriter
+from nnseg.predictions.streaming_export import CaseSink, SlabExporter
 from nnseg.predictions.streaming_window import sliding_window_slabs
 from nnseg.raw.discover import CaseFiles
 from nnseg.raw.image_io import get_io
@@ -136,7 +137,7 @@ def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, 
     else:
         full = [int(properties["shape_before_cropping"][a]) for a in model.plans.transpose_backward]
         with atomic_path(output_truncated.with_name(output_truncated.name + ".npz")) as tmp:
-            writer = NpzProbabilityWriter(tmp, (model.num_outputs, *full))
+            writer = NpzStreamWriter(tmp, "probabilities", (model.num_outputs, *full), fortran_order=True)
             try:
                 seg = _run(predictor, data, properties, resampler, axis, slab_rows, writer, timing, on_progress,
                            output_truncated.parent)
@@ -180,7 +181,7 @@ def _export_through_spill(predictor: Predictor, data: Any, exporter: SlabExporte
 
 
 def _run(predictor: Predictor, data: Any, properties: Mapping[str, Any], resampler: SlabResampler, axis: int,
-         slab_rows: int, writer: NpzProbabilityWriter | None, timing: BoundedTiming,
+         slab_rows: int, writer: NpzStreamWriter | None, timing: BoundedTiming,
          on_progress: Callable[[str, int], None] | None, spill_folder: Path) -> np.ndarray:
     model = predictor.model
     sink = CaseSink(model.spec, properties, axis=axis, num_outputs=model.num_outputs,

@@ -16,6 +16,7 @@ import numpy as np
 
 from nnseg._types import PathLike
 from nnseg.jsonio import atomic_path
+from nnseg.predictions.npz_stream import NpzStreamWriter
 from nnseg.safe_pickle import restricted_loads
 
 PROPERTY_KEYS_AFTER_READER = ("shape_before_cropping", "bbox_used_for_cropping", "shape_after_cropping_and_before_resampling")
@@ -72,9 +73,17 @@ def save_properties_pkl(properties: Mapping[str, Any], path: PathLike) -> None:
 
 
 def save_probabilities_npz(probabilities: np.ndarray, path: PathLike) -> None:
-    """Write ``CASE.npz`` with key ``probabilities`` (float32 ``(K, X, Y, Z)``), compressed, atomically."""
+    """Write ``CASE.npz`` with key ``probabilities`` (float32 ``(K, X, Y, Z)``), compressed on every core, atomically
+    (the format of nnU-Net's ``np.savez_compressed``, see :mod:`nnseg.predictions.npz_stream`)."""
+    array = np.asarray(probabilities, dtype=np.float32)
     with atomic_path(path) as tmp:
-        np.savez_compressed(tmp, probabilities=np.asarray(probabilities, dtype=np.float32))
+        writer = NpzStreamWriter(tmp, "probabilities", array.shape)
+        try:
+            writer.write(array)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
 
 
 def load_probabilities_npz(path: PathLike) -> np.ndarray:

@@ -4,26 +4,26 @@
 :func:`nnseg.predictions.streaming_window.sliding_window_slabs`), keeps only the input rows that later output rows
 still read (the resampling halo), and hands ``slab_rows`` output rows at a time to a :class:`CaseSink`, which
 arg-maxes them (regions: sigmoid > 0.5 painted in ``regions_class_order``) into the uncropped label map (one byte per
-voxel) and, with ``save_probabilities``, passes softmax/sigmoid probabilities to :class:`NpzProbabilityWriter`.
+voxel) and, with ``save_probabilities``, passes softmax/sigmoid probabilities to :class:`nnseg.predictions.npz_stream.NpzStreamWriter`.
 
 The ``.npz`` is nnU-Net's format (one ``probabilities.npy`` member, float32 ``(K, X, Y, Z)`` in the input file's
 axis order): ``np.load`` and nnU-Net's ensembling read it. To write it without holding it, the member is stored in
 Fortran order, which lays out the last axis slowest, and the slabs stream along that axis (``streaming axis =
-transpose_backward[2]``); deflate level 1 keeps it from dominating the time. It still costs ``K x voxels x 4`` bytes of
-deflate input (50 GB for 118 classes on 512x512x400, 30-40 GB on disk: softmax values do not compress well).
+transpose_backward[2]``) into :class:`nnseg.predictions.npz_stream.NpzStreamWriter` (ISA-L deflate on every core).
+It still costs ``K x voxels x 4`` bytes of deflate input (50 GB for 118 classes on 512x512x400; softmax values do
+not compress well, so about as much on disk).
 """
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from nnseg.predictions.export import apply_inference_nonlin, probabilities_to_segmentation, segmentation_dtype
+from nnseg.predictions.npz_stream import NpzStreamWriter
 from nnseg.predictions.slab_resample import SlabResampler, combine_rows
 from nnseg.raw.dataset_json import DatasetSpec
 
@@ -31,39 +31,6 @@ from nnseg.raw.dataset_json import DatasetSpec
 def moved_order(axis: int, ndim: int = 3) -> tuple[int, ...]:
     """Axis order of streamed slabs: the streaming axis first, the others ascending."""
     return (axis, *[a for a in range(ndim) if a != axis])
-
-
-class NpzProbabilityWriter:
-    """Writes ``probabilities`` ``(K, *shape)`` into an ``.npz`` slab by slab along the last axis (Fortran order)."""
-
-    def __init__(self, path: Path, shape: Sequence[int], *, compresslevel: int = 1) -> None:
-        self.shape = tuple(int(s) for s in shape)
-        self.rows_written = 0
-        self._zip = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel,
-                                    allowZip64=True)
-        self._member = self._zip.open("probabilities.npy", "w", force_zip64=True)
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": True, "shape": self.shape}
-        np.lib.format.write_array_header_2_0(self._member, header) if _needs_v2(header) else \
-            np.lib.format.write_array_header_1_0(self._member, header)
-
-    def write(self, rows: np.ndarray) -> None:
-        """Rows ``(n, shape[-2], ..., shape[1], K)`` = the next ``n`` indices of the last axis, as C-ordered data."""
-        self._member.write(np.ascontiguousarray(rows, dtype="<f4").data)
-        self.rows_written += rows.shape[0]
-
-    def close(self) -> None:
-        if self.rows_written != self.shape[-1]:
-            raise RuntimeError(f"probabilities file got {self.rows_written} of {self.shape[-1]} rows")
-        self._member.close()
-        self._zip.close()
-
-    def abort(self) -> None:
-        self._member.close()
-        self._zip.close()
-
-
-def _needs_v2(header: Mapping[str, Any]) -> bool:
-    return len(repr(header)) > 65000
 
 
 class CaseSink:
@@ -74,11 +41,12 @@ class CaseSink:
         properties: ``shape_before_cropping`` and ``bbox_used_for_cropping`` (transposed axis order).
         axis: streaming axis (transposed order); slabs arrive as ``(K, rows, *others)`` of the cropped grid.
         transpose_backward: the plans' axis order back to the input file's.
-        probabilities: a :class:`NpzProbabilityWriter` (then ``axis`` must be ``transpose_backward[2]``).
+        probabilities: an :class:`NpzStreamWriter` of the ``(K, *file shape)`` array in Fortran order (then ``axis``
+            must be ``transpose_backward[2]``).
     """
 
     def __init__(self, spec: DatasetSpec, properties: Mapping[str, Any], *, axis: int, num_outputs: int,
-                 transpose_backward: Sequence[int], probabilities: NpzProbabilityWriter | None = None) -> None:
+                 transpose_backward: Sequence[int], probabilities: NpzStreamWriter | None = None) -> None:
         self.spec, self.axis, self.tb = spec, axis, tuple(int(a) for a in transpose_backward)
         self.num_outputs = int(num_outputs)
         self.order = moved_order(axis)
@@ -90,7 +58,10 @@ class CaseSink:
         self.probs = probabilities
         if probabilities is not None and axis != self.tb[2]:
             raise ValueError(f"probabilities stream along the file's last axis: axis must be {self.tb[2]}, got {axis}")
-        self._file_perm = [1 + self.order.index(self.tb[j]) for j in (2, 1, 0)] + [0]
+        # probability chunks are built as (K, rows, file axis 1, file axis 0): then (rows, ..., K) is one fast permute
+        self._swap = self.order[1:] != (self.tb[1], self.tb[0])
+        self._prob_bbox = self.bbox[1:][::-1] if self._swap else self.bbox[1:]
+        self._prob_plane = self.full[1:][::-1] if self._swap else self.full[1:]
         self._prob_rows = 0
 
     def write(self, start: int, logits: torch.Tensor) -> None:
@@ -107,19 +78,20 @@ class CaseSink:
             self._write_probs(probs.cpu())
 
     def _background(self, rows: int) -> torch.Tensor:
-        chunk = torch.zeros((self.num_outputs, rows, *self.full[1:]), dtype=torch.float32)
+        chunk = torch.zeros((self.num_outputs, rows, *self._prob_plane), dtype=torch.float32)
         if not self.spec.has_regions:
             chunk[0] = 1
         return chunk
 
     def _write_probs(self, probs: torch.Tensor) -> None:
         chunk = self._background(probs.shape[1])
-        chunk[:, :, self.bbox[1], self.bbox[2]] = probs
+        chunk[:, :, self._prob_bbox[0], self._prob_bbox[1]] = probs.transpose(2, 3) if self._swap else probs
+        del probs
         self._emit(chunk)
 
     def _emit(self, chunk: torch.Tensor) -> None:
         if self.probs is not None:
-                self.probs.write(chunk.permute(*self._file_perm).numpy())
+            self.probs.write(chunk.permute(1, 2, 3, 0).contiguous().numpy())
         self._prob_rows += chunk.shape[1]
 
     def _background_rows_until(self, row: int, step: int = 8) -> None:
