@@ -170,10 +170,44 @@ def test_local_cluster_preprocess_equals_plain_and_reruns_skip(tmp_path: Path) -
                               timeout=300, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "0 cases preprocessed, 4 already done" in proc.stdout  # the second run found every case complete
-    assert "2 worker(s)" in proc.stderr
+    assert re.search(r"[12] of 2 local worker\(s\) up", proc.stderr), proc.stderr
+    import psutil  # the local workers (forked on Linux: same command line as the command) ended with it
+
+    left = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == proc.args]
+    assert not left, left
     ours, theirs = tmp_path / "preprocessed" / "Dataset991_Train", tmp_path / "plain" / "Dataset991_Train"
     data = sorted(p.relative_to(ours) for p in (ours / "nnUNetPlans_3d_fullres").rglob("*"))
     assert len(data) == 4 * 3 + 1 and data == sorted(p.relative_to(theirs) for p in (theirs / "nnUNetPlans_3d_fullres").rglob("*"))
     for f in data:
         if f.suffix == ".json":
             assert (ours / f).read_bytes() == (theirs / f).read_bytes(), f
+
+
+def _task_process(_: int) -> tuple[int, str]:
+    import os as _os
+    import SimpleITK
+
+    return _os.getpid(), str(SimpleITK.ProcessObject.GetGlobalDefaultNumberOfThreads())
+
+
+@pytest.mark.parametrize("fork", [True, False], ids=["forked", "new-interpreter"])
+def test_local_workers_are_single_threaded_processes_that_end_with_the_client(monkeypatch: pytest.MonkeyPatch,
+                                                                             fork: bool) -> None:
+    """``local:2`` workers, forked (Linux) or started as ``python -m nnseg.cluster.local_worker`` (elsewhere, or when
+    this process already runs threads): separate processes, one ITK thread, all gone when the client closes."""
+    import psutil
+
+    from nnseg.cluster import connect
+
+    if fork and not connect._can_fork():
+        pytest.skip("this process runs other threads or imported torch: the workers would not be forked")
+    monkeypatch.setattr(connect, "_can_fork", lambda: fork)
+    here = str(Path(__file__).parent)  # a new interpreter imports this module to run _task_process
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p))
+    with connect.open_client("local:2", announce=False, preload=("SimpleITK",)) as client:
+        client.wait_for_workers(2, timeout=60)
+        pids = {p.pid for p in psutil.Process().children()}
+        results = [f.result(timeout=120) for f in client.map(_task_process, range(8), pure=False)]
+    assert {pid for pid, _ in results} <= pids and os.getpid() not in {pid for pid, _ in results}
+    assert {threads for _, threads in results} == {"1"}
+    assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]

@@ -341,8 +341,8 @@ def _plan_and_preprocess_on_cluster(args: argparse.Namespace, ctx: Context, name
     """plan-and-preprocess with fingerprint and preprocessing cases as tasks on ``--cluster``."""
     from nnseg.cluster.preprocess import open_case_pool
 
-    _preload("nnseg.plans.planner")
-    with open_case_pool(args.cluster) as pool:
+    with open_case_pool(args.cluster) as pool:  # first: the local workers are forked while no other thread runs
+        _preload("nnseg.plans.planner")
         for name in names:
             fingerprint_step(ctx, name, num_processes=pool.in_flight, clean=args.clean,
                              verify=args.verify_dataset_integrity, extractor=args.fpe, progress=not args.no_pbar,

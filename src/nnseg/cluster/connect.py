@@ -18,11 +18,13 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -66,10 +68,11 @@ def parse_cluster(value: str) -> tuple[str, Any]:
 
 
 class LocalWorkers:
-    """A scheduler in this process and N ``dask worker --no-nanny`` processes on 127.0.0.1 (``--cluster local:N``).
+    """A scheduler in this process and N worker processes on 127.0.0.1 (``--cluster local:N``).
 
-    Without nannies each worker is one process (a nanny per worker cost ~1.5 s of CPU to start and 4 s to stop a worker
-    that imported torch); the workers are killed on :meth:`close` (every nnseg output is written atomically).
+    Each worker is one process without a nanny (:mod:`nnseg.cluster.local_worker`; a nanny per worker cost ~1.5 s of
+    CPU to start and 4 s to stop a worker that imported torch); the workers are killed on :meth:`close` (every nnseg
+    output is written atomically).
     """
 
     def __init__(self, workers: int | None, *, preload: Sequence[str] = ()) -> None:
@@ -79,12 +82,19 @@ class LocalWorkers:
         memory = int(psutil.virtual_memory().total // self.n)
         self.folder = tempfile.mkdtemp(prefix="nnseg_dask_")
         scheduler_file = os.path.join(self.folder, "scheduler.json")
-        # the workers start first and wait for the scheduler file: their interpreter, `distributed` and the task
-        # modules (--preload) load while this process imports `distributed` and starts the scheduler
-        self.processes = [subprocess.Popen(_worker_command(scheduler_file, memory, preload), env=_worker_env(),
-                                           stdin=subprocess.DEVNULL) for _ in range(self.n)]
+        # the workers start before the scheduler and wait for its file: their imports (the task modules) overlap
+        # with this process starting the scheduler
+        self.processes: list[Any] = []
         try:
-            distributed = require_dask()
+            if _can_fork():
+                distributed = require_dask()  # imported once here, inherited by the forked workers
+                self.processes = _fork_workers(self.n, scheduler_file, memory, preload)
+            else:
+                self.processes = [subprocess.Popen(_worker_command(scheduler_file, memory, preload),
+                                                   env=_worker_env(), stdin=subprocess.DEVNULL) for _ in range(self.n)]
+                distributed = require_dask()
+            # its INFO lines (with a traceback when the killed workers' connections close) are not for nnseg's users
+            logging.getLogger("distributed").setLevel(logging.WARNING)
             self.cluster = distributed.LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address="127.0.0.1:0",
                                                     scheduler_port=0,
                                                     scheduler_kwargs={"scheduler_file": scheduler_file})
@@ -94,10 +104,10 @@ class LocalWorkers:
 
     def _stop_workers(self) -> None:
         for process in self.processes:
-            if process.poll() is None:
+            if (process.poll() if hasattr(process, "poll") else process.exitcode) is None:
                 process.kill()
         for process in self.processes:
-            process.wait()
+            process.wait() if hasattr(process, "wait") else process.join()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def close(self) -> None:
@@ -105,12 +115,30 @@ class LocalWorkers:
         self.cluster.close()
 
 
+def _can_fork() -> bool:
+    """Fork the workers from this process: on Linux, while it runs no other thread and has not imported torch (whose
+    thread pools do not survive a fork); elsewhere they are started as new interpreters."""
+    return sys.platform.startswith("linux") and threading.active_count() == 1 and "torch" not in sys.modules
+
+
+def _fork_workers(n: int, scheduler_file: str, memory: int, preload: Sequence[str]) -> list[Any]:
+    import multiprocessing
+
+    from nnseg.cluster import local_worker
+
+    context = multiprocessing.get_context("fork")
+    sys.stdout.flush()  # a child would print what this process had buffered a second time
+    sys.stderr.flush()
+    processes = [context.Process(target=local_worker.run, args=(scheduler_file, memory, tuple(preload)),
+                                 name=f"nnseg-dask-worker-{i}") for i in range(n)]
+    for process in processes:
+        process.start()
+    return processes
+
+
 def _worker_command(scheduler_file: str, memory: int, preload: Sequence[str]) -> list[str]:
-    """``dask worker`` for one single-threaded worker of ``memory`` bytes; orphans end on their own (death timeout)."""
-    return [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", scheduler_file, "--no-nanny",
-            "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", "--memory-limit", str(memory),
-            "--resources", f"{MEMORY}={memory}", "--death-timeout", "60",
-            *[arg for module in preload for arg in ("--preload", module)]]
+    """One single-threaded worker of ``memory`` bytes importing ``preload``; orphans end on their own (death timeout)."""
+    return [sys.executable, "-m", "nnseg.cluster.local_worker", scheduler_file, str(memory), *preload]
 
 
 def _worker_env() -> dict[str, str]:
@@ -127,9 +155,8 @@ def open_client(value: str, *, announce: bool = True, preload: Sequence[str] = (
     cluster = LocalWorkers(target, preload=preload) if kind == "local" else None
     distributed = require_dask()
     try:
-        if cluster is not None:
+        if cluster is not None:  # tasks start with the first worker; the others join as they come up
             client = distributed.Client(cluster.cluster)
-            client.wait_for_workers(cluster.n, timeout=WAIT_FOR_WORKERS_S)
         elif kind == "file":
             client = distributed.Client(scheduler_file=target, timeout="30s")
         else:
@@ -140,9 +167,9 @@ def open_client(value: str, *, announce: bool = True, preload: Sequence[str] = (
         raise RuntimeError(f"cannot reach the Dask scheduler {value!r} ({e}); start it (dask scheduler) or check "
                            "the address") from None
     try:
-        _wait_for_a_worker(client, value)
+        _wait_for_a_worker(client, value, say=cluster is None)  # local workers are up within a second
         if announce:
-            announce_cluster(client)
+            announce_cluster(client, starting=cluster.n if cluster is not None else None)
         yield client
     finally:
         client.close()
@@ -150,11 +177,12 @@ def open_client(value: str, *, announce: bool = True, preload: Sequence[str] = (
             cluster.close()
 
 
-def _wait_for_a_worker(client: Any, value: str, timeout_s: float = WAIT_FOR_WORKERS_S) -> None:
+def _wait_for_a_worker(client: Any, value: str, timeout_s: float = WAIT_FOR_WORKERS_S, *, say: bool = True) -> None:
     """Block until one worker is connected (batch-system workers may still be queued), so tasks are sized by them."""
     if client.scheduler_info()["workers"]:
         return
-    print(f"nnseg: waiting up to {timeout_s:.0f} s for the first worker of {value}", file=sys.stderr)
+    if say:
+        print(f"nnseg: waiting up to {timeout_s:.0f} s for the first worker of {value}", file=sys.stderr)
     try:
         client.wait_for_workers(1, timeout=timeout_s)
     except TimeoutError:
@@ -167,12 +195,12 @@ def worker_resources(client: Any) -> dict[str, dict[str, float]]:
     return {addr: dict(w.get("resources") or {}) for addr, w in client.scheduler_info()["workers"].items()}
 
 
-def announce_cluster(client: Any) -> None:
-    """Print the workers, their resources and the dashboard link on stderr."""
+def announce_cluster(client: Any, *, starting: int | None = None) -> None:
+    """Print the workers, their resources and the dashboard link on stderr (``starting``: local workers started)."""
     workers = client.scheduler_info()["workers"]
     threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
-    print(f"nnseg: Dask cluster {client.scheduler.address}: {len(workers)} worker(s), {threads} thread(s)",
-          file=sys.stderr)
+    joined = f"{len(workers)} of {starting} local worker(s) up" if starting else f"{len(workers)} worker(s)"
+    print(f"nnseg: Dask cluster {client.scheduler.address}: {joined}, {threads} thread(s)", file=sys.stderr)
     try:
         import bokeh  # noqa: F401 - the dashboard needs it
         print(f"nnseg: dashboard {client.dashboard_link}", file=sys.stderr)

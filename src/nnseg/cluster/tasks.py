@@ -4,16 +4,16 @@ Every task function nnseg submits is idempotent and writes its outputs under tem
 complete, so a task that dies with its worker (Dask reruns it elsewhere, up to ``distributed.scheduler.allowed-failures``
 times) or a rerun of the whole command never leaves a truncated or duplicated output.
 
-:class:`DaskPool` looks like the process pools of :mod:`nnseg.fingerprint.pool` (``submit(fn, job)`` returning a
-``concurrent.futures.Future``), so fingerprinting and preprocessing run on the cluster unchanged.
+:class:`DaskPool` looks like the process pools of :mod:`nnseg.fingerprint.pool` (``map_unordered(fn, jobs)``
+yielding ``(index, result)``), so fingerprinting and preprocessing run on the cluster unchanged.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import functools
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from nnseg.cluster.connect import MEMORY, require_dask, worker_resources
@@ -57,13 +57,14 @@ def explain_failure(error: BaseException, what: str) -> BaseException:
 
 
 class DaskPool:
-    """``submit(fn, job) -> concurrent.futures.Future`` running ``single_threaded(fn, job)`` as a Dask task.
+    """Per-case jobs as Dask tasks: :meth:`map_unordered` runs ``single_threaded(fn, job)`` for every job (what
+    :func:`nnseg.fingerprint.pool.pool_map` uses when handed this pool).
 
     Args:
         client: a ``distributed.Client``.
         memory: bytes one job needs (see :mod:`nnseg.cluster.memory`), or None for no ``MEMORY`` resource.
         retries: reruns of a task that raised (a task lost with its worker is rerun regardless).
-        in_flight: how many jobs the caller should keep submitted at once.
+        in_flight: the jobs in flight the caller reports (all are submitted at once; the resources bound them).
     """
 
     def __init__(self, client: Any, *, memory: Callable[[Any], int] | None = None, retries: int = DEFAULT_RETRIES,
@@ -71,29 +72,55 @@ class DaskPool:
         self.client, self.memory, self.retries = client, memory, retries
         self.capacities = memory_capacities(client)
         threads = sum(int(w.get("nthreads", 1)) for w in client.scheduler_info()["workers"].values())
-        self.in_flight = in_flight or max(32, 8 * threads)  # queued on the scheduler: no idle round trips
-        self._live: dict[str, Any] = {}
+        self.in_flight = in_flight or max(32, 8 * threads)
 
-    def submit(self, fn: Callable[[Any], Any], job: Any) -> concurrent.futures.Future[Any]:
-        name = str(getattr(job, "identifier", "job"))
-        resources = task_resources(self.client, memory=self.memory(job) if self.memory else None,
-                                   capacities=self.capacities)
-        key = f"{getattr(fn, '__name__', 'task')}-{name}-{uuid.uuid4().hex[:8]}"
-        task = self.client.submit(single_threaded, fn, job, key=key, resources=resources, retries=self.retries,
-                                  pure=False)
-        self._live[key] = task
-        out: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        out.set_running_or_notify_cancel()
-        task.add_done_callback(lambda t: self._forward(t, out, key, name))
-        return out
+    def map_unordered(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        """``(index, fn(jobs[index]))`` as tasks finish; all jobs are submitted up front in a few growing parts (one
+        ``client.map`` per part and distinct ``MEMORY`` resource: a handful of messages to the scheduler instead of
+        one per job, and no round trip per job; the resources, not a window of jobs in flight, keep large cases
+        apart).
 
-    def _forward(self, task: Any, out: concurrent.futures.Future[Any], key: str, name: str) -> None:
+        Raises:
+            The first task error (see :func:`explain_failure`); the other tasks are cancelled.
+        """
+        distributed = require_dask()
+        names = [str(getattr(job, "identifier", "job")) for job in jobs]
+        futures: dict[Any, int] = {}
+        stem, tag = getattr(fn, "__name__", "task"), uuid.uuid4().hex[:8]
+        for part in _growing_parts(len(jobs), first=max(4, 2 * len(self.capacities))):
+            for res_items, indices in self._by_resources(jobs, part).items():
+                submitted = self.client.map(functools.partial(single_threaded, fn), [jobs[i] for i in indices],
+                                            key=[f"{stem}-{names[i]}-{tag}-{i}" for i in indices],
+                                            resources=dict(res_items) or None, retries=self.retries, pure=False)
+                futures.update(zip(submitted, indices))
         try:
-            out.set_result(task.result())
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's future
-            out.set_exception(explain_failure(e, f"case {name}"))
+            for batch in distributed.as_completed(futures).batches():  # one gather per batch, not one per task
+                for future in batch:
+                    if future.status != "finished":
+                        try:
+                            future.result()
+                        except BaseException as e:
+                            raise explain_failure(e, f"case {names[futures[future]]}") from None
+                yield from zip([futures[f] for f in batch], self.client.gather(batch))
         finally:
-            self._live.pop(key, None)
+            self.client.cancel([f for f in futures if not f.done()])
+
+    def _by_resources(self, jobs: Sequence[Any], indices: Iterable[int]) -> dict[tuple[tuple[str, float], ...], list[int]]:
+        groups: dict[tuple[tuple[str, float], ...], list[int]] = {}
+        for i in indices:
+            res = task_resources(self.client, memory=self.memory(jobs[i]) if self.memory else None,
+                                 capacities=self.capacities)
+            groups.setdefault(tuple(sorted((res or {}).items())), []).append(i)
+        return groups
+
+
+def _growing_parts(n: int, *, first: int) -> Iterator[range]:
+    """``range(n)`` in parts of ``first``, ``2 x first``, ``4 x first``, ...: the workers start on the first jobs while
+    the estimates of the next ones are made (reading image headers), with a handful of messages in all."""
+    start, size = 0, max(1, first)
+    while start < n:
+        yield range(start, min(n, start + size))
+        start, size = start + size, size * 2
 
 
 def run_tasks(client: Any, fn: Callable[[Any], Any], jobs: Sequence[Any], *, names: Sequence[str],

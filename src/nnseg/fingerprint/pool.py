@@ -71,13 +71,17 @@ def pool_map(fn: Callable[[Any], Any], jobs: Sequence[Any], *, num_workers: int,
         initializer, initargs: run once in each worker.
         describe: names a job in the error raised when a worker dies.
         pool: an open pool (:func:`open_pool`) to use instead of starting one (``initializer`` is then not run;
-            ``num_workers`` still bounds the jobs in flight); it is left open.
+            ``num_workers`` still bounds the jobs in flight); it is left open. A pool with ``map_unordered(fn, jobs)``
+            (a cluster's, :class:`nnseg.cluster.tasks.DaskPool`) gets all jobs at once and bounds them itself.
 
     Raises:
         RuntimeError: a worker process died; the message names the jobs that were in flight.
         Any exception raised by ``fn`` (remaining jobs are cancelled; running ones finish first).
     """
     workers = max(1, min(int(num_workers), len(jobs)))
+    if pool is not None and jobs and hasattr(pool, "map_unordered"):
+        yield from pool.map_unordered(fn, jobs)
+        return
     if pool is not None and jobs:
         yield from _submit_all(pool, fn, jobs, workers, limit, describe)
         return
