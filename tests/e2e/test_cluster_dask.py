@@ -170,7 +170,7 @@ def test_local_cluster_preprocess_equals_plain_and_reruns_skip(tmp_path: Path) -
                               timeout=300, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "0 cases preprocessed, 4 already done" in proc.stdout  # the second run found every case complete
-    assert re.search(r"[12] of 2 local worker\(s\) up", proc.stderr), proc.stderr
+    assert "2 local single-threaded worker process(es)" in proc.stderr, proc.stderr
     import psutil  # the local workers (forked on Linux: same command line as the command) ended with it
 
     left = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == proc.args]

@@ -156,7 +156,7 @@ def open_client(value: str, *, announce: bool = True, preload: Sequence[str] = (
     distributed = require_dask()
     try:
         if cluster is not None:  # tasks start with the first worker; the others join as they come up
-            client = distributed.Client(cluster.cluster)
+            client = distributed.Client(cluster.cluster, direct_to_workers=True)
         elif kind == "file":
             client = distributed.Client(scheduler_file=target, timeout="30s")
         else:
@@ -167,7 +167,8 @@ def open_client(value: str, *, announce: bool = True, preload: Sequence[str] = (
         raise RuntimeError(f"cannot reach the Dask scheduler {value!r} ({e}); start it (dask scheduler) or check "
                            "the address") from None
     try:
-        _wait_for_a_worker(client, value, say=cluster is None)  # local workers are up within a second
+        if cluster is None:  # local workers are up within a second: the caller prepares its jobs meanwhile
+            wait_for_a_worker(client, value)
         if announce:
             announce_cluster(client, starting=cluster.n if cluster is not None else None)
         yield client
@@ -177,11 +178,11 @@ def open_client(value: str, *, announce: bool = True, preload: Sequence[str] = (
             cluster.close()
 
 
-def _wait_for_a_worker(client: Any, value: str, timeout_s: float = WAIT_FOR_WORKERS_S, *, say: bool = True) -> None:
+def wait_for_a_worker(client: Any, value: str = "the cluster", timeout_s: float = WAIT_FOR_WORKERS_S) -> None:
     """Block until one worker is connected (batch-system workers may still be queued), so tasks are sized by them."""
     if client.scheduler_info()["workers"]:
         return
-    if say:
+    if not str(value).startswith("local"):
         print(f"nnseg: waiting up to {timeout_s:.0f} s for the first worker of {value}", file=sys.stderr)
     try:
         client.wait_for_workers(1, timeout=timeout_s)
@@ -199,8 +200,9 @@ def announce_cluster(client: Any, *, starting: int | None = None) -> None:
     """Print the workers, their resources and the dashboard link on stderr (``starting``: local workers started)."""
     workers = client.scheduler_info()["workers"]
     threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
-    joined = f"{len(workers)} of {starting} local worker(s) up" if starting else f"{len(workers)} worker(s)"
-    print(f"nnseg: Dask cluster {client.scheduler.address}: {joined}, {threads} thread(s)", file=sys.stderr)
+    joined = (f"{starting} local single-threaded worker process(es) ({len(workers)} up)" if starting
+              else f"{len(workers)} worker(s), {threads} thread(s)")
+    print(f"nnseg: Dask cluster {client.scheduler.address}: {joined}", file=sys.stderr)
     try:
         import bokeh  # noqa: F401 - the dashboard needs it
         print(f"nnseg: dashboard {client.dashboard_link}", file=sys.stderr)

@@ -11,12 +11,14 @@ yielding ``(index, result)``), so fingerprinting and preprocessing run on the cl
 from __future__ import annotations
 
 import functools
+import queue
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from nnseg.cluster.connect import MEMORY, require_dask, worker_resources
+from nnseg.cluster.connect import MEMORY, require_dask, wait_for_a_worker, worker_resources
 from nnseg.cluster.memory import fit_to_workers
 from nnseg.fingerprint.pool import limit_threads
 
@@ -70,7 +72,7 @@ class DaskPool:
     def __init__(self, client: Any, *, memory: Callable[[Any], int] | None = None, retries: int = DEFAULT_RETRIES,
                  in_flight: int | None = None) -> None:
         self.client, self.memory, self.retries = client, memory, retries
-        self.capacities = memory_capacities(client)
+        self.capacities: dict[str, float | None] = {}  # of the workers up when the first jobs are sized
         threads = sum(int(w.get("nthreads", 1)) for w in client.scheduler_info()["workers"].values())
         self.in_flight = in_flight or max(32, 8 * threads)
 
@@ -83,7 +85,9 @@ class DaskPool:
         Raises:
             The first task error (see :func:`explain_failure`); the other tasks are cancelled.
         """
-        distributed = require_dask()
+        if not self.capacities:
+            wait_for_a_worker(self.client)
+            self.capacities = memory_capacities(self.client)
         names = [str(getattr(job, "identifier", "job")) for job in jobs]
         futures: dict[Any, int] = {}
         stem, tag = getattr(fn, "__name__", "task"), uuid.uuid4().hex[:8]
@@ -94,7 +98,7 @@ class DaskPool:
                                             resources=dict(res_items) or None, retries=self.retries, pure=False)
                 futures.update(zip(submitted, indices))
         try:
-            for batch in distributed.as_completed(futures).batches():  # one gather per batch, not one per task
+            for batch in _gathered_batches(list(futures)):
                 for future in batch:
                     if future.status != "finished":
                         try:
@@ -112,6 +116,26 @@ class DaskPool:
                                  capacities=self.capacities)
             groups.setdefault(tuple(sorted((res or {}).items())), []).append(i)
         return groups
+
+
+def _gathered_batches(futures: Sequence[Any], *, every_s: float = 0.1) -> Iterator[list[Any]]:
+    """``futures`` as they finish, in groups worth one ``gather`` each: what finishes within ``every_s`` of the first
+    of a group, so thousands of short tasks cost tens of round trips instead of one each, and no result waits more
+    than ``every_s``."""
+    finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    for future in futures:
+        future.add_done_callback(finished.put)
+    left = len(futures)
+    while left:
+        group = [finished.get()]
+        deadline = time.monotonic() + every_s
+        while len(group) < left and (wait := deadline - time.monotonic()) > 0:
+            try:
+                group.append(finished.get(timeout=wait))
+            except queue.Empty:
+                break
+        left -= len(group)
+        yield group
 
 
 def _growing_parts(n: int, *, first: int) -> Iterator[range]:
