@@ -183,31 +183,42 @@ def test_local_cluster_preprocess_equals_plain_and_reruns_skip(tmp_path: Path) -
             assert (ours / f).read_bytes() == (theirs / f).read_bytes(), f
 
 
-def _task_process(_: int) -> tuple[int, str]:
-    import os as _os
+_LOCAL_WORKERS_SCRIPT = """
+import json, os, sys
+import psutil
+from nnseg.cluster import connect
+
+def task(_):
     import SimpleITK
+    return os.getpid(), SimpleITK.ProcessObject.GetGlobalDefaultNumberOfThreads()
 
-    return _os.getpid(), str(SimpleITK.ProcessObject.GetGlobalDefaultNumberOfThreads())
+fork = sys.argv[1] == "fork"
+assert connect._can_fork() or not fork, "a fresh interpreter on Linux forks its workers"
+connect._can_fork = lambda: fork
+with connect.open_client("local:2", announce=False, preload=("SimpleITK",)) as client:
+    client.wait_for_workers(2, timeout=60)
+    workers = [p.pid for p in psutil.Process().children()]
+    results = [f.result(timeout=120) for f in client.map(task, range(8), pure=False)]
+print(json.dumps({"workers": workers, "results": results, "caller": os.getpid()}))
+"""
 
 
-@pytest.mark.parametrize("fork", [True, False], ids=["forked", "new-interpreter"])
-def test_local_workers_are_single_threaded_processes_that_end_with_the_client(monkeypatch: pytest.MonkeyPatch,
-                                                                             fork: bool) -> None:
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+@pytest.mark.parametrize("mode", ["fork", "new-interpreter"])
+def test_local_workers_are_single_threaded_processes_that_end_with_the_caller(tmp_path: Path, mode: str) -> None:
     """``local:2`` workers, forked (Linux) or started as ``python -m nnseg.cluster.local_worker`` (elsewhere, or when
-    this process already runs threads): separate processes, one ITK thread, all gone when the client closes."""
+    the caller already runs threads): separate processes, one ITK thread, none left when the caller is done."""
+    import json
+
     import psutil
 
-    from nnseg.cluster import connect
-
-    if fork and not connect._can_fork():
-        pytest.skip("this process runs other threads or imported torch: the workers would not be forked")
-    monkeypatch.setattr(connect, "_can_fork", lambda: fork)
-    here = str(Path(__file__).parent)  # a new interpreter imports this module to run _task_process
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p))
-    with connect.open_client("local:2", announce=False, preload=("SimpleITK",)) as client:
-        client.wait_for_workers(2, timeout=60)
-        pids = {p.pid for p in psutil.Process().children()}
-        results = [f.result(timeout=120) for f in client.map(_task_process, range(8), pure=False)]
-    assert {pid for pid, _ in results} <= pids and os.getpid() not in {pid for pid, _ in results}
-    assert {threads for _, threads in results} == {"1"}
-    assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    script = tmp_path / "local_workers.py"  # its `task` must be importable by a new interpreter: run from tmp_path
+    script.write_text(_LOCAL_WORKERS_SCRIPT)
+    proc = subprocess.run([sys.executable, script.name, mode], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(tmp_path)}, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    pids = {pid for pid, _ in out["results"]}
+    assert len(out["workers"]) == 2 and pids <= set(out["workers"]) and out["caller"] not in pids
+    assert {threads for _, threads in out["results"]} == {1}
+    assert not [pid for pid in out["workers"] if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
