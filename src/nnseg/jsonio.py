@@ -78,6 +78,25 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete what :func:`atomic_path` left for ``path`` in a process that was killed while writing it (SIGKILL,
+    power loss); call it only when no writer of ``path`` can still be running. Returns the files removed."""
+    path = Path(path)
+    removed = []
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp*"):
+        try:
+            stale.unlink()
+            removed.append(stale)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 def write_atomic(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> None:
     """Call ``writer(tmp_path)`` and rename the result onto ``path``."""
     with atomic_path(path) as tmp:

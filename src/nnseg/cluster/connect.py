@@ -178,7 +178,7 @@ def open_client(value: str, *, announce: bool = True, preload: Sequence[str] = (
             cluster.close()
 
 
-def wait_for_a_worker(client: Any, value: str = "the cluster", timeout_s: float = WAIT_FOR_WORKERS_S) -> None:
+def wait_for_a_worker(client: Any, value: str = "local", timeout_s: float = WAIT_FOR_WORKERS_S) -> None:
     """Block until one worker is connected (batch-system workers may still be queued), so tasks are sized by them."""
     if client.scheduler_info()["workers"]:
         return
@@ -192,7 +192,8 @@ def wait_for_a_worker(client: Any, value: str = "the cluster", timeout_s: float 
 
 
 def worker_resources(client: Any) -> dict[str, dict[str, float]]:
-    """``{worker address: {resource: amount}}`` of the workers connected now."""
+    """``{worker address: {resource: amount}}`` of the workers connected now (waiting for the first one)."""
+    wait_for_a_worker(client, "local")
     return {addr: dict(w.get("resources") or {}) for addr, w in client.scheduler_info()["workers"].items()}
 
 

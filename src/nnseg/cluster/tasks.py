@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from nnseg.cluster.connect import MEMORY, require_dask, wait_for_a_worker, worker_resources
+from nnseg.cluster.connect import MEMORY, require_dask, worker_resources
 from nnseg.cluster.memory import fit_to_workers
 from nnseg.fingerprint.pool import limit_threads
 
@@ -86,8 +86,7 @@ class DaskPool:
             The first task error (see :func:`explain_failure`); the other tasks are cancelled.
         """
         if not self.capacities:
-            wait_for_a_worker(self.client)
-            self.capacities = memory_capacities(self.client)
+            self.capacities = memory_capacities(self.client)  # waits for the first worker
         names = [str(getattr(job, "identifier", "job")) for job in jobs]
         futures: dict[Any, int] = {}
         stem, tag = getattr(fn, "__name__", "task"), uuid.uuid4().hex[:8]

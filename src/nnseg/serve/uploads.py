@@ -26,6 +26,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 CHUNK = 1 << 20
+DRAIN_BYTES = 64 << 20  # read and dropped before a 413, so the client gets the answer instead of a reset connection
 
 
 class UploadTooLarge(Exception):
@@ -50,6 +51,7 @@ class SizeLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await drain(receive)
             await send_json(send, 413, too_large_message(self.limit), {"Connection": "close"})
             return
         seen = 0
@@ -59,10 +61,23 @@ class SizeLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
+                if message.get("more_body"):
+                    await drain(receive)
                 raise UploadTooLarge(too_large_message(self.limit))
             return message
 
         await self.app(scope, counted, send)
+
+
+async def drain(receive: Receive, *, limit: int = DRAIN_BYTES) -> None:
+    """Read and drop the rest of a refused request body, up to ``limit`` bytes: a server that closes the connection
+    while the client is still sending makes the kernel reset it, and the client may never read the 413."""
+    dropped = 0
+    while dropped <= limit:
+        message = await receive()
+        dropped += len(message.get("body", b""))
+        if message.get("type") != "http.request" or not message.get("more_body"):
+            return
 
 
 def upload_ending(filename: str | None) -> str:

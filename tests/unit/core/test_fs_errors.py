@@ -78,3 +78,29 @@ def test_save_json_into_a_file_path_names_it(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError) as info:
         save_json({"a": 1}, blocker / "sub" / "x.json")
     assert "[ENOTDIR]" in describe_os_error(info.value) and str(blocker) in describe_os_error(info.value)
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    """What ``atomic_path`` leaves when its process is SIGKILLed (a cluster worker) goes; other files stay."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from nnseg.jsonio import remove_stale_temporaries
+
+    code = ("import sys, time; from nnseg.jsonio import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'half'); print('ready', flush=True); time.sleep(60)\n")
+    target = tmp_path / "case[1].nii.gz"
+    writer = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    writer.stdout.close()
+    (tmp_path / "case[1]0.nii.gz").write_bytes(b"other case")
+    (tmp_path / ".case[1]0.nii.gz.abc.tmp.nii.gz").write_bytes(b"another case's temporary")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 3 and not target.exists()
+    removed = remove_stale_temporaries(target)
+    assert len(removed) == 1 and removed[0].name.startswith(".case[1].nii.gz.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".case[1]0.nii.gz.abc.tmp.nii.gz", "case[1]0.nii.gz"]
