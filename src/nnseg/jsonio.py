@@ -6,7 +6,7 @@ import functools
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,14 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+_TMP_MARK = ".tmp"
+
+
+def _temporary_prefix(name: str) -> str:
+    """How the temporary files of :func:`atomic_path` for the file ``name`` begin (hidden, then the name)."""
+    return f".{name}."
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it is renamed onto ``path``.
@@ -61,7 +69,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=_TMP_MARK + "".join(path.suffixes),
+                               dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -78,23 +87,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
-    """Delete what :func:`atomic_path` left for ``path`` in a process that was killed while writing it (SIGKILL,
-    power loss); call it only when no writer of ``path`` can still be running. Returns the files removed."""
-    path = Path(path)
-    removed = []
-    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp*"):
-        try:
-            stale.unlink()
-            removed.append(stale)
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def glob_escape(name: str) -> str:
-    """``name`` with glob's special characters taken literally."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+def remove_temporary_files(folder: str | os.PathLike[str], *, targets: Iterable[str] | None = None) -> list[Path]:
+    """Delete what :func:`atomic_path` left in ``folder`` in processes killed while writing (SIGKILL, power loss):
+    hidden ``.NAME.*.tmp*`` files, all of them or only those of the file names ``targets``. Call it only when no
+    writer of those files can still be running. Returns the files removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    prefixes = (".",) if targets is None else tuple(_temporary_prefix(name) for name in targets)
+    stale = [p for p in folder.iterdir() if p.name.startswith(prefixes) and _TMP_MARK in p.name and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_atomic(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> None:

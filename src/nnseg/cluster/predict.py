@@ -20,7 +20,7 @@ from nnseg._types import PathLike
 from nnseg.cluster.connect import open_client
 from nnseg.cluster.memory import predict_bytes
 from nnseg.cluster.tasks import DEFAULT_RETRIES, memory_capacities, run_tasks, task_resources
-from nnseg.jsonio import remove_stale_temporaries
+from nnseg.jsonio import remove_temporary_files
 from nnseg.predictions.model_folder import DEFAULT_FOLDS, Fold, checkpoint_paths, load_trained_model, parse_folds
 from nnseg.predictions.pipeline import predict_case, select_cases, write_run_info
 from nnseg.predictions.predict import PredictionReport, Predictor
@@ -125,8 +125,7 @@ def predict_on_cluster(cluster: str, model_folder: PathLike, inputs: PathLike | 
         for i, _seconds in run_tasks(client, predict_case_task, jobs, names=[c.identifier for c in todo],
                                      resources=resources, retries=retries, desc="predict", progress=progress):
             report.written.append(out / f"{todo[i].identifier}{ending}")
-    for case in todo:  # every task is done: what remains of a worker killed while writing is litter
-        for name in (f"{case.identifier}{ending}", f"{case.identifier}.npz", f"{case.identifier}.pkl"):
-            remove_stale_temporaries(out / name)
+    # every task is done: what remains of a worker killed while writing is litter
+    remove_temporary_files(out, targets=[f"{c.identifier}{e}" for c in todo for e in (ending, ".npz", ".pkl")])
     report.wall_s = time.perf_counter() - start
     return report

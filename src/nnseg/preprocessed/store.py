@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nnseg.jsonio import atomic_path, load_json, to_jsonable
+from nnseg.jsonio import remove_temporary_files as remove_atomic_leftovers
 from nnseg.safe_pickle import restricted_loads
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ CHUNK_MAX_BYTES = 6 * 1024 * 1024
 CHUNK_MAX_PATCH_FACTOR = 1.5
 CLEVEL = 5
 _TRIAL_MAX_BYTES = 512 * 1024
-_TMP_MARK = ".tmp"
 
 
 def _pow2_ceil(n: int) -> int:
@@ -248,13 +248,7 @@ def remove_case(folder: Path, identifier: str) -> None:
 
 def remove_temporary_files(folder: Path) -> int:
     """Delete leftovers of interrupted writes (hidden ``.NAME.*.tmp*`` files); returns how many were removed."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    stale = [p for p in folder.iterdir() if p.name.startswith(".") and _TMP_MARK in p.name and p.is_file()]
-    for p in stale:
-        p.unlink()
-    return len(stale)
+    return len(remove_atomic_leftovers(folder))
 
 
 def list_cases(folder: Path) -> list[str]:

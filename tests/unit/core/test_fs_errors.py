@@ -87,7 +87,7 @@ def test_stale_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_p
     import subprocess
     import sys
 
-    from nnseg.jsonio import remove_stale_temporaries
+    from nnseg.jsonio import remove_temporary_files
 
     code = ("import sys, time; from nnseg.jsonio import atomic_path\n"
             "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'half'); print('ready', flush=True); time.sleep(60)\n")
@@ -101,6 +101,6 @@ def test_stale_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_p
     (tmp_path / ".case[1]0.nii.gz.abc.tmp.nii.gz").write_bytes(b"another case's temporary")
     left = sorted(p.name for p in tmp_path.iterdir())
     assert len(left) == 3 and not target.exists()
-    removed = remove_stale_temporaries(target)
+    removed = remove_temporary_files(tmp_path, targets=[target.name])
     assert len(removed) == 1 and removed[0].name.startswith(".case[1].nii.gz.")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".case[1]0.nii.gz.abc.tmp.nii.gz", "case[1]0.nii.gz"]
