@@ -91,7 +91,7 @@ class LocalWorkers:
                 self.processes = _fork_workers(self.n, scheduler_file, memory, preload)
             else:
                 self.processes = [subprocess.Popen(_worker_command(scheduler_file, memory, preload),
-                                                   env=_worker_env(), stdin=subprocess.DEVNULL) for _ in range(self.n)]
+                                                   stdin=subprocess.DEVNULL) for _ in range(self.n)]
                 distributed = require_dask()
             # its INFO lines (with a traceback when the killed workers' connections close) are not for nnseg's users
             logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -104,10 +104,9 @@ class LocalWorkers:
 
     def _stop_workers(self) -> None:
         for process in self.processes:
-            if (process.poll() if hasattr(process, "poll") else process.exitcode) is None:
-                process.kill()
+            process.kill()  # a no-op for one that already ended (subprocess.Popen and multiprocessing.Process alike)
         for process in self.processes:
-            process.wait() if hasattr(process, "wait") else process.join()
+            process.wait() if isinstance(process, subprocess.Popen) else process.join()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def close(self) -> None:
@@ -141,12 +140,6 @@ def _worker_command(scheduler_file: str, memory: int, preload: Sequence[str]) ->
     return [sys.executable, "-m", "nnseg.cluster.local_worker", scheduler_file, str(memory), *preload]
 
 
-def _worker_env() -> dict[str, str]:
-    """Quiet workers without the statistical profiler (it samples the task thread every 10 ms: CPU taken from the
-    tasks, for a dashboard view ``local`` runs do not need)."""
-    return {**os.environ, "DASK_LOGGING__DISTRIBUTED": "error", "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
-
-
 @contextmanager
 def open_client(value: str, *, announce: bool = True, preload: Sequence[str] = ()) -> Iterator[Any]:
     """A ``distributed.Client`` for ``--cluster value`` (a LocalCluster is closed on leaving); ``preload``: modules
@@ -178,11 +171,11 @@ def open_client(value: str, *, announce: bool = True, preload: Sequence[str] = (
             cluster.close()
 
 
-def wait_for_a_worker(client: Any, value: str = "local", timeout_s: float = WAIT_FOR_WORKERS_S) -> None:
+def wait_for_a_worker(client: Any, value: str, timeout_s: float = WAIT_FOR_WORKERS_S, *, say: bool = True) -> None:
     """Block until one worker is connected (batch-system workers may still be queued), so tasks are sized by them."""
     if client.scheduler_info()["workers"]:
         return
-    if not str(value).startswith("local"):
+    if say:
         print(f"nnseg: waiting up to {timeout_s:.0f} s for the first worker of {value}", file=sys.stderr)
     try:
         client.wait_for_workers(1, timeout=timeout_s)
@@ -193,7 +186,7 @@ def wait_for_a_worker(client: Any, value: str = "local", timeout_s: float = WAIT
 
 def worker_resources(client: Any) -> dict[str, dict[str, float]]:
     """``{worker address: {resource: amount}}`` of the workers connected now (waiting for the first one)."""
-    wait_for_a_worker(client, "local")
+    wait_for_a_worker(client, client.scheduler.address, say=False)  # open_client said it for remote clusters
     return {addr: dict(w.get("resources") or {}) for addr, w in client.scheduler_info()["workers"].items()}
 
 

@@ -35,6 +35,7 @@ def run(scheduler_file: str, memory: int, modules: tuple[str, ...] = ()) -> None
     import logging
 
     import dask
+    import distributed  # noqa: F401 - its import sets the logging levels, so quieten them after it
 
     from nnseg.fingerprint.pool import limit_threads
     from nnseg.parallel import die_with_parent

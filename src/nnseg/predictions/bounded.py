@@ -136,15 +136,10 @@ def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, 
                    output_truncated.parent)
     else:
         full = [int(properties["shape_before_cropping"][a]) for a in model.plans.transpose_backward]
-        with atomic_path(output_truncated.with_name(output_truncated.name + ".npz")) as tmp:
-            writer = NpzStreamWriter(tmp, "probabilities", (model.num_outputs, *full), fortran_order=True)
-            try:
-                seg = _run(predictor, data, properties, resampler, axis, slab_rows, writer, timing, on_progress,
-                           output_truncated.parent)
-            except BaseException:
-                writer.abort()
-                raise
-            writer.close()
+        with atomic_path(output_truncated.with_name(output_truncated.name + ".npz")) as tmp, \
+                NpzStreamWriter(tmp, "probabilities", (model.num_outputs, *full), fortran_order=True) as writer:
+            seg = _run(predictor, data, properties, resampler, axis, slab_rows, writer, timing, on_progress,
+                       output_truncated.parent)
         save_properties_pkl(properties, output_truncated.with_name(output_truncated.name + ".pkl"))
     write_segmentation(seg, output_truncated.with_name(output_truncated.name + model.spec.file_ending), geometry,
                        reader=reader)

@@ -98,6 +98,16 @@ class NpzStreamWriter:
         self._header_bytes, self.crc, self.compressed = header.nbytes, _isal().crc32(header), len(data)
         self._file.write(data)
 
+    def __enter__(self) -> NpzStreamWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        """Finish the archive, or on an error stop without finishing (the caller's temporary file goes)."""
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
     def write(self, block: np.ndarray) -> None:
         """The next part of the array: ``block``'s C-order elements (any shape; cast to the dtype; may be a view)."""
         for piece in pieces(np.asarray(block)):

@@ -76,14 +76,8 @@ def save_probabilities_npz(probabilities: np.ndarray, path: PathLike) -> None:
     """Write ``CASE.npz`` with key ``probabilities`` (float32 ``(K, X, Y, Z)``), compressed on every core, atomically
     (the format of nnU-Net's ``np.savez_compressed``, see :mod:`nnseg.predictions.npz_stream`)."""
     array = np.asarray(probabilities, dtype=np.float32)
-    with atomic_path(path) as tmp:
-        writer = NpzStreamWriter(tmp, "probabilities", array.shape)
-        try:
-            writer.write(array)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.close()
+    with atomic_path(path) as tmp, NpzStreamWriter(tmp, "probabilities", array.shape) as writer:
+        writer.write(array)
 
 
 def load_probabilities_npz(path: PathLike) -> np.ndarray:
