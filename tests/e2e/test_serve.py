@@ -27,6 +27,7 @@ import SimpleITK as sitk
 from golden_model import IMAGES, install_golden_model
 
 from nnseg.cli.main import main
+from nnseg.locks import LOCK_NAME
 
 pytestmark = [pytest.mark.golden, pytest.mark.slow]
 NAME = "Dataset004_Hippocampus_3d_fullres_bs2"
@@ -91,8 +92,10 @@ def server(golden: dict[str, Path]) -> dict[str, object]:
 
 
 def _files_under(folder: Path, *, but_uploads: bool = False) -> list[Path]:
-    """Files under ``folder`` (``but_uploads``: images kept by ``PUT /datastore/`` for Slicer left out)."""
-    return [p for p in folder.rglob("*") if not p.is_dir() and not (but_uploads and p.parent.name == "uploads")]
+    """Files under ``folder`` (``but_uploads``: images kept by ``PUT /datastore/`` for Slicer left out; the running
+    server's lock, which marks its folder as in use, is no upload)."""
+    return [p for p in folder.rglob("*") if not p.is_dir() and not (but_uploads and p.parent.name == "uploads")
+            and p.name != LOCK_NAME]
 
 
 def _seg(data: bytes, ending: str = ".nii.gz") -> sitk.Image:

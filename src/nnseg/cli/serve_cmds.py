@@ -29,9 +29,23 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile_batch_size", type=int, default=None, help="tiles per network call")
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
                    help="torch, or onnxruntime with the files `nnseg export-onnx` wrote [torch]")
+    p.add_argument("--max-memory", "--max_memory", dest="max_memory", type=float, default=None, metavar="GB",
+                   help="memory budget of one case, as nnseg predict's: a case that does not fit is predicted in bounded "
+                        "memory, one that cannot fit even so is refused (413) [85 %% of the memory free at the time]")
     p.add_argument("--max_upload_mb", type=float, default=512.0, help="largest request body in MiB [512]")
     p.add_argument("--max_queued", type=int, default=16, help="jobs that may wait; more are answered 429 [16]")
     p.add_argument("--result_ttl_s", type=float, default=600.0, help="seconds a finished job's result is kept [600]")
+    p.add_argument("--max_unzipped_mb", type=float, default=None,
+                   help="MiB that uploaded DICOM zips may hold unpacked at once, all jobs together; more: 429 "
+                        "[16 x --max_upload_mb]")
+    p.add_argument("--request_timeout_s", type=float, default=20.0,
+                   help="seconds a client has to send its request headers, and its body (then at >= 16 KiB/s) [20]")
+    p.add_argument("--allowed_host", nargs="+", default=[], metavar="NAME",
+                   help="Host names accepted besides localhost/127.0.0.1/::1 by a server without a token (DNS "
+                        "rebinding guard)")
+    p.add_argument("--allowed_origin", nargs="+", default=[], metavar="ORIGIN",
+                   help="web app origins (e.g. https://viewer.example:443) allowed to send POST/PUT/DELETE; others "
+                        "are refused (403)")
     p.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -42,9 +56,12 @@ def run_serve(args: argparse.Namespace, ctx: Context) -> int:
 
     options = ModelOptions(folds=tuple(args.f), checkpoint=args.chk, precision=args.precision,
                            step_size=args.step_size, use_tta=not args.disable_tta, tile_batch_size=args.tile_batch_size,
-                           backend=args.backend)
+                           backend=args.backend, max_memory_gb=args.max_memory)
     limits = ServerOptions(max_upload_mb=args.max_upload_mb, max_queued=args.max_queued,
-                           result_ttl_s=args.result_ttl_s, log_level=args.log_level)
+                           result_ttl_s=args.result_ttl_s, log_level=args.log_level,
+                           max_unzipped_mb=args.max_unzipped_mb, request_timeout_s=args.request_timeout_s,
+                           allowed_hosts=tuple(h.lower() for h in args.allowed_host),
+                           allowed_origins=tuple(args.allowed_origin))
     token = args.token or ctx.env.get(TOKEN_ENV) or None
     serve(args.models, host=args.host, port=args.port, token=token, devices=args.device, options=options, limits=limits)
     return 0

@@ -28,6 +28,7 @@ from nnseg._types import Geometry
 from nnseg.devices import autocast_context, return_large_blocks_to_os
 from nnseg.jsonio import atomic_path
 from nnseg.predictions.export import current_and_target_spacing, write_segmentation
+from nnseg.predictions.input_checks import check_case_geometry
 from nnseg.predictions.logit_spill import LogitSpill
 from nnseg.predictions.memory_plan import CasePlan, CaseShapes, case_shapes, memory_budget, plan_case
 from nnseg.predictions.predict import Predictor
@@ -104,7 +105,8 @@ def fold_slabs(predictor: Predictor, data: np.ndarray | torch.Tensor, *, timing:
 def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, properties: Mapping[str, Any],
                          output_truncated: Path, *, slab_rows: int, save_probabilities: bool = False,
                          geometry: Geometry | None = None, on_progress: Callable[[str, int], None] | None = None,
-                         tiles_per_call: int | None = None) -> BoundedTiming:
+                         tiles_per_call: int | None = None, segmentation_file: Path | None = None,
+                         writer: str | None = None) -> BoundedTiming:
     """Predict one preprocessed case and write ``<output_truncated><ending>`` (+ ``.npz``/``.pkl``) in bounded memory.
 
     Args:
@@ -116,6 +118,8 @@ def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, 
         geometry: the input's geometry (default rebuilt from ``properties``).
         on_progress: called with ``("network", rows)`` / ``("export", rows)`` as rows are finished.
         tiles_per_call: tiles per network call (default the predictor's; the memory plan may choose 1).
+        segmentation_file, writer: write the label map there with that reader/writer (its ending picks the format)
+            instead of ``<output_truncated><file_ending>`` with the plans' (a server's upload format).
 
     Raises:
         ValueError: the plans' probability resampling is not separable (see :mod:`nnseg.predictions.slab_resample`).
@@ -141,8 +145,8 @@ def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, 
             seg = _run(predictor, data, properties, resampler, axis, slab_rows, writer, timing, on_progress,
                        output_truncated.parent)
         save_properties_pkl(properties, output_truncated.with_name(output_truncated.name + ".pkl"))
-    write_segmentation(seg, output_truncated.with_name(output_truncated.name + model.spec.file_ending), geometry,
-                       reader=reader)
+    target = segmentation_file or output_truncated.with_name(output_truncated.name + model.spec.file_ending)
+    write_segmentation(seg, Path(target), geometry, reader=writer or reader)
     timing.after_network = time.perf_counter() - timing.after_network
     return timing
 
@@ -215,11 +219,13 @@ class MemoryPolicy:
 
 def plan_for_case(predictor: Predictor, identifier: str, shapes: CaseShapes, policy: MemoryPolicy) -> CasePlan:
     """:func:`nnseg.predictions.memory_plan.plan_case` with the predictor's folds and samples per call."""
-    return plan_case(predictor.model, identifier, shapes, budget=policy.budget, budget_source=policy.budget_source,
+    plan = plan_case(predictor.model, identifier, shapes, budget=policy.budget, budget_source=policy.budget_source,
                      samples=predictor.samples_per_call(), tiles=predictor.tiles_per_call(),
                      folds=len(predictor.networks), save_probabilities=policy.save_probabilities,
                      slab_rows=policy.slab_rows, bounded=policy.slab_rows is not None,
                      axis=streaming_axis(predictor, save_probabilities=policy.save_probabilities))
+    plan.grid = tuple(shapes.grid)
+    return plan
 
 
 def shapes_of_preprocessed(data: np.ndarray, properties: Mapping[str, Any]) -> CaseShapes:
@@ -230,17 +236,37 @@ def shapes_of_preprocessed(data: np.ndarray, properties: Mapping[str, Any]) -> C
 
 
 def check_cases_fit(predictor: Predictor, cases: Sequence[CaseFiles], policy: MemoryPolicy) -> None:
-    """Refuse, before anything is read or written, a case whose estimate exceeds the budget.
+    """Refuse, before anything is read or written, a case whose estimate exceeds the budget (see
+    :func:`check_case_header`, run for each case)."""
+    for case in cases:
+        check_case_header(predictor, case, policy)
+
+
+def check_case_header(predictor: Predictor, case: CaseFiles, policy: MemoryPolicy, *,
+                      reader: str | None = None) -> CasePlan:
+    """The checks one case gets from its headers, before its voxels are read: 2D vs 3D and the resampling factor
+    (:func:`nnseg.predictions.input_checks.check_case_geometry`), then the memory plan.
 
     Shapes come from the file headers (SimpleITK readers) without cropping, an upper bound; other readers read the
-    image. Raises :class:`nnseg.predictions.memory_plan.CaseDoesNotFit`.
+    image. ``reader``: the reader/writer of these files (default the plans').
+
+    Raises:
+        ValueError: the geometry check. :class:`nnseg.predictions.memory_plan.CaseDoesNotFit`: not even the bounded
+        path fits the budget.
     """
-    for case in cases:
-        raw_shape, spacing = _header_shape(predictor.model.plans.image_reader_writer, case)
-        plan_for_case(predictor, case.identifier, case_shapes(predictor.model, raw_shape, spacing), policy)
+    model = predictor.model
+    raw_shape, spacing = _header_shape(reader or model.plans.image_reader_writer, case)
+    if raw_shape[0] != model.spec.num_channels:
+        raise ValueError(f"case {case.identifier} has {raw_shape[0]} channel(s) ({', '.join(str(f) for f in case.images)}) "
+                         f"but the model expects {model.spec.num_channels} {dict(model.spec.channel_names)}; give one "
+                         "file per channel in channel order")
+    check_case_geometry(case.images, raw_shape, spacing, plans=model.plans, configuration=model.configuration,
+                        configuration_name=model.configuration_name)
+    return plan_for_case(predictor, case.identifier, case_shapes(model, raw_shape, spacing), policy)
 
 
 def _header_shape(reader: str, case: CaseFiles) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """``(C, X, Y, Z)`` and spacing as the reader would return them (a 2D file: ``(C, 1, X, Y)``, spacing 999*max)."""
     if reader in ("SimpleITKIO", "SimpleITKIOWithReorient"):
         import SimpleITK as sitk
 
@@ -250,5 +276,7 @@ def _header_shape(reader: str, case: CaseFiles) -> tuple[tuple[int, ...], tuple[
         size, spacing = tuple(info.GetSize())[::-1], tuple(abs(float(s)) for s in info.GetSpacing())[::-1]
         if len(size) == 3 and info.GetNumberOfComponents() == 1:
             return (len(case.images), *size), spacing
+        if len(size) == 2 and info.GetNumberOfComponents() == 1:
+            return (len(case.images), 1, *size), (max(spacing) * 999, *spacing)
     data, geometry = get_io(reader).read_images(case.images)
     return tuple(data.shape), tuple(float(s) for s in geometry.spacing)

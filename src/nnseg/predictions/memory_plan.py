@@ -107,6 +107,7 @@ class CasePlan:
     budget_source: str
     parts: dict[str, int] = field(default_factory=dict)
     tiles: int | None = None  # tiles per network call of the bounded path (None: the predictor's own)
+    grid: tuple[int, ...] = ()  # the network grid it was planned for (progress reports count its tiles)
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {v / GIB:.2f}" for k, v in self.parts.items())

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from nnseg.predictions.bounded import (
     shapes_of_preprocessed,
     streaming_axis,
 )
-from nnseg.predictions.export import export_prediction
+from nnseg.predictions.export import convert_logits, export_prediction, write_segmentation
 from nnseg.predictions.input_checks import check_output_folder, check_prediction_case
 from nnseg.predictions.memory_plan import CasePlan
 from nnseg.predictions.model_folder import TrainedModel
@@ -78,9 +79,10 @@ def _is_done(case: CaseFiles, output: Path, file_ending: str, save_probabilities
     return done and (not save_probabilities or (output / f"{case.identifier}.npz").is_file())
 
 
-def _read_case(predictor: Predictor, case: CaseFiles, prev_stage_folder: Path | None) -> tuple[Any, ...]:
+def _read_case(predictor: Predictor, case: CaseFiles, prev_stage_folder: Path | None,
+               io_name: str | None = None) -> tuple[Any, ...]:
     start = time.perf_counter()
-    io = get_io(predictor.model.plans.image_reader_writer)
+    io = get_io(io_name or predictor.model.plans.image_reader_writer)
     data, geometry = io.read_images(case.images)
     check_prediction_case(case.images, data, geometry.spacing, plans=predictor.model.plans,
                           configuration=predictor.model.configuration, configuration_name=predictor.model.configuration_name)
@@ -96,29 +98,63 @@ def _read_case(predictor: Predictor, case: CaseFiles, prev_stage_folder: Path | 
 
 
 def _export_case(predictor: Predictor, logits: torch.Tensor, props: dict[str, Any], geometry: Any, target: Path,
-                 save_probabilities: bool) -> float:
+                 save_probabilities: bool, segmentation_file: Path | None = None, io_name: str | None = None) -> float:
     start = time.perf_counter()
     model = predictor.model
-    export_prediction(logits, props, target, plans=model.plans, configuration=model.configuration, spec=model.spec,
-                      save_probabilities=save_probabilities, geometry=geometry)
+    if segmentation_file is None:
+        export_prediction(logits, props, target, plans=model.plans, configuration=model.configuration, spec=model.spec,
+                          save_probabilities=save_probabilities, geometry=geometry)
+    else:
+        seg, _ = convert_logits(logits, props, plans=model.plans, configuration=model.configuration, spec=model.spec)
+        write_segmentation(seg, segmentation_file, geometry, reader=io_name or model.plans.image_reader_writer)
     return time.perf_counter() - start
 
 
 def predict_case(predictor: Predictor, case: CaseFiles, output: Path, *, save_probabilities: bool = False,
-                 prev_stage_folder: PathLike | None = None) -> CaseTiming:
-    """Read, preprocess, predict and write one case (``output/CASE<ending>``, written atomically) in this thread.
+                 prev_stage_folder: PathLike | None = None, memory: MemoryPolicy | None = None,
+                 io_name: str | None = None, segmentation_file: Path | None = None) -> CaseTiming:
+    """Read, check, preprocess, predict and write one case (``output/CASE<ending>``, written atomically) in this thread.
 
-    The unit of work of distributed prediction (:mod:`nnseg.cluster.predict`); :func:`run_pipeline` overlaps the same
-    steps over many cases.
+    The unit of work of distributed prediction (:mod:`nnseg.cluster.predict`) and of ``nnseg serve``;
+    :func:`run_pipeline` overlaps the same steps over many cases.
+
+    Args:
+        memory: plan the case (:func:`nnseg.predictions.bounded.plan_for_case`): the bounded path when the one-shot
+            estimate exceeds the budget, :class:`~nnseg.predictions.memory_plan.CaseDoesNotFit` when not even that
+            fits (nothing written). None: always one-shot.
+        io_name: the reader/writer of this case's files (default the plans').
+        segmentation_file: write the label map there (with ``io_name``; no probabilities) instead of
+            ``output/CASE<file_ending>``.
+
+    Raises:
+        ValueError: the input checks (:func:`nnseg.predictions.input_checks.check_prediction_case`), or
+        ``segmentation_file`` with ``save_probabilities``.
     """
+    if segmentation_file is not None and save_probabilities:
+        raise ValueError("segmentation_file writes the label map only; leave save_probabilities off")
     prev = Path(prev_stage_folder) if prev_stage_folder is not None else None
-    data, props, geometry, read_s = _read_case(predictor, case, prev)
+    data, props, geometry, read_s = _read_case(predictor, case, prev, io_name)
+    plan = _bounded_plan(predictor, case.identifier, data, props, memory)
+    target = CaseTarget(Path(output) / case.identifier, segmentation_file, io_name)
+    if plan is not None:
+        return _run_bounded(predictor, case.identifier, data, props, geometry, target, plan, save_probabilities, read_s,
+                            None)
     start = time.perf_counter()
     logits = predictor.predict_logits(data)
     del data
     network_s = time.perf_counter() - start
-    export_s = _export_case(predictor, logits, props, geometry, Path(output) / case.identifier, save_probabilities)
+    export_s = _export_case(predictor, logits, props, geometry, target.truncated, save_probabilities,
+                            segmentation_file, io_name)
     return CaseTiming(case.identifier, read=read_s, network=network_s, export=export_s)
+
+
+@dataclass(frozen=True)
+class CaseTarget:
+    """Where one case's outputs go: ``truncated`` + endings, or the label map at ``segmentation_file`` (``io_name``)."""
+
+    truncated: Path
+    segmentation_file: Path | None = None
+    io_name: str | None = None
 
 
 class _Inline:
@@ -203,7 +239,8 @@ def _loop(predictor: Predictor, todo: Sequence[CaseFiles], output: Path, prev: P
         if plan is not None:
             while exports:
                 finish_one()
-            exports.append((_run_bounded(predictor, case.identifier, data, props, geometry, output, plan,
+            target = CaseTarget(output / case.identifier)
+            exports.append((_run_bounded(predictor, case.identifier, data, props, geometry, target, plan,
                                          save_probabilities, read_s, bar), _done(0.0)))
             finish_one()
             continue
@@ -248,15 +285,16 @@ def _done(value: float) -> Future[float]:
 
 
 def _run_bounded(predictor: Predictor, identifier: str, data: np.ndarray, props: dict[str, Any], geometry: Any,
-                 output: Path, plan: CasePlan, save_probabilities: bool, read_s: float, outer: Any) -> CaseTiming:
-    """One case through :func:`predict_case_bounded`, with its own progress bar (network rows, then export rows)."""
+                 target: CaseTarget, plan: CasePlan, save_probabilities: bool, read_s: float, outer: Any) -> CaseTiming:
+    """One case through :func:`predict_case_bounded`, with its own progress bar (network rows, then export rows; none
+    without ``outer``)."""
     from tqdm import tqdm
 
     axis = streaming_axis(predictor, save_probabilities=save_probabilities)
     rows = {"network": int(data.shape[1]),
             "export": int(props["shape_after_cropping_and_before_resampling"][axis])}
-    with tqdm(total=sum(rows.values()), disable=bool(getattr(outer, "disable", False)), unit="row", desc=identifier,
-              leave=False, file=sys.stderr) as bar:
+    with tqdm(total=sum(rows.values()), disable=outer is None or bool(getattr(outer, "disable", False)), unit="row",
+              desc=identifier, leave=False, file=sys.stderr) as bar:
         done = {"network": 0, "export": 0}
 
         def step(stage: str, n: int) -> None:
@@ -265,7 +303,8 @@ def _run_bounded(predictor: Predictor, identifier: str, data: np.ndarray, props:
                                 f"export {done['export']}/{rows['export']} rows", refresh=False)
             bar.update(n)
 
-        t = predict_case_bounded(predictor, data, props, output / identifier, slab_rows=plan.slab_rows,
+        t = predict_case_bounded(predictor, data, props, target.truncated, slab_rows=plan.slab_rows,
                                  save_probabilities=save_probabilities, geometry=geometry, on_progress=step,
-                                 tiles_per_call=plan.tiles)
+                                 tiles_per_call=plan.tiles, segmentation_file=target.segmentation_file,
+                                 writer=target.io_name)
     return CaseTiming(identifier, read=read_s, network=t.network, export=t.export, after_network=t.after_network)

@@ -12,9 +12,11 @@ Native API (every answer is JSON except label maps; errors are ``{"detail": "...
   status and progress (0..1), ``GET /v1/jobs/{id}/result`` the label map, ``POST /v1/jobs/{id}/cancel`` cancels it
   (status ``cancelled``), ``DELETE /v1/jobs/{id}`` cancels it and deletes it with its files.
 
-Status codes: 400 bad or unreadable file, 401 missing/wrong token, 404 unknown model or job, 409 result not ready,
-413 upload too large, 422 wrong number of channels (or not exactly one valid DICOM series), 429 queue full (retry
-later), 501 DICOM upload to a server without pydicom.
+Status codes: 400 bad or unreadable file, 401 missing/wrong token, 403 foreign Host or cross-origin request, 404
+unknown model or job, 408 body too slow, 409 result not ready, 413 upload too large or a case that does not fit the
+memory budget, 422 refused by the prediction input checks (wrong channels, NaN, 2D for 3D, implausible spacing; or
+not exactly one valid DICOM series), 429 queue full (retry later), 501 DICOM upload to a server without pydicom.
+A synchronous request whose client goes away cancels its job.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at runtime
@@ -23,11 +25,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from nnseg import __version__
-from nnseg.serve.auth import BearerAuth
+from nnseg.serve.auth import LOOPBACK_NAMES, BearerAuth, RequestGuard, SameOrigin
 from nnseg.serve.jobs import QueueFull
 from nnseg.serve.models import CaseError
 from nnseg.serve.service import (
     MAX_FILES,
+    ClientGone,
     NotFound,
     ServeState,
     describe_all,
@@ -35,7 +38,7 @@ from nnseg.serve.service import (
     job_result,
     run_to_bytes,
 )
-from nnseg.serve.uploads import SizeLimit, UploadTooLarge
+from nnseg.serve.uploads import RequestTimeout, SizeLimit, UploadTooLarge
 
 PUBLIC_PATHS = {"/health", "/auth/", "/auth", "/auth/token"}
 MEDIA_TYPES = {".nii.gz": "application/gzip", ".nrrd": "application/octet-stream", ".mha": "application/octet-stream",
@@ -58,8 +61,12 @@ def label_response(data: bytes, filename: str) -> Any:
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",)) -> Any:
-    """The FastAPI app over ``state`` (models loaded, queue running); :mod:`nnseg.serve.server` runs it."""
+def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",), guard: RequestGuard | None = None) -> Any:
+    """The FastAPI app over ``state`` (models loaded, queue running); :mod:`nnseg.serve.server` runs it.
+
+    ``guard``: the Host / cross-origin rules and the body timeout (default: loopback names only, no foreign origin).
+    """
+    guard = guard or RequestGuard(hosts=None if state.token else set(LOOPBACK_NAMES))
     fastapi = _fastapi()
     from nnseg.serve.monai_label import monai_label_router
 
@@ -69,8 +76,9 @@ def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",)) -> Any:
     app.include_router(_model_router(state, devices))
     app.include_router(_job_router(state))
     app.include_router(monai_label_router(state))
-    app.add_middleware(SizeLimit, limit=state.max_upload_bytes)
-    app.add_middleware(BearerAuth, token=state.token, public=PUBLIC_PATHS)  # added last: runs first
+    app.add_middleware(SizeLimit, limit=state.max_upload_bytes, body_timeout_s=guard.body_timeout_s)
+    app.add_middleware(BearerAuth, token=state.token, public=PUBLIC_PATHS)
+    app.add_middleware(SameOrigin, guard=guard)  # added last: runs first
     return app
 
 
@@ -80,13 +88,16 @@ def _install_errors(app: Any, state: ServeState) -> None:
     def handler(status: int | None, headers: dict[str, str] | None = None) -> Any:
         async def handle(request: Any, exc: Exception) -> Any:
             code = status if status is not None else getattr(exc, "status", 400)
-            return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
+            extra = headers or ({"Retry-After": "5"} if code == 429 else None)
+            return JSONResponse({"detail": str(exc)}, status_code=code, headers=extra)
         return handle
 
     app.add_exception_handler(NotFound, handler(404))
     app.add_exception_handler(CaseError, handler(None))
     app.add_exception_handler(QueueFull, handler(429, {"Retry-After": "5"}))
     app.add_exception_handler(UploadTooLarge, handler(413, {"Connection": "close"}))
+    app.add_exception_handler(RequestTimeout, handler(408, {"Connection": "close"}))
+    app.add_exception_handler(ClientGone, handler(499))
 
     async def internal(request: Any, exc: Exception) -> Any:
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}: {exc}); see the server log"},
@@ -123,7 +134,7 @@ def _model_router(state: ServeState, devices: Sequence[str]) -> Any:
         state.queue.check_room()
         async with _form(request) as form:
             job = await job_from_form(state, model, form, result_format=result_format)
-        data = await run_to_bytes(state, job)
+        data = await run_to_bytes(state, job, request)
         return label_response(data, f"{model}_segmentation{job.result.name[len('result'):]}")
 
     @router.post("/v1/models/{model}/jobs", status_code=202)

@@ -33,6 +33,8 @@ DICOM_SEG = "dicom-seg"
 SEG_ENDING = ".dcm"
 UNZIPPED_PER_UPLOAD = 16  # a DICOM zip may unpack to 16x the upload limit (zero-padded CT compresses about 3-10:1)
 MAX_ENTRIES = 20_000
+MAX_NAME, MAX_PART, MAX_DEPTH = 1024, 255, 32  # entry name characters, bytes of one part (file systems), folders
+SERIES = ("the uploaded DICOM series",)
 
 
 def is_dicom_zip(filename: str | None) -> bool:
@@ -70,33 +72,71 @@ def check_dicom_request(model: ServedModel, *, files: int, seg: bool) -> None:
         raise CaseError(f"model {model.name}: {e}", status=422) from None
 
 
-def check_dicom_zip(upload: Path, *, max_unzipped_bytes: int) -> None:
+class UnzipBudget:
+    """The bytes DICOM zips may hold unpacked at once on the server, across all jobs (``--max_unzipped_mb``).
+
+    A zip reserves its declared unpacked size when it arrives and keeps it until its job ends (the worker unpacks it
+    again); a zip that would exceed the rest is answered 429 (retry later), one larger than the whole budget 413, and
+    one the disk cannot hold next to the other reservations 507.
+    """
+
+    def __init__(self, total: int, folder: Path) -> None:
+        self.total = total
+        self.folder = folder
+        self.reserved = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> int:
+        """Reserve ``size`` bytes (returned, to :meth:`release` later). Raises CaseError 413/429/507."""
+        with self._lock:
+            if size > self.total:
+                raise CaseError(f"the zip unpacks to {size / 2**20:.1f} MiB, more than this server unpacks at once "
+                                f"({self.total / 2**20:.1f} MiB, --max_unzipped_mb); send a smaller series", status=413)
+            if self.reserved + size > self.total:
+                raise CaseError(f"other uploads hold {self.reserved / 2**20:.1f} of the {self.total / 2**20:.1f} MiB "
+                                f"this server unpacks at once; the zip needs {size / 2**20:.1f} MiB: retry later",
+                                status=429)
+            if self.reserved + size > shutil.disk_usage(self.folder).free:
+                raise CaseError(f"the server has too little free disk to unpack the zip ({size / 2**20:.1f} MiB); "
+                                "retry later", status=507)
+            self.reserved += size
+        return size
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.reserved = max(0, self.reserved - size)
+
+
+def check_dicom_zip(upload: Path, *, max_unzipped_bytes: int, budget: UnzipBudget | None = None) -> int:
     """The checks made when a zip arrives (see the module text); the series is read (headers only) and removed.
 
+    Returns the bytes reserved in ``budget`` (release them when the job ends; 0 without a budget).
+
     Raises:
-        CaseError: 400 not a zip / unsafe or nested entries, 413 too large unpacked, 422 not exactly one valid series.
+        CaseError: 400 not a zip / unsafe, nested, encrypted or clashing entries, 413 too large unpacked, 429 the
+        server's unzip budget is taken, 422 not exactly one valid series.
     """
-    _check_entries(upload, max_unzipped_bytes)
+    total = _check_entries(upload, max_unzipped_bytes)
+    reserved = budget.reserve(total) if budget is not None else 0
     scratch = upload.parent / "dicom_check"
     try:
         _one_series(upload, scratch)
+    except BaseException:
+        if budget is not None:
+            budget.release(reserved)
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    return reserved
 
 
-def _check_entries(upload: Path, limit: int) -> None:
+def _check_entries(upload: Path, limit: int) -> int:
     try:
         with zipfile.ZipFile(upload) as zf:
             infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         raise CaseError("the upload named *.zip is not a zip archive; send a zip of one DICOM series") from None
-    unsafe = [i.filename for i in infos if _unsafe(i.filename)]
-    if unsafe:
-        raise CaseError(f"the zip holds {len(unsafe)} unsafe entry name(s) (absolute, '..' or a drive), e.g. "
-                        f"{unsafe[0][:120]!r}; zip the series folder with relative names")
-    nested = [i.filename for i in infos if i.filename.lower().endswith(DICOM_ZIP)]
-    if nested:
-        raise CaseError(f"the zip holds another zip ({nested[0][:120]!r}); send one zip of the series' DICOM files")
+    _check_names(infos)
     total = sum(i.file_size for i in infos)
     if total > limit or len(infos) > MAX_ENTRIES:
         raise CaseError(f"the zip unpacks to {total / 2**20:.1f} MiB in {len(infos)} entries, more than this server "
@@ -106,6 +146,36 @@ def _check_entries(upload: Path, limit: int) -> None:
     if total > shutil.disk_usage(upload.parent).free:
         raise CaseError(f"the server has too little free disk to unpack the zip ({total / 2**20:.1f} MiB); retry "
                         "later", status=507)
+    return total
+
+
+def _check_names(infos: Sequence[zipfile.ZipInfo]) -> None:
+    """400 for entries that cannot be unpacked safely: unsafe, nested zips, encrypted, too long or deep, clashing."""
+    problems = [
+        ("holds {n} unsafe entry name(s) (absolute, '..' or a drive), e.g. {e}; zip the series folder with relative "
+         "names", lambda i: _unsafe(i.filename)),
+        ("holds another zip ({e}); send one zip of the series' DICOM files", lambda i: i.filename.lower().endswith(DICOM_ZIP)),
+        ("holds {n} encrypted entry(ies), e.g. {e}; send the series unencrypted", lambda i: bool(i.flag_bits & 0x1)),
+        (f"holds {{n}} entry name(s) longer than {MAX_NAME} characters, with a part longer than {MAX_PART} bytes or "
+         f"deeper than {MAX_DEPTH} folders, e.g. {{e}}; zip the series folder itself", _too_long),
+    ]
+    for what, bad in problems:
+        found = [i.filename for i in infos if bad(i)]
+        if found:
+            raise CaseError("the zip " + what.format(n=len(found), e=repr(found[0][:120])))
+    files = {i.filename.rstrip("/") for i in infos if not i.is_dir()}
+    folders = {str(PurePosixPath(*PurePosixPath(n).parts[:k])) for n in (i.filename for i in infos)
+               for k in range(1, len(PurePosixPath(n).parts))}
+    clash = sorted(files & folders)
+    if clash:
+        raise CaseError(f"the zip holds {clash[0][:120]!r} both as a file and as a folder; send a zip of one DICOM "
+                        "series folder")
+
+
+def _too_long(info: zipfile.ZipInfo) -> bool:
+    parts = PurePosixPath(info.filename.replace("\\", "/")).parts
+    return (len(info.filename) > MAX_NAME or len(parts) > MAX_DEPTH
+            or any(len(p.encode("utf-8", "surrogateescape")) > MAX_PART for p in parts))
 
 
 def _unsafe(name: str) -> bool:
@@ -131,10 +201,14 @@ def _one_series(upload: Path, scratch: Path) -> DicomSeries:
             raise CaseError(f"the zip holds {len(scan.series)} DICOM image series{f' ({uids})' if uids else ''}; send "
                             f"a zip of exactly one series{f' ({found})' if found else ''}", status=422)
         series_geometry(scan.series[0])
+    except CaseError:
+        raise
     except ValueError as e:
-        if isinstance(e, CaseError):
-            raise
         raise CaseError(_client_message(e, *sorted(scratch.glob("zip*")), scratch, upload), status=422) from None
+    except (OSError, RuntimeError, RecursionError, NotImplementedError, zipfile.BadZipFile, EOFError) as e:
+        reason = _client_message(e, *sorted(scratch.glob("zip*")), scratch, upload)[:200]
+        raise CaseError(f"the zip could not be unpacked ({type(e).__name__}: {reason}); send a plain zip (deflate) "
+                        "of one DICOM series", status=400) from None
     return scan.series[0]
 
 
@@ -159,11 +233,11 @@ def predict_dicom_zip(model: ServedModel, inputs: Sequence[Path], output: Path, 
         except ValueError as e:
             raise CaseError(_client_message(e, *sorted(scratch.glob("zip*")), scratch), status=422) from None
         if output.name.endswith(SEG_ENDING):
-            predict_case(model, [image], labels_file, progress=progress, cancelled=cancelled)
+            predict_case(model, [image], labels_file, progress=progress, cancelled=cancelled, names=SERIES)
             labels = sitk.GetArrayFromImage(sitk.ReadImage(str(labels_file)))
             write_series_seg(model.predictor, labels, series.uid, headers, segments_for(model.predictor, None), output)
         else:
-            predict_case(model, [image], output, progress=progress, cancelled=cancelled)
+            predict_case(model, [image], output, progress=progress, cancelled=cancelled, names=SERIES)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         image.unlink(missing_ok=True)

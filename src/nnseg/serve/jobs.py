@@ -4,7 +4,8 @@ Every prediction (synchronous or not) is a :class:`Job`. Jobs wait in one FIFO s
 most ``max_queued`` may wait, beyond that :meth:`JobQueue.submit` raises :class:`QueueFull` (HTTP 429). Each job owns
 a folder under the server's work folder holding its uploads and its result; the uploads are deleted as soon as the
 job ends, the folder (and result) when the job is removed: by the client (``DELETE``), after a synchronous answer, or
-``result_ttl_s`` seconds after it ended. Nothing else is ever written.
+``result_ttl_s`` seconds after it ended (a sweeper thread removes expired jobs, and ``also_sweep``, every
+:func:`sweep_interval` seconds; lookups sweep first, so an expired job is never answered). Nothing else is ever written.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from nnseg.serve.models import CaseError, JobCancelled, ServedModel, predict_cas
 log = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
+
+
+def sweep_interval(ttl_s: float) -> float:
+    """Seconds between sweeps: a quarter of the TTL, between 0.25 s and 30 s."""
+    return min(30.0, max(0.25, ttl_s / 4))
 
 
 class QueueFull(RuntimeError):
@@ -60,7 +66,7 @@ class JobQueue:
     """Bounded FIFO of jobs with one worker thread per device (``runners``: per device, model name -> model)."""
 
     def __init__(self, runners: Sequence[Mapping[str, ServedModel]], *, work_dir: Path, max_queued: int = 16,
-                 result_ttl_s: float = 600.0) -> None:
+                 result_ttl_s: float = 600.0, also_sweep: Callable[[], None] | None = None) -> None:
         if max_queued < 1:
             raise ValueError(f"max_queued must be >= 1, got {max_queued}")
         self.work_dir = work_dir
@@ -73,8 +79,20 @@ class JobQueue:
         self._stop = False
         self._threads = [threading.Thread(target=self._work, args=(models,), name=f"nnseg-serve-worker-{i}", daemon=True)
                          for i, models in enumerate(runners)]
+        self._also_sweep = also_sweep
+        self._stopped = threading.Event()
+        self._threads.append(threading.Thread(target=self._sweeper, name="nnseg-serve-sweeper", daemon=True))
         for t in self._threads:
             t.start()
+
+    def _sweeper(self) -> None:
+        while not self._stopped.wait(sweep_interval(self.result_ttl_s)):
+            try:
+                self.sweep()
+                if self._also_sweep is not None:
+                    self._also_sweep()
+            except Exception:  # noqa: BLE001 - housekeeping must not end; the next round retries
+                log.exception("sweeping expired results failed")
 
     def new_job(self, model: str, endings: Sequence[str], result_ending: str) -> Job:
         """A job folder with input paths named by the server (``input_0000.nii.gz``, ...); not queued yet."""
@@ -113,7 +131,11 @@ class JobQueue:
         shutil.rmtree(job.folder, ignore_errors=True)
 
     def get(self, job_id: str) -> Job:
-        """Raises KeyError (HTTP 404) for an unknown or removed job."""
+        """Raises KeyError (HTTP 404) for an unknown, removed or expired job."""
+        self.sweep()
+        return self._lookup(job_id)
+
+    def _lookup(self, job_id: str) -> Job:
         with self._cond:
             job = self._jobs.get(job_id)
         if job is None:
@@ -130,7 +152,7 @@ class JobQueue:
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a waiting job at once, a running one at its next network call (status ``cancelled`` then)."""
-        job = self.get(job_id)
+        job = self._lookup(job_id)
         with self._cond:
             job.cancel.set()
             if job.status == QUEUED:
@@ -162,6 +184,7 @@ class JobQueue:
 
     def shutdown(self) -> None:
         """Stop the workers (a running job is cancelled) and delete every job folder."""
+        self._stopped.set()
         with self._cond:
             self._stop = True
             for job in self._jobs.values():

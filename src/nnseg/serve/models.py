@@ -9,21 +9,24 @@ stops at the next call.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from nnseg.predictions.export import convert_logits, write_segmentation
+from nnseg.predictions.bounded import MemoryPolicy, check_case_header
+from nnseg.predictions.memory_plan import CaseDoesNotFit, CasePlan
 from nnseg.predictions.model_folder import DEFAULT_FOLDS, Fold
+from nnseg.predictions.pipeline import predict_case as predict_one_case
 from nnseg.predictions.predict import Predictor
 from nnseg.predictions.sliding_window import tile_slicers
+from nnseg.raw.discover import CaseFiles
 from nnseg.raw.image_io import ImageReadError, get_io
 
 #: Upload endings the server reads and writes (SimpleITK formats; the file name is used for nothing else).
@@ -54,6 +57,7 @@ class ModelOptions:
     use_tta: bool = True
     tile_batch_size: int | None = None
     backend: str = "torch"
+    max_memory_gb: float | None = None  # the memory budget of one case (None: 85 % of the memory free then)
 
 
 class _Tracker:
@@ -149,53 +153,103 @@ def load_models(specs: Sequence[str | Path], *, device: str, options: ModelOptio
         predictor = load_predictor(folder, backend=options.backend, folds=options.folds, checkpoint=options.checkpoint,
                                    device=device, precision=options.precision, step_size=options.step_size,
                                    use_tta=options.use_tta, tile_batch_size=options.tile_batch_size)
+        predictor.max_memory_gb = options.max_memory_gb
         served = ServedModel(name=name, folder=folder, predictor=predictor, backend=options.backend)
         predictor.networks = [_TrackedNetwork(n, served.tracker) for n in predictor.networks]
         out[name] = served
     return out
 
 
-def _network_calls(predictor: Predictor, shape: Sequence[int]) -> int:
+def _network_calls(predictor: Predictor, grid: Sequence[int], tiles: int | None) -> int:
     patch = predictor.model.configuration.patch_size
-    spatial = [max(int(s), int(p)) for s, p in zip(shape[-len(patch):], patch)]
-    lead = list(shape[1:-len(patch)])
-    tiles = len(tile_slicers([*lead, *spatial], patch, predictor.step_size))
-    return math.ceil(tiles / predictor.tiles_per_call()) * len(predictor.networks)
+    spatial = [max(int(s), int(p)) for s, p in zip(grid[-len(patch):], patch)]
+    lead = [int(s) for s in grid[:-len(patch)]]
+    count = len(tile_slicers([*lead, *spatial], patch, predictor.step_size))
+    return math.ceil(count / (tiles or predictor.tiles_per_call())) * len(predictor.networks)
 
 
-def _read(model: ServedModel, inputs: Sequence[Path]) -> tuple[np.ndarray, Any, str]:
+def io_name_for(model: ServedModel, inputs: Sequence[Path]) -> str:
+    """The reader/writer of an upload: the plans' if it reads the upload's ending, else SimpleITK."""
     plans_io = get_io(model.predictor.model.plans.image_reader_writer)
     ending = next(e for e in UPLOAD_ENDINGS if inputs[0].name.endswith(e))
-    io = plans_io if ending in plans_io.supported_file_endings else get_io("SimpleITKIO")
+    return plans_io.name if ending in plans_io.supported_file_endings else "SimpleITKIO"
+
+
+def memory_policy(model: ServedModel) -> MemoryPolicy:
+    """The server's budget (``--max-memory``, else 85 % of the memory free now) for one case of ``model``."""
+    return MemoryPolicy.create(model.predictor, max_memory_gb=model.predictor.max_memory_gb)
+
+
+def check_upload(model: ServedModel, inputs: Sequence[Path], *, names: Sequence[str] | None = None) -> CasePlan:
+    """The library's header checks and memory plan for an upload, before its voxels are read (and before it is
+    queued): :func:`nnseg.predictions.bounded.check_case_header`.
+
+    Raises:
+        CaseError: unreadable header (400), wrong channels, a 2D/3D mismatch or implausible spacing (422), a case
+        that does not fit the server's memory budget even in bounded memory (413, with the estimate).
+    """
+    with _client_errors(model, inputs, names, reading=True):
+        return check_case_header(model.predictor, _case(inputs), memory_policy(model), reader=io_name_for(model, inputs))
+
+
+def _case(inputs: Sequence[Path]) -> CaseFiles:
+    return CaseFiles(identifier="upload", images=tuple(inputs), label=None)
+
+
+def _read_error(error: Exception, reading: bool) -> bool:
+    """Whether ``error`` says the file could not be read (SimpleITK raises RuntimeError, so does torch)."""
+    if isinstance(error, (ImageReadError, EOFError, OSError)):
+        return True
+    return isinstance(error, RuntimeError) and (reading or "ITK" in str(error))
+
+
+@contextlib.contextmanager
+def _client_errors(model: ServedModel, inputs: Sequence[Path], names: Sequence[str] | None, *,
+                   reading: bool = False) -> Iterator[None]:
+    """Library errors as :class:`CaseError` (400 unreadable, 413 does not fit, 422 refused), server paths hidden."""
+    names = list(names or [f"upload {i}" for i in range(len(inputs))])
     try:
-        data, geometry = io.read_images(inputs)
-    except (ImageReadError, RuntimeError, OSError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        for i, path in enumerate(inputs):  # the client never sees the server's paths
-            reason = reason.replace(str(path), f"upload {i}")
-        raise CaseError(f"the uploaded image could not be read as {ending} ({reason[:300]}); "
-                        f"upload a valid {'/'.join(UPLOAD_ENDINGS)} file") from None
-    spec = model.predictor.model.spec
-    if data.shape[0] != spec.num_channels:
-        raise CaseError(f"model {model.name} expects {spec.num_channels} channel(s) {spec.channel_names}, the upload "
-                        f"holds {data.shape[0]}; upload one file per channel in channel order", status=422)
-    return data, geometry, io.name
+        yield
+    except CaseError:
+        raise
+    except Exception as e:
+        if _read_error(e, reading):
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            ending = next(x for x in UPLOAD_ENDINGS if inputs[0].name.endswith(x))
+            raise CaseError(f"the uploaded image could not be read as {ending} ({_hide(reason, inputs, names)[:300]}); "
+                            f"upload a valid {'/'.join(UPLOAD_ENDINGS)} file") from None
+        if isinstance(e, CaseDoesNotFit):
+            raise CaseError(_hide(str(e), inputs, names), status=413) from None
+        if isinstance(e, ValueError):
+            raise CaseError(f"model {model.name}: {_hide(str(e), inputs, names)}", status=422) from None
+        raise
+
+
+def _hide(text: str, inputs: Sequence[Path], names: Sequence[str]) -> str:
+    """``text`` with the server's paths of the uploads replaced by the names the client knows."""
+    for path, name in sorted(zip(inputs, names), key=lambda pn: -len(str(pn[0]))):
+        text = text.replace(str(path), name)
+    return text.replace(str(Path(inputs[0]).parent), "the upload's folder")
 
 
 def predict_case(model: ServedModel, inputs: Sequence[Path], output: Path, *,
-                 progress: Callable[[float], None] | None = None, cancelled: threading.Event | None = None) -> None:
+                 progress: Callable[[float], None] | None = None, cancelled: threading.Event | None = None,
+                 names: Sequence[str] | None = None) -> None:
     """Predict one case (one file per channel) and write its label map to ``output`` (its ending picks the format).
 
+    The case goes through the library's per-case function (:func:`nnseg.predictions.pipeline.predict_case`), as
+    ``nnseg predict`` runs it: the input checks, the memory plan with the server's budget (the bounded path when the
+    one-shot does not fit), then the network. ``names``: how messages call the inputs (default ``upload 0``, ...).
+
     Raises:
-        CaseError: unreadable file (status 400) or wrong number of channels (422).
+        CaseError: unreadable file (400), refused by the checks or wrong channels (422), does not fit (413).
         JobCancelled: ``cancelled`` was set while predicting.
     """
     report = progress or (lambda _: None)
-    data, geometry, reader = _read(model, inputs)
     predictor = model.predictor
-    pre, props = predictor.preprocess(np.asarray(data, dtype=np.float32), geometry)
-    del data
-    total, done = _network_calls(predictor, pre.shape), [0]
+    plan = check_upload(model, inputs, names=names)
+    grid = plan.grid or ()
+    total, done = _network_calls(predictor, grid, plan.tiles) if grid else 1, [0]
     report(0.05)
 
     def step() -> None:
@@ -206,10 +260,9 @@ def predict_case(model: ServedModel, inputs: Sequence[Path], output: Path, *,
 
     model.tracker.callback = step
     try:
-        logits = predictor.predict_logits(pre)
+        with _client_errors(model, inputs, names):
+            predict_one_case(predictor, _case(inputs), output.parent, memory=memory_policy(model),
+                             io_name=io_name_for(model, inputs), segmentation_file=output)
     finally:
         model.tracker.callback = None
-    seg, _ = convert_logits(logits, props, plans=predictor.model.plans, configuration=predictor.model.configuration,
-                            spec=predictor.model.spec)
-    write_segmentation(seg, output, geometry, reader=reader)
     report(1.0)

@@ -62,6 +62,10 @@ def _params(form: Any) -> dict[str, Any]:
         raise CaseError(f"the form field 'params' is not JSON ({str(raw)[:80]!r}); send a JSON object") from None
     if not isinstance(params, dict):
         raise CaseError(f"the form field 'params' must be a JSON object, got {type(params).__name__}")
+    extension = params.get("result_extension")
+    if extension is not None and not isinstance(extension, str):
+        raise CaseError(f"params.result_extension must be a string such as \".nrrd\", got {json.dumps(extension)[:80]}",
+                        status=422)
     return params
 
 
@@ -115,7 +119,7 @@ def _infer_route(router: Any, state: ServeState) -> None:
             params = _params(form)
             job = await job_from_form(state, model, form, image_id=image or None,
                                       result_format=params.get("result_extension"))
-        data = await run_to_bytes(state, job)
+        data = await run_to_bytes(state, job, request)
         result = {"label_names": served.describe()["labels"], "model": model,
                   "latencies": {"total": round(time.perf_counter() - start, 3)}}
         filename = f"{model}_{job.id[:8]}{job.result.name[len('result'):]}"

@@ -7,6 +7,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -18,12 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnseg.serve.auth import check_binding, resolve_token
+from nnseg.locks import LOCK_NAME, acquire_lock, owner_alive, read_lock
+from nnseg.serve.auth import LOOPBACK_NAMES, RequestGuard, check_binding, resolve_token
 from nnseg.serve.jobs import JobQueue
+from nnseg.serve.timeouts import timed_h11_protocol
 from nnseg.serve.models import ModelOptions, load_models
 from nnseg.serve.uploads import ImageStore
 
 log = logging.getLogger(__name__)
+WORK_PREFIX = "nnseg-serve-"
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,10 @@ class ServerOptions:
     max_queued: int = 16
     result_ttl_s: float = 600.0
     log_level: str = "info"
+    max_unzipped_mb: float | None = None  # DICOM zips unpacked at once, all jobs (None: 16 x max_upload_mb)
+    request_timeout_s: float = 20.0  # headers must arrive within it; bodies too, then at >= MIN_BODY_RATE
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides the loopback ones (token-less servers)
+    allowed_origins: tuple[str, ...] = ()  # browser origins (scheme://host:port) allowed to POST, PUT, DELETE
 
 
 def resolve_devices(devices: Sequence[str] | None) -> list[str]:
@@ -69,11 +77,16 @@ def build_state(models: Sequence[str | Path], *, devices: Sequence[str], token: 
     """Load the models on every device and start the queue's workers; returns the :class:`ServeState`."""
     from nnseg.serve.service import ServeState
 
+    from nnseg.serve.dicom_upload import UNZIPPED_PER_UPLOAD, UnzipBudget
+
     per_device = [load_models(models, device=d, options=options) for d in devices]
+    store = ImageStore(work_dir / "uploads")
     queue = JobQueue(per_device, work_dir=work_dir / "jobs", max_queued=limits.max_queued,
-                     result_ttl_s=limits.result_ttl_s)
-    return ServeState(models=per_device[0], queue=queue, store=ImageStore(work_dir / "uploads"), token=token,
-                      max_upload_bytes=int(limits.max_upload_mb * 2**20), work_dir=work_dir)
+                     result_ttl_s=limits.result_ttl_s, also_sweep=store.sweep)
+    upload = int(limits.max_upload_mb * 2**20)
+    unzipped = UNZIPPED_PER_UPLOAD * upload if limits.max_unzipped_mb is None else int(limits.max_unzipped_mb * 2**20)
+    return ServeState(models=per_device[0], queue=queue, store=store, token=token, max_upload_bytes=upload,
+                      work_dir=work_dir, unzip=UnzipBudget(unzipped, work_dir))
 
 
 def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
@@ -103,16 +116,19 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
     chosen = resolve_devices(devices)
     limits = limits or ServerOptions()
     sock = _bind(host, port)
-    work_dir = Path(tempfile.mkdtemp(prefix="nnseg-serve-"))
+    remove_stale_work_dirs(Path(tempfile.gettempdir()))
+    work_dir = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+    acquire_lock(work_dir, purpose="nnseg serve")
     state = None
     try:
         state = build_state(models, devices=chosen, token=token, options=options or ModelOptions(), limits=limits,
                             work_dir=work_dir)
-        app = create_app(state, devices=chosen)
+        app = create_app(state, devices=chosen, guard=request_guard(host, token, limits))
         bound = sock.getsockname()
         print(f"nnseg serve: http://{host}:{bound[1]}/ models {sorted(state.models)} on {chosen} "
               f"(MONAI Label: http://{host}:{bound[1]}/info/)", flush=True)
-        config = uvicorn.Config(app, log_level=limits.log_level, timeout_graceful_shutdown=10)
+        config = uvicorn.Config(app, log_level=limits.log_level, timeout_graceful_shutdown=10,
+                                http=timed_h11_protocol(limits.request_timeout_s))
         _run_until_signal(uvicorn.Server(config), sock)
     finally:
         if state is not None:
@@ -121,6 +137,32 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
         shutil.rmtree(work_dir, ignore_errors=True)
         sock.close()
         print("nnseg serve: stopped, temporary files removed", file=sys.stderr, flush=True)
+
+
+def remove_stale_work_dirs(tmp: Path) -> list[Path]:
+    """Delete ``nnseg-serve-*`` folders of servers that died without cleaning up (SIGKILL, power loss): their lock
+    names a process of this host that no longer runs. Folders of live servers, of other hosts or users, and without
+    a lock are left alone. Returns the folders removed."""
+    removed = []
+    for folder in sorted(tmp.glob(f"{WORK_PREFIX}*")):
+        try:
+            if not folder.is_dir() or folder.is_symlink() or folder.stat().st_uid != os.getuid():
+                continue
+        except (OSError, AttributeError):  # AttributeError: no getuid on Windows (tempdirs are per user there)
+            continue
+        owner = read_lock(folder / LOCK_NAME)
+        if owner is not None and owner_alive(owner) is False:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+            print(f"nnseg serve: removed {folder}, left by a server (pid {owner.get('pid')}) that is no longer "
+                  "running", file=sys.stderr, flush=True)
+    return removed
+
+
+def request_guard(host: str, token: str | None, limits: ServerOptions) -> RequestGuard:
+    """Which Host names and Origins the server accepts (see :class:`nnseg.serve.auth.RequestGuard`)."""
+    hosts = None if token is not None else {*LOOPBACK_NAMES, host.strip("[]").lower(), *limits.allowed_hosts}
+    return RequestGuard(hosts=hosts, origins=set(limits.allowed_origins), body_timeout_s=limits.request_timeout_s)
 
 
 def _stop(signum: int, frame: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +18,18 @@ from nnseg.serve.dicom_upload import (
     DICOM_ZIP,
     SEG_ENDING,
     UNZIPPED_PER_UPLOAD,
+    UnzipBudget,
     check_dicom_request,
     check_dicom_zip,
     dicom_result_ending,
     is_dicom_zip,
 )
 from nnseg.serve.jobs import DONE, FINISHED, Job, JobQueue
-from nnseg.serve.models import UPLOAD_ENDINGS, CaseError, ServedModel
+from nnseg.serve.models import UPLOAD_ENDINGS, CaseError, ServedModel, check_upload
 from nnseg.serve.uploads import ImageStore, save_upload, upload_ending
 
 MAX_FILES = 16
+log = logging.getLogger(__name__)
 
 
 class NotFound(KeyError):
@@ -46,6 +49,7 @@ class ServeState:
     token: str | None
     max_upload_bytes: int
     work_dir: Path
+    unzip: UnzipBudget | None = None  # unpacked bytes of DICOM zips across jobs (None: per-upload limit only)
 
     def model(self, name: str) -> ServedModel:
         if name not in self.models:
@@ -95,6 +99,10 @@ async def job_from_form(state: ServeState, model_name: str, form: Any, *, image_
                 raise NotFound(e.args[0]) from None
             if not result_format:
                 job.result = job.folder / f"result{_ending_of(job.inputs[0])}"
+        if len(job.inputs) < channels:
+            raise CaseError(f"model {model_name} takes {channels} channel file(s) "
+                            f"{model.predictor.model.spec.channel_names}, got {len(job.inputs)}", status=422)
+        await asyncio.to_thread(check_upload, model, job.inputs)  # the header checks and the memory plan
         state.queue.submit(job)
     except BaseException:
         state.queue.discard(job)
@@ -107,14 +115,20 @@ async def _dicom_job(state: ServeState, model_name: str, uploads: Sequence[Any],
     ending = dicom_result_ending(result_format)
     check_dicom_request(state.model(model_name), files=len(uploads), seg=ending == SEG_ENDING)
     job = state.queue.new_job(model_name, [DICOM_ZIP], ending)
+    reserved = 0
     try:
         await save_upload(uploads[0], job.inputs[0])
-        await asyncio.to_thread(check_dicom_zip, job.inputs[0],
-                                max_unzipped_bytes=UNZIPPED_PER_UPLOAD * state.max_upload_bytes)
+        reserved = await asyncio.to_thread(check_dicom_zip, job.inputs[0], budget=state.unzip,
+                                           max_unzipped_bytes=UNZIPPED_PER_UPLOAD * state.max_upload_bytes)
         state.queue.submit(job)
     except BaseException:
+        if state.unzip is not None:
+            state.unzip.release(reserved)
         state.queue.discard(job)
         raise
+    if state.unzip is not None:
+        budget = state.unzip
+        state.queue.on_done(job, lambda _: budget.release(reserved))  # the worker unpacks it again until then
     return job
 
 
@@ -135,20 +149,50 @@ async def wait_for(queue: JobQueue, job: Job) -> Job:
     return job
 
 
-async def run_to_bytes(state: ServeState, job: Job) -> bytes:
+class ClientGone(Exception):
+    """The client of a synchronous request went away; its job was cancelled (nobody reads the answer)."""
+
+    def __str__(self) -> str:
+        return "the client closed the connection; the job was cancelled"
+
+
+async def run_to_bytes(state: ServeState, job: Job, request: Any = None) -> bytes:
     """Wait for a job, return its label map's bytes and remove it (also when the client went away).
 
+    With ``request``, a client that disconnects while it waits cancels the job at once (its id was never returned,
+    so nobody else could fetch the result).
+
     Raises:
-        CaseError: the job failed (its status code) or was cancelled (409).
+        CaseError: the job failed (its status code) or was cancelled (409). ClientGone: the client went away.
     """
     try:
-        await wait_for(state.queue, job)
+        if request is None:
+            await wait_for(state.queue, job)
+        elif not await _ended_or_gone(state.queue, job, request):
+            log.info("client of job %s went away: cancelled", job.id)
+            raise ClientGone()
         if job.status != DONE:
             raise CaseError(job.error or f"the job was {job.status}", status=job.error_status or 409)
         return job.result.read_bytes()
     finally:
         with contextlib.suppress(KeyError):  # already gone (removed by its id meanwhile)
             state.queue.remove(job.id)
+
+
+async def _ended_or_gone(queue: JobQueue, job: Job, request: Any) -> bool:
+    """True when the job ended, False when the client disconnected first (its body has been read by then)."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    ended, disconnected = asyncio.ensure_future(wait_for(queue, job)), asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({ended, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (ended, disconnected):
+            task.cancel()
+    return ended.done() and not ended.cancelled()
 
 
 def job_result(state: ServeState, job_id: str) -> tuple[Job, bytes]:

@@ -3,11 +3,13 @@
 A client's file name is used only to read its ending (one of :data:`~nnseg.serve.models.UPLOAD_ENDINGS`); files are
 written under names the server makes (``<job>/input_0000.nii.gz``, ``<store>/<uuid>.nrrd``). A request body larger
 than ``max_upload_bytes`` is refused with 413 before it is read (``Content-Length``) or as soon as it grows past the
-limit (chunked uploads).
+limit (chunked uploads). A body must arrive within the request timeout plus 16 KiB/s (408 otherwise); headers
+within the request timeout (:mod:`nnseg.serve.timeouts`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import shutil
 import threading
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnseg.serve.auth import send_json
+from nnseg.serve.auth import drain, send_json
 from nnseg.serve.models import UPLOAD_ENDINGS, CaseError
 
 Scope = MutableMapping[str, Any]
@@ -26,7 +28,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 CHUNK = 1 << 20
-DRAIN_BYTES = 64 << 20  # read and dropped before a 413, so the client gets the answer instead of a reset connection
+MIN_BODY_RATE = 16 << 10  # bytes per second a request body must average after the first body_timeout_s
 
 
 class UploadTooLarge(Exception):
@@ -38,12 +40,19 @@ def too_large_message(limit: int) -> str:
             "the server with a larger --max_upload_mb")
 
 
-class SizeLimit:
-    """ASGI middleware: 413 for a declared ``Content-Length`` above ``limit``; chunked bodies are counted."""
+class RequestTimeout(Exception):
+    """The request body arrives too slowly (HTTP 408)."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], *, limit: int) -> None:
+
+class SizeLimit:
+    """ASGI middleware: 413 for a declared ``Content-Length`` above ``limit`` (answered at once, from the declared
+    length) or a chunked body growing past it; 408 for a body slower than ``body_timeout_s`` plus
+    :data:`MIN_BODY_RATE` bytes per second (a slowloris upload holds no connection for long)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], *, limit: int, body_timeout_s: float = 20.0) -> None:
         self.app = app
         self.limit = limit
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,30 +63,31 @@ class SizeLimit:
             await drain(receive)
             await send_json(send, 413, too_large_message(self.limit), {"Connection": "close"})
             return
-        seen = 0
+        await self.app(scope, self._counted(receive), send)
+
+    def _counted(self, receive: Receive) -> Receive:
+        seen, start, ended = 0, time.monotonic(), False
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, ended
+            if ended:  # the body is read: what follows is the disconnect, however late
+                return await receive()
+            left = start + self.body_timeout_s + seen / MIN_BODY_RATE - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), max(left, 0.001))
+            except asyncio.TimeoutError:
+                raise RequestTimeout(f"the request body arrived too slowly ({seen} bytes in "
+                                     f"{time.monotonic() - start:.0f} s; at least {MIN_BODY_RATE // 1024} KiB/s after "
+                                     f"the first {self.body_timeout_s:g} s); send it at once") from None
             seen += len(message.get("body", b""))
+            ended = message.get("type") != "http.request" or not message.get("more_body")
             if seen > self.limit:
                 if message.get("more_body"):
                     await drain(receive)
                 raise UploadTooLarge(too_large_message(self.limit))
             return message
 
-        await self.app(scope, counted, send)
-
-
-async def drain(receive: Receive, *, limit: int = DRAIN_BYTES) -> None:
-    """Read and drop the rest of a refused request body, up to ``limit`` bytes: a server that closes the connection
-    while the client is still sending makes the kernel reset it, and the client may never read the 413."""
-    dropped = 0
-    while dropped <= limit:
-        message = await receive()
-        dropped += len(message.get("body", b""))
-        if message.get("type") != "http.request" or not message.get("more_body"):
-            return
+        return counted
 
 
 def upload_ending(filename: str | None) -> str:
