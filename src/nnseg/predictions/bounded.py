@@ -106,7 +106,7 @@ def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, 
                          output_truncated: Path, *, slab_rows: int, save_probabilities: bool = False,
                          geometry: Geometry | None = None, on_progress: Callable[[str, int], None] | None = None,
                          tiles_per_call: int | None = None, segmentation_file: Path | None = None,
-                         writer: str | None = None) -> BoundedTiming:
+                         seg_io: str | None = None) -> BoundedTiming:
     """Predict one preprocessed case and write ``<output_truncated><ending>`` (+ ``.npz``/``.pkl``) in bounded memory.
 
     Args:
@@ -118,7 +118,7 @@ def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, 
         geometry: the input's geometry (default rebuilt from ``properties``).
         on_progress: called with ``("network", rows)`` / ``("export", rows)`` as rows are finished.
         tiles_per_call: tiles per network call (default the predictor's; the memory plan may choose 1).
-        segmentation_file, writer: write the label map there with that reader/writer (its ending picks the format)
+        segmentation_file, seg_io: write the label map there with that reader/writer (its ending picks the format)
             instead of ``<output_truncated><file_ending>`` with the plans' (a server's upload format).
 
     Raises:
@@ -146,7 +146,7 @@ def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, 
                        output_truncated.parent)
         save_properties_pkl(properties, output_truncated.with_name(output_truncated.name + ".pkl"))
     target = segmentation_file or output_truncated.with_name(output_truncated.name + model.spec.file_ending)
-    write_segmentation(seg, Path(target), geometry, reader=writer or reader)
+    write_segmentation(seg, Path(target), geometry, reader=seg_io or reader)
     timing.after_network = time.perf_counter() - timing.after_network
     return timing
 

@@ -306,5 +306,5 @@ def _run_bounded(predictor: Predictor, identifier: str, data: np.ndarray, props:
         t = predict_case_bounded(predictor, data, props, target.truncated, slab_rows=plan.slab_rows,
                                  save_probabilities=save_probabilities, geometry=geometry, on_progress=step,
                                  tiles_per_call=plan.tiles, segmentation_file=target.segmentation_file,
-                                 writer=target.io_name)
+                                 seg_io=target.io_name)
     return CaseTiming(identifier, read=read_s, network=t.network, export=t.export, after_network=t.after_network)
