@@ -96,3 +96,59 @@ def test_queue_bound_cancel_and_clean_up(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(KeyError):
         queue.get(jobs[0].id)
     queue.shutdown()
+
+
+def test_host_and_origin_rules() -> None:
+    from nnseg.serve.auth import LOOPBACK_NAMES, RequestGuard, host_name, refusal
+
+    assert host_name("[::1]:8000") == "::1" and host_name("LocalHost:80") == "localhost" and host_name("::1") == "::1"
+    guard = RequestGuard(hosts={*LOOPBACK_NAMES, "scanner.lan"}, origins={"https://viewer.example"})
+    ok = {b"host": b"127.0.0.1:8000"}
+    assert refusal("POST", ok, guard) is None and refusal("GET", {b"host": b"127.3.4.5"}, guard) is None
+    assert refusal("POST", {b"host": b"scanner.lan:8000"}, guard) is None
+    assert "DNS rebinding" in refusal("GET", {b"host": b"evil.example:8000"}, guard)
+    assert refusal("POST", {**ok, b"origin": b"http://127.0.0.1:8000"}, guard) is None  # same origin
+    assert refusal("POST", {**ok, b"origin": b"https://viewer.example"}, guard) is None  # --allowed_origin
+    for headers in ({b"origin": b"http://attacker.example"}, {b"origin": b"null"}, {b"sec-fetch-site": b"cross-site"},
+                    {b"origin": b"http://127.0.0.1:9000"}):
+        assert "refused" in refusal("DELETE", {**ok, **headers}, guard)
+        assert refusal("GET", {**ok, **headers}, guard) is None  # reads are not state changes (and get no CORS)
+    anyone = RequestGuard(hosts=None)  # a server with a token: any Host
+    assert refusal("GET", {b"host": b"server.example"}, anyone) is None
+
+
+def test_unzip_budget_is_shared(tmp_path: Path) -> None:
+    from nnseg.serve.dicom_upload import UnzipBudget
+
+    budget = UnzipBudget(100, tmp_path)
+    assert budget.reserve(60) == 60
+    with pytest.raises(CaseError, match="retry later") as busy:
+        budget.reserve(50)
+    assert busy.value.status == 429
+    with pytest.raises(CaseError, match="more than this server unpacks at once") as big:
+        budget.reserve(101)
+    assert big.value.status == 413
+    budget.release(60)
+    assert budget.reserve(100) == 100
+
+
+def test_stale_work_folders_of_dead_servers_are_removed(tmp_path: Path) -> None:
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from nnseg.locks import LOCK_NAME
+    from nnseg.serve.server import remove_stale_work_dirs
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    records = {"nnseg-serve-dead": int(dead.stdout), "nnseg-serve-alive": os.getpid()}
+    for name, pid in records.items():
+        (tmp_path / name / "jobs").mkdir(parents=True)
+        (tmp_path / name / "jobs" / "input_0000.nii.gz").write_bytes(b"x")
+        (tmp_path / name / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+    (tmp_path / "nnseg-serve-nolock").mkdir()
+    (tmp_path / "other-dead").mkdir()
+    assert remove_stale_work_dirs(tmp_path) == [tmp_path / "nnseg-serve-dead"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nnseg-serve-alive", "nnseg-serve-nolock", "other-dead"]
