@@ -254,8 +254,15 @@ def check_case_header(predictor: Predictor, case: CaseFiles, policy: MemoryPolic
         ValueError: the geometry check. :class:`nnseg.predictions.memory_plan.CaseDoesNotFit`: not even the bounded
         path fits the budget.
     """
+    raw_shape, spacing = _header_shape(reader or predictor.model.plans.image_reader_writer, case)
+    return check_case_shape(predictor, case, raw_shape, spacing, policy)
+
+
+def check_case_shape(predictor: Predictor, case: CaseFiles, raw_shape: Sequence[int], spacing: Sequence[float],
+                     policy: MemoryPolicy) -> CasePlan:
+    """:func:`check_case_header` for a case whose ``(C, X, Y, Z)`` shape and spacing are known otherwise (e.g. from a
+    DICOM series' headers)."""
     model = predictor.model
-    raw_shape, spacing = _header_shape(reader or model.plans.image_reader_writer, case)
     if raw_shape[0] != model.spec.num_channels:
         raise ValueError(f"case {case.identifier} has {raw_shape[0]} channel(s) ({', '.join(str(f) for f in case.images)}) "
                          f"but the model expects {model.spec.num_channels} {dict(model.spec.channel_names)}; give one "

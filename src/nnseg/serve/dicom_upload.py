@@ -26,7 +26,7 @@ from nnseg.predictions.dicom_predict import check_model_for_dicom, segments_for,
 from nnseg.raw.dicom import require
 from nnseg.raw.dicom.files import DicomSeries, scan_dicom
 from nnseg.raw.dicom.series import series_geometry
-from nnseg.serve.models import UPLOAD_ENDINGS, CaseError, ServedModel, predict_case
+from nnseg.serve.models import UPLOAD_ENDINGS, CaseError, ServedModel, check_shape, predict_case
 
 DICOM_ZIP = ".zip"
 DICOM_SEG = "dicom-seg"
@@ -107,8 +107,11 @@ class UnzipBudget:
             self.reserved = max(0, self.reserved - size)
 
 
-def check_dicom_zip(upload: Path, *, max_unzipped_bytes: int, budget: UnzipBudget | None = None) -> int:
+def check_dicom_zip(upload: Path, *, max_unzipped_bytes: int, budget: UnzipBudget | None = None,
+                    model: ServedModel | None = None) -> int:
     """The checks made when a zip arrives (see the module text); the series is read (headers only) and removed.
+    With ``model``, the series' shape and spacing also get the prediction checks and the memory plan
+    (:func:`~nnseg.serve.models.check_shape`: a one-slice series for a 3D model 422, too large 413).
 
     Returns the bytes reserved in ``budget`` (release them when the job ends; 0 without a budget).
 
@@ -120,7 +123,10 @@ def check_dicom_zip(upload: Path, *, max_unzipped_bytes: int, budget: UnzipBudge
     reserved = budget.reserve(total) if budget is not None else 0
     scratch = upload.parent / "dicom_check"
     try:
-        _one_series(upload, scratch)
+        series = _one_series(upload, scratch)
+        if model is not None:
+            geometry = series_geometry(series)
+            check_shape(model, [upload], (1, *geometry.shape), geometry.spacing[::-1], names=SERIES)
     except BaseException:
         if budget is not None:
             budget.release(reserved)

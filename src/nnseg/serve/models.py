@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from nnseg.predictions.bounded import MemoryPolicy, check_case_header
+from nnseg.predictions.bounded import MemoryPolicy, check_case_header, check_case_shape
 from nnseg.predictions.memory_plan import CaseDoesNotFit, CasePlan
 from nnseg.predictions.model_folder import DEFAULT_FOLDS, Fold
 from nnseg.predictions.pipeline import predict_case as predict_one_case
@@ -190,6 +190,14 @@ def check_upload(model: ServedModel, inputs: Sequence[Path], *, names: Sequence[
     """
     with _client_errors(model, inputs, names, reading=True):
         return check_case_header(model.predictor, _case(inputs), memory_policy(model), reader=io_name_for(model, inputs))
+
+
+def check_shape(model: ServedModel, inputs: Sequence[Path], shape: Sequence[int], spacing: Sequence[float], *,
+                names: Sequence[str] | None = None) -> CasePlan:
+    """:func:`check_upload` for an upload whose ``(C, X, Y, Z)`` shape and spacing come from elsewhere (a DICOM
+    series' headers); ``inputs`` only name it in messages."""
+    with _client_errors(model, inputs, names):
+        return check_case_shape(model.predictor, _case(inputs), shape, spacing, memory_policy(model))
 
 
 def _case(inputs: Sequence[Path]) -> CaseFiles:

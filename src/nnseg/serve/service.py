@@ -119,6 +119,7 @@ async def _dicom_job(state: ServeState, model_name: str, uploads: Sequence[Any],
     try:
         await save_upload(uploads[0], job.inputs[0])
         reserved = await asyncio.to_thread(check_dicom_zip, job.inputs[0], budget=state.unzip,
+                                           model=state.model(model_name),
                                            max_unzipped_bytes=UNZIPPED_PER_UPLOAD * state.max_upload_bytes)
         state.queue.submit(job)
     except BaseException:
