@@ -100,8 +100,9 @@ def _install_errors(app: Any, state: ServeState) -> None:
     app.add_exception_handler(ClientGone, handler(499))
 
     async def internal(request: Any, exc: Exception) -> Any:
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__}: {exc}); see the server log"},
-                            status_code=500)
+        text = str(exc).replace(str(state.work_dir), "<server folder>")  # clients never see the server's paths
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}: {text.splitlines()[0] if text else ''}); "
+                                       "see the server log"}, status_code=500)
 
     app.add_exception_handler(Exception, internal)
 

@@ -235,6 +235,7 @@ class JobQueue:
                 status, error, code = FAILED, str(e), 422
             except Exception as e:  # noqa: BLE001 - a failed case must not stop the worker; the client gets the reason
                 log.exception("job %s failed", job.id)
-                status, error, code = FAILED, f"{type(e).__name__}: {e}", 500
+                text = str(e).replace(str(job.folder), "<job folder>").replace(str(self.work_dir), "<work folder>")
+                status, error, code = FAILED, f"{type(e).__name__}: {text.splitlines()[0] if text else ''}", 500
             with self._cond:
                 self._finish(job, status, error, code)

@@ -204,10 +204,13 @@ def _case(inputs: Sequence[Path]) -> CaseFiles:
     return CaseFiles(identifier="upload", images=tuple(inputs), label=None)
 
 
-def _read_error(error: Exception, reading: bool) -> bool:
-    """Whether ``error`` says the file could not be read (SimpleITK raises RuntimeError, so does torch)."""
-    if isinstance(error, (ImageReadError, EOFError, OSError)):
+def _read_error(error: Exception, reading: bool, inputs: Sequence[Path]) -> bool:
+    """Whether ``error`` says an upload could not be read (SimpleITK raises RuntimeError, so does torch; an OSError
+    while predicting may be the server's own, e.g. a full disk)."""
+    if isinstance(error, (ImageReadError, EOFError)):
         return True
+    if isinstance(error, OSError):
+        return reading or str(getattr(error, "filename", "")) in {str(p) for p in inputs}
     return isinstance(error, RuntimeError) and (reading or "ITK" in str(error))
 
 
@@ -221,9 +224,9 @@ def _client_errors(model: ServedModel, inputs: Sequence[Path], names: Sequence[s
     except CaseError:
         raise
     except Exception as e:
-        if _read_error(e, reading):
+        if _read_error(e, reading, inputs):
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            ending = next(x for x in UPLOAD_ENDINGS if inputs[0].name.endswith(x))
+            ending = next((x for x in UPLOAD_ENDINGS if inputs[0].name.endswith(x)), inputs[0].suffix)
             raise CaseError(f"the uploaded image could not be read as {ending} ({_hide(reason, inputs, names)[:300]}); "
                             f"upload a valid {'/'.join(UPLOAD_ENDINGS)} file") from None
         if isinstance(e, CaseDoesNotFit):
