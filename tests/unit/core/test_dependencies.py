@@ -15,7 +15,7 @@ IMPORT_NAMES = {"pillow": "PIL"}  # distribution -> module, where they differ
 # module -> the files (prefixes under src/nnseg) that may import it: the extra's own layer, or a guarded optional import
 OPTIONAL = {
     "dask": ("cluster/",), "distributed": ("cluster/",), "bokeh": ("cluster/",),
-    "fastapi": ("serve/",), "uvicorn": ("serve/",),
+    "fastapi": ("serve/",), "uvicorn": ("serve/",), "h11": ("serve/",),
     "pydicom": ("raw/dicom/",),
     "mlflow": ("training/loggers/",),
     "graphviz": ("training/summary_hook.py",), "torchview": ("training/summary_hook.py",),
