@@ -15,6 +15,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from nnseg.raw.dicom import require
+from nnseg.raw.dicom.uids import check_uid
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 NON_IMAGE_MODALITIES = {"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "DOC", "FID", "AU", "ECG"}
@@ -90,6 +91,15 @@ def _files(root: Path, scratch: Path) -> Iterator[Path]:
             yield f
 
 
+def shown_path(path: Path, scratch: Path) -> str:
+    """How a scanned file is named in messages: its path, or ``zip entry NAME`` for a file unpacked into ``scratch``."""
+    try:
+        parts = path.relative_to(scratch).parts
+    except ValueError:
+        return str(path)
+    return f"zip entry {'/'.join(parts[1:])}"
+
+
 def _is_image(ds: Any) -> bool:
     return (str(ds.get("Modality", "")).upper() not in NON_IMAGE_MODALITIES and "Rows" in ds and "Columns" in ds
             and str(ds.get("SOPClassUID", "")) != SEG_CLASS)
@@ -128,11 +138,12 @@ def scan_dicom(root: Path, *, scratch: Path) -> DicomScan:
         meta = getattr(ds, "file_meta", None) or {}
         if DICOMDIR_CLASS in (str(ds.get("SOPClassUID", "")), str(meta.get("MediaStorageSOPClassUID", ""))):
             continue  # the DICOMDIR indexes files of the same tree, which are read directly
-        uid = str(ds.get("SeriesInstanceUID", f"(no SeriesInstanceUID: {f})"))
         if not _is_image(ds):
             scan.others.append(ds)
-            left_out.setdefault(uid, []).append(ds)
-        elif "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
+            left_out.setdefault(str(ds.get("SeriesInstanceUID", f"(no SeriesInstanceUID: {f.name})")), []).append(ds)
+            continue
+        uid = check_uid(ds.get("SeriesInstanceUID"), what="SeriesInstanceUID (0020,000E)", where=shown_path(f, scratch))
+        if "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
             localizers[uid] = localizers.get(uid, 0) + 1
         else:
             images.setdefault(uid, []).append(ds)
