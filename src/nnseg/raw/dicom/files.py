@@ -15,7 +15,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from nnseg.raw.dicom import require
-from nnseg.raw.dicom.uids import check_uid
+from nnseg.raw.dicom.uids import check_uid, read_uid
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 NON_IMAGE_MODALITIES = {"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "DOC", "FID", "AU", "ECG"}
@@ -142,7 +142,7 @@ def scan_dicom(root: Path, *, scratch: Path) -> DicomScan:
             scan.others.append(ds)
             left_out.setdefault(str(ds.get("SeriesInstanceUID", f"(no SeriesInstanceUID: {f.name})")), []).append(ds)
             continue
-        uid = check_uid(ds.get("SeriesInstanceUID"), what="SeriesInstanceUID (0020,000E)", where=shown_path(f, scratch))
+        uid = check_uid(read_uid(ds, "SeriesInstanceUID"), what="SeriesInstanceUID (0020,000E)", where=shown_path(f, scratch))
         if "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
             localizers[uid] = localizers.get(uid, 0) + 1
         else:

@@ -22,7 +22,7 @@ from typing import Any
 
 from nnseg.raw.dicom.geometry import stack_geometry
 from nnseg.raw.dicom.series import slice_header
-from nnseg.raw.dicom.uids import DicomUidError, check_uid
+from nnseg.raw.dicom.uids import DicomUidError, check_uid, read_uid
 
 TYPE2_FILLED = {"PatientName": "0010,0010", "PatientID": "0010,0020", "PatientBirthDate": "0010,0030",
                 "PatientSex": "0010,0040", "StudyDate": "0008,0020", "StudyTime": "0008,0030",
@@ -53,7 +53,7 @@ def _check_uids(headers: Sequence[Any], series: str) -> None:
     for ds in headers:
         for keyword, tag in ((FIRST_SLICE_UIDS if ds is headers[0] else {}) | EVERY_SLICE_UIDS).items():
             try:
-                check_uid(ds.get(keyword), what=f"{keyword} ({tag})", where=f"series {series}: {ds.filename}")
+                check_uid(read_uid(ds, keyword), what=f"{keyword} ({tag})", where=f"series {series}: {ds.filename}")
             except DicomUidError as e:
                 raise SegSourceError(f"{e}; a DICOM SEG must reference it (or choose --output-format nifti)") from None
 

@@ -10,7 +10,9 @@ stays in its folder.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
+from typing import Any
 
 MAX_UID_LENGTH = 64
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -26,7 +28,7 @@ def check_uid(value: object, *, what: str, where: str) -> str:
     Raises:
         DicomUidError: empty, too long, or other characters than digits and dots (e.g. ``/abs/path``).
     """
-    text = str(value if value is not None else "").strip().rstrip("\x00")
+    text = str(value if value is not None else "").rstrip("\x00 ").strip()
     if not text:
         raise DicomUidError(f"{where} has no {what}; every DICOM object needs one: export the series again from "
                             "the scanner or PACS (or give it new UIDs, e.g. dcmodify --gen-ser-uid)")
@@ -36,6 +38,13 @@ def check_uid(value: object, *, what: str, where: str) -> str:
                             f"{MAX_UID_LENGTH} characters; got {len(text)}); nnseg refuses it rather than let it name "
                             "a file: export the series again (or give it new UIDs, e.g. dcmodify --gen-ser-uid)")
     return text
+
+
+def read_uid(ds: Any, keyword: str) -> object:
+    """A UID element's value as stored, without pydicom's warning on a malformed value (:func:`check_uid` judges)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return ds.get(keyword)
 
 
 def uid_file_stem(uid: str) -> str:
