@@ -61,6 +61,11 @@ def multipart_body(parts: Sequence[bytes]) -> bytes:
     return b"".join(head + p + b"\r\n" for p in parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:  # a client that hangs up is expected
+        pass
+
+
 class FakeDicomWeb:
     """The server: ``url`` is its DICOMweb root; ``stopping`` is set at the end (handlers that wait watch it)."""
 
@@ -68,7 +73,7 @@ class FakeDicomWeb:
         self.handler = handler
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.stopping = threading.Event()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Request)
+        self.server = _Server(("127.0.0.1", 0), Request)
         self.server.daemon_threads = True
         self.server.block_on_close = False
         self.server.fake = self  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ one-line errors) are in :mod:`nnseg.predictions.dicomweb_http`.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -125,9 +126,11 @@ def _one_series(predictor: Predictor, client: DicomWebClient, study: str, uid: s
         try:
             done = predict_dicom(predictor, Path(tmp) / "series", output, output_format="dicom-seg",
                                  seg_codes=seg_codes, progress=progress, log=log, require_series=False)
-        except REFUSED as e:
-            log(f"refused: {e}")
-            report.refused[uid] = str(e)
+        except REFUSED as e:  # named by the series and instance number, not by the temporary file
+            reason = str(e).replace(f"{Path(tmp) / 'series'}{os.sep}", "the retrieved instance ")
+            reason = reason if reason.startswith(f"series {uid}") else f"series {uid}: {reason}"
+            log(f"refused: {reason}")
+            report.refused[uid] = reason
             return
     if not done.written:
         log(f"series {uid}: no image slices to segment, skipped")
