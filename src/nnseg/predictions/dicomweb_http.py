@@ -22,34 +22,17 @@ import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from email.message import Message
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from nnseg.predictions.dicomweb_multipart import (ROOT_HINT, DicomWebError, DicomWebLimits, MultipartFiles,
+                                                  multipart_boundary, one_line)
 from nnseg.raw.dicom import require
 
 MAX_JSON_BYTES = 64 * 2**20
-MAX_PART_HEADER_BYTES = 16 * 2**10
-ROOT_HINT = "check that --dicomweb is the server's DICOMweb root (e.g. http://host:8042/dicom-web)"
 _WATCH = threading.local()
 T = TypeVar("T")
-
-
-class DicomWebError(ConnectionError):
-    """A DICOMweb request that failed (one line: the URL, what came back, what to check)."""
-
-
-@dataclass(frozen=True)
-class DicomWebLimits:
-    """Bounds of every DICOMweb request: a total deadline, connect/read timeouts, and retrieval size caps."""
-
-    deadline_s: float = 600.0
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 60.0
-    max_instance_bytes: int = 2**30
-    max_series_bytes: int = 16 * 2**30
 
 
 def origin(url: str) -> tuple[str, str, int | None]:
@@ -71,8 +54,30 @@ def _watched(base: type) -> type:
     return type(f"Watched{base.__name__}", (base,), {"request": request})
 
 
-def _session(root: str, headers: Mapping[str, str]) -> Any:
+def _adapter() -> Any:
+    """A requests adapter whose connections (direct or through an HTTP proxy) the deadline watchdog can reach."""
     requests, urllib3 = require("requests"), require("urllib3")
+    pools = {"http": type("Pool", (urllib3.HTTPConnectionPool,),
+                          {"ConnectionCls": _watched(urllib3.connection.HTTPConnection)}),
+             "https": type("TlsPool", (urllib3.HTTPSConnectionPool,),
+                           {"ConnectionCls": _watched(urllib3.connection.HTTPSConnection)})}
+
+    class Adapter(requests.adapters.HTTPAdapter):  # type: ignore[misc,name-defined]
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+            manager = super().proxy_manager_for(proxy, **kwargs)
+            if type(manager) is urllib3.ProxyManager:  # SOCKS managers keep their own connection classes
+                manager.pool_classes_by_scheme = pools
+            return manager
+
+    return Adapter()
+
+
+def _session(root: str, headers: Mapping[str, str]) -> Any:
+    requests = require("requests")
     private = {"authorization", "proxy-authorization", "cookie", *(name.lower() for name in headers)}
     home = origin(root)
 
@@ -84,13 +89,10 @@ def _session(root: str, headers: Mapping[str, str]) -> Any:
                 return
             super().rebuild_auth(prepared_request, response)
 
-    http_pool = type("Pool", (urllib3.HTTPConnectionPool,), {"ConnectionCls": _watched(urllib3.connection.HTTPConnection)})
-    https_pool = type("TlsPool", (urllib3.HTTPSConnectionPool,),
-                      {"ConnectionCls": _watched(urllib3.connection.HTTPSConnection)})
     session = Session()
     session.headers.update(headers)
-    for adapter in session.adapters.values():
-        adapter.poolmanager.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, _adapter())
     return session
 
 
@@ -121,18 +123,13 @@ def _deadline(seconds: float) -> Iterator[threading.Event]:
         _WATCH.conns = None
 
 
-def _one_line(text: str, limit: int = 120) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else f"{flat[:limit - 3]}..."
-
-
 def _came_back(response: Any) -> str:
     kind = response.headers.get("Content-Type", "no Content-Type")
     try:
         start = next(response.iter_content(512), b"").decode("utf-8", "replace")
     except Exception:  # the body of an error answer is only shown; a broken one must not hide the status
         start = ""
-    body = f", body {_one_line(start, 80)!r}" if start.strip() else ""
+    body = f", body {one_line(start, 80)!r}" if start.strip() else ""
     return f"HTTP {response.status_code} {response.reason or ''}".rstrip() + f" ({kind}{body})"
 
 
@@ -184,7 +181,7 @@ class DicomWebClient:
                 if isinstance(e, DicomWebError):
                     raise
                 raise DicomWebError(f"DICOMweb {what} {method} {url}: {_network_error(e)}; check that the server "
-                                    f"runs and is reachable, and {ROOT_HINT}") from None
+                                    "runs and is reachable from here, and the host and port of --dicomweb") from None
 
     def search_series(self, study: str, filters: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         """QIDO-RS ``/studies/{study}/series``: the DICOM JSON objects of the series found (checked shape)."""
@@ -198,7 +195,7 @@ class DicomWebClient:
         folder.mkdir(parents=True, exist_ok=True)
 
         def consume(answer: Any) -> int:
-            parts = MultipartFiles(_boundary(answer, url), folder, limits=self.limits, where=f"WADO-RS GET {url}")
+            parts = MultipartFiles(multipart_boundary(answer, url), folder, limits=self.limits, where=f"WADO-RS GET {url}")
             try:
                 for chunk in answer.iter_content(1 << 16):
                     parts.feed(chunk)
@@ -225,7 +222,7 @@ def _network_error(e: BaseException) -> str:
     while cause is not None and (cause.__cause__ or cause.__context__) is not None and not isinstance(
             cause, (socket.timeout, ConnectionRefusedError, socket.gaierror)):
         cause = cause.__cause__ or cause.__context__
-    return _one_line(f"{type(e).__name__}: {cause or e}", 200)
+    return one_line(f"{type(e).__name__}: {cause or e}", 200)
 
 
 def _read_capped(answer: Any, cap: int, where: str) -> bytes:
@@ -238,7 +235,7 @@ def _read_capped(answer: Any, cap: int, where: str) -> bytes:
 
 
 def _json_list(answer: Any) -> list[dict[str, Any]]:
-    where = f"GET {answer.url}"
+    where = f"search GET {answer.url}"
     if answer.status_code == 204:
         return []
     raw = _read_capped(answer, MAX_JSON_BYTES, where)
@@ -247,7 +244,7 @@ def _json_list(answer: Any) -> list[dict[str, Any]]:
         data = json.loads(raw) if raw.strip() else []
     except ValueError:
         raise DicomWebError(f"DICOMweb QIDO-RS {where} answered {kind}, not JSON (starts with "
-                            f"{_one_line(raw[:200].decode('utf-8', 'replace'), 80)!r}); {ROOT_HINT}") from None
+                            f"{one_line(raw[:200].decode('utf-8', 'replace'), 80)!r}); {ROOT_HINT}") from None
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         shape = f"an object with keys {sorted(data)[:5]}" if isinstance(data, dict) else type(data).__name__
         raise DicomWebError(f"DICOMweb QIDO-RS {where} answered JSON of the wrong shape ({shape}; expected a list "
@@ -266,131 +263,3 @@ def _stow_result(answer: Any, url: str) -> None:
         reason = failed[0].get("00081197", {}).get("Value", ["?"])[0] if isinstance(failed[0], dict) else "?"
         raise DicomWebError(f"DICOMweb STOW-RS POST {url} refused the SEG (FailedSOPSequence, failure reason "
                             f"{reason}); check the server's log and that it accepts DICOM SEG objects")
-
-
-def _boundary(answer: Any, url: str) -> bytes:
-    kind = answer.headers.get("Content-Type", "")
-    message = Message()
-    message["Content-Type"] = kind
-    boundary = message.get_param("boundary")
-    if message.get_content_type() != "multipart/related" or not isinstance(boundary, str) or not boundary:
-        raise DicomWebError(f"DICOMweb WADO-RS GET {url} answered {kind or 'no Content-Type'} (expected "
-                            f"multipart/related with a boundary); {ROOT_HINT}")
-    return boundary.encode("latin-1")
-
-
-class MultipartFiles:
-    """A streaming ``multipart/related`` parser writing each part's body to ``folder/NNNNN.dcm``, with size caps.
-
-    Raises (from :meth:`feed` / :meth:`finish`):
-        DicomWebError: a part or the series larger than the caps, a part that is not a DICOM file, a malformed or
-            truncated answer.
-    """
-
-    def __init__(self, boundary: bytes, folder: Path, *, limits: DicomWebLimits, where: str) -> None:
-        self.delimiter, self.folder, self.limits, self.where = b"--" + boundary, folder, limits, where
-        self.buffer, self.state = b"", "preamble"
-        self.out: BinaryIO | None = None
-        self.count = self.part_bytes = self.total_bytes = 0
-        self.head = b""
-
-    def _fail(self, what: str) -> DicomWebError:
-        return DicomWebError(f"DICOMweb {self.where}: {what}")
-
-    def feed(self, data: bytes) -> None:
-        self.buffer += data
-        while self._step():
-            pass
-
-    def close(self) -> None:
-        """Close the part being written (after an error: the caller removes the folder)."""
-        self._close_part(complete=False)
-
-    def finish(self) -> int:
-        """End of the answer: the number of files written (it must have ended with the closing delimiter)."""
-        if self.state != "end":
-            raise self._fail(f"the answer ended inside part {self.count + 1} (truncated; {self.total_bytes} bytes "
-                             "received); retry, or check the server's log")
-        return self.count
-
-    def _step(self) -> bool:
-        return {"preamble": self._preamble, "after": self._after_delimiter, "headers": self._headers,
-                "body": self._body, "end": lambda: False}[self.state]()
-
-    def _preamble(self) -> bool:
-        at = self.buffer.find(self.delimiter)
-        if at < 0:
-            if len(self.buffer) > MAX_PART_HEADER_BYTES:
-                raise self._fail(f"no multipart boundary in the first {len(self.buffer)} bytes; {ROOT_HINT}")
-            return False
-        self.buffer, self.state = self.buffer[at + len(self.delimiter):], "after"
-        return True
-
-    def _after_delimiter(self) -> bool:
-        if len(self.buffer) < 2:
-            return False
-        if self.buffer.startswith(b"--"):
-            self.state = "end"
-            return False
-        at = self.buffer.find(b"\r\n")
-        if at < 0 or at > 256:
-            if at > 256 or len(self.buffer) > 256:
-                raise self._fail("a multipart boundary is not followed by a line break (malformed answer)")
-            return False
-        self.buffer, self.state = self.buffer[at + 2:], "headers"
-        return True
-
-    def _headers(self) -> bool:
-        at = 0 if self.buffer.startswith(b"\r\n") else self.buffer.find(b"\r\n\r\n")
-        if at < 0:
-            if len(self.buffer) > MAX_PART_HEADER_BYTES:
-                raise self._fail(f"part {self.count + 1} has more than {MAX_PART_HEADER_BYTES} bytes of headers")
-            return False
-        headers = self.buffer[:at].decode("latin-1").lower()
-        kind = next((ln.split(":", 1)[1].strip() for ln in headers.split("\r\n") if ln.startswith("content-type:")), "")
-        if kind and not kind.startswith("application/dicom"):
-            raise self._fail(f"part {self.count + 1} is {kind}, not application/dicom; {ROOT_HINT}")
-        self.buffer = self.buffer[at + (2 if at == 0 else 4):]
-        self.out, self.part_bytes, self.head, self.state = open(self.folder / f"{self.count:05d}.dcm", "wb"), 0, b"", "body"
-        return True
-
-    def _body(self) -> bool:
-        end = b"\r\n" + self.delimiter
-        at = self.buffer.find(end)
-        keep = len(self.buffer) - (len(end) - 1) if at < 0 else at
-        if keep > 0:
-            self._write(self.buffer[:keep])
-            self.buffer = self.buffer[keep:]
-        if at < 0:
-            return False
-        self._close_part(complete=True)
-        self.buffer, self.state = self.buffer[len(end):], "after"
-        return True
-
-    def _write(self, data: bytes) -> None:
-        self.part_bytes += len(data)
-        self.total_bytes += len(data)
-        limits = self.limits
-        if self.part_bytes > limits.max_instance_bytes:
-            raise self._fail(f"instance {self.count + 1} is larger than {limits.max_instance_bytes / 2**20:.0f} MiB "
-                             "(--dicomweb-max-instance-mb); a single image slice is far smaller: check the series, or "
-                             "raise the cap")
-        if self.total_bytes > limits.max_series_bytes:
-            raise self._fail(f"the series is larger than {limits.max_series_bytes / 2**30:.1f} GiB after "
-                             f"{self.count} instance(s) (--dicomweb-max-series-gb); raise the cap if it is that large")
-        if len(self.head) < 132:
-            self.head += data[:132 - len(self.head)]
-        if self.out is not None:
-            self.out.write(data)
-
-    def _close_part(self, *, complete: bool) -> None:
-        if self.out is None:
-            return
-        self.out.close()
-        self.out = None
-        if not complete:
-            return
-        if self.head[128:132] != b"DICM":
-            raise self._fail(f"part {self.count + 1} ({self.part_bytes} bytes) is not a DICOM file (starts with "
-                             f"{_one_line(self.head[:40].decode('latin-1'), 40)!r}); {ROOT_HINT}")
-        self.count += 1
