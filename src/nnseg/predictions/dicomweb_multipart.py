@@ -2,7 +2,7 @@
 
 Nothing of a part is held in memory beyond one network chunk and the delimiter's length; every part is capped
 (:attr:`~DicomWebLimits.max_instance_bytes`), so is the whole answer (:attr:`~DicomWebLimits.max_series_bytes`), and
-each part must start like a DICOM file (``DICM`` after the 128-byte preamble). File names are numbers, never a value
+each part must start like a DICOM file (``DICM`` after the 128-byte preamble, then the file meta group). File names are numbers, never a value
 from the server.
 """
 
@@ -148,10 +148,18 @@ class MultipartFiles:
         if self.total_bytes > limits.max_series_bytes:
             raise self._fail(f"the series is larger than {limits.max_series_bytes / 2**30:.1f} GiB after "
                              f"{self.count} instance(s) (--dicomweb-max-series-gb); raise the cap if it is that large")
-        if len(self.head) < 132:
-            self.head += data[:132 - len(self.head)]
+        if len(self.head) < 134:
+            self.head += data[:134 - len(self.head)]
+            if len(self.head) == 134:
+                self._check_head()  # at once: a large part that is no DICOM file is not read on
         if self.out is not None:
             self.out.write(data)
+
+    def _check_head(self) -> None:
+        if self.head[128:132] != b"DICM" or self.head[132:134] != b"\x02\x00":
+            raise self._fail(f"part {self.count + 1} is not a DICOM file (it starts with "
+                             f"{one_line(self.head[:40].decode('latin-1'), 40)!r}, not a preamble, 'DICM' and the "
+                             f"file meta group); {ROOT_HINT}")
 
     def _close_part(self, *, complete: bool) -> None:
         if self.out is None:
@@ -160,7 +168,5 @@ class MultipartFiles:
         self.out = None
         if not complete:
             return
-        if self.head[128:132] != b"DICM":
-            raise self._fail(f"part {self.count + 1} ({self.part_bytes} bytes) is not a DICOM file (starts with "
-                             f"{one_line(self.head[:40].decode('latin-1'), 40)!r}); {ROOT_HINT}")
+        self._check_head()
         self.count += 1

@@ -16,7 +16,7 @@ BOUNDARY = b"b0und4ry"
 
 def _part(rng: np.random.Generator, size: int) -> bytes:
     # the payload holds near-delimiters ("\r\n--b0und4r") that must not end a part
-    return bytes(128) + b"DICM" + rng.integers(0, 256, size).astype(np.uint8).tobytes() + b"\r\n--b0und4r" + b"x"
+    return bytes(128) + b"DICM\x02\x00" + rng.integers(0, 256, size).astype(np.uint8).tobytes() + b"\r\n--b0und4r" + b"x"
 
 
 def _body(parts: list[bytes], *, preamble: bytes = b"", headers: bytes = b"Content-Type: application/dicom\r\n") -> bytes:
@@ -56,8 +56,10 @@ def test_parts_without_headers_are_accepted(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("body", "message"), [
-    (_body([b"x" * 200]), "part 1 (200 bytes) is not a DICOM file"),
-    (_body([bytes(128) + b"DICM"])[:-30], "ended inside part 1 (truncated"),
+    (_body([b"x" * 200]), "part 1 is not a DICOM file (it starts with 'xxxx"),
+    (_body([bytes(128) + b"DICM" + bytes(2000)]), "part 1 is not a DICOM file"),
+    (_body([bytes(128) + b"DICM"]), "part 1 is not a DICOM file"),
+    (_body([bytes(128) + b"DICM\x02\x00"])[:-30], "ended inside part 1 (truncated"),
     (b"no boundary at all" * 2000, "no multipart boundary in the first"),
     (_body([bytes(132)], headers=b"Content-Type: text/html\r\n"), "part 1 is text/html, not application/dicom"),
     (b"--" + BOUNDARY + b"\r\n" + b"X: y" * 5000, "part 1 has more than 16384 bytes of headers")])
