@@ -176,3 +176,18 @@ def test_a_seg_source_attribute_that_cannot_be_derived_is_refused_before_predict
     _one_error_line(capsys.readouterr().err, f"series {uid}", "FrameOfReferenceUID (0020,0052)", "export the series "
                     "again", "--output-format nifti")
     assert not (tmp_path / "out").exists() and list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("output_format", ["nifti", "dicom-seg"])
+def test_a_refusal_by_the_prediction_checks_names_the_series(model: Path, tmp_path: Path, scratch: Path,
+                                                             capsys: pytest.CaptureFixture, output_format: str) -> None:
+    """A slice spacing the model would upsample more than 16 times (checked once the image is read): the message
+    names the series, never the temporary file it was converted to."""
+    image = _hippocampus()
+    files = write_series(np.round(sitk.GetArrayFromImage(image))[:6], tmp_path / "in", spacing=(1.0, 1.0, 40.0),
+                         modality="MR")
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    assert _predict(model, tmp_path / "in", tmp_path / "out", "--output-format", output_format) == 1
+    line = _one_error_line(capsys.readouterr().err, f"series {uid}: spacing", "would upsample axis")
+    assert "nnseg-dicom" not in line and "_0000" not in line
+    assert not (tmp_path / "out").exists() and list(scratch.iterdir()) == []

@@ -23,6 +23,7 @@ from typing import Any
 
 from nnseg import __version__
 from nnseg._types import PathLike
+from nnseg.predictions.input_checks import check_case_geometry
 from nnseg.predictions.predict import Predictor, predict
 from nnseg.raw.dicom.files import DicomSeries, open_dicom
 from nnseg.raw.dicom.seg import Segment, derived_uid, label_names, load_seg_codes, make_segments, write_segmentation
@@ -173,11 +174,16 @@ def check_series(predictor: Predictor, series: DicomSeries, *, output_format: st
         DicomGeometryError / SegSourceError / SeriesRefusedError (ValueError): naming the series and the fix.
     """
     geometry = series_geometry(series)
-    configuration = predictor.model.configuration
-    if configuration.ndim == 3 and geometry.shape[0] == 1:
+    model = predictor.model
+    if model.configuration.ndim == 3 and geometry.shape[0] == 1:
         raise SeriesRefusedError(f"series {series.uid} has a single slice ({geometry.shape[1]}x{geometry.shape[2]}) "
-                                 f"but {predictor.model.configuration_name} is a 3D model; it would be resampled to "
-                                 "copies of one slice. Give it the whole volume series, or use a 2D configuration")
+                                 f"but {model.configuration_name} is a 3D model; it would be resampled to copies of "
+                                 "one slice. Give it the whole volume series, or use a 2D configuration")
+    try:  # the prediction's own shape and spacing checks, from the headers (array axes: slice, row, column)
+        check_case_geometry(f"series {series.uid}", geometry.shape, geometry.spacing[::-1], plans=model.plans,
+                            configuration=model.configuration, configuration_name=model.configuration_name)
+    except ValueError as e:
+        raise SeriesRefusedError(str(e)) from None
     if output_format != "dicom-seg":
         return ()
     return seg_source(tuple(series.headers[i] for i in geometry.order), series.uid).notes
