@@ -207,3 +207,23 @@ def test_predict_dicomweb_makes_a_valid_seg_for_a_series_without_slice_thickness
     assert dciodvfy_errors(tmp_path / "stored.dcm") == []
     name = f"{datasets[0].SeriesInstanceUID.replace('.', '_')}.dcm"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [name]
+
+
+@pytest.mark.filterwarnings("ignore:.*for VR UI")
+def test_a_series_uid_on_the_server_that_is_a_path_names_no_file(orthanc: str, model: Path, tmp_path: Path) -> None:
+    """Issue 24.1 with a real archive: Orthanc stores a series whose SeriesInstanceUID is a path; nnseg refuses the
+    UID from the QIDO-RS answer in one line, retrieves nothing and writes nothing."""
+    from dicomweb_client import DICOMwebClient
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    study, evil = generate_uid(), "/tmp/nnseg-evil/x"
+    files = write_series(np.zeros((4, 16, 16)), tmp_path / "upload", study_uid=study, series_uid=evil)
+    DICOMwebClient(orthanc, headers={"Authorization": AUTH}).store_instances([dcmread(f) for f in files])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run(_command(model, orthanc, study, tmp_path / "out", "--header", f"Authorization: {AUTH}"),
+                         env=env, capture_output=True, text=True, timeout=300)
+    errors = [ln for ln in run.stderr.splitlines() if ": error: " in ln]
+    assert run.returncode == 1 and len(errors) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert f"{evil!r}, which is not a DICOM UID" in errors[0] and "QIDO-RS answer" in errors[0]
+    assert not (tmp_path / "out").exists() and not Path("/tmp/nnseg-evil").exists()
