@@ -173,12 +173,12 @@ class DicomWebClient:
                         raise DicomWebError(f"DICOMweb {what} {method} {answer.url} answered {_came_back(answer)}; "
                                             f"{_status_hint(answer.status_code, answer)}")
                     return consume(answer)
-            except (requests.RequestException, DicomWebError, OSError) as e:
+            except OSError as e:  # requests' errors and DicomWebError are OSErrors; so is a full disk (raised as is)
                 if fired.is_set():
                     raise DicomWebError(f"DICOMweb {what} {method} {url}: no complete answer within "
                                         f"{limits.deadline_s:g} s (the server is slow, stalled or trickling data); "
                                         "check the server, or raise --dicomweb-timeout") from None
-                if isinstance(e, DicomWebError):
+                if isinstance(e, DicomWebError) or not isinstance(e, requests.RequestException):
                     raise
                 raise DicomWebError(f"DICOMweb {what} {method} {url}: {_network_error(e)}; check that the server "
                                     "runs and is reachable from here, and the host and port of --dicomweb") from None

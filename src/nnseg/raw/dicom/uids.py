@@ -49,8 +49,7 @@ def read_uid(ds: Any, keyword: str) -> object:
 
 def uid_file_stem(uid: str) -> str:
     """The file name stem of a checked UID: ``_`` for ``.`` (``1_2_840_...``), safe on every file system."""
-    stem = check_uid(uid, what="UID", where="a file name").replace(".", "_")
-    return stem
+    return check_uid(uid, what="UID", where="a file name").replace(".", "_")
 
 
 def inside(folder: Path, name: str) -> Path:
