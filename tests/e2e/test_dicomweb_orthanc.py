@@ -173,3 +173,57 @@ def test_predict_dicomweb_resumes_after_kill_with_one_seg_per_series(orthanc: st
         b = local.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)
         assert np.array_equal(a, b) and a.max() == 2
     assert sorted(referenced) == sorted(series)
+
+
+def test_predict_dicomweb_makes_a_valid_seg_for_a_series_without_slice_thickness(orthanc: str, model: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Issue 23.13 over DICOMweb: the thickness is derived from the positions, missing Type 2 attributes are left
+    empty; the SEG stored on Orthanc passes dciodvfy."""
+    from dicom_synth import dciodvfy_errors
+    from dicomweb_client import DICOMwebClient
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+    from shared_paths import DATA
+
+    study = generate_uid()
+    image = sitk.ReadImage(str(DATA / "Task04_Hippocampus" / "imagesTr" / "hippocampus_020.nii.gz"))
+    files = write_series(sitk.GetArrayFromImage(image), tmp_path / "upload", spacing=image.GetSpacing(),
+                         origin=image.GetOrigin(), direction=image.GetDirection(), modality="CT", study_uid=study)
+    datasets = [dcmread(f) for f in files]
+    for ds in datasets:
+        del ds.SliceThickness, ds.PatientBirthDate, ds.AccessionNumber
+    client = DICOMwebClient(orthanc, headers={"Authorization": AUTH})
+    client.store_instances(datasets)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run(_command(model, orthanc, study, tmp_path / "out", "--header", f"Authorization: {AUTH}"),
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert f"SliceThickness (0018,0050) is missing; the SEG uses {image.GetSpacing()[2]:.6g} mm" in run.stderr
+    (item,) = _segs_on_server(orthanc, study)
+    (stored,) = client.retrieve_series(study, item["0020000E"]["Value"][0])
+    stored.save_as(tmp_path / "stored.dcm", enforce_file_format=True)
+    measures = stored.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(image.GetSpacing()[2])
+    assert dciodvfy_errors(tmp_path / "stored.dcm") == []
+    name = f"{datasets[0].SeriesInstanceUID.replace('.', '_')}.dcm"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [name]
+
+
+@pytest.mark.filterwarnings("ignore:.*for VR UI")
+def test_a_series_uid_on_the_server_that_is_a_path_names_no_file(orthanc: str, model: Path, tmp_path: Path) -> None:
+    """Issue 24.1 with a real archive: Orthanc stores a series whose SeriesInstanceUID is a path; nnseg refuses the
+    UID from the QIDO-RS answer in one line, retrieves nothing and writes nothing."""
+    from dicomweb_client import DICOMwebClient
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    study, evil = generate_uid(), "/tmp/nnseg-evil/x"
+    files = write_series(np.zeros((4, 16, 16)), tmp_path / "upload", study_uid=study, series_uid=evil)
+    DICOMwebClient(orthanc, headers={"Authorization": AUTH}).store_instances([dcmread(f) for f in files])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run(_command(model, orthanc, study, tmp_path / "out", "--header", f"Authorization: {AUTH}"),
+                         env=env, capture_output=True, text=True, timeout=300)
+    errors = [ln for ln in run.stderr.splitlines() if ": error: " in ln]
+    assert run.returncode == 1 and len(errors) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert f"{evil!r}, which is not a DICOM UID" in errors[0] and "QIDO-RS answer" in errors[0]
+    assert not (tmp_path / "out").exists() and not Path("/tmp/nnseg-evil").exists()

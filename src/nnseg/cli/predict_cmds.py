@@ -111,7 +111,14 @@ def _dicom_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--study", default=None, help="StudyInstanceUID to segment (with --dicomweb)")
     g.add_argument("--series", nargs="+", default=None, help="only these SeriesInstanceUIDs (with --dicomweb)")
     g.add_argument("--token", default=None, help="bearer token for the DICOMweb server")
-    g.add_argument("--header", action="append", default=[], help="extra HTTP header 'Name: value' (repeatable)")
+    g.add_argument("--header", action="append", default=[], help="extra HTTP header 'Name: value' (repeatable; "
+                   "like --token, never sent on to another origin when the server redirects)")
+    g.add_argument("--dicomweb-timeout", type=float, default=600.0, metavar="S",
+                   help="total deadline of each DICOMweb request in seconds, whatever the server sends [600]")
+    g.add_argument("--dicomweb-max-instance-mb", type=float, default=1024.0, metavar="MB",
+                   help="refuse a retrieved instance larger than this [1024]")
+    g.add_argument("--dicomweb-max-series-gb", type=float, default=16.0, metavar="GB",
+                   help="refuse a retrieved series larger than this (streamed to a temporary folder) [16]")
 
 
 def add_predict(p: argparse.ArgumentParser) -> None:
@@ -199,6 +206,19 @@ def _is_dicom(inputs: str | None) -> bool:
     return looks_like_dicom_input(Path(inputs))
 
 
+def _dicomweb_limits(args: argparse.Namespace) -> Any:
+    from nnseg.predictions.dicomweb_http import DicomWebLimits
+
+    values = {"--dicomweb-timeout": args.dicomweb_timeout, "--dicomweb-max-instance-mb": args.dicomweb_max_instance_mb,
+              "--dicomweb-max-series-gb": args.dicomweb_max_series_gb}
+    for flag, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{flag} {value} must be a positive number")
+    return DicomWebLimits(deadline_s=args.dicomweb_timeout, read_timeout_s=min(60.0, args.dicomweb_timeout),
+                          max_instance_bytes=int(args.dicomweb_max_instance_mb * 2**20),
+                          max_series_bytes=int(args.dicomweb_max_series_gb * 2**30))
+
+
 def _run_dicom(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, num_parts: int, part_id: int) -> int:
     from nnseg.predictions.onnx_backend import load_predictor
 
@@ -219,7 +239,8 @@ def _run_dicom(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: i
         from nnseg.predictions.dicomweb import auth_headers, predict_dicomweb
 
         web = predict_dicomweb(predictor, args.dicomweb, args.study, Path(args.o), series=args.series,
-                               headers=auth_headers(token=args.token, headers=args.header), seg_codes=args.seg_codes)
+                               headers=auth_headers(token=args.token, headers=args.header), seg_codes=args.seg_codes,
+                               limits=_dicomweb_limits(args))
         refused = f", {len(web.refused)} refused: {sorted(web.refused)}" if web.refused else ""
         print(f"stored {len(web.stored)} SEG(s), {len(web.skipped)} series skipped{refused}", file=sys.stderr)
         return 1 if web.refused else 0

@@ -267,7 +267,7 @@ def check_case_shape(predictor: Predictor, case: CaseFiles, raw_shape: Sequence[
         raise ValueError(f"case {case.identifier} has {raw_shape[0]} channel(s) ({', '.join(str(f) for f in case.images)}) "
                          f"but the model expects {model.spec.num_channels} {dict(model.spec.channel_names)}; give one "
                          "file per channel in channel order")
-    check_case_geometry(case.images, raw_shape, spacing, plans=model.plans, configuration=model.configuration,
+    check_case_geometry(case.images[0], raw_shape[1:], spacing, plans=model.plans, configuration=model.configuration,
                         configuration_name=model.configuration_name)
     return plan_for_case(predictor, case.identifier, case_shapes(model, raw_shape, spacing), policy)
 

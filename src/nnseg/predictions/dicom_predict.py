@@ -4,7 +4,11 @@ A thin layer over :func:`~nnseg.predictions.predict.predict`: every series is ch
 one is broken), converted to a temporary file in the model's format with the series geometry, predicted as usual,
 and, for ``dicom-seg``, the label map is written as a SEG on the source slices. Cases are named by
 SeriesInstanceUID with ``_`` for ``.`` (``OUT/1_2_840_..._7.dcm`` or ``OUT/1_2_840_..._7<file_ending>``): file names
-with dozens of dots would break suffix handling.
+with dozens of dots would break suffix handling. The UID is checked first (digits and dots, see
+:mod:`nnseg.raw.dicom.uids`), so no value read from a file or a server forms a path, and every output path is checked
+to stay in its folder. What a SEG needs from its source (:mod:`nnseg.raw.dicom.seg_source`) and whether each series
+fits the model (one slice for a 3D model) is checked for every series before anything is predicted; errors of the
+prediction name the series, never the temporary file it was converted to.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from typing import Any
 
 from nnseg import __version__
 from nnseg._types import PathLike
+from nnseg.predictions.input_checks import check_case_geometry
 from nnseg.predictions.predict import Predictor, predict
 from nnseg.raw.dicom.files import DicomSeries, open_dicom
 from nnseg.raw.dicom.seg import Segment, derived_uid, label_names, load_seg_codes, make_segments, write_segmentation
+from nnseg.raw.dicom.seg_source import seg_source
 from nnseg.raw.dicom.series import read_volume, series_geometry, to_sitk
+from nnseg.raw.dicom.uids import inside, uid_file_stem
 
 OUTPUT_FORMATS = ("nifti", "dicom-seg")
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".gipl")
@@ -36,6 +43,10 @@ class DicomPredictionReport:
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+
+
+class SeriesRefusedError(ValueError):
+    """A series that cannot be predicted with this model (the message names the series and what to do)."""
 
 
 def _stderr(message: str) -> None:
@@ -74,8 +85,8 @@ def segments_for(predictor: Predictor, seg_codes: PathLike | None) -> list[Segme
 
 
 def case_name(series_uid: str) -> str:
-    """The case identifier of a series: its SeriesInstanceUID with ``_`` for ``.``."""
-    return series_uid.replace(".", "_")
+    """The case identifier of a series: its (checked) SeriesInstanceUID with ``_`` for ``.``."""
+    return uid_file_stem(series_uid)
 
 
 def _output_name(series: DicomSeries, output_format: str, ending: str) -> str:
@@ -90,7 +101,7 @@ def _write_segs(predictor: Predictor, pending: Sequence[tuple[DicomSeries, tuple
     written = []
     for series, headers in pending:
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(predicted / f"{case_name(series.uid)}{model.spec.file_ending}")))
-        target = output / f"{case_name(series.uid)}.dcm"
+        target = inside(output, f"{case_name(series.uid)}.dcm")
         write_series_seg(predictor, labels, series.uid, headers, segments, target)
         written.append(target)
     return written
@@ -101,7 +112,8 @@ def write_series_seg(predictor: Predictor, labels: Any, source_series_uid: str, 
     """Write a label map ``(slice, row, column)`` as the DICOM SEG of its source series (UIDs fixed per model)."""
     model = predictor.model
     series_uid, sop_uid = seg_uids(source_series_uid, predictor)
-    write_segmentation(labels, headers, segments, target, series_uid=series_uid, sop_uid=sop_uid,
+    sources = seg_source(headers, source_series_uid).headers
+    write_segmentation(labels, sources, segments, target, series_uid=series_uid, sop_uid=sop_uid,
                        description=f"nnseg {model.folder.parent.name} {model.configuration_name}", version=__version__)
 
 
@@ -140,11 +152,12 @@ def predict_dicom(predictor: Predictor, inputs: PathLike, output: PathLike, *, o
             raise ValueError(f"no DICOM image series found in {inputs}; point -i at a folder, zip or DICOMDIR tree "
                              "holding single-frame images")
         chosen = scan.series[part_id::num_parts]
-        for series in chosen:
-            series_geometry(series)  # every series is checked before anything is written
+        for series in chosen:  # every series is checked before anything is predicted or written
+            for note in check_series(predictor, series, output_format=output_format):
+                log(note)
         ending = predictor.model.spec.file_ending
         todo = [s for s in chosen if not (continue_prediction
-                                          and (output / _output_name(s, output_format, ending)).is_file())]
+                                          and inside(output, _output_name(s, output_format, ending)).is_file())]
         report.skipped = [s.uid for s in chosen if s not in todo]
         for uid in report.skipped:
             log(f"series {uid}: output exists, skipped (--continue_prediction)")
@@ -152,6 +165,28 @@ def predict_dicom(predictor: Predictor, inputs: PathLike, output: PathLike, *, o
                                          num_processes_preprocessing, num_processes_export, verbose, progress)
     report.wall_s = time.perf_counter() - start
     return report
+
+
+def check_series(predictor: Predictor, series: DicomSeries, *, output_format: str) -> tuple[str, ...]:
+    """Check a series (headers only) for this model and output format; return notes on what a SEG derives.
+
+    Raises:
+        DicomGeometryError / SegSourceError / SeriesRefusedError (ValueError): naming the series and the fix.
+    """
+    geometry = series_geometry(series)
+    model = predictor.model
+    if model.configuration.ndim == 3 and geometry.shape[0] == 1:
+        raise SeriesRefusedError(f"series {series.uid} has a single slice ({geometry.shape[1]}x{geometry.shape[2]}) "
+                                 f"but {model.configuration_name} is a 3D model; it would be resampled to copies of "
+                                 "one slice. Give it the whole volume series, or use a 2D configuration")
+    try:  # the prediction's own shape and spacing checks, from the headers (array axes: slice, row, column)
+        check_case_geometry(f"series {series.uid}", geometry.shape, geometry.spacing[::-1], plans=model.plans,
+                            configuration=model.configuration, configuration_name=model.configuration_name)
+    except ValueError as e:
+        raise SeriesRefusedError(str(e)) from None
+    if output_format != "dicom-seg":
+        return ()
+    return seg_source(tuple(series.headers[i] for i in geometry.order), series.uid).notes
 
 
 def write_series_image(series: DicomSeries, path: Path) -> tuple[Any, ...]:
@@ -176,13 +211,19 @@ def _predict_series(predictor: Predictor, todo: Sequence[DicomSeries], tmp: Path
     ending = predictor.model.spec.file_ending
     pending = []
     for series in todo:
-        image_file = tmp / "images" / f"{case_name(series.uid)}_0000{ending}"
+        image_file = inside(tmp / "images", f"{case_name(series.uid)}_0000{ending}")
         image_file.parent.mkdir(parents=True, exist_ok=True)
         pending.append((series, write_series_image(series, image_file), image_file))
     target = output if output_format == "nifti" else tmp / "predicted"
-    report = predict(predictor, [[f] for _, _, f in pending], target, num_processes_preprocessing=npp,
-                     num_processes_export=nps, verbose=verbose, progress=progress,
-                     max_memory_gb=predictor.max_memory_gb)
+    try:
+        report = predict(predictor, [[f] for _, _, f in pending], target, num_processes_preprocessing=npp,
+                         num_processes_export=nps, verbose=verbose, progress=progress,
+                         max_memory_gb=predictor.max_memory_gb)
+    except ValueError as e:  # the checks of the prediction name the temporary file: name the series instead
+        message = str(e)
+        for series, _, image_file in pending:
+            message = message.replace(str(image_file), f"series {series.uid}").replace(image_file.name, series.uid)
+        raise SeriesRefusedError(message) from None
     if output_format == "nifti":
         return list(report.written)
     return _write_segs(predictor, [(s, h) for s, h, _ in pending], target, output, segments)

@@ -55,33 +55,32 @@ def check_prediction_case(files: Sequence[Path], data: np.ndarray, spacing: Sequ
             where = files[c] if len(files) == data.shape[0] else files[0]
             raise ValueError(f"{where}: the image contains {int((~np.isfinite(data[c])).sum())} NaN or infinite "
                              "value(s); replace them (e.g. with 0 or the background intensity) and save it again")
-    check_case_geometry(files, data.shape, spacing, plans=plans, configuration=configuration,
+    check_case_geometry(files[0], data.shape[1:], spacing, plans=plans, configuration=configuration,
                         configuration_name=configuration_name)
 
 
-def check_case_geometry(files: Sequence[Path], shape: Sequence[int], spacing: Sequence[float], *, plans: Plans,
+def check_case_geometry(where: str | Path, shape: Sequence[int], spacing: Sequence[float], *, plans: Plans,
                         configuration: ConfigurationPlans, configuration_name: str = "") -> None:
-    """The checks of :func:`check_prediction_case` that need only the shape ``(C, X, Y, Z)`` and spacing (a file's
-    header): 2D vs 3D and the resampling factor, so a server can refuse an upload before reading its voxels.
+    """The checks of :func:`check_prediction_case` that need only the shape and spacing (per array axis), so that a
+    caller holding only headers (a DICOM series) can make them before reading or writing anything.
 
     Raises:
-        ValueError: 2D vs 3D mismatch, or an implausible resampling (file, numbers and fix named).
+        ValueError: 2D vs 3D mismatch, or an implausible resampling (``where``, numbers and fix named).
     """
-    first = Path(files[0])
     name = configuration_name or "the configuration"
-    if configuration.ndim == 3 and shape[1] == 1:
-        raise ValueError(f"{first} is a 2D image (shape {tuple(shape[1:])}) but {name} is a 3D model; it "
+    if configuration.ndim == 3 and shape[0] == 1:
+        raise ValueError(f"{where} is a 2D image (shape {tuple(shape)}) but {name} is a 3D model; it "
                          "would be resampled to hundreds of copies of one slice. Use a 2D configuration (-c 2d) "
                          "or give the model 3D volumes")
     median = plans.original_median_shape_after_transp
-    if median and planned_dims(median) == 2 and shape[1] > 1:
-        raise ValueError(f"{first} is a volume of {shape[1]} slices (shape {tuple(shape[1:])}) but the "
+    if median and planned_dims(median) == 2 and shape[0] > 1:
+        raise ValueError(f"{where} is a volume of {shape[0]} slices (shape {tuple(shape)}) but the "
                          "model was planned from 2D images, which have no slice spacing; give it 2D images (one "
                          "file per picture) or use a model trained on volumes")
-    _check_resampling(first, shape[1:], spacing, plans, configuration)
+    _check_resampling(where, shape, spacing, plans, configuration)
 
 
-def _check_resampling(file: Path, shape: Sequence[int], spacing: Sequence[float], plans: Plans,
+def _check_resampling(file: str | Path, shape: Sequence[int], spacing: Sequence[float], plans: Plans,
                       configuration: ConfigurationPlans) -> None:
     transposed = [float(spacing[i]) for i in plans.transpose_forward]
     target = target_spacing_for(configuration, transposed)

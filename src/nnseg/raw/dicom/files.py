@@ -15,6 +15,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from nnseg.raw.dicom import require
+from nnseg.raw.dicom.uids import check_uid, read_uid
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 NON_IMAGE_MODALITIES = {"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "DOC", "FID", "AU", "ECG"}
@@ -43,15 +44,19 @@ class DicomScan:
     series: list[DicomSeries] = field(default_factory=list)
     others: list[Any] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    non_dicom: list[str] = field(default_factory=list)  # files left out as not DICOM, as messages name them
 
 
 def is_dicom_file(path: Path) -> bool:
-    """Whether ``path`` starts like a DICOM file (``DICM`` after the 128-byte preamble)."""
+    """Whether ``path`` starts like a DICOM file: ``DICM`` after the 128-byte preamble, then the file meta group
+    (0002,xxxx). Without that group pydicom would parse the bytes as a dataset: a megabyte of zeros becomes a
+    hundred thousand empty elements, a hostile 400 MiB file a parse of many minutes."""
     try:
         with open(path, "rb") as f:
-            return f.read(132)[128:] == b"DICM"
+            head = f.read(134)
     except OSError:
         return False
+    return head[128:132] == b"DICM" and head[132:134] == b"\x02\x00"
 
 
 def looks_like_dicom_input(path: Path, *, max_files: int = 200) -> bool:
@@ -90,20 +95,29 @@ def _files(root: Path, scratch: Path) -> Iterator[Path]:
             yield f
 
 
+def shown_path(path: Path, scratch: Path) -> str:
+    """How a scanned file is named in messages: its path, or ``zip entry NAME`` for a file unpacked into ``scratch``."""
+    try:
+        parts = path.relative_to(scratch).parts
+    except ValueError:
+        return str(path)
+    return f"zip entry {'/'.join(parts[1:])}"
+
+
 def _is_image(ds: Any) -> bool:
     return (str(ds.get("Modality", "")).upper() not in NON_IMAGE_MODALITIES and "Rows" in ds and "Columns" in ds
             and str(ds.get("SOPClassUID", "")) != SEG_CLASS)
 
 
-def _note_left_out(scan: DicomScan, groups: dict[str, list[Any]], non_dicom: int) -> None:
+def _note_left_out(scan: DicomScan, groups: dict[str, list[Any]]) -> None:
     for uid, headers in groups.items():
         ds = headers[0]
         what = ds.get("SOPClassUID", "unknown SOP class")
         name = getattr(what, "name", str(what))
         scan.notes.append(f"skipped series {uid} ({len(headers)} file(s), Modality {ds.get('Modality', '?')}, {name}): "
                           "not an image series")
-    if non_dicom:
-        scan.notes.append(f"skipped {non_dicom} file(s) that are not DICOM")
+    if scan.non_dicom:
+        scan.notes.append(f"skipped {len(scan.non_dicom)} file(s) that are not DICOM")
 
 
 def scan_dicom(root: Path, *, scratch: Path) -> DicomScan:
@@ -118,25 +132,27 @@ def scan_dicom(root: Path, *, scratch: Path) -> DicomScan:
     images: dict[str, list[Any]] = {}
     left_out: dict[str, list[Any]] = {}
     localizers: dict[str, int] = {}
-    non_dicom = 0
     for f in _files(root, scratch):
         try:
+            if not is_dicom_file(f):
+                raise pydicom.errors.InvalidDicomError(f"{f} has no DICOM file meta information")
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except (pydicom.errors.InvalidDicomError, EOFError, OSError):
-            non_dicom += 1
+            scan.non_dicom.append(shown_path(f, scratch))
             continue
         meta = getattr(ds, "file_meta", None) or {}
         if DICOMDIR_CLASS in (str(ds.get("SOPClassUID", "")), str(meta.get("MediaStorageSOPClassUID", ""))):
             continue  # the DICOMDIR indexes files of the same tree, which are read directly
-        uid = str(ds.get("SeriesInstanceUID", f"(no SeriesInstanceUID: {f})"))
         if not _is_image(ds):
             scan.others.append(ds)
-            left_out.setdefault(uid, []).append(ds)
-        elif "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
+            left_out.setdefault(str(ds.get("SeriesInstanceUID", f"(no SeriesInstanceUID: {f.name})")), []).append(ds)
+            continue
+        uid = check_uid(read_uid(ds, "SeriesInstanceUID"), what="SeriesInstanceUID (0020,000E)", where=shown_path(f, scratch))
+        if "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
             localizers[uid] = localizers.get(uid, 0) + 1
         else:
             images.setdefault(uid, []).append(ds)
-    _note_left_out(scan, left_out, non_dicom)
+    _note_left_out(scan, left_out)
     scan.notes += [f"series {uid}: left out {n} localizer slice(s) (ImageType LOCALIZER)" for uid, n in localizers.items()]
     for uid, headers in sorted(images.items()):
         first = headers[0]
