@@ -70,8 +70,16 @@ def _refused(r: httpx.Response, status: int, text: str, server: dict) -> str:
     return detail
 
 
-def _still_serves(server: dict) -> None:
+def _still_serves(server: dict, *, settle_s: float = 60.0) -> None:
+    """The server answers, runs nothing and holds no job files, once cancelled jobs have let go (a cancelled job stops
+    at its next network call: seconds on a busy 2-core machine, hence the generous deadline)."""
     assert httpx.get(f"{server['url']}/health").status_code == 200
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        idle = httpx.get(f"{server['url']}/v1/models").json()["queue"]["running"] == 0
+        if idle and not _files_under(server["tmp"], but_uploads=True):
+            return
+        time.sleep(0.2)
     assert httpx.get(f"{server['url']}/v1/models").json()["queue"]["running"] == 0
     assert _files_under(server["tmp"], but_uploads=True) == []
 
