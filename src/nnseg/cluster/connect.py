@@ -229,8 +229,9 @@ def _handshake(distributed: Any, value: str, address: str, timeout: float) -> No
             raise RuntimeError(f"cannot reach the Dask scheduler {value!r} ({e}); start it (dask scheduler) or "
                                "check the address") from None
         except Exception as e:  # noqa: BLE001 - a server that answers something else than Dask's handshake
-            raise RuntimeError(f"{value!r} did not answer as a Dask scheduler ({type(e).__name__}: {e}); check the "
-                               "address (dask scheduler prints it)") from None
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            raise RuntimeError(f"{value!r} did not answer as a Dask scheduler (reading its answer failed: {reason}); "
+                               "check the address (dask scheduler prints it)") from None
 
 
 def wait_for_a_worker(client: Any, value: str, timeout_s: float = WAIT_FOR_WORKERS_S, *, say: bool = True) -> None:
