@@ -98,6 +98,17 @@ def test_cluster_refuses_output_folder_equal_to_input(model: Path, tmp_path: Pat
     assert sorted(os.listdir(tmp_path)) == ["in"]
 
 
+def test_cluster_refuses_an_output_path_that_is_a_file(model: Path, tmp_path: Path, capsys) -> None:
+    images, out = _inputs(tmp_path / "in"), tmp_path / "out.nii.gz"
+    out.write_text("not a folder")
+    capsys.readouterr()
+    assert main(["predict-from-modelfolder", "-i", str(images), "-o", str(out), "-m", str(model), "-f", "0",
+                 "-device", "cpu", "--disable_tta", "--disable_progress_bar", "--cluster", "local:2"]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"nnseg predict-from-modelfolder: error: {out}: File exists") and "Dask" not in line
+    assert out.read_text() == "not a folder" and sorted(os.listdir(tmp_path)) == ["in", "out.nii.gz"]
+
+
 def test_cluster_refuses_an_output_folder_locked_by_another_run(model: Path, cluster: DaskProcesses,
                                                                 tmp_path: Path) -> None:
     from nnseg.locks import LOCK_NAME, folder_lock
