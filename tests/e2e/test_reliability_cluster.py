@@ -281,7 +281,8 @@ def http_server() -> Iterator[int]:
     yield from _server(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5\r\n\r\nhello" * 4)
 
 
-def _predict_here(model: Path, images: Path, out: Path, cluster: str, capsys) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+def _predict_here(model: Path, images: Path, out: Path, cluster: str,
+                  capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """The command in this process, with Dask's connect deadline at 4 s; returns the exit code and stderr."""
     import dask
     import distributed  # noqa: F401 - loads Dask's defaults first, so the setting below only changes the one value

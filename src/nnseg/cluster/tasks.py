@@ -6,8 +6,9 @@ times) or a rerun of the whole command never leaves a truncated or duplicated ou
 
 A task fails alone: the other tasks run to the end and their outputs are kept; the failures are reported together
 afterwards, one line naming each (:class:`TasksFailed`). A ``ValueError`` (nnseg's error for a bad input: an
-unreadable file, a case refused by the input checks) is the same on every try, so the task returns it as
-:class:`Refused` instead of raising, and Dask does not rerun it; other errors (out of memory, a lost worker) are retried.
+unreadable file, a case refused by the input checks) is the same on every try, so the task returns it as a
+:class:`Failure` instead of raising, and Dask does not rerun it; other errors (out of memory, a lost worker) are
+retried.
 
 :class:`DaskPool` looks like the process pools of :mod:`nnseg.fingerprint.pool` (``map_unordered(fn, jobs)``
 yielding ``(index, result)``), so fingerprinting and preprocessing run on the cluster unchanged.
@@ -33,8 +34,9 @@ DETERMINISTIC_ERRORS = (ValueError,)  # a bad input: failing again on every try,
 
 
 @dataclass(frozen=True)
-class Refused:
-    """What a task returns instead of raising one of :data:`DETERMINISTIC_ERRORS` (Dask reruns a task that raises)."""
+class Failure:
+    """A task that failed for good: what it returns instead of raising one of :data:`DETERMINISTIC_ERRORS` (Dask
+    reruns a task that raises), or what :func:`outcome` makes of one that failed on every try."""
 
     message: str
 
@@ -54,15 +56,16 @@ def one_line(text: object) -> str:
 
 
 def refusing(fn: Callable[[Any], Any], job: Any) -> Any:
-    """``fn(job)``, or :class:`Refused` for a deterministic error (worker side: not retried, no "Compute Failed")."""
+    """``fn(job)``, or :class:`Failure` for a deterministic error (worker side: not retried, no "Compute Failed")."""
     try:
         return fn(job)
     except DETERMINISTIC_ERRORS as e:
-        return Refused(one_line(e))
+        return Failure(one_line(e))
 
 
 def single_threaded(fn: Callable[[Any], Any], job: Any) -> Any:
-    """``fn(job)`` with one thread for ITK/BLAS/torch (a worker thread is one slot of the cluster); see :func:`refusing`."""
+    """``fn(job)`` (see :func:`refusing`) with one thread for ITK/BLAS/torch (a worker thread is one slot of the
+    cluster)."""
     limit_threads()
     return refusing(fn, job)
 
@@ -85,22 +88,20 @@ def task_resources(client: Any, *, memory: int | None = None, gpu: bool = False,
     return out or None
 
 
-def explain_failure(error: BaseException, what: str) -> BaseException:
-    """A lost-worker error (``KilledWorker``) as a RuntimeError saying what to do; other errors unchanged."""
+def explain_failure(error: BaseException) -> str:
+    """The message of a task's error; a lost-worker error (``KilledWorker``) says what to do."""
     if type(error).__name__ == "KilledWorker":
-        return RuntimeError(f"{what}: every worker that ran it died ({error}); most likely it ran out of memory. Give "
-                            "the workers more memory (or lower their MEMORY resource so fewer tasks share one) and "
-                            "rerun: finished work is kept")
-    return error
+        return (f"every worker that ran it died ({error}); most likely it ran out of memory. Give the workers more "
+                "memory (or lower their MEMORY resource so fewer tasks share one) and rerun: finished work is kept")
+    return one_line(error) or type(error).__name__
 
 
-def outcome(future: Any, what: str) -> Any:
-    """The result of a finished future, or :class:`Refused` with the error of one that failed for good."""
+def outcome(future: Any) -> Any:
+    """The result of a finished future, or a :class:`Failure` with the error of one that failed for good."""
     try:
         return future.result()
     except Exception as e:  # noqa: BLE001 - any task error: that task fails alone, reported at the end
-        error = explain_failure(e, what)
-        return Refused(one_line(error) or type(error).__name__)
+        return Failure(explain_failure(e))
 
 
 class DaskPool:
@@ -147,9 +148,9 @@ class DaskPool:
             for batch in _gathered_batches(list(futures)):
                 good = [f for f in batch if f.status == "finished"]
                 results = [*zip(good, self.client.gather(good)),
-                           *((f, outcome(f, f"case {names[futures[f]]}")) for f in batch if f.status != "finished")]
+                           *((f, outcome(f)) for f in batch if f.status != "finished")]
                 for future, result in results:
-                    if isinstance(result, Refused):
+                    if isinstance(result, Failure):
                         failed[names[futures[future]]] = result.message
                     else:
                         yield futures[future], result
@@ -217,9 +218,9 @@ def run_tasks(client: Any, fn: Callable[[Any], Any], jobs: Sequence[Any], *, nam
         with tqdm(total=len(jobs), desc=desc, unit=what, disable=not progress, file=sys.stderr) as bar:
             for future in distributed.as_completed(futures):
                 i = futures[future]
-                result = outcome(future, f"{what} {names[i]}")
+                result = outcome(future)
                 bar.update(1)
-                if isinstance(result, Refused):
+                if isinstance(result, Failure):
                     failed[names[i]] = result.message
                 else:
                     yield i, result
