@@ -185,6 +185,19 @@ def test_bad_cases_fail_alone_and_every_good_case_is_written(model: Path, cluste
     assert not [p for p in out.rglob(".*")]
 
 
+def test_a_truncated_case_fails_alone_on_a_local_cluster(model: Path, tmp_path: Path) -> None:
+    """The reported case: ``--cluster local:2`` with good cases and one truncated ``.nii.gz``."""
+    images, out = _inputs(tmp_path / "in"), tmp_path / "out"
+    _truncate(images / "case_2b_0000.nii.gz", images / "case_2_0000.nii.gz")
+    proc = _predict(model, images, out, "--cluster", "local:2")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    [line] = _error_lines(proc.stderr)
+    assert "1 of 6 case(s) failed, the other 5 finished and are kept. case_2b: SimpleITKIO cannot read" in line
+    assert "Compute Failed" not in proc.stderr  # not retried
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in GOOD]
+    assert not [p for p in out.rglob(".*")]
+
+
 def test_input_errors_are_not_retried_other_errors_are(cluster: DaskProcesses, tmp_path: Path) -> None:
     """The retry rule itself: a ValueError (a bad input) runs once; another error is retried, and fails alone after
     the retries; the good tasks' results all arrive."""
@@ -283,15 +296,24 @@ def http_server() -> Iterator[int]:
 
 def _predict_here(model: Path, images: Path, out: Path, cluster: str,
                   capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """The command in this process, with Dask's connect deadline at 4 s; returns the exit code and stderr."""
+    """The command in this process, with Dask's connect deadline at 4 s; returns the exit code and stderr. It runs
+    in a thread given 60 s, so a regression (a hang) fails the test instead of stopping the suite."""
     import dask
     import distributed  # noqa: F401 - loads Dask's defaults first, so the setting below only changes the one value
 
     capsys.readouterr()
-    with dask.config.set({"distributed.comm.timeouts.connect": "4s"}):
-        code = main(["predict-from-modelfolder", "-i", str(images), "-o", str(out), "-m", str(model), "-f", "0",
-                     "-device", "cpu", "--disable_tta", "--disable_progress_bar", "--cluster", cluster])
-    return code, capsys.readouterr().err
+    codes: list[int] = []
+
+    def run() -> None:
+        with dask.config.set({"distributed.comm.timeouts.connect": "4s"}):
+            codes.append(main(["predict-from-modelfolder", "-i", str(images), "-o", str(out), "-m", str(model), "-f",
+                               "0", "-device", "cpu", "--disable_tta", "--disable_progress_bar", "--cluster", cluster]))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert codes, "the command still waits for the scheduler after 60 s"
+    return codes[0], capsys.readouterr().err
 
 
 @pytest.mark.parametrize("form", ["address", "scheduler-file"])
