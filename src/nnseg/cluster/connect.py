@@ -213,8 +213,10 @@ def _handshake(distributed: Any, value: str, address: str, timeout: float) -> No
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
+    tls = distributed.Security().get_connection_args("client")  # Dask's configured TLS settings, as the client's
+
     async def talk() -> None:
-        comm = await asyncio.wait_for(distributed.comm.connect(address, timeout=timeout), timeout)
+        comm = await asyncio.wait_for(distributed.comm.connect(address, timeout=timeout, **tls), timeout)
         await comm.close()
 
     with ThreadPoolExecutor(1, thread_name_prefix="nnseg-dask-connect") as pool:  # also beside a running loop
