@@ -159,9 +159,11 @@ def test_bad_cases_fail_alone_and_every_good_case_is_written(model: Path, cluste
     assert proc.returncode == 1, proc.stderr[-3000:]
     [line] = _error_lines(proc.stderr)  # one line at the end names both
     assert proc.stderr.strip().splitlines()[-1] == line
-    assert "2 of 7 case(s) failed, the other 5 finished and are kept" in line
+    assert "2 of 7 case(s) failed, the other 5 finished." in line
     assert "case_2b: SimpleITKIO cannot read" in line and "case_2b_0000.nii.gz" in line
-    assert "case_flat: " in line and "is a 2D image" in line and "rerun with --continue_prediction" in line
+    assert "case_flat: " in line and "is a 2D image" in line
+    assert ("The other cases are written; fix or remove the failed inputs, then rerun with --continue_prediction "
+            "(written cases are skipped)") in line
     assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in GOOD]
     for case in GOOD:
         np.testing.assert_array_equal(_labels(out / f"{case}.nii.gz"), _labels(plain / f"{case}.nii.gz"))
@@ -172,7 +174,7 @@ def test_bad_cases_fail_alone_and_every_good_case_is_written(model: Path, cluste
 
     written = _snapshot(out)
     proc = _predict(model, images, out, "--cluster", cluster.address, "--continue_prediction")
-    assert proc.returncode == 1 and "2 of 2 case(s) failed, the other 0 finished" in proc.stderr
+    assert proc.returncode == 1 and "2 of 2 case(s) failed, the other 0 finished." in proc.stderr
     assert {k: v for k, v in _snapshot(out).items() if k.endswith(".nii.gz")} == \
         {k: v for k, v in written.items() if k.endswith(".nii.gz")}  # the good cases were not predicted again
 
@@ -192,7 +194,7 @@ def test_a_truncated_case_fails_alone_on_a_local_cluster(model: Path, tmp_path: 
     proc = _predict(model, images, out, "--cluster", "local:2")
     assert proc.returncode == 1, proc.stderr[-3000:]
     [line] = _error_lines(proc.stderr)
-    assert "1 of 6 case(s) failed, the other 5 finished and are kept. case_2b: SimpleITKIO cannot read" in line
+    assert "1 of 6 case(s) failed, the other 5 finished. case_2b: SimpleITKIO cannot read" in line
     assert "Compute Failed" not in proc.stderr  # not retried
     assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in GOOD]
     assert not [p for p in out.rglob(".*")]
@@ -226,7 +228,7 @@ def test_input_errors_are_not_retried_other_errors_are(cluster: DaskProcesses, t
                 results[i] = result
     assert results == {0: "A", 2: "B", 3: "FLAKY", 5: "C"}
     message = str(failure.value)
-    assert "\n" not in message and message.startswith("2 of 6 case(s) failed, the other 4 finished and are kept.")
+    assert "\n" not in message and message.startswith("2 of 6 case(s) failed, the other 4 finished.")
     assert "bad: bad: the image is unreadable" in message and "broken: broken: out of memory" in message
     assert set(failure.value.failed) == {"bad", "broken"}
     tries = {job: len((tmp_path / job).read_text()) for job in jobs}
@@ -250,7 +252,7 @@ def test_preprocessing_one_bad_case_fails_alone(cluster: DaskProcesses, tmp_path
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 1, proc.stderr[-3000:]
     [line] = _error_lines(proc.stderr)
-    assert "1 of 5 case(s) failed, the other 4 finished and are kept. case_001:" in line and str(bad) in line
+    assert "1 of 5 case(s) failed, the other 4 finished. case_001:" in line and str(bad) in line
     data = tmp_path / "pre" / "Dataset991_Train" / "nnUNetPlans_3d_fullres"
     assert sorted(p.name for p in data.glob("case_*.json")) == [f"case_00{i}.json" for i in (0, 2, 3, 4)]
     assert not [p for p in data.rglob(".*")]

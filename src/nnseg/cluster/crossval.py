@@ -120,7 +120,7 @@ def train_folds(requests: Sequence[TrainRequest], *, cluster: str | None, retrie
         resources = [_resources(client, r) for r in requests]
         for i, outcome in run_tasks(client, train_fold_task, list(requests), names=[_name(r) for r in requests],
                                     resources=resources, retries=retries, desc="train", what="fold",
-                                    hint=" Fix the cause, then rerun (finished folds are skipped)",
+                                    hint=" Finished folds are kept; fix the cause, then rerun (they are skipped)",
                                     progress=progress):
             out[i] = outcome
             print(f"nnseg: {_name(requests[i])} done ({outcome.output_folder})", file=sys.stderr)

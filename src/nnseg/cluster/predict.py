@@ -132,7 +132,8 @@ def _run_cases(client: Any, settings: PredictSettings, model: Any, todo: Sequenc
                                                              target_spacing=model.configuration.spacing),
                                 gpu=gpu, capacities=capacities) for c in todo]
     jobs = [(settings, c, out) for c in todo]
-    hint = " Fix or remove those inputs, then rerun with --continue_prediction (written cases are skipped)"
+    hint = (" The other cases are written; fix or remove the failed inputs, then rerun with --continue_prediction "
+            "(written cases are skipped)")
     for i, _seconds in run_tasks(client, predict_case_task, jobs, names=[c.identifier for c in todo],
                                  resources=resources, retries=retries, desc="predict", what="case", hint=hint,
                                  progress=progress):

@@ -42,13 +42,13 @@ class Failure:
 
 
 class TasksFailed(RuntimeError):
-    """Some tasks failed for good while the others finished (their outputs are kept): one line naming each."""
+    """Some tasks failed for good while the others finished (their outputs written): one line naming each."""
 
     def __init__(self, failed: Mapping[str, str], *, total: int, what: str, hint: str = "") -> None:
         self.failed = dict(failed)
         details = "; ".join(f"{name}: {one_line(message).rstrip('.')}" for name, message in sorted(self.failed.items()))
         super().__init__(f"{len(self.failed)} of {total} {what}(s) failed, the other {total - len(self.failed)} "
-                         f"finished and are kept. {details}.{hint}")
+                         f"finished. {details}.{hint}")
 
 
 def one_line(text: object) -> str:
