@@ -337,6 +337,7 @@ def test_a_scheduler_that_never_speaks_ends_in_a_deadline(model: Path, silent_se
     assert f"the Dask scheduler {target!r} did not answer within 4 s" in line
     assert "distributed.comm.timeouts.connect" in line
     assert not out.exists() or os.listdir(out) == []  # no run files, no lock left
+    assert set(os.listdir(tmp_path)) <= {"in", "out", "scheduler.json"} and len(os.listdir(images)) == len(GOOD)
 
 
 def test_a_server_that_is_not_a_scheduler_is_named(model: Path, http_server: int, tmp_path: Path, capsys) -> None:
@@ -347,6 +348,7 @@ def test_a_server_that_is_not_a_scheduler_is_named(model: Path, http_server: int
     [line] = err.strip().splitlines()
     assert f"{target!r} did not answer as a Dask scheduler" in line
     assert not out.exists() or os.listdir(out) == []
+    assert set(os.listdir(tmp_path)) <= {"in", "out"} and len(os.listdir(images)) == len(GOOD)
 
 
 # defect 16: a damaged ONNX file ----------------------------------------------------------------------------------
@@ -388,4 +390,5 @@ def test_damaged_onnx_file_is_one_line_naming_it_and_the_export(model: Path, onn
     assert code == 1
     [line] = err.strip().splitlines()
     assert str(path) in line and f"re-export it: nnseg export-onnx -m {model} -f 0 -chk checkpoint_final.pth" in line
-    assert "Traceback" not in err and not out.exists()
+    assert "Traceback" not in err and not out.exists() and os.listdir(tmp_path) == ["in"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint_final.pth"]  # nothing beside the model
