@@ -143,22 +143,23 @@ def _worker_command(scheduler_file: str, memory: int, preload: Sequence[str]) ->
 @contextmanager
 def open_client(value: str, *, announce: bool = True, preload: Sequence[str] = ()) -> Iterator[Any]:
     """A ``distributed.Client`` for ``--cluster value`` (a LocalCluster is closed on leaving); ``preload``: modules
-    the workers of ``local`` import while starting (those the tasks need; never torch for per-case work)."""
+    the workers of ``local`` import while starting (those the tasks need; never torch for per-case work).
+
+    Raises:
+        RuntimeError: the scheduler cannot be reached, or does not answer within :func:`connect_timeout_s` in all.
+    """
     kind, target = parse_cluster(value)
     cluster = LocalWorkers(target, preload=preload) if kind == "local" else None
     distributed = require_dask()
     try:
         if cluster is not None:  # tasks start with the first worker; the others join as they come up
             client = distributed.Client(cluster.cluster, direct_to_workers=True)
-        elif kind == "file":
-            client = distributed.Client(scheduler_file=target, timeout="30s")
         else:
-            client = distributed.Client(target, timeout="30s")
-    except OSError as e:
+            client = _remote_client(distributed, value, _scheduler_address(target) if kind == "file" else target)
+    except BaseException:
         if cluster is not None:
             cluster.close()
-        raise RuntimeError(f"cannot reach the Dask scheduler {value!r} ({e}); start it (dask scheduler) or check "
-                           "the address") from None
+        raise
     try:
         if cluster is None:  # local workers are up within a second: the caller prepares its jobs meanwhile
             wait_for_a_worker(client, value)
@@ -169,6 +170,70 @@ def open_client(value: str, *, announce: bool = True, preload: Sequence[str] = (
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def connect_timeout_s() -> float:
+    """The total time to reach a scheduler and hear back: Dask's ``distributed.comm.timeouts.connect`` (30 s unless
+    configured, e.g. ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=60s``)."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds"))
+
+
+def _scheduler_address(path: str) -> str:
+    """The address in a scheduler file (``dask scheduler --scheduler-file``)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return str(json.load(f)["address"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--cluster {path}: not a Dask scheduler file ({type(e).__name__}: {e}); pass the file the "
+                         "scheduler wrote with --scheduler-file") from None
+
+
+def _remote_client(distributed: Any, value: str, address: str) -> Any:
+    """A client of the running scheduler at ``address``, within one deadline: Dask's own connect timeout does not
+    cover the handshake, so a server that accepts the connection and then says nothing would hang it for ever."""
+    import time
+
+    timeout = connect_timeout_s()
+    start = time.monotonic()
+    _handshake(distributed, value, address, timeout)
+    try:
+        return distributed.Client(address, timeout=max(1.0, timeout - (time.monotonic() - start)))
+    except (OSError, TimeoutError) as e:
+        raise RuntimeError(f"cannot reach the Dask scheduler {value!r} ({e}); start it (dask scheduler) or check "
+                           "the address") from None
+
+
+def _handshake(distributed: Any, value: str, address: str, timeout: float) -> None:
+    """Open a connection to ``address`` and complete Dask's handshake within ``timeout`` seconds, in all."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    tls = distributed.Security().get_connection_args("client")  # Dask's configured TLS settings, as the client's
+
+    async def talk() -> None:
+        comm = await asyncio.wait_for(distributed.comm.connect(address, timeout=timeout, **tls), timeout)
+        await comm.close()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="nnseg-dask-connect") as pool:  # also beside a running loop
+        try:
+            pool.submit(asyncio.run, talk()).result()
+        except (asyncio.TimeoutError, TimeoutError):
+            raise RuntimeError(f"the Dask scheduler {value!r} did not answer within {timeout:.0f} s (it may accept "
+                               "connections and never speak: not a Dask scheduler, or one that hangs); check the "
+                               "address (dask scheduler prints it) and the scheduler's log. The time limit is "
+                               "Dask's distributed.comm.timeouts.connect") from None
+        except OSError as e:
+            raise RuntimeError(f"cannot reach the Dask scheduler {value!r} ({e}); start it (dask scheduler) or "
+                               "check the address") from None
+        except Exception as e:  # noqa: BLE001 - a server that answers something else than Dask's handshake
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            raise RuntimeError(f"{value!r} did not answer as a Dask scheduler (reading its answer failed: {reason}); "
+                               "check the address (dask scheduler prints it)") from None
 
 
 def wait_for_a_worker(client: Any, value: str, timeout_s: float = WAIT_FOR_WORKERS_S, *, say: bool = True) -> None:

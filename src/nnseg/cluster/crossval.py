@@ -119,7 +119,9 @@ def train_folds(requests: Sequence[TrainRequest], *, cluster: str | None, retrie
     with open_client(cluster) as client:
         resources = [_resources(client, r) for r in requests]
         for i, outcome in run_tasks(client, train_fold_task, list(requests), names=[_name(r) for r in requests],
-                                    resources=resources, retries=retries, desc="train", progress=progress):
+                                    resources=resources, retries=retries, desc="train", what="fold",
+                                    hint=" Finished folds are kept; fix the cause, then rerun (they are skipped)",
+                                    progress=progress):
             out[i] = outcome
             print(f"nnseg: {_name(requests[i])} done ({outcome.output_folder})", file=sys.stderr)
     return [o for o in out if o is not None]

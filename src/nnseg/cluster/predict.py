@@ -1,17 +1,19 @@
 """Prediction on a Dask cluster: one task per case, the model loaded once per worker process.
 
-The client lists the cases (``-num_parts/-part_id`` apply as in ``nnUNetv2_predict``), writes the run files
-(``dataset.json``, ``plans.json``, ``predict_from_raw_data_args.json``) and submits ``predict_case_task`` per case;
-each worker builds the :class:`~nnseg.predictions.predict.Predictor` on first use and keeps it. Segmentations (and
-``--save_probabilities`` files) are written under temporary names and renamed, so a case lost with its worker is
-predicted again elsewhere without a truncated or duplicated file, and ``--continue_prediction`` skips finished cases
-on a rerun. Tasks ask for ``GPU: 1`` on CUDA and for their estimated ``MEMORY``.
+The client lists the cases (``-num_parts/-part_id`` apply as in ``nnUNetv2_predict``), checks and locks the output
+folder as the single-machine command does (:func:`~nnseg.predictions.pipeline.locked_output`), connects, writes the
+run files (``dataset.json``, ``plans.json``, ``predict_from_raw_data_args.json``) and submits ``predict_case_task``
+per case; each worker builds the :class:`~nnseg.predictions.predict.Predictor` on first use and keeps it.
+Segmentations (and ``--save_probabilities`` files) are written under temporary names and renamed, so a case lost with
+its worker is predicted again elsewhere without a truncated or duplicated file, and ``--continue_prediction`` skips
+finished cases on a rerun. Tasks ask for ``GPU: 1`` on CUDA and for their estimated ``MEMORY``. A case that fails
+does so alone (:mod:`nnseg.cluster.tasks`): every other case is written, then the failed ones are named in one error.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from nnseg.cluster.memory import predict_bytes
 from nnseg.cluster.tasks import DEFAULT_RETRIES, memory_capacities, run_tasks, task_resources
 from nnseg.jsonio import remove_temporary_files
 from nnseg.predictions.model_folder import DEFAULT_FOLDS, Fold, checkpoint_paths, load_trained_model, parse_folds
-from nnseg.predictions.pipeline import predict_case, select_cases, write_run_info
+from nnseg.predictions.pipeline import is_done, locked_output, predict_case, select_cases, write_run_info
 from nnseg.predictions.predict import PredictionReport, Predictor
 from nnseg.raw.discover import CaseFiles
 
@@ -66,11 +68,6 @@ def predict_case_task(job: tuple[PredictSettings, CaseFiles, Path]) -> float:
     return time.perf_counter() - start
 
 
-def _done(case: CaseFiles, output: Path, ending: str, save_probabilities: bool) -> bool:
-    seg = (output / f"{case.identifier}{ending}").is_file()
-    return seg and (not save_probabilities or (output / f"{case.identifier}.npz").is_file())
-
-
 def _run_args(settings: PredictSettings, inputs: Any, output: Path, *, continue_prediction: bool, num_parts: int,
               part_id: int) -> dict[str, Any]:
     """``predict_from_raw_data_args.json`` as the single-machine command writes it (device/precision as asked)."""
@@ -99,8 +96,10 @@ def predict_on_cluster(cluster: str, model_folder: PathLike, inputs: PathLike | 
     """:func:`nnseg.predictions.predict.predict` with one Dask task per case on ``--cluster cluster``.
 
     Raises:
-        FileNotFoundError / ValueError: as :func:`~nnseg.predictions.predict.predict`, before any task is submitted.
-        RuntimeError: a case failed on every try (the message names it).
+        FileNotFoundError / ValueError: as :func:`~nnseg.predictions.predict.predict` (an output folder holding the
+            input images, a locked one), before anything is written or any task is submitted.
+        TasksFailed: after every other case was written, naming each case that failed (a bad input at once, others
+            after ``retries``).
     """
     start, out = time.perf_counter(), Path(output)
     model = load_trained_model(model_folder)
@@ -110,22 +109,32 @@ def predict_on_cluster(cluster: str, model_folder: PathLike, inputs: PathLike | 
     cases = select_cases(model, inputs, num_parts=num_parts, part_id=part_id)
     args = _run_args(settings, inputs, out, continue_prediction=continue_prediction, num_parts=num_parts,
                      part_id=part_id)
-    report = PredictionReport()
     ending = model.spec.file_ending
-    todo = [c for c in cases if not (continue_prediction and _done(c, out, ending, save_probabilities))]
-    report.skipped = [c.identifier for c in cases if c not in todo]
-    with open_client(cluster) as client:
+    todo = [c for c in cases if not (continue_prediction and is_done(c, out, ending, save_probabilities))]
+    report = PredictionReport(skipped=[c.identifier for c in cases if c not in todo])
+    with locked_output(cases, out, num_parts=num_parts, part_id=part_id), open_client(cluster) as client:
         write_run_info(model, out, args)
-        capacities = memory_capacities(client)
-        gpu = (device or "").startswith("cuda")
-        resources = [task_resources(client, memory=predict_bytes(list(c.images), num_classes=model.num_outputs,
-                                                                 target_spacing=model.configuration.spacing),
-                                    gpu=gpu, capacities=capacities) for c in todo]
-        jobs = [(settings, c, out) for c in todo]
-        for i, _seconds in run_tasks(client, predict_case_task, jobs, names=[c.identifier for c in todo],
-                                     resources=resources, retries=retries, desc="predict", progress=progress):
-            report.written.append(out / f"{todo[i].identifier}{ending}")
-    # every task is done: what remains of a worker killed while writing is litter
-    remove_temporary_files(out, targets=[f"{c.identifier}{e}" for c in todo for e in (ending, ".npz", ".pkl")])
+        try:
+            for i in _run_cases(client, settings, model, todo, out, progress=progress, retries=retries):
+                report.written.append(out / f"{todo[i].identifier}{ending}")
+        finally:  # every task is over: what remains of a worker killed while writing is litter
+            remove_temporary_files(out, targets=[f"{c.identifier}{e}" for c in todo for e in (ending, ".npz", ".pkl")])
     report.wall_s = time.perf_counter() - start
     return report
+
+
+def _run_cases(client: Any, settings: PredictSettings, model: Any, todo: Sequence[CaseFiles], out: Path, *,
+               progress: bool, retries: int) -> Iterator[int]:
+    """The index in ``todo`` of each case written, as its task finishes (see :func:`run_tasks`)."""
+    capacities = memory_capacities(client)
+    gpu = (settings.device or "").startswith("cuda")
+    resources = [task_resources(client, memory=predict_bytes(list(c.images), num_classes=model.num_outputs,
+                                                             target_spacing=model.configuration.spacing),
+                                gpu=gpu, capacities=capacities) for c in todo]
+    jobs = [(settings, c, out) for c in todo]
+    hint = (" The other cases are written; fix or remove the failed inputs, then rerun with --continue_prediction "
+            "(written cases are skipped)")
+    for i, _seconds in run_tasks(client, predict_case_task, jobs, names=[c.identifier for c in todo],
+                                 resources=resources, retries=retries, desc="predict", what="case", hint=hint,
+                                 progress=progress):
+        yield i

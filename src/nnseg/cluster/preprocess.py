@@ -49,4 +49,4 @@ def open_case_pool(cluster: str | None, *, retries: int = DEFAULT_RETRIES) -> It
         yield None
         return
     with open_client(cluster, preload=CASE_MODULES) as client:
-        yield DaskPool(client, memory=case_memory, retries=retries)
+        yield DaskPool(client, memory=case_memory, retries=retries)  # a job's error says what to fix

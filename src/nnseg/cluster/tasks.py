@@ -4,6 +4,12 @@ Every task function nnseg submits is idempotent and writes its outputs under tem
 complete, so a task that dies with its worker (Dask reruns it elsewhere, up to ``distributed.scheduler.allowed-failures``
 times) or a rerun of the whole command never leaves a truncated or duplicated output.
 
+A task fails alone: the other tasks run to the end and their outputs are kept; the failures are reported together
+afterwards, one line naming each (:class:`TasksFailed`). A ``ValueError`` (nnseg's error for a bad input: an
+unreadable file, a case refused by the input checks) is the same on every try, so the task returns it as a
+:class:`Failure` instead of raising, and Dask does not rerun it; other errors (out of memory, a lost worker) are
+retried.
+
 :class:`DaskPool` looks like the process pools of :mod:`nnseg.fingerprint.pool` (``map_unordered(fn, jobs)``
 yielding ``(index, result)``), so fingerprinting and preprocessing run on the cluster unchanged.
 """
@@ -16,6 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from nnseg.cluster.connect import MEMORY, require_dask, worker_resources
@@ -23,12 +30,44 @@ from nnseg.cluster.memory import fit_to_workers
 from nnseg.fingerprint.pool import limit_threads
 
 DEFAULT_RETRIES = 2
+DETERMINISTIC_ERRORS = (ValueError,)  # a bad input: failing again on every try, so never retried
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A task that failed for good: what it returns instead of raising one of :data:`DETERMINISTIC_ERRORS` (Dask
+    reruns a task that raises), or what :func:`outcome` makes of one that failed on every try."""
+
+    message: str
+
+
+class TasksFailed(RuntimeError):
+    """Some tasks failed for good while the others finished (their outputs written): one line naming each."""
+
+    def __init__(self, failed: Mapping[str, str], *, total: int, what: str, hint: str = "") -> None:
+        self.failed = dict(failed)
+        details = "; ".join(f"{name}: {one_line(message).rstrip('.')}" for name, message in sorted(self.failed.items()))
+        super().__init__(f"{len(self.failed)} of {total} {what}(s) failed, the other {total - len(self.failed)} "
+                         f"finished. {details}.{hint}")
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def refusing(fn: Callable[[Any], Any], job: Any) -> Any:
+    """``fn(job)``, or :class:`Failure` for a deterministic error (worker side: not retried, no "Compute Failed")."""
+    try:
+        return fn(job)
+    except DETERMINISTIC_ERRORS as e:
+        return Failure(one_line(e))
 
 
 def single_threaded(fn: Callable[[Any], Any], job: Any) -> Any:
-    """``fn(job)`` with one thread for ITK/BLAS/torch (a worker thread is one slot of the cluster)."""
+    """``fn(job)`` (see :func:`refusing`) with one thread for ITK/BLAS/torch (a worker thread is one slot of the
+    cluster)."""
     limit_threads()
-    return fn(job)
+    return refusing(fn, job)
 
 
 def memory_capacities(client: Any) -> dict[str, float | None]:
@@ -49,13 +88,20 @@ def task_resources(client: Any, *, memory: int | None = None, gpu: bool = False,
     return out or None
 
 
-def explain_failure(error: BaseException, what: str) -> BaseException:
-    """A lost-worker error (``KilledWorker``) as a RuntimeError saying what to do; other errors unchanged."""
+def explain_failure(error: BaseException) -> str:
+    """The message of a task's error; a lost-worker error (``KilledWorker``) says what to do."""
     if type(error).__name__ == "KilledWorker":
-        return RuntimeError(f"{what}: every worker that ran it died ({error}); most likely it ran out of memory. Give "
-                            "the workers more memory (or lower their MEMORY resource so fewer tasks share one) and "
-                            "rerun: finished work is kept")
-    return error
+        return (f"every worker that ran it died ({error}); most likely it ran out of memory. Give the workers more "
+                "memory (or lower their MEMORY resource so fewer tasks share one) and rerun: finished work is kept")
+    return one_line(error) or type(error).__name__
+
+
+def outcome(future: Any) -> Any:
+    """The result of a finished future, or a :class:`Failure` with the error of one that failed for good."""
+    try:
+        return future.result()
+    except Exception as e:  # noqa: BLE001 - any task error: that task fails alone, reported at the end
+        return Failure(explain_failure(e))
 
 
 class DaskPool:
@@ -67,11 +113,12 @@ class DaskPool:
         memory: bytes one job needs (see :mod:`nnseg.cluster.memory`), or None for no ``MEMORY`` resource.
         retries: reruns of a task that raised (a task lost with its worker is rerun regardless).
         in_flight: the jobs in flight the caller reports (all are submitted at once; the resources bound them).
+        failure_hint: appended to the :class:`TasksFailed` message (what to do about the failed jobs).
     """
 
     def __init__(self, client: Any, *, memory: Callable[[Any], int] | None = None, retries: int = DEFAULT_RETRIES,
-                 in_flight: int | None = None) -> None:
-        self.client, self.memory, self.retries = client, memory, retries
+                 in_flight: int | None = None, failure_hint: str = "") -> None:
+        self.client, self.memory, self.retries, self.failure_hint = client, memory, retries, failure_hint
         self.capacities: dict[str, float | None] = {}  # of the workers up when the first jobs are sized
         threads = sum(int(w.get("nthreads", 1)) for w in client.scheduler_info()["workers"].values())
         self.in_flight = in_flight or max(32, 8 * threads)
@@ -83,7 +130,7 @@ class DaskPool:
         apart).
 
         Raises:
-            The first task error (see :func:`explain_failure`); the other tasks are cancelled.
+            TasksFailed: after every other job finished, naming the jobs that failed (see :func:`outcome`).
         """
         if not self.capacities:
             self.capacities = memory_capacities(self.client)  # waits for the first worker
@@ -96,17 +143,21 @@ class DaskPool:
                                             key=[f"{stem}-{names[i]}-{tag}-{i}" for i in indices],
                                             resources=dict(res_items) or None, retries=self.retries, pure=False)
                 futures.update(zip(submitted, indices))
+        failed: dict[str, str] = {}
         try:
             for batch in _gathered_batches(list(futures)):
-                for future in batch:
-                    if future.status != "finished":
-                        try:
-                            future.result()
-                        except BaseException as e:
-                            raise explain_failure(e, f"case {names[futures[future]]}") from None
-                yield from zip([futures[f] for f in batch], self.client.gather(batch))
+                good = [f for f in batch if f.status == "finished"]
+                results = [*zip(good, self.client.gather(good)),
+                           *((f, outcome(f)) for f in batch if f.status != "finished")]
+                for future, result in results:
+                    if isinstance(result, Failure):
+                        failed[names[futures[future]]] = result.message
+                    else:
+                        yield futures[future], result
         finally:
             self.client.cancel([f for f in futures if not f.done()])
+        if failed:
+            raise TasksFailed(failed, total=len(jobs), what="case", hint=self.failure_hint)
 
     def _by_resources(self, jobs: Sequence[Any], indices: Iterable[int]) -> dict[tuple[tuple[str, float], ...], list[int]]:
         groups: dict[tuple[tuple[str, float], ...], list[int]] = {}
@@ -148,27 +199,32 @@ def _growing_parts(n: int, *, first: int) -> Iterator[range]:
 
 def run_tasks(client: Any, fn: Callable[[Any], Any], jobs: Sequence[Any], *, names: Sequence[str],
               resources: Sequence[dict[str, float] | None], retries: int = DEFAULT_RETRIES, desc: str = "tasks",
-              progress: bool = True) -> Iterator[tuple[int, Any]]:
+              what: str = "task", hint: str = "", progress: bool = True) -> Iterator[tuple[int, Any]]:
     """Submit ``fn(job)`` for every job and yield ``(index, result)`` as tasks finish, with a tqdm bar on stderr.
 
     Raises:
-        The first task error (a lost-worker error explained, see :func:`explain_failure`); the other tasks are
-        cancelled.
+        TasksFailed: after every other task finished, naming each ``what`` that failed for good (a bad input at
+            once, see :func:`refusing`; another error after ``retries``; a lost worker explained, see
+            :func:`explain_failure`), followed by ``hint``.
     """
     distributed = require_dask()
-    futures = {client.submit(fn, job, key=f"{desc}-{name}-{uuid.uuid4().hex[:8]}", resources=res, retries=retries,
-                             pure=False): i for i, (job, name, res) in enumerate(zip(jobs, names, resources))}
+    futures = {client.submit(refusing, fn, job, key=f"{desc}-{name}-{uuid.uuid4().hex[:8]}", resources=res,
+                             retries=retries, pure=False): i
+               for i, (job, name, res) in enumerate(zip(jobs, names, resources))}
     from tqdm import tqdm
 
+    failed: dict[str, str] = {}
     try:
-        with tqdm(total=len(jobs), desc=desc, unit="task", disable=not progress, file=sys.stderr) as bar:
+        with tqdm(total=len(jobs), desc=desc, unit=what, disable=not progress, file=sys.stderr) as bar:
             for future in distributed.as_completed(futures):
                 i = futures[future]
-                try:
-                    result = future.result()
-                except BaseException as e:
-                    raise explain_failure(e, f"{desc} {names[i]}") from None
+                result = outcome(future)
                 bar.update(1)
-                yield i, result
+                if isinstance(result, Failure):
+                    failed[names[i]] = result.message
+                else:
+                    yield i, result
     finally:
         client.cancel([f for f in futures if not f.done()])
+    if failed:
+        raise TasksFailed(failed, total=len(jobs), what=what, hint=hint)

@@ -136,7 +136,10 @@ class OnnxNetwork(torch.nn.Module):
     Inputs are run in float32 (autocast does not apply); the output is a float32 tensor on the input's device.
     """
 
-    def __init__(self, path: PathLike, *, device: torch.device, threads: int | None = None) -> None:
+    def __init__(self, path: PathLike, *, device: torch.device, threads: int | None = None,
+                 fix: str = "re-export it with nnseg export-onnx") -> None:
+        """Raises: ValueError: ``path`` is not an ONNX model nnseg exported (truncated, garbage, another graph),
+        naming the file and ``fix``."""
         super().__init__()
         ort = _require("onnxruntime")
         options = ort.SessionOptions()
@@ -145,7 +148,18 @@ class OnnxNetwork(torch.nn.Module):
         if threads is not None:
             options.intra_op_num_threads = threads
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=_providers(ort, device))
+        providers = _providers(ort, device)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - onnxruntime's errors (InvalidProtobuf, Fail, ...) derive from Exception
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise ValueError(f"{path} is not a readable ONNX model (truncated or damaged?): {reason}; {fix}") from None
+        names = ([i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
+        if names != ([INPUT_NAME], [OUTPUT_NAME]):
+            raise ValueError(f"{path} is not a network nnseg exported (inputs {names[0]}, outputs {names[1]}; "
+                             f"expected [{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]); {fix}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = x.detach().to("cpu", torch.float32).numpy()
@@ -174,22 +188,24 @@ def onnx_predictor(model_folder: PathLike, *, folds: Sequence[Fold] | None = DEF
     backend; each fold's ``fold_<k>/<checkpoint stem>.onnx`` must exist (``nnseg export-onnx`` writes it).
 
     Raises:
-        FileNotFoundError: an ONNX file is missing (the message gives the export command).
+        FileNotFoundError: an ONNX file is missing; ValueError: one is truncated, damaged or another graph (the
+            messages name the file and give the export command).
     """
     from nnseg.predictions.predict import Predictor, resolve_device
 
     paths = checkpoint_paths(model_folder, parse_folds(folds), checkpoint_name=checkpoint)
+    fold_args = " ".join(p.parent.name[len("fold_"):] for p in paths)
+    export = f"nnseg export-onnx -m {model_folder} -f {fold_args} -chk {checkpoint}"
     missing = [str(onnx_path(p)) for p in paths if not onnx_path(p).is_file()]
     if missing:
-        fold_args = " ".join(str(p.parent.name[len("fold_"):]) for p in paths)
-        raise FileNotFoundError(f"no ONNX file {missing}; export the model first: nnseg export-onnx -m {model_folder} "
-                                f"-f {fold_args} -chk {checkpoint}")
+        raise FileNotFoundError(f"no ONNX file {missing}; export the model first: {export}")
     dev = resolve_device(device)
     predictor = Predictor.from_model_folder(model_folder, folds=folds, checkpoint=checkpoint, device="cpu",
                                             precision="fp32", step_size=step_size, use_tta=use_tta,
                                             tile_batch_size=tile_batch_size)
     threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() else None
-    predictor.networks = [OnnxNetwork(onnx_path(p), device=dev, threads=threads) for p in paths]
+    predictor.networks = [OnnxNetwork(onnx_path(p), device=dev, threads=threads, fix=f"re-export it: {export}")
+                          for p in paths]
     predictor.device = dev
     return predictor
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 
 from nnseg._types import PathLike
 from nnseg.jsonio import save_json
+from nnseg.locks import LOCK_NAME, folder_lock
 from nnseg.predictions.bounded import (
     MemoryPolicy,
     plan_for_case,
@@ -74,7 +76,26 @@ def write_run_info(model: TrainedModel, output: Path, args: dict[str, Any]) -> N
     save_json(model.plans_json, output / "plans.json")
 
 
-def _is_done(case: CaseFiles, output: Path, file_ending: str, save_probabilities: bool) -> bool:
+@contextmanager
+def locked_output(cases: Sequence[CaseFiles], output: PathLike, *, num_parts: int = 1,
+                  part_id: int = 0) -> Iterator[Path]:
+    """The output folder of a prediction run, for every entry point (one machine or a cluster): refused if it holds
+    input images of ``cases`` (``-o`` equal to ``-i``), before anything is created, then locked for this run (one
+    lock per part: ``-num_parts`` runs may share it). The caller writes the run files (:func:`write_run_info`) once
+    it is ready to predict.
+
+    Raises:
+        ValueError: the folder holds input images. FolderLockedError: another live run writes into it.
+    """
+    out = Path(output)
+    check_output_folder(cases, out)
+    lock = LOCK_NAME if num_parts == 1 else f".nnseg.part{part_id}of{num_parts}.lock"
+    with folder_lock(out, purpose=f"nnUNetv2_predict -o {output}", name=lock):
+        yield out
+
+
+def is_done(case: CaseFiles, output: Path, file_ending: str, save_probabilities: bool) -> bool:
+    """Whether ``case``'s outputs exist (``--continue_prediction`` skips it): its segmentation, and its ``.npz``."""
     done = (output / f"{case.identifier}{file_ending}").is_file()
     return done and (not save_probabilities or (output / f"{case.identifier}.npz").is_file())
 
@@ -173,25 +194,23 @@ def _executor(workers: int, name: str) -> ThreadPoolExecutor | _Inline:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) if workers > 0 else _Inline()
 
 
-def run_pipeline(predictor: Predictor, cases: Sequence[CaseFiles], output: Path, *, args: dict[str, Any],
-                 save_probabilities: bool = False, continue_prediction: bool = False,
-                 prev_stage_folder: PathLike | None = None, num_readers: int = 1, num_writers: int = 1,
-                 verbose: bool = False, progress: bool = True, memory: MemoryPolicy | None = None) -> PredictionReport:
+def run_pipeline(predictor: Predictor, cases: Sequence[CaseFiles], output: Path, *, save_probabilities: bool = False,
+                 continue_prediction: bool = False, prev_stage_folder: PathLike | None = None, num_readers: int = 1,
+                 num_writers: int = 1, verbose: bool = False, progress: bool = True,
+                 memory: MemoryPolicy | None = None) -> PredictionReport:
     """Predict ``cases`` into ``output`` (see the module docstring); returns what was written and the timings.
 
-    With ``memory``, each case is planned after preprocessing (:func:`nnseg.predictions.bounded.plan_for_case`): a case
-    whose one-shot estimate exceeds the budget is predicted in the calling thread by the bounded path.
+    ``output`` is a folder :func:`locked_output` checked and locked, with the run files written. With ``memory``, each
+    case is planned after preprocessing (:func:`nnseg.predictions.bounded.plan_for_case`): a case whose one-shot
+    estimate exceeds the budget is predicted in the calling thread by the bounded path.
     """
     from tqdm import tqdm
 
-    model = predictor.model
-    check_output_folder(cases, output)
-    write_run_info(model, output, args)
-    ending = model.spec.file_ending
+    ending = predictor.model.spec.file_ending
     report = PredictionReport()
     todo = []
     for case in cases:
-        if continue_prediction and _is_done(case, output, ending, save_probabilities):
+        if continue_prediction and is_done(case, output, ending, save_probabilities):
             report.skipped.append(case.identifier)
         else:
             todo.append(case)

@@ -29,7 +29,6 @@ from nnseg.devices import (
     keep_freed_memory_for_reuse,
     resolve_precision,
 )
-from nnseg.locks import LOCK_NAME, folder_lock
 from nnseg.predictions.export import convert_logits
 from nnseg.predictions.memory_plan import memory_budget, samples_per_call
 from nnseg.predictions.model_folder import (
@@ -237,7 +236,7 @@ def predict(model_folder: PathLike | Predictor, inputs: PathLike | Sequence[Sequ
         nnseg.predictions.memory_plan.CaseDoesNotFit: a case exceeds ``max_memory_gb`` (nothing written).
     """
     from nnseg.predictions.bounded import MemoryPolicy, check_cases_fit
-    from nnseg.predictions.pipeline import run_pipeline, select_cases
+    from nnseg.predictions.pipeline import locked_output, run_pipeline, select_cases, write_run_info
 
     start = time.perf_counter()
     predictor = model_folder if isinstance(model_folder, Predictor) else Predictor.from_model_folder(
@@ -258,9 +257,9 @@ def predict(model_folder: PathLike | Predictor, inputs: PathLike | Sequence[Sequ
             "folder_with_segs_from_prev_stage": None if prev_stage_predictions is None else str(prev_stage_predictions),
             "num_parts": num_parts, "part_id": part_id, "folds": predictor.folds, "device": str(predictor.device),
             "precision": predictor.precision, "use_mirroring": predictor.use_tta, "tile_step_size": predictor.step_size}
-    lock = LOCK_NAME if num_parts == 1 else f".nnseg.part{part_id}of{num_parts}.lock"  # parts may share -o
-    with folder_lock(Path(output), purpose=f"nnUNetv2_predict -o {output}", name=lock):
-        report = run_pipeline(predictor, cases, Path(output), args=args, save_probabilities=save_probabilities,
+    with locked_output(cases, output, num_parts=num_parts, part_id=part_id) as out:
+        write_run_info(predictor.model, out, args)
+        report = run_pipeline(predictor, cases, out, save_probabilities=save_probabilities,
                               continue_prediction=continue_prediction, prev_stage_folder=prev_stage_predictions,
                               num_readers=num_processes_preprocessing, num_writers=num_processes_export,
                               verbose=verbose, progress=progress, memory=memory)
