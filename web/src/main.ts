@@ -210,8 +210,13 @@ function renderResultPanel(display: DisplayInfo): void {
     box.addEventListener("change", () => viewer.setVisible(l.value, box.checked));
     const volume = el("td", { className: "num" });
     volume.dataset.volume = String(l.value);
+    const name = el("button", { type: "button", className: "link", textContent: l.name, title: `go to ${l.name}` });
+    name.dataset.goto = String(l.value);
+    name.addEventListener("click", () => {
+      if (!viewer.centerOn(l.value)) message(`${l.name} is empty in this mask.`);
+    });
     return el("tr", {}, el("td", {}, box), el("td", {}, swatch(l.color)),
-      el("td", {}, `${l.name}`), el("td", { className: "num" }, String(l.value)), volume);
+      el("td", {}, name), el("td", { className: "num" }, String(l.value)), volume);
   });
   byId("labels").replaceChildren(...rows);
   byId<HTMLSelectElement>("pen-label").replaceChildren(...display.labels.map((l) => el("option", { value: String(l.value), textContent: l.name })));

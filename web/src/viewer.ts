@@ -112,6 +112,35 @@ export class Viewer {
     return counts;
   }
 
+  /** Move the crosshair to the voxel of label `value` nearest the label's centroid (false: the label is empty). */
+  centerOn(value: number): boolean {
+    const bitmap = this.nv.drawBitmap;
+    const back = this.nv.volumes[0];
+    if (!bitmap || !back) return false;
+    const [, nx, ny] = back.dimsRAS!;
+    const voxels: number[] = [];
+    let sx = 0, sy = 0, sz = 0;
+    for (let i = 0; i < bitmap.length; i++) {
+      if (bitmap[i] !== value) continue;
+      voxels.push(i);
+      sx += i % nx;
+      sy += Math.floor(i / nx) % ny;
+      sz += Math.floor(i / (nx * ny));
+    }
+    if (voxels.length === 0) return false;
+    const c = [sx / voxels.length, sy / voxels.length, sz / voxels.length];
+    let best = voxels[0], bestDistance = Infinity;
+    for (const i of voxels) {
+      const d = (i % nx - c[0]) ** 2 + (Math.floor(i / nx) % ny - c[1]) ** 2 + (Math.floor(i / (nx * ny)) - c[2]) ** 2;
+      if (d < bestDistance) [best, bestDistance] = [i, d];
+    }
+    const vox = [best % nx, Math.floor(best / nx) % ny, Math.floor(best / (nx * ny))];
+    this.nv.scene.crosshairPos = this.nv.vox2frac(vox as unknown as Parameters<Niivue["vox2frac"]>[0]);
+    this.nv.createOnLocationChange();
+    this.nv.drawScene();
+    return true;
+  }
+
   /** The mask as NIfTI bytes on the image's grid (NiiVue writes it in the image file's orientation). */
   async maskBytes(): Promise<Uint8Array> {
     const bytes = await this.nv.saveImage({ filename: "", isSaveDrawing: true, volumeByIndex: 0 });
