@@ -127,7 +127,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Poll a job until it ends; `onProgress` gets its status and progress. Resolves with the final job. */
 export async function waitForJob(api: Api, id: string, onProgress: (job: JobInfo) => void, signal: { cancelled: boolean }): Promise<JobInfo> {
-  for (let delay = 150; ; delay = Math.min(delay * 1.5, 800)) {
+  for (let delay = 150; ; delay = Math.min(delay * 1.5, 400)) {
     const job = await api.json<JobInfo>(`/v1/jobs/${encodeURIComponent(id)}`);
     onProgress(job);
     if (job.status === "done" || job.status === "failed" || job.status === "cancelled") return job;

@@ -92,7 +92,12 @@ async function chooseModel(): Promise<void> {
 
 // ---- upload and job -----------------------------------------------------------------------------------------------
 
-function chosenFiles(display: DisplayInfo): { files: File[]; dicom: File | null } {
+interface Chosen {
+  files: File[];
+  dicom: File | null;
+}
+
+function chosenFiles(display: DisplayInfo): Chosen {
   const zip = byId<HTMLInputElement>("dicom-file").files?.[0] ?? null;
   if (zip && display.dicom_zip) {
     if (!zip.name.toLowerCase().endsWith(".zip")) throw new Error(`'${zip.name}' is not a .zip: zip the folder of one DICOM series and choose the zip`);
@@ -127,7 +132,7 @@ function caseName(file: File): string {
 async function run(): Promise<void> {
   const display = state.display;
   if (!display || state.busy) return;
-  let chosen: { files: File[]; dicom: File | null };
+  let chosen: Chosen;
   try {
     chosen = chosenFiles(display);
     checkSize(chosen.files);
@@ -144,13 +149,18 @@ async function run(): Promise<void> {
     const format = chosen.dicom ? "" : "?result_format=.nii.gz";
     phase("Uploading…", 0);
     const job = await api.upload<JobInfo>(`/v1/models/${encodeURIComponent(display.name)}/jobs${format}`, form, (p) => phase(`Uploading ${Math.round(p * 100)} %`, p));
+    // the scan is shown while it is segmented; a scan the page cannot draw is reported only if the server can read it
+    const shown = showScan(chosen).then(() => null, (e: Error) => e);
     const ended = await waitForJob(api, job.id, showJob, state.cancel);
     if (ended.status !== "done") {
       phase("", null);
       message(ended.status === "cancelled" ? "Cancelled." : `The prediction failed: ${ended.error ?? "no reason given"}`, ended.status === "cancelled" ? "info" : "error");
       return;
     }
-    await showResult(display, chosen, ended);
+    const start = performance.now();
+    const failed = await shown;
+    if (failed) throw new Error(`The prediction is done, but this page cannot show the scan (${failed.message}); download it below.`);
+    await showResult(display, chosen, ended, start);
   } catch (e) {
     phase("", null);
     message((e as Error).message, "error");
@@ -159,16 +169,9 @@ async function run(): Promise<void> {
   }
 }
 
-function showJob(job: JobInfo): void {
-  if (job.status === "queued") phase("Waiting in the server's queue…", null);
-  else if (job.status === "running") phase(`Predicting ${Math.round(job.progress * 100)} %`, job.progress);
-  else if (job.status === "done") phase("Loading the result…", 1);
-}
-
-async function showResult(display: DisplayInfo, chosen: { files: File[]; dicom: File | null }, job: JobInfo): Promise<void> {
-  const start = performance.now();
-  const labelMap = await api.bytes(`/v1/jobs/${encodeURIComponent(job.id)}/result`);
-  void api.json(`/v1/jobs/${encodeURIComponent(job.id)}`, { method: "DELETE" }).catch(() => undefined);
+async function showScan(chosen: Chosen): Promise<void> {
+  state.result = null;
+  byId("result").hidden = true;
   let image: ArrayBuffer;
   let imageName = chosen.files[0].name;
   if (chosen.dicom) {
@@ -179,7 +182,20 @@ async function showResult(display: DisplayInfo, chosen: { files: File[]; dicom: 
   } else {
     image = await chosen.files[0].arrayBuffer();
   }
-  await viewer.show(image, imageName, labelMap, display.labels);
+  await viewer.showImage(image, imageName);
+  byId("placeholder").hidden = true;
+}
+
+function showJob(job: JobInfo): void {
+  if (job.status === "queued") phase("Waiting in the server's queue…", null);
+  else if (job.status === "running") phase(`Predicting ${Math.round(job.progress * 100)} %`, job.progress);
+  else if (job.status === "done") phase("Loading the result…", 1);
+}
+
+async function showResult(display: DisplayInfo, chosen: Chosen, job: JobInfo, start: number): Promise<void> {
+  const labelMap = await api.bytes(`/v1/jobs/${encodeURIComponent(job.id)}/result`);
+  void api.json(`/v1/jobs/${encodeURIComponent(job.id)}`, { method: "DELETE" }).catch(() => undefined);
+  await viewer.showLabels(labelMap, display.labels);
   state.result = { model: display.name, caseName: caseName(chosen.files[0]), labelMap, dicomZip: chosen.dicom, labels: display.labels };
   renderResultPanel(display);
   await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));

@@ -56,22 +56,27 @@ export class Viewer {
     };
   }
 
-  /** Show an image (its file's bytes; the name's ending tells the format) with a label map on the same grid. */
-  async show(image: ArrayBuffer, imageName: string, labelMap: ArrayBuffer, labels: LabelInfo[]): Promise<void> {
+  /** Show an image (its file's bytes; the name's ending tells the format), without labels (while predicting). */
+  async showImage(image: ArrayBuffer, imageName: string): Promise<void> {
     const nv = this.nv;
+    nv.closeDrawing();
     while (nv.volumes.length > 0) nv.removeVolume(nv.volumes[0]);
     const volume = await NVImage.loadFromFile({ file: new File([image], imageName), name: imageName });
     nv.addVolume(volume);
-    const map = await NVImage.loadFromFile({ file: new File([labelMap], "labels.nii.gz"), name: "labels.nii.gz" });
-    if (!nv.loadDrawing(map)) {
-      throw new Error("the label map's grid differs from the image's; the server sent a mask for another image");
-    }
     const pix = volume.hdr!.pixDims;
     this.voxelMl = Math.abs(pix[1] * pix[2] * pix[3]) / 1000;
+    nv.setDrawingEnabled(false);
+  }
+
+  /** Lay a label map (NIfTI bytes on the image's grid) over the image shown, as the editable mask. */
+  async showLabels(labelMap: ArrayBuffer, labels: LabelInfo[]): Promise<void> {
+    const map = await NVImage.loadFromFile({ file: new File([labelMap], "labels.nii.gz"), name: "labels.nii.gz" });
+    if (!this.nv.loadDrawing(map)) {
+      throw new Error("the label map's grid differs from the image's; the server sent a mask for another image");
+    }
     this.labels = labels;
     this.hidden.clear();
     this.applyColors();
-    nv.setDrawingEnabled(false);
   }
 
   private applyColors(): void {
