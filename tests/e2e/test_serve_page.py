@@ -179,6 +179,7 @@ def _dominant(rgb: np.ndarray, channel: int, margin: int = 60) -> np.ndarray:
 def _segment(page: Any, *, channel_file: Path | None = None, dicom: Path | None = None) -> None:
     page.wait_for_selector("#app:not([hidden])")
     if dicom is not None:
+        page.wait_for_selector("#dicom-row:not([hidden])")
         page.set_input_files("#dicom-file", str(dicom))
     else:
         page.set_input_files("#channel-0", str(channel_file))
@@ -186,7 +187,12 @@ def _segment(page: Any, *, channel_file: Path | None = None, dicom: Path | None 
 
 
 def _wait_result(page: Any) -> float:
-    page.wait_for_selector("#timing[data-ms]", timeout=300_000)
+    try:
+        page.wait_for_selector("#timing[data-ms], #message.error", timeout=300_000)
+    except pw.TimeoutError:
+        pytest.fail(f"no result: phase {page.text_content('#phase')!r}, message {page.text_content('#message')!r}, "
+                    f"placeholder hidden: {page.is_hidden('#placeholder')}")
+    assert page.is_hidden("#message.error"), page.text_content("#message")
     seconds = float(page.get_attribute("#timing", "data-ms")) / 1000
     print(f"\nfirst view of the result: {seconds:.2f} s after the page saw the prediction end "
           f"({page.get_attribute('#timing', 'data-since-finished')} s after the server ended it)")
@@ -353,9 +359,21 @@ def test_dicom_zip(watch: Watch, golden: dict[str, Any], shots: Path, tmp_path: 
     seg_file = _download(page, "#dl-seg", tmp_path / "prediction.dcm")
     seg = hd.seg.segread(str(seg_file))
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in golden["dicom_files"]]
-    labels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[s.SOPInstanceUID for s in sources],
-                                               combine_segments=True)
+    uids = [s.SOPInstanceUID for s in sources]
+    labels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)
     np.testing.assert_array_equal(labels, _labels(golden["dicom_ref"])[0])
+    # a corrected mask as DICOM SEG: the same voxels as the corrected NIfTI, on the series' slices
+    page.click('button[data-goto="1"]')
+    ys, xs = np.nonzero(_mask(_pixels(page, tmp_path / "d.png"), RED, 100))
+    page.click('button[data-tool="brush"]')
+    _stroke(page, (int(xs.mean()), int(ys.mean())), (int(xs.mean()), int(ys.max()) + 80))
+    page.click('button[data-tool="view"]')
+    corrected, _ = _labels(_download(page, "#dl-corrected", tmp_path / "corrected.nii.gz"))
+    assert (corrected != labels).any()
+    seg = hd.seg.segread(str(_download(page, "#dl-corrected-seg", tmp_path / "corrected.dcm")))
+    np.testing.assert_array_equal(seg.get_pixels_by_source_instance(source_sop_instance_uids=uids,
+                                                                    combine_segments=True), corrected)
+    page.screenshot(path=str(shots / "11b_dicom_corrected.png"))
 
 
 def test_wrong_unreadable_and_oversized_files_show_messages(watch: Watch, shots: Path, tmp_path: Path) -> None:

@@ -48,10 +48,10 @@ async function connect(): Promise<void> {
     const list = await api.json<ModelList>("/v1/models");
     state.models = list.models;
     state.maxUpload = list.max_upload_bytes;
+    await fillModels();
     byId("login").hidden = true;
     byId("app").hidden = false;
     byId("login-state").textContent = api.hasToken ? "logged in" : "no token needed";
-    fillModels();
     message("");
   } catch (e) {
     const error = e as ApiError;
@@ -67,15 +67,20 @@ async function connect(): Promise<void> {
   }
 }
 
-function fillModels(): void {
+async function fillModels(): Promise<void> {
   const select = byId<HTMLSelectElement>("model");
   select.replaceChildren(...state.models.map((m) => el("option", { value: m.name, textContent: m.name })));
-  void chooseModel();
+  await chooseModel();
   void renderModels(api, state.models, byId("models-list")).catch((e) => message((e as Error).message, "error"));
 }
 
 async function chooseModel(): Promise<void> {
   const name = byId<HTMLSelectElement>("model").value;
+  state.display = null;
+  if (!name) {
+    message("This server serves no model.", "error");
+    return;
+  }
   const display = await api.json<DisplayInfo>(`/v1/models/${encodeURIComponent(name)}/display`);
   state.display = display;
   const inputs = byId("inputs");
@@ -131,7 +136,11 @@ function caseName(file: File): string {
 
 async function run(): Promise<void> {
   const display = state.display;
-  if (!display || state.busy) return;
+  if (state.busy) return;
+  if (!display) {
+    message("The model's description has not arrived yet; choose the model again or reload the page.", "error");
+    return;
+  }
   let chosen: Chosen;
   try {
     chosen = chosenFiles(display);
