@@ -401,3 +401,20 @@ def test_models_view_shows_the_training_report(watch: Watch, shots: Path) -> Non
     frame.wait_for_selector("h2:has-text('fold_0')")
     assert frame.locator("img.progress").count() == 1 and frame.locator("table.dice tbody tr").count() == 40
     page.screenshot(path=str(shots / "15_models_report.png"))
+
+
+def test_nrrd_and_mha_uploads_are_shown(watch: Watch, golden: dict[str, Any], shots: Path, tmp_path: Path) -> None:
+    ref, ref_image = _labels(golden["ref"])
+    voxel_ml = float(np.prod(ref_image.GetSpacing())) / 1000
+    page = watch.open()
+    for ending in (".nrrd", ".mha"):
+        scan = tmp_path / f"{CASE}{ending}"
+        sitk.WriteImage(sitk.ReadImage(str(IMAGES / f"{CASE}.nii.gz")), str(scan))
+        page.evaluate("() => { delete document.querySelector('#timing').dataset.ms; }")
+        _segment(page, channel_file=scan)
+        _wait_result(page)
+        assert _volumes(page) == {v: f"{(ref == v).sum() * voxel_ml:.3f}" for v in (1, 2)}
+        np.testing.assert_array_equal(_labels(_download(page, "#dl-nifti", tmp_path / f"p{ending}.nii.gz"))[0], ref)
+        page.click('button[data-goto="2"]')
+        assert page.get_attribute("#location", "data-label") == "2"
+        page.screenshot(path=str(shots / f"16_upload{ending.replace('.', '_')}.png"))
