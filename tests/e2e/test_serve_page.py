@@ -418,3 +418,19 @@ def test_nrrd_and_mha_uploads_are_shown(watch: Watch, golden: dict[str, Any], sh
         page.click('button[data-goto="2"]')
         assert page.get_attribute("#location", "data-label") == "2"
         page.screenshot(path=str(shots / f"16_upload{ending.replace('.', '_')}.png"))
+
+
+def test_cancel_a_waiting_job(watch: Watch, server: str, shots: Path) -> None:
+    """Three jobs sent through the API keep the one worker busy; the page's job waits, and Cancel cancels it."""
+    with httpx.Client(base_url=server, headers=AUTH, timeout=120) as client:
+        ahead = [client.post(f"/v1/models/{NAME}/jobs", files={"file": (f"{CASE}.nii.gz", (IMAGES / f"{CASE}.nii.gz")
+                                                                       .read_bytes())}).json()["id"] for _ in range(3)]
+        page = watch.open()
+        _segment(page, channel_file=IMAGES / f"{CASE}.nii.gz")
+        page.wait_for_selector("#phase:has-text('queue')", timeout=60_000)
+        page.click("#cancel")
+        page.wait_for_selector("#message:has-text('Cancelled.')", timeout=60_000)
+        page.screenshot(path=str(shots / "17_cancelled.png"))
+        assert page.is_enabled("#run") and page.is_hidden("#cancel")
+        for job_id in ahead:
+            client.delete(f"/v1/jobs/{job_id}")
