@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nnseg.jsonio import load_json
+from nnseg.predictions.dicom_predict import check_model_for_dicom
 from nnseg.serve.models import ServedModel, label_names
 
 #: ITK-SNAP's default colours of labels 1..20 (then repeated).
@@ -54,6 +55,15 @@ def _importable(module: str) -> bool:
     return True
 
 
+def takes_dicom(model: ServedModel) -> bool:
+    """Whether this server predicts a DICOM series zip with the model (pydicom installed, one-channel volume model)."""
+    try:
+        check_model_for_dicom(model.predictor)
+    except ValueError:
+        return False
+    return _importable("pydicom")
+
+
 def has_validation(folder: Path) -> bool:
     """Whether a fold (or cross-validation) of the model folder has a ``summary.json`` the report can show."""
     return any(folder.glob("fold_*/validation/summary.json")) or any(folder.glob("crossval_results_folds_*/summary.json"))
@@ -64,7 +74,7 @@ def describe_for_page(model: ServedModel) -> dict[str, Any]:
     spec = model.predictor.model.spec
     dataset = model.folder / "dataset.json"
     raw = load_json(dataset) if dataset.is_file() else {}
-    dicom = _importable("pydicom") and spec.num_channels == 1
+    dicom = takes_dicom(model)
     return {"name": model.name, "labels": label_colors(label_names(model), raw), "channels": dict(spec.channel_names),
             "dicom_zip": dicom, "dicom_seg": dicom and _importable("highdicom"), "report": has_validation(model.folder),
             "max_label": max(label_names(model).values(), default=0)}
