@@ -324,7 +324,7 @@ def _correct(page: Any, ref: np.ndarray, shots: Path, tmp_path: Path) -> None:
     page.select_option("#pen-label", "1")
     _stroke(page, centre, below)
     grown = _volumes(page)
-    assert float(grown[1]) > float(before[1]) and grown[2] <= before[2]
+    assert float(grown[1]) > float(before[1]) and float(grown[2]) <= float(before[2])
     page.click("#undo")
     assert _volumes(page) == before
     _stroke(page, centre, below)
