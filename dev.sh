@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# nnseg developer entry point: `./dev.sh demo` (set up, then run the demo) or `./dev.sh test` (set up, then run the tests).
+# nnseg developer entry point: `./dev.sh demo` (set up, then run the demo) or `./dev.sh test` (set up, then run the tests);
+# `./dev.sh web` rebuilds only the browser page of `nnseg serve` (needs npm).
 # Setup makes ./.venv, installs the CPU build of torch first (so no dependency pulls a multi-GB CUDA build),
 # then nnseg itself in editable mode. An existing .venv is reused.
 set -euo pipefail
@@ -23,7 +24,18 @@ setup() {
         .venv/bin/python -m pip install -q -e ".[${extras}]"
         # MONAI Label's client for the serve tests, without its deps (they would pull monai and a CUDA torch)
         .venv/bin/python -m pip install -q --no-deps "monailabel==0.8.5"
+        build_web
     fi
+}
+
+# The page of `nnseg serve` (web/, TypeScript + NiiVue): rebuilt into src/nnseg/serve/page/static with the locked
+# npm versions when npm is present; without npm the committed build is used (installing nnseg needs no Node.js).
+build_web() {
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "dev.sh: npm not found; using the committed build of the page (src/nnseg/serve/page/static)" >&2
+        return 0
+    fi
+    (cd web && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
 }
 
 case "${1:-}" in
@@ -40,8 +52,11 @@ case "${1:-}" in
     setup)
         setup
         ;;
+    web)
+        build_web
+        ;;
     *)
-        echo "usage: ./dev.sh demo|test|setup [args]" >&2
+        echo "usage: ./dev.sh demo|test|setup|web [args]" >&2
         exit 2
         ;;
 esac

@@ -2,7 +2,7 @@
 
 Native API (every answer is JSON except label maps; errors are ``{"detail": "..."}``):
 
-* ``GET /health`` (no token): ``{"status": "ok"}``.
+* ``GET /health`` (no token): ``{"status": "ok"}``. ``GET /`` (no token): the browser page (:mod:`nnseg.serve.page`).
 * ``GET /v1/models``: the served models (labels, channels, configuration, folds, device, backend).
 * ``POST /v1/models/{model}/predict``: multipart ``file`` (one per channel, NIfTI/NRRD/MHA) -> the label map
   (same format as the upload, or ``?result_format=.nrrd``). Waits for the result.
@@ -69,6 +69,8 @@ def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",), guard: R
     guard = guard or RequestGuard(hosts=None if state.token else set(LOOPBACK_NAMES))
     fastapi = _fastapi()
     from nnseg.serve.monai_label import monai_label_router
+    from nnseg.serve.page.api import page_api_router
+    from nnseg.serve.page.routes import page_router, public_paths
 
     app = fastapi.FastAPI(title="nnseg serve", version=__version__, docs_url="/docs", redoc_url=None)
     app.state.nnseg = state
@@ -76,8 +78,10 @@ def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",), guard: R
     app.include_router(_model_router(state, devices))
     app.include_router(_job_router(state))
     app.include_router(monai_label_router(state))
+    app.include_router(page_api_router(state))
+    app.include_router(page_router())
     app.add_middleware(SizeLimit, limit=state.max_upload_bytes, body_timeout_s=guard.body_timeout_s)
-    app.add_middleware(BearerAuth, token=state.token, public=PUBLIC_PATHS)
+    app.add_middleware(BearerAuth, token=state.token, public=PUBLIC_PATHS | public_paths())
     app.add_middleware(SameOrigin, guard=guard)  # added last: runs first
     return app
 
