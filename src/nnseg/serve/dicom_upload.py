@@ -123,7 +123,7 @@ def check_dicom_zip(upload: Path, *, max_unzipped_bytes: int, budget: UnzipBudge
     reserved = budget.reserve(total) if budget is not None else 0
     scratch = upload.parent / "dicom_check"
     try:
-        series = _one_series(upload, scratch)
+        series = read_one_series(upload, scratch)
         if model is not None:
             geometry = series_geometry(series)
             check_shape(model, [upload], (1, *geometry.shape), geometry.spacing[::-1], names=SERIES)
@@ -189,7 +189,7 @@ def _unsafe(name: str) -> bool:
     return (name.startswith(("/", "\\")) or ".." in parts or (bool(parts) and ":" in parts[0]) or "\x00" in name)
 
 
-def _client_message(error: Exception, *paths: Path) -> str:
+def client_message(error: Exception, *paths: Path) -> str:
     """The error's text without server paths (extracted files are shown by their name inside the zip)."""
     text = str(error)
     for path in sorted(paths, key=lambda p: -len(str(p))):
@@ -197,7 +197,7 @@ def _client_message(error: Exception, *paths: Path) -> str:
     return text
 
 
-def _one_series(upload: Path, scratch: Path) -> DicomSeries:
+def read_one_series(upload: Path, scratch: Path) -> DicomSeries:
     scratch.mkdir(mode=0o700, exist_ok=True)
     try:
         scan = scan_dicom(upload, scratch=scratch)
@@ -210,9 +210,9 @@ def _one_series(upload: Path, scratch: Path) -> DicomSeries:
     except CaseError:
         raise
     except ValueError as e:
-        raise CaseError(_client_message(e, *sorted(scratch.glob("zip*")), scratch, upload), status=422) from None
+        raise CaseError(client_message(e, *sorted(scratch.glob("zip*")), scratch, upload), status=422) from None
     except (OSError, RuntimeError, RecursionError, NotImplementedError, zipfile.BadZipFile, EOFError) as e:
-        reason = _client_message(e, *sorted(scratch.glob("zip*")), scratch, upload)[:200]
+        reason = client_message(e, *sorted(scratch.glob("zip*")), scratch, upload)[:200]
         raise CaseError(f"the zip could not be unpacked ({type(e).__name__}: {reason}); send a plain zip (deflate) "
                         "of one DICOM series", status=400) from None
     return scan.series[0]
@@ -233,11 +233,11 @@ def predict_dicom_zip(model: ServedModel, inputs: Sequence[Path], output: Path, 
     image = folder / f"dicom_image{ending if ending in UPLOAD_ENDINGS else '.nii.gz'}"
     labels_file = folder / "dicom_labels.nii.gz"
     try:
-        series = _one_series(inputs[0], scratch)
+        series = read_one_series(inputs[0], scratch)
         try:
             headers = write_series_image(series, image)
         except ValueError as e:
-            raise CaseError(_client_message(e, *sorted(scratch.glob("zip*")), scratch), status=422) from None
+            raise CaseError(client_message(e, *sorted(scratch.glob("zip*")), scratch), status=422) from None
         if output.name.endswith(SEG_ENDING):
             predict_case(model, [image], labels_file, progress=progress, cancelled=cancelled, names=SERIES)
             labels = sitk.GetArrayFromImage(sitk.ReadImage(str(labels_file)))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from nnseg.predictions.dicom_predict import segments_for, write_series_image, write_series_seg
-from nnseg.serve.dicom_upload import UNZIPPED_PER_UPLOAD, _client_message, _one_series, check_dicom_zip
+from nnseg.serve.dicom_upload import UNZIPPED_PER_UPLOAD, client_message, read_one_series, check_dicom_zip
 from nnseg.serve.models import CaseError, ServedModel, label_names
 
 
@@ -30,11 +30,11 @@ def _convert(zip_file: Path, *, max_upload_bytes: int) -> tuple[str, tuple[objec
     folder = zip_file.parent
     check_dicom_zip(zip_file, max_unzipped_bytes=UNZIPPED_PER_UPLOAD * max_upload_bytes)
     try:
-        series = _one_series(zip_file, folder / "dicom")
+        series = read_one_series(zip_file, folder / "dicom")
         try:
             headers = write_series_image(series, folder / "image.nii.gz")
         except ValueError as e:
-            raise CaseError(_client_message(e, folder), status=422) from None
+            raise CaseError(client_message(e, folder), status=422) from None
         return series.uid, tuple(headers), folder / "image.nii.gz"
     finally:
         shutil.rmtree(folder / "dicom", ignore_errors=True)
