@@ -380,7 +380,7 @@ def test_wrong_unreadable_and_oversized_files_show_messages(watch: Watch, shots:
     page = watch.open()
     page.wait_for_selector("#app:not([hidden])")
     cases = [("scan.png", b"\x89PNG\r\n\x1a\n" + b"0" * 100, "is not a NIfTI (.nii.gz), NRRD (.nrrd) or MHA", "12_wrong_file"),
-             ("broken.nii.gz", b"this is not an image" * 10, "The prediction failed", "13_unreadable_file"),
+             ("broken.nii.gz", b"this is not an image" * 10, "could not be read", "13_unreadable_file"),
              ("huge.nii.gz", os.urandom((1 << 20) + 4096), "The upload is too large", "14_oversized")]
     for name, data, expected, shot in cases:
         (tmp_path / name).write_bytes(data)
