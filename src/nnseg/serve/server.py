@@ -104,7 +104,7 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
     limits = limits or ServerOptions()
     sock = _bind(host, port)
     work_dir = Path(tempfile.mkdtemp(prefix="nnseg-serve-"))
-    state = None
+    state, started = None, False
     try:
         state = build_state(models, devices=chosen, token=token, options=options or ModelOptions(), limits=limits,
                             work_dir=work_dir)
@@ -113,6 +113,7 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
         print(f"nnseg serve: http://{host}:{bound[1]}/ models {sorted(state.models)} on {chosen} "
               f"(MONAI Label: http://{host}:{bound[1]}/info/)", flush=True)
         config = uvicorn.Config(app, log_level=limits.log_level, timeout_graceful_shutdown=10)
+        started = True
         _run_until_signal(uvicorn.Server(config), sock)
     finally:
         if state is not None:
@@ -120,7 +121,8 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
             state.store.clear()
         shutil.rmtree(work_dir, ignore_errors=True)
         sock.close()
-        print("nnseg serve: stopped, temporary files removed", file=sys.stderr, flush=True)
+        if started:  # a failed start says only what failed (the caller prints it); its files are removed all the same
+            print("nnseg serve: stopped, temporary files removed", file=sys.stderr, flush=True)
 
 
 def _stop(signum: int, frame: Any) -> None:
