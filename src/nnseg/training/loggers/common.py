@@ -21,6 +21,16 @@ class MissingTrackingLibrary(RuntimeError):
     """The logger a user chose needs a library that is not installed (the message says which pip install fixes it)."""
 
 
+class TrackingSetupError(ValueError):
+    """A chosen tracking back-end cannot start with the settings given (the message names the setting and the fix)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (tracking libraries write paragraphs), at most 200 characters."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def require(module: str, *, extra: str, chosen_by: str) -> ModuleType:
     """Import ``module`` or refuse with ``pip install nnseg[extra]``."""
     try:
