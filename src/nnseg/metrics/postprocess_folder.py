@@ -27,6 +27,7 @@ from nnseg.metrics.postprocess import (
     load_summary,
     save_postprocessing,
 )
+from nnseg.jsonio import replace_path
 from nnseg.parallel import spawn_map
 
 
@@ -106,7 +107,7 @@ def _greedy(pred_folder: Path, temp: Path, files: Sequence[str], evaluate: _Eval
                 best = temp / "keep_largest_perClassOrRegion_currentBest"
                 if best.exists():
                     shutil.rmtree(best)
-                shutil.move(str(temp / "keep_largest_perClassOrRegion"), str(best))
+                replace_path(temp / "keep_largest_perClassOrRegion", best)
                 source, current = best, result
                 steps.append(step)
     return steps, source, current
