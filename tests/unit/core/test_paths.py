@@ -71,6 +71,23 @@ def test_paths_with_default_folders_does_not_point_to_itself(tmp_path: Path, cap
     assert "`nnseg paths` explains" in capsys.readouterr().err
 
 
+def test_readme_windows_toml_keeps_the_tutorial_paths(tmp_path: Path) -> None:
+    """Issue 23.16: README's `nnseg.toml` for Windows gives back the tutorial's `setx` paths, backslashes and all."""
+    import re
+
+    from shared_paths import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Windows"):]
+    block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    setx = dict(re.findall(r'setx (nnUNet_\w+) "([^"]+)"', section))
+    (tmp_path / "nnseg.toml").write_text(block, encoding="utf-8")
+    roots = resolve_roots({"HOME": str(tmp_path / "home")}, cwd=tmp_path)
+    for key, folder in (("nnUNet_raw", roots.raw), ("nnUNet_preprocessed", roots.preprocessed),
+                        ("nnUNet_results", roots.results)):
+        assert str(folder).endswith(setx[key]) and "\n" not in str(folder), (key, folder)  # on Windows: equal
+
+
 def test_registry_lists_known_names() -> None:
     reg = Registry[int]("thing")
     reg.add("a", 1, aliases=("A",))
