@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nnseg.training.hooks import Hooks
 from nnseg.training.loggers.common import (
     TRACKING_FILE,
     MissingTrackingLibrary,
@@ -19,6 +19,9 @@ from nnseg.training.loggers.common import (
     epoch_metrics,
     flag_value,
 )
+
+if TYPE_CHECKING:  # not imported for the parsers that list LOGGERS (`nnUNetv2_train -h` imports neither numpy nor torch)
+    from nnseg.training.hooks import Hooks
 
 __all__ = ["LOGGERS", "TRACKING_FILE", "MissingTrackingLibrary", "TrackingSetupError", "check_loggers",
            "chosen_loggers", "epoch_metrics", "logger_hooks"]

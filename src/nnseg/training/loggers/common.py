@@ -9,8 +9,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from nnseg.jsonio import load_json, save_json
-
 TRACKING_FILE = "experiment_tracking.json"
 EPOCH_SCALARS = ("lrs", "train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice", "epoch_start_timestamps",
                  "epoch_end_timestamps")
@@ -77,6 +75,8 @@ def stored_run(folder: Path, tool: str) -> dict[str, Any] | None:
     path = folder / TRACKING_FILE
     if not path.is_file():
         return None
+    from nnseg.jsonio import load_json  # here, not at the top: the help of `nnUNetv2_train` lists LOGGERS without numpy
+
     entry = load_json(path).get(tool)
     return entry if isinstance(entry, dict) else None
 
@@ -84,6 +84,8 @@ def stored_run(folder: Path, tool: str) -> dict[str, Any] | None:
 def store_run(folder: Path, tool: str, entry: dict[str, Any]) -> None:
     """Record ``tool``'s run in ``experiment_tracking.json`` (written atomically), so ``--c`` continues it."""
     path = folder / TRACKING_FILE
+    from nnseg.jsonio import load_json, save_json
+
     data = load_json(path) if path.is_file() else {}
     data[tool] = entry
     save_json(data, path, sort_keys=True)
