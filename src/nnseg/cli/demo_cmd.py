@@ -102,13 +102,15 @@ def _closing(root: Path, env: Mapping[str, str], trainer: str, args: argparse.Na
     out = root / "predictions"
     report = ["report", "-d", str(DATASET_ID), "-c", "3d_fullres", "-tr", trainer]
     serve = ["serve", "--models", str(model), "-f", "0"] + ([] if args.device == "auto" else ["-device", args.device])
+    predict = ["predict", "-i", "YOUR_IMAGES", "-o", "OUT", "-d", str(DATASET_ID), "-c", "3d_fullres", "-tr", trainer,
+               "-f", "0"]
     print(f"\nnnseg demo finished in {seconds:.0f} s.\n"
           f"  model (fold 0):  {model}\n"
           f"  predictions:     {out} (Dice per case and label: {out / 'summary.json'})\n"
           f"next, in a shell (after: {_exports(env)}):\n"
           f"  {command_line(report)}    # an HTML page: training curves, Dice table, worst cases\n"
           f"  {command_line(serve)}    # the model warm over HTTP, for 3D Slicer (MONAI Label)\n"
-          f"  {command_line(['predict', '-i', 'YOUR_IMAGES', '-o', 'OUT', '-d', str(DATASET_ID), '-c', '3d_fullres', '-tr', trainer, '-f', '0'])}")
+          f"  {command_line(predict)}    # your own images (CASE_0000.nii.gz, ...)")
 
 
 def _finish(root: Path, env: Mapping[str, str], test: Path, trainer: str, args: argparse.Namespace, total: int) -> None:

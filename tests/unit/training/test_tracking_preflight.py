@@ -92,3 +92,36 @@ def test_tensorboard_that_torch_cannot_load_is_one_line(roots_env: dict[str, str
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # importing it now raises ImportError
     line = _train_error(roots_env, tmp_path, capsys, "tensorboard")
     assert "--logger tensorboard: torch cannot load TensorBoard" in line and "pip install -U nnseg[tensorboard]" in line
+
+
+def test_a_failure_after_the_preflight_is_still_one_line(tmp_path: Path) -> None:
+    """A server gone between the preflight and the run's start: one TrackingSetupError line, the cause kept."""
+    from types import SimpleNamespace
+
+    from mlflow.exceptions import MlflowException
+
+    from nnseg.training.loggers.mlflow_logger import MlflowLogger
+
+    logger = MlflowLogger(env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, output_folder=tmp_path / "fold_0",
+                          resume=False, chosen_by="--logger mlflow")
+    run = SimpleNamespace(init_args={"plans": {"dataset_name": "D", "plans_name": "P"}, "configuration": "2d",
+                                     "fold": 0}, trainer_name="T")
+
+    class _Gone:  # every call of the client fails with ``error``
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def __getattr__(self, name: str) -> object:
+            raise self.error
+
+    logger.client = _Gone(MlflowException("API request to endpoint failed\nwith a long story"))  # type: ignore[assignment]
+    with pytest.raises(TrackingSetupError) as caught:
+        logger.on_train_start(run, SimpleNamespace(), None)
+    text = str(caught.value)
+    assert "\n" not in text and text.startswith("--logger mlflow: could not start the run (API request to endpoint")
+    assert "MLFLOW_TRACKING_URI=http://127.0.0.1:9" in text and isinstance(caught.value.__cause__, MlflowException)
+    logger.client = _Gone(OSError(28, "No space left on device"))  # type: ignore[assignment]
+    with pytest.raises(OSError, match="No space left") as disk:
+        logger.on_train_start(run, SimpleNamespace(), None)
+    assert not isinstance(disk.value, TrackingSetupError)  # the disk's own one line (fs_errors) is kept
+    assert not (tmp_path / "fold_0").exists()

@@ -3,8 +3,9 @@ the clear error when the chosen tool is not installed."""
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,6 +22,26 @@ class MissingTrackingLibrary(RuntimeError):
 
 class TrackingSetupError(ValueError):
     """A chosen tracking back-end cannot start with the settings given (the message names the setting and the fix)."""
+
+
+def one_line_start(method: Callable[..., None]) -> Callable[..., None]:
+    """For a logger's ``on_train_start``: what still fails after the preflight (a server gone in between, a refused
+    run) becomes one :class:`TrackingSetupError` line naming the ``--logger`` (errors of the disk stay as they are)."""
+
+    @functools.wraps(method)
+    def start(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except (TrackingSetupError, KeyboardInterrupt):
+            raise
+        except OSError as e:
+            if e.errno is not None and e.strerror is not None:  # disk full, permissions: the OSError's own line
+                raise
+            raise TrackingSetupError(f"{self.chosen_by}: could not start the run ({first_line(e)}); {self.fix}") from e
+        except Exception as e:  # noqa: BLE001 - each tracking library raises its own kinds
+            raise TrackingSetupError(f"{self.chosen_by}: could not start the run ({first_line(e)}); {self.fix}") from e
+
+    return start
 
 
 def first_line(error: BaseException) -> str:

@@ -31,6 +31,7 @@ from nnseg.training.loggers.common import (
     epoch_metrics,
     first_line,
     hyperparameters,
+    one_line_start,
     require,
     run_description,
     store_run,
@@ -121,6 +122,8 @@ class MlflowLogger(Hooks):
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri(env, mlflow)
+        self.chosen_by = chosen_by
+        self.fix = f"check the server or store MLFLOW_TRACKING_URI={self.uri}, or drop {chosen_by}"
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment = env.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
         self.folder, self.resume, self.job_id = Path(output_folder), resume, cluster_job_id(env)
@@ -144,6 +147,7 @@ class MlflowLogger(Hooks):
         self.client.log_batch(created.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return str(created.info.run_id)
 
+    @one_line_start
     def on_train_start(self, run: Any, state: Any, network: torch.nn.Module) -> None:
         stored = stored_run(self.folder, TOOL) if self.resume else None
         if stored and stored.get("tracking_uri") == self.uri and stored.get("run_id"):

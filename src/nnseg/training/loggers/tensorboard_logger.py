@@ -21,6 +21,7 @@ from nnseg.training.loggers.common import (
     epoch_metrics,
     first_line,
     hyperparameters,
+    one_line_start,
     require,
     run_description,
     store_run,
@@ -48,9 +49,12 @@ class TensorBoardLogger(Hooks):
     def __init__(self, *, output_folder: Path, resume: bool, chosen_by: str) -> None:
         require("tensorboard", extra="tensorboard", chosen_by=chosen_by)
         self.folder, self.resume = Path(output_folder), resume
+        self.chosen_by = chosen_by
+        self.fix = f"reinstall it (`pip install -U nnseg[tensorboard]`) or drop {chosen_by}"
         self.log_dir = self.folder / LOG_DIR
         self.writer: Any = None
 
+    @one_line_start
     def on_train_start(self, run: Any, state: Any, network: torch.nn.Module) -> None:
         from torch.utils.tensorboard import SummaryWriter
 

@@ -29,6 +29,7 @@ from nnseg.training.loggers.common import (
     cluster_job_id,
     epoch_metrics,
     hyperparameters,
+    one_line_start,
     require,
     run_description,
     store_run,
@@ -104,10 +105,13 @@ class WandbLogger(Hooks):
         self.folder, self.resume = Path(output_folder), resume
         self.project = env.get("nnUNet_wandb_project") or "nnunet"
         self.mode = env.get("nnUNet_wandb_mode") or "online"
+        self.chosen_by = chosen_by
+        self.fix = f"check W&B's login and network, set nnUNet_wandb_mode=offline, or drop {chosen_by}"
         self.job_id = cluster_job_id(env)
         self.run: Any = None
         self.first_step = 0
 
+    @one_line_start
     def on_train_start(self, run: Any, state: Any, network: torch.nn.Module) -> None:
         run_id = previous_run_id(self.folder) if self.resume else None
         stale = _OPEN_RUNS.pop(run_id or "", None)
