@@ -8,22 +8,29 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 TORCH_VERSION=${NNSEG_TORCH_VERSION:-2.13.0}
 
+# the environment's programs: .venv/bin on Linux and macOS, .venv/Scripts on Windows (Git Bash)
+bin_dir() {
+    if [ -d .venv/Scripts ] && [ ! -d .venv/bin ]; then echo .venv/Scripts; else echo .venv/bin; fi
+}
+
 setup() {
     local extras=${1:-test}
-    if [ ! -x .venv/bin/python ]; then
+    if [ ! -x "$(bin_dir)/python" ] && [ ! -x "$(bin_dir)/python.exe" ]; then
         "$PY" -m venv .venv
     fi
-    if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-        .venv/bin/python -m pip install -q "torch==${TORCH_VERSION}" \
-            || .venv/bin/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+    local vpy
+    vpy="$(bin_dir)/python"
+    if ! "$vpy" -c "import torch" 2>/dev/null; then
+        "$vpy" -m pip install -q "torch==${TORCH_VERSION}" \
+            || "$vpy" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
     fi
     # the demo needs only the core; the tests install every optional feature (extras) they exercise
     if [ "$extras" = core ]; then
-        .venv/bin/python -m pip install -q -e .
+        "$vpy" -m pip install -q -e .
     else
-        .venv/bin/python -m pip install -q -e ".[${extras}]"
+        "$vpy" -m pip install -q -e ".[${extras}]"
         # MONAI Label's client for the serve tests, without its deps (they would pull monai and a CUDA torch)
-        .venv/bin/python -m pip install -q --no-deps "monailabel==0.8.5"
+        "$vpy" -m pip install -q --no-deps "monailabel==0.8.5"
         build_web
     fi
 }
@@ -42,12 +49,12 @@ case "${1:-}" in
     demo)
         setup core
         shift
-        exec .venv/bin/nnseg demo "$@"
+        exec "$(bin_dir)/nnseg" demo "$@"
         ;;
     test)
         setup
         shift
-        exec .venv/bin/python -m pytest -q "$@"
+        exec "$(bin_dir)/python" -m pytest -q "$@"
         ;;
     setup)
         setup

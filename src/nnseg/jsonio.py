@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +55,41 @@ def _default_file_mode() -> int:
 
 
 _TMP_MARK = ".tmp"
+# Windows refuses a rename while another program holds the target (or source) open without delete sharing: a viewer
+# showing the file, an antivirus or indexer scanning a new file, a cloud-sync client. These holders let go within
+# moments, so the rename is retried for about 3 s before giving up. WinError 32: sharing violation, 33: lock
+# violation, 5: access denied (what a pending delete or a scanner's handle gives).
+WINDOWS_FILE_IN_USE = (5, 32, 33)
+RENAME_RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.5)
+
+
+class FileInUseError(PermissionError):
+    """A rename into place kept failing because another program holds the file open (Windows)."""
+
+
+def replace_path(source: str | os.PathLike[str], target: str | os.PathLike[str], *,
+                 delays: Iterable[float] = RENAME_RETRY_DELAYS_S) -> None:
+    """``os.replace(source, target)`` (a file, or a folder onto a free name), retried while Windows reports the file
+    in use by another program; every rename into place in nnseg goes through here.
+
+    Raises:
+        FileInUseError: still in use after the retries (one line naming the file, the likely holder and the fix).
+        OSError: any other failure, at once (on Linux and macOS a rename never waits for readers).
+    """
+    for delay in (*delays, None):
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError as e:
+            if getattr(e, "winerror", None) not in WINDOWS_FILE_IN_USE:
+                raise
+            if delay is None:
+                raise FileInUseError(
+                    f"cannot write {target}: another program holds it open (an image viewer showing it, an antivirus "
+                    f"scan, a cloud-sync client; Windows: {e.strerror or e}); close it or wait, then rerun") from None
+            time.sleep(delay)
+
+
 
 
 def _temporary_prefix(name: str) -> str:
@@ -77,7 +113,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         if tmp_path.exists():
             os.chmod(tmp_path, _default_file_mode())  # mkstemp makes 0600; give the mode a plain open() would
-        os.replace(tmp_path, path)
+        replace_path(tmp_path, path)
     except OSError as e:  # name the target, not the temporary file (or no file: a write on an open handle)
         if e.errno is None or (e.filename is not None and os.fspath(e.filename) != str(tmp_path)):
             raise

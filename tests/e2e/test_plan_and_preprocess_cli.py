@@ -81,10 +81,31 @@ def test_preprocess_error_from_a_worker_names_the_file(demo: Path, tmp_path: Pat
     bad.write_bytes(b"broken")
     assert _cli(["preprocess", "-d", "1", "-c", "3d_fullres", "3d_lowres", "-np", "2", "--no_pbar"], roots_env, tmp_path) == 1
     captured = capsys.readouterr()
-    assert "3d_lowres is not in nnUNetPlans.json" in captured.out
+    assert "nnUNetPlans.json has no 3d_lowres (the planner did not need it" in captured.out
     assert str(bad) in captured.err
     folder = Path(roots_env["nnUNet_preprocessed"]) / "Dataset001_Demo" / "nnUNetPlans_3d_fullres"
     assert not any(p.name.startswith(("case_002", ".")) for p in folder.iterdir())
+
+
+def test_configuration_in_no_plans_is_an_error_but_an_unneeded_one_is_skipped(
+        demo: Path, tmp_path: Path, roots_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23.3: a typo (`-c 3d_fulres`) printed "skipping it" and exited 0 having done nothing."""
+    args = ["plan-and-preprocess", "-d", "1", "-npfp", "1", "-np", "1", "--no_pbar", "-c"]
+    assert _cli(args + ["3d_fulres"], roots_env, tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "configuration 3d_fulres is not in" in err and "which has 2d 3d_fullres" in err, err
+    assert "did you mean 3d_fullres?" in err and "choose from these with -c" in err and "Traceback" not in err
+    pre = Path(roots_env["nnUNet_preprocessed"]) / "Dataset001_Demo"
+    assert not (pre / "nnUNetPlans_3d_fullres").exists() and not (pre / "nnUNetPlans_2d").exists()
+    # nnU-Net's default -c names 3d_lowres, which the planner leaves out for small images: skipped, not an error
+    assert _cli(args + ["2d", "3d_lowres"], roots_env, tmp_path) == 0
+    assert "nnUNetPlans.json has no 3d_lowres (the planner did not need it" in capsys.readouterr().out
+    # a dataset of 2D images has no 3D configurations at all: the default -c still works
+    make_demo_dataset(Path(roots_env["nnUNet_raw"]) / "Dataset003_Flat", num_cases=3, dims=2, shape=(24, 24), num_test=0)
+    assert _cli(["plan-and-preprocess", "-d", "3", "-npfp", "1", "-np", "1", "--no_pbar"], roots_env, tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "has no 3d_fullres" in out and "has no 3d_lowres" in out
+    assert case_is_complete(Path(roots_env["nnUNet_preprocessed"]) / "Dataset003_Flat" / "nnUNetPlans_2d", "case_000")
 
 
 def test_bad_arguments_give_clear_errors(demo: Path, tmp_path: Path, roots_env: dict[str, str],

@@ -97,6 +97,36 @@ def test_missing_channel_file_is_named(roots_env: dict[str, str], tmp_path: Path
     _nothing_written(roots_env)
 
 
+def test_case_whose_images_are_missing_is_refused_not_dropped(demo: Path, roots_env: dict[str, str],
+                                                               tmp_path: Path, capsys) -> None:
+    """Issue 23.2: the label exists, the images do not: the case was left out silently (exit 0, 2 of 3 cases)."""
+    (demo / "imagesTr" / "case_001_0000.nii.gz").unlink()
+    err = _refused(_plan_and_preprocess(), roots_env, tmp_path, capsys, str(demo / "labelsTr" / "case_001.nii.gz"),
+                   "the images of case 'case_001' are missing", "add case_001_0000.nii.gz", "or remove the label")
+    assert "numTraining is 3 but 2 training cases were found" in err
+    _nothing_written(roots_env)
+    assert not (Path(roots_env["nnUNet_preprocessed"]) / DS).exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize("num_training", [2, 4])
+def test_num_training_other_than_the_cases_found_is_refused(demo: Path, roots_env: dict[str, str], tmp_path: Path,
+                                                           capsys, num_training: int) -> None:
+    d = load_json(demo / "dataset.json")
+    d["numTraining"] = num_training
+    save_json(d, demo / "dataset.json")
+    _refused(_plan_and_preprocess(), roots_env, tmp_path, capsys, str(demo / "dataset.json"),
+             f"numTraining is {num_training} but 3 training cases were found", '"numTraining": 3')
+    _nothing_written(roots_env)
+    # preprocessing with existing plans runs the same checks
+    d["numTraining"] = 3
+    save_json(d, demo / "dataset.json")
+    assert main(_plan_and_preprocess() + ["--no_pp"], env=roots_env, cwd=tmp_path) == 0
+    (demo / "imagesTr" / "case_002_0000.nii.gz").unlink()
+    _refused(["preprocess", "-d", "1", "-c", "3d_fullres", "-np", "1", "--no_pbar"], roots_env, tmp_path, capsys,
+             "the images of case 'case_002' are missing")
+    assert not (Path(roots_env["nnUNet_preprocessed"]) / DS / "nnUNetPlans_3d_fullres").exists()
+
+
 def test_4d_image_is_refused_as_a_wrong_channel_count(demo: Path, roots_env: dict[str, str], tmp_path: Path,
                                                       capsys) -> None:
     bad = demo / "imagesTr" / "case_000_0000.nii.gz"

@@ -153,8 +153,13 @@ def test_bad_setting_refused_then_corrected_runs(env: dict[str, str], setting: s
 
 
 def test_zero_iterations_per_epoch_is_refused(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23.6: the message names the flag typed (it said "Set it with --set iterations_per_epoch=VALUE")."""
     assert _train(env, "--iterations-per-epoch", "0") == 1
-    assert "iterations_per_epoch=0 is invalid: it must be an integer >= 1" in _error(capsys)
+    line = _error(capsys)
+    assert "--iterations-per-epoch 0 is invalid: it must be an integer >= 1" in line and "--set" not in line, line
+    assert _train(env, "--time-budget", "-1") == 1
+    line = _error(capsys)
+    assert "--time-budget -1.0 is invalid" in line and "--set" not in line, line
     assert not _fold(env).exists()
 
 

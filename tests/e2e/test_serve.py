@@ -14,6 +14,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -281,3 +282,16 @@ def test_refuses_to_listen_beyond_loopback_without_token(golden: dict[str, Path]
     assert "refusing to serve on 0.0.0.0 without authentication" in capsys.readouterr().err
     assert main(["serve", "--models", str(golden["model"]), "--token", "short"], env=env) == 1
     assert "at least 16" in capsys.readouterr().err
+
+
+def test_failed_start_prints_only_what_failed(golden: dict[str, Path], tmp_path: Path, capsys,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23.5: no -f (folds 0-4, only fold_0 trained) printed "stopped, temporary files removed" first."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    env = {k: v for k, v in os.environ.items() if k != "NNSEG_SERVE_TOKEN"}
+    assert main(["serve", "--models", str(golden["model"]), "--port", "0", "-device", "cpu"], env=env) == 1
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("nnseg serve: error: ") and "fold_1" in lines[0], captured.err
+    assert "stopped" not in captured.err + captured.out and "Traceback" not in captured.err
+    assert list(tmp_path.iterdir()) == []  # the work folder is removed all the same

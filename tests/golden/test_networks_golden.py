@@ -87,6 +87,23 @@ def _stored_state(entry: dict, expected_dir: Path) -> tuple[dict[str, torch.Tens
     return state, data
 
 
+def _fp32_tolerance(net: torch.nn.Module, reference: np.ndarray) -> float:
+    """How far two correct fp32 evaluations of ``net`` may differ, in the units of ``reference``.
+
+    The stored outputs come from one CPU; another CPU (or oneDNN kernel: AVX2, AVX-512, AMX) sums each convolution
+    in another order, which changes its result by a few units in the last place (ulp) of the activations' magnitude.
+    Instance normalisation brings every stage back to unit scale, so these rounding errors add up along the layers
+    instead of multiplying: about one ulp of the output's magnitude per convolution. Hence the tolerance
+    4 * eps(float32) * (number of convolutions, an upper bound on the path length) * max|output|, 4 being headroom for
+    errors of the same sign. Measured on AMD EPYC (Zen 5) for the four stored networks: our fp32 outputs differ from a
+    float64 evaluation of the same weights by at most 0.21 of this tolerance, and the Intel AMX run of issue 23
+    (1.27e-5 off in plain3d_tiny_aniso) used 0.19 of it; a wrong weight, alias or layer order moves the outputs by
+    1e-2 or more, far outside it.
+    """
+    convs = sum(isinstance(m, (torch.nn.modules.conv._ConvNd)) for m in net.modules())
+    return 4 * float(np.finfo(np.float32).eps) * convs * float(np.abs(reference).max())
+
+
 @pytest.mark.parametrize("entry", STORED, ids=_ids(STORED))
 def test_stored_weights_give_stored_outputs(entry: dict, expected_dir: Path) -> None:
     state, data = _stored_state(entry, expected_dir)
@@ -97,12 +114,13 @@ def test_stored_weights_give_stored_outputs(entry: dict, expected_dir: Path) -> 
         outputs = net(torch.from_numpy(data["input"]))
     assert isinstance(outputs, list) and len(outputs) == entry["n_outputs"]
     for i, out in enumerate(outputs):
-        np.testing.assert_allclose(out.numpy(), data[f"output_{i}"], atol=1e-5, rtol=0)
+        reference = data[f"output_{i}"]
+        np.testing.assert_allclose(out.numpy(), reference, atol=_fp32_tolerance(net, reference), rtol=0)
     net.decoder.deep_supervision = False
     with torch.no_grad():
         single = net(torch.from_numpy(data["input"]))
     assert isinstance(single, torch.Tensor)
-    np.testing.assert_allclose(single.numpy(), data["output_0"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(single.numpy(), data["output_0"], atol=_fp32_tolerance(net, data["output_0"]), rtol=0)
 
 
 @pytest.mark.parametrize("entry", STORED, ids=_ids(STORED))

@@ -17,11 +17,12 @@ class Context:
     _roots: DataRoots | None = field(default=None, repr=False)
     _announced: bool = field(default=False, repr=False)
 
-    def roots(self) -> DataRoots:
-        """The data folders; announces once on stderr where data goes when a default is used."""
+    def roots(self, *, announce: bool = True) -> DataRoots:
+        """The data folders; announces once on stderr where data goes when a default is used (``announce=False``:
+        for ``nnseg paths``, whose output is that explanation)."""
         if self._roots is None:
             self._roots = resolve_roots(self.env, cwd=self.cwd)
-        if not self._announced:
+        if announce and not self._announced:
             self._announced = True
             defaulted = [k for k, src in self._roots.sources.items() if src.startswith("default")]
             if defaulted:

@@ -2,12 +2,15 @@
 
 Steps: generate data -> verify -> plan and preprocess -> train -> find best configuration -> predict unseen cases ->
 evaluate. Everything goes to one folder (``./nnseg_demo`` unless ``-o`` says otherwise), which holds the three
-nnU-Net folders, so the printed commands can be rerun by hand there with the printed environment.
+nnU-Net folders. Each step is echoed as the command a user would type (``nnUNetv2_*`` where nnU-Net has one, else
+``nnseg ...``), so after the printed ``export`` line any of them can be pasted and rerun; the closing lines say where
+the model, the predictions and their summary are and what to run next.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -29,8 +32,18 @@ def add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", action="store_true", help="reuse an existing demo folder instead of starting fresh")
 
 
+def command_line(argv: Sequence[str]) -> str:
+    """``argv`` of ``nnseg.cli.main.main`` as a user types it: nnU-Net's script name where there is one (the same
+    arguments), else ``nnseg <command>``; quoted for a POSIX shell (paths with spaces)."""
+    from nnseg.cli.table import by_name
+
+    cmd = by_name().get(argv[0])
+    program = [cmd.script] if cmd is not None and cmd.script else ["nnseg", argv[0]]
+    return shlex.join([*program, *argv[1:]])
+
+
 def _step(number: int, total: int, text: str, argv: Sequence[str] = ()) -> None:
-    shown = " ".join(argv)
+    shown = command_line(argv) if argv else ""
     print(f"\n[{number}/{total}] {text}" + (f"\n    $ {shown}" if shown else ""), flush=True)
 
 
@@ -39,7 +52,7 @@ def _call(argv: list[str], env: Mapping[str, str], cwd: Path) -> None:
 
     code = main(argv, env=env, cwd=cwd)
     if code != 0:
-        raise RuntimeError(f"demo step `nnseg {' '.join(argv)}` failed with exit code {code}")
+        raise RuntimeError(f"demo step `{command_line(argv)}` failed with exit code {code}")
 
 
 def _generate(root: Path, args: argparse.Namespace) -> Path:
@@ -59,8 +72,7 @@ def run_demo(args: argparse.Namespace, ctx: Context) -> int:
     env.update({"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
                 "nnUNet_results": str(root / "results"), "nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "1")})
     start, total = time.perf_counter(), 7
-    print(f"nnseg demo: everything goes to {root}\n  export nnUNet_raw={env['nnUNet_raw']} "
-          f"nnUNet_preprocessed={env['nnUNet_preprocessed']} nnUNet_results={env['nnUNet_results']}")
+    print(f"nnseg demo: everything goes to {root}; to rerun a step's command by hand, first:\n  {_exports(env)}")
     _step(1, total, f"generate a synthetic 3D dataset ({args.cases} training + {args.test_cases} unseen cases)")
     test = _generate(root, args)
     steps = [
@@ -75,8 +87,30 @@ def run_demo(args: argparse.Namespace, ctx: Context) -> int:
         _call(argv, env, root)
     trainer = "nnUNetTrainer_1epoch" if args.epochs == 1 else f"nnUNetTrainer_{args.epochs}epochs"
     _finish(root, env, test, trainer, args, total)
-    print(f"\nnnseg demo finished in {time.perf_counter() - start:.0f} s")
+    _closing(root, env, trainer, args, time.perf_counter() - start)
     return 0
+
+
+def _exports(env: Mapping[str, str]) -> str:
+    return "export " + " ".join(f"{k}={shlex.quote(env[k])}" for k in ("nnUNet_raw", "nnUNet_preprocessed",
+                                                                       "nnUNet_results"))
+
+
+def _closing(root: Path, env: Mapping[str, str], trainer: str, args: argparse.Namespace, seconds: float) -> None:
+    """Where the results are and what to run next (pasteable after the export line)."""
+    model = Path(env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__3d_fullres"
+    out = root / "predictions"
+    report = ["report", "-d", str(DATASET_ID), "-c", "3d_fullres", "-tr", trainer]
+    serve = ["serve", "--models", str(model), "-f", "0"] + ([] if args.device == "auto" else ["-device", args.device])
+    predict = ["predict", "-i", "YOUR_IMAGES", "-o", "OUT", "-d", str(DATASET_ID), "-c", "3d_fullres", "-tr", trainer,
+               "-f", "0"]
+    print(f"\nnnseg demo finished in {seconds:.0f} s.\n"
+          f"  model (fold 0):  {model}\n"
+          f"  predictions:     {out} (Dice per case and label: {out / 'summary.json'})\n"
+          f"next, in a shell (after: {_exports(env)}):\n"
+          f"  {command_line(report)}    # an HTML page: training curves, Dice table, worst cases\n"
+          f"  {command_line(serve)}    # the model warm over HTTP, for 3D Slicer (MONAI Label)\n"
+          f"  {command_line(predict)}    # your own images (CASE_0000.nii.gz, ...)")
 
 
 def _finish(root: Path, env: Mapping[str, str], test: Path, trainer: str, args: argparse.Namespace, total: int) -> None:

@@ -57,6 +57,18 @@ def error_line(e: Exception) -> str:
     return f"{message}{hint}"
 
 
+def _closest(word: str, commands: Sequence[str]) -> str:
+    """`` (did you mean train?)`` for a typo such as ``trian``; also matches nnU-Net's script names
+    (``nnUNetv2_train`` -> ``train``); empty when nothing is close."""
+    from difflib import get_close_matches
+
+    scripts = {c.script: c.name for c in COMMANDS if c.script}
+    if word in scripts:
+        return f" (did you mean {scripts[word]}? nnseg {scripts[word]} is {word})"
+    match = get_close_matches(word, list(commands), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
 def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = by_name()
@@ -72,7 +84,8 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         print(f"nnseg {__version__}")
         return 0
     if argv[0] not in commands:
-        print(f"nnseg: unknown command {argv[0]!r}; commands: {', '.join(commands)}", file=sys.stderr)
+        print(f"nnseg: unknown command {argv[0]!r}{_closest(argv[0], commands)}; commands: {', '.join(commands)}",
+              file=sys.stderr)
         return 2
     return run_command(commands[argv[0]], argv[1:], prog=f"nnseg {argv[0]}", env=env, cwd=cwd)
 

@@ -13,7 +13,7 @@ def add_paths(parser: argparse.ArgumentParser) -> None:
 
 
 def run_paths(args: argparse.Namespace, ctx: Context) -> int:
-    roots = ctx.roots()
+    roots = ctx.roots(announce=False)  # what it prints is the explanation the announcement points to
     print(roots.describe())
     if args.datasets:
         names = list_datasets(roots)

@@ -228,6 +228,19 @@ def _num_processes_per_configuration(configurations: Sequence[str], np_values: S
     return [_cap(v) for v in values]
 
 
+def _refuse_unknown_configurations(plans: Any, plans_file: Path, configurations: Sequence[str]) -> None:
+    """A configuration in no plans is a mistake (exit 1); only those the planner may leave out are skipped."""
+    import difflib
+
+    unknown = [c for c in configurations if c not in plans.configurations and not plans.planner_may_omit(c)]
+    if not unknown:
+        return
+    guesses = [g for c in unknown for g in difflib.get_close_matches(c, plans.available_configurations, n=1)]
+    hint = f" (did you mean {' '.join(guesses)}?)" if guesses else ""
+    raise ValueError(f"configuration {' '.join(unknown)} is not in {plans_file}, which has "
+                     f"{' '.join(plans.available_configurations)}{hint}; choose from these with -c")
+
+
 def preprocess_step(ctx: Context, name: str, *, plans_name: str, configurations: Sequence[str],
                     np_values: Sequence[int] | None, progress: bool, verbose: bool, clean: bool = False,
                     pool: Any = None, in_flight: int | None = None) -> None:
@@ -244,11 +257,11 @@ def preprocess_step(ctx: Context, name: str, *, plans_name: str, configurations:
     numbers = dict(zip(configurations, _num_processes_per_configuration(configurations, np_values)))
     if in_flight is not None:  # a cluster: cases in flight at once instead of local processes
         numbers = {c: in_flight for c in configurations}
+    _refuse_unknown_configurations(plans, plans_file, configurations)
     chosen = []
     for c in configurations:
         if c not in plans.configurations:
-            print(f"{name}: configuration {c} is not in {plans_file.name} (it has {plans.available_configurations}); "
-                  "skipping it")
+            print(f"{name}: {plans_file.name} has no {c} (the planner did not need it for this dataset); skipping it")
         elif plans.configuration(c).preprocessor_name not in PREPROCESSORS:
             raise ValueError(f"{plans_file}: configuration {c} uses preprocessor "
                              f"{plans.configuration(c).preprocessor_name!r}; nnseg implements {list(PREPROCESSORS)}")

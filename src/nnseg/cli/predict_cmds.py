@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from nnseg.cli.context import Context
-from nnseg.devices import auto_device
-from nnseg.predictions.model_folder import DEFAULT_FOLDS, resolve_model_folder
+from nnseg.predictions.defaults import DEFAULT_FOLDS
 
 # training-only options that have no meaning for prediction (dropped from the suggested command)
 _TRAIN_ONLY = {"--c": 0, "--val": 0, "--val_best": 0, "--disable_checkpointing": 0, "-num_gpus": 1, "-pretrained_weights": 1}
@@ -138,6 +137,8 @@ def add_predict(p: argparse.ArgumentParser) -> None:
 def _device(requested: str | None) -> str:
     """``-device`` as given; left out or ``auto``: the training rule (CUDA, then MPS, then CPU), with a note off CUDA."""
     if requested in (None, "auto"):
+        from nnseg.devices import auto_device
+
         device = auto_device()
         if device != "cuda":
             print(f"nnseg: no CUDA GPU found; predicting on {device} (pass -device {device} to silence this)",
@@ -256,6 +257,8 @@ def _run_dicom(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: i
 
 
 def run_predict(args: argparse.Namespace, ctx: Context) -> int:
+    from nnseg.predictions.model_folder import resolve_model_folder
+
     dataset = ctx.dataset_name(args.d)
     folder = resolve_model_folder(ctx.roots().results, dataset, trainer=args.tr, plans_identifier=args.p,
                                   configuration=args.c)

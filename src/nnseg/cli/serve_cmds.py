@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from nnseg.cli.context import Context
-from nnseg.predictions.model_folder import DEFAULT_FOLDS
+from nnseg.predictions.defaults import DEFAULT_FOLDS
 
 
 def add_serve(p: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ def _path(ctx: Context, value: str) -> Path:
 
 
 def add_export_model(parser: argparse.ArgumentParser) -> None:
-    from nnseg.predictions.export_model import DEFAULT_CONFIGURATIONS
+    from nnseg.predictions.defaults import EXPORT_CONFIGURATIONS as DEFAULT_CONFIGURATIONS
 
     parser.add_argument("-d", type=str, required=True, help="Dataset name or id")
     parser.add_argument("-o", type=str, required=True, help="Output file name (a .zip)")

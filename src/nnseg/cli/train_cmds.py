@@ -8,13 +8,14 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from nnseg.cli.context import Context
-from nnseg.launch.hooks import logger_hook_factory
-from nnseg.launch.request import TrainRequest, parse_fold, resolve_trainer
-from nnseg.launch.train import run_training
-from nnseg.training.config import TrainConfig
-from nnseg.training.distributed import dist_info_from_env
 from nnseg.training.loggers import LOGGERS, check_loggers
+
+if TYPE_CHECKING:  # these import torch: only when the command runs, so that `nnUNetv2_train -h` is instant
+    from nnseg.launch.request import TrainRequest
+    from nnseg.training.config import TrainConfig
 
 
 def add_train(p: argparse.ArgumentParser) -> None:
@@ -55,6 +56,8 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
 
 def recipe(args: argparse.Namespace, ctx: Context) -> tuple[str, TrainConfig]:
     """Trainer name and TrainConfig from ``-tr`` and the recipe options (``nnUNet_compile`` applied)."""
+    from nnseg.launch.request import resolve_trainer
+
     trainer, config = resolve_trainer(args.tr, epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
                                       early_stopping=args.early_stopping, time_budget_hours=args.time_budget,
                                       seed=args.seed, precision=args.precision, overrides=args.overrides)
@@ -65,6 +68,8 @@ def recipe(args: argparse.Namespace, ctx: Context) -> tuple[str, TrainConfig]:
 
 def train_request(args: argparse.Namespace, ctx: Context) -> TrainRequest:
     """The :class:`TrainRequest` of a parsed ``train`` command line (environment switches resolved here)."""
+    from nnseg.launch.request import TrainRequest, parse_fold
+
     trainer, config = recipe(args, ctx)
     name = ctx.dataset_name(args.dataset_name_or_id)
     roots = ctx.roots()
@@ -82,6 +87,10 @@ def train_request(args: argparse.Namespace, ctx: Context) -> TrainRequest:
 
 
 def run_train(args: argparse.Namespace, ctx: Context) -> int:
+    from nnseg.launch.hooks import logger_hook_factory
+    from nnseg.launch.train import run_training
+    from nnseg.training.distributed import dist_info_from_env
+
     loggers = check_loggers(args.logger, env=ctx.env)  # a missing tracking library: refused before anything is written
     request = train_request(args, ctx)
     if loggers:

@@ -158,7 +158,7 @@ def extract_fingerprint(raw_dataset_folder: Path, *, num_processes: int, progres
     if not cases:
         raise ValueError(f"no training cases in {raw_dataset_folder / 'imagesTr'} (file ending {spec.file_ending!r}); "
                          "add CASE_0000<ending> images or fix dataset.json")
-    check_case_layout(cases, spec)
+    check_case_layout(raw_dataset_folder, cases, spec)
     io = determine_io(spec.file_ending, cases[0].images[0], overwrite=spec.overwrite_image_reader_writer)
     n, rules = samples_per_case(len(cases)), CaseRules.from_spec(spec)
     jobs = [_CaseJob(c.identifier, tuple(c.images), Path(c.label) if c.label else

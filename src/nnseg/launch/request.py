@@ -21,7 +21,13 @@ import torch
 from nnseg.devices import auto_device, resolve_precision
 from nnseg.plans.schema import load_plans
 from nnseg.raw.dataset_json import load_dataset_json
-from nnseg.training.config import TrainConfig, apply_overrides, preset_for_trainer, trainer_name_for_epochs
+from nnseg.training.config import (
+    FIELD_RULES,
+    TrainConfig,
+    apply_overrides,
+    preset_for_trainer,
+    trainer_name_for_epochs,
+)
 from nnseg.training.distributed import DistInfo
 from nnseg.training.hooks import Hooks
 from nnseg.training.setup import FoldJob
@@ -136,10 +142,25 @@ def resolve_trainer(trainer: str = "nnUNetTrainer", *, epochs: int | None = None
         raise ValueError(f"--early-stopping needs a patience of at least 1 epoch, got {early_stopping}")
     changes = {"iterations_per_epoch": iterations_per_epoch, "early_stopping_patience": early_stopping,
                "time_budget_hours": time_budget_hours, "seed": seed}
-    config = config.replace(**{k: v for k, v in changes.items() if v is not None})
+    changes = {k: v for k, v in changes.items() if v is not None}
+    for key, value in changes.items():
+        _check_flag(key, value)
+    config = config.replace(**changes)
     if precision not in (None, "auto"):
         config = config.replace(precision=precision)
     return name, apply_overrides(config, list(overrides))
+
+
+_FLAGS = {"iterations_per_epoch": "--iterations-per-epoch", "early_stopping_patience": "--early-stopping",
+          "time_budget_hours": "--time-budget", "seed": "--seed"}
+
+
+def _check_flag(key: str, value: object) -> None:
+    """Refuse a bad value of a training flag naming the flag the user typed (not the TrainConfig field)."""
+    ok, rule = FIELD_RULES[key]
+    if not ok(value):
+        raise ValueError(f"{_FLAGS[key]} {value} is invalid: it must be {rule} (nnU-Net's default: "
+                         f"{getattr(TrainConfig, key)!r}; leave the flag out for it)")
 
 
 def device_name(request: TrainRequest) -> str:

@@ -12,6 +12,7 @@ model folders. Unlike nnU-Net (quirk 1.18.4), the instructions for a cascade inc
 from __future__ import annotations
 
 import math
+import os
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,12 @@ from nnseg.metrics.evaluate import DEFAULT_NUM_PROCESSES
 
 DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
-INSTRUCTIONS_NUM_PROCESSES = DEFAULT_NUM_PROCESSES  # the -np nnU-Net prints in the instructions
+
+
+def instructions_num_processes() -> int:
+    """The ``-np`` the instructions suggest: nnU-Net's 8, or fewer on a machine with fewer cores (8 processes on 2
+    cores only compete for them)."""
+    return max(1, min(DEFAULT_NUM_PROCESSES, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -237,8 +243,10 @@ def predict_commands(dataset_name: str, model: ModelId, *, folds: Sequence[int |
             for i, (c, out) in enumerate(zip(chain, outputs))]
 
 
-def inference_instructions(info: Mapping[str, Any], *, results_root: PathLike) -> str:
-    """The text of ``inference_instructions.txt`` (nnU-Net's wording; every command on its own line)."""
+def inference_instructions(info: Mapping[str, Any], *, results_root: PathLike, num_processes: int | None = None) -> str:
+    """The text of ``inference_instructions.txt`` (nnU-Net's wording; every command on its own line); ``-np`` is
+    ``num_processes`` [:func:`instructions_num_processes`]."""
+    np_ = num_processes or instructions_num_processes()
     best = info["best_model_or_ensemble"]
     dataset_name = str(info["dataset_name_or_id"])
     members = [ModelId(m["trainer"], m["plans_identifier"], m["configuration"]) for m in best["selected_model_or_models"]]
@@ -255,10 +263,10 @@ def inference_instructions(info: Mapping[str, Any], *, results_root: PathLike) -
                                   output_folder=output, save_probabilities=ensemble)
     if ensemble:
         lines += ["", "Then run ensembling with:", "",
-                  f"nnUNetv2_ensemble -i {' '.join(outputs)} -o OUTPUT_FOLDER -np {INSTRUCTIONS_NUM_PROCESSES}"]
+                  f"nnUNetv2_ensemble -i {' '.join(outputs)} -o OUTPUT_FOLDER -np {np_}"]
     lines += ["", "***Once inference is completed, run postprocessing like this:***", "",
               (f"nnUNetv2_apply_postprocessing -i OUTPUT_FOLDER -o OUTPUT_FOLDER_PP "
-              f"-pp_pkl_file {shlex.quote(str(best['postprocessing_file']))} -np {INSTRUCTIONS_NUM_PROCESSES} "
+              f"-pp_pkl_file {shlex.quote(str(best['postprocessing_file']))} -np {np_} "
               f"-plans_json {shlex.quote(str(best['some_plans_file']))}")]
     return "\n".join(lines) + "\n"
 

@@ -27,6 +27,7 @@ from nnseg.metrics.postprocess import (
     load_summary,
     save_postprocessing,
 )
+from nnseg.jsonio import replace_path
 from nnseg.parallel import spawn_map
 
 
@@ -106,7 +107,7 @@ def _greedy(pred_folder: Path, temp: Path, files: Sequence[str], evaluate: _Eval
                 best = temp / "keep_largest_perClassOrRegion_currentBest"
                 if best.exists():
                     shutil.rmtree(best)
-                shutil.move(str(temp / "keep_largest_perClassOrRegion"), str(best))
+                replace_path(temp / "keep_largest_perClassOrRegion", best)
                 source, current = best, result
                 steps.append(step)
     return steps, source, current
@@ -139,9 +140,10 @@ def determine_postprocessing(pred_folder: PathLike, ref_folder: PathLike, *, lab
     if not files:
         raise FileNotFoundError(f"no predictions ending with {file_ending!r} in {pred_folder}")
     missing = sorted(set(list_files(ref_folder, file_ending)) - set(files))
-    if missing and verbose:
-        print(f"WARNING: {len(missing)} reference cases in {ref_folder} have no prediction in {pred_folder} "
-              f"(e.g. {missing[:3]}); postprocessing should be determined on the whole dataset")
+    if missing and verbose:  # expected when not every fold is trained (a one-fold run): a note, not a failure
+        print(f"note: postprocessing is chosen on the {len(files)} cases with a cross-validation prediction; "
+              f"{len(missing)} of the {len(files) + len(missing)} reference cases have none (folds not trained yet, "
+              f"e.g. {missing[0]}). Train every fold to decide on the whole dataset")
     labels = [tuple(r) if isinstance(r, (list, tuple)) else int(r) for r in labels_or_regions]
     evaluate = _Eval(ref_folder, labels, file_ending, io, ignore_label, num_processes)
     baseline = load_summary(pred_folder / "summary.json") if (pred_folder / "summary.json").is_file() else evaluate(pred_folder)

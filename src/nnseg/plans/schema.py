@@ -225,6 +225,17 @@ class Plans:
         """Configuration names in file order."""
         return list(self.configurations)
 
+    def planner_may_omit(self, name: str) -> bool:
+        """Whether ``name`` is a configuration nnU-Net's planner leaves out when it is not needed: ``3d_lowres`` (made
+        only for images much larger than the patch) and its ``3d_cascade_fullres``, and every 3D configuration of a
+        dataset of 2D images (one slice). Any other absent name is a mistake (a typo, the wrong plans)."""
+        if name in ("3d_lowres", "3d_cascade_fullres"):
+            return True
+        if name != "3d_fullres":
+            return False
+        shape = self.original_median_shape_after_transp
+        return int(shape[0]) == 1 if shape else not any(c.startswith("3d") for c in self.configurations)
+
     def resolved_configuration_dict(self, name: str) -> dict[str, Any]:
         """The configuration's dict with ``inherits_from`` chains merged (child keys win; ``inherits_from`` kept).
 

@@ -32,8 +32,9 @@ import torch
 from nnseg._types import PathLike
 from nnseg.jsonio import atomic_path
 from nnseg.predictions.checkpoint import load_checkpoint
+from nnseg.predictions.defaults import EXPORT_CONFIGURATIONS
 
-DEFAULT_CONFIGURATIONS: tuple[str, ...] = ("3d_lowres", "3d_fullres", "2d", "3d_cascade_fullres")
+DEFAULT_CONFIGURATIONS: tuple[str, ...] = EXPORT_CONFIGURATIONS
 DEFAULT_FOLDS: tuple[int | str, ...] = (0, 1, 2, 3, 4)
 MODEL_FILES: tuple[str, ...] = ("plans.json", "dataset_fingerprint.json", "dataset.json")
 REQUIRED_MODEL_FILES: tuple[str, ...] = ("plans.json", "dataset.json")

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from nnseg._types import PathLike
 from nnseg.fs_errors import with_path
+from nnseg.jsonio import replace_path
 from nnseg.predictions.zip_limits import ZipLimits, check_model_layout, check_zip_limits
 
 
@@ -58,7 +59,7 @@ def _move_tree(src: Path, dst: Path) -> None:
         target_dir = dst / Path(root).relative_to(src)
         target_dir.mkdir(parents=True, exist_ok=True)
         for f in files:
-            os.replace(Path(root) / f, target_dir / f)
+            replace_path(Path(root) / f, target_dir / f)
 
 
 def install_model_zip(zip_path: PathLike, results_root: PathLike, *, limits: ZipLimits | None = None) -> list[Path]:

@@ -22,10 +22,8 @@ from nnseg.predictions.checkpoint import (
     mirroring_axes,
     network_state_dict,
 )
+from nnseg.predictions.defaults import DEFAULT_FOLDS, Fold  # noqa: F401 (re-exported)
 from nnseg.raw.dataset_json import DatasetSpec
-
-Fold = int | str
-DEFAULT_FOLDS: tuple[int, ...] = (0, 1, 2, 3, 4)
 
 
 @dataclass(frozen=True)

@@ -342,7 +342,7 @@ def preprocess_dataset(raw_dataset_folder: Path, preprocessed_dataset_folder: Pa
     cases = training_cases(raw, spec, env=env)
     if not cases:
         raise ValueError(f"no training cases in {raw / 'imagesTr'} (file ending {spec.file_ending!r})")
-    check_case_layout(cases, spec)
+    check_case_layout(raw, cases, spec)
     folders = _data_folders(plans, configurations, out)
     limits = _resolve_num_processes(list(folders), num_processes)
     copy_dataset_files(raw, out)

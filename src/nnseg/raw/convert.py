@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nnseg._types import PathLike
-from nnseg.jsonio import load_json, save_json
+from nnseg.jsonio import load_json, replace_path, save_json
 from nnseg.parallel import spawn_map
 from nnseg.raw.dataset_json import DatasetSpec
 from nnseg.raw.verify import default_num_processes
@@ -86,7 +86,7 @@ def staging_folder(raw_root: Path, final_name: str) -> Iterator[Path]:
         target = raw_root / final_name
         if target.exists():
             raise FileExistsError(f"{target} appeared during the conversion; remove it and convert again")
-        tmp.rename(target)
+        replace_path(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

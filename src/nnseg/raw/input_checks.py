@@ -5,7 +5,8 @@ checks run on the arrays that fingerprinting and preprocessing read anyway and s
 the file and the fix, so that bad data never reaches the plans or the training (a NaN voxel would make every loss
 NaN, an undeclared label fails deep in training with "index out of bounds"):
 
-* before reading: every channel file declared in ``channel_names`` exists, and so does the label file;
+* before reading: every channel file declared in ``channel_names`` exists, and so does the label file; no label
+  lacks its images and ``numTraining`` equals the cases found (else a case would be dropped silently);
 * after reading: finite intensities; as many channels as declared (a 4D file holds several); a label map of one
   channel on the image's voxel grid; label values declared in ``dataset.json``; and, once plans exist, 2D vs 3D:
   a 2D image (one slice) in a dataset planned from volumes, or a volume in a dataset planned from 2D images.
@@ -27,6 +28,7 @@ from nnseg.raw.verify import (
     ERROR,
     Problem,
     _case_files_problems,
+    _case_set_problems,
     _image_content_problems,
     _label_value_problems,
 )
@@ -70,14 +72,16 @@ def raise_first_errors(problems: Sequence[Problem], *, dataset_hint: str = "") -
     raise ValueError(f"refusing the dataset: {lines}{more}\n  {hint}")
 
 
-def check_case_layout(cases: Sequence[CaseFiles], spec: DatasetSpec) -> None:
-    """Every declared channel file and every label file exists (file names only, nothing is read).
+def check_case_layout(raw_dataset_folder: Path, cases: Sequence[CaseFiles], spec: DatasetSpec) -> None:
+    """Every declared channel file and every label file exists, every label in labelsTr has its images, and
+    ``numTraining`` is the number of cases found (file names only, nothing is read).
 
     Raises:
-        ValueError: naming the missing (or undeclared extra) files and the fix.
+        ValueError: naming the missing (or undeclared extra) files or the case count, and the fix.
     """
     explicit = spec.dataset is not None
-    raise_first_errors([p for c in cases for p in _case_files_problems(c, spec, explicit=explicit)])
+    problems = _case_set_problems(Path(raw_dataset_folder), spec, list(cases))
+    raise_first_errors(problems + [p for c in cases for p in _case_files_problems(c, spec, explicit=explicit)])
 
 
 def check_case_arrays(case: CaseFiles, images: np.ndarray, seg: np.ndarray | None, rules: CaseRules) -> None:

@@ -133,22 +133,31 @@ def _check_layout(folder: Path, spec: DatasetSpec, cases: list[CaseFiles], d: Ma
         _, misnamed = scan_channel_files(folder / "imagesTr", ending)
         problems += [Problem(ERROR, p, "image file name has no 4-digit channel suffix",
                              f"rename it to <case>_0000{ending} (and _0001, ... for further channels)") for p in misnamed]
-        problems += _orphan_labels(folder, ending, {c.identifier for c in cases})
-    if spec.num_training >= 0 and spec.num_training != len(cases):
-        problems.append(Problem(ERROR, folder / "dataset.json",
-                                f"numTraining is {spec.num_training} but {len(cases)} training cases were found",
-                                f"set \"numTraining\": {len(cases)} or add/remove cases"))
+    problems += _case_set_problems(folder, spec, cases)
     for case in cases:
         problems += _case_files_problems(case, spec, explicit=spec.dataset is not None)
     return problems
 
 
+def _case_set_problems(folder: Path, spec: DatasetSpec, cases: list[CaseFiles]) -> list[Problem]:
+    """Cases that would be dropped: labels without images, and ``numTraining`` other than the cases found."""
+    problems = [] if spec.dataset is not None else _orphan_labels(folder, spec.file_ending,
+                                                                   {c.identifier for c in cases})
+    if spec.num_training >= 0 and spec.num_training != len(cases):
+        problems.append(Problem(ERROR, folder / "dataset.json",
+                                f"numTraining is {spec.num_training} but {len(cases)} training cases were found",
+                                f"set \"numTraining\": {len(cases)} or add/remove cases"))
+    return problems
+
+
 def _orphan_labels(folder: Path, ending: str, identifiers: set[str]) -> list[Problem]:
+    """A label in labelsTr without images in imagesTr: its case would be left out of the training (an error)."""
     labels = folder / "labelsTr"
     if not labels.is_dir():
         return []
-    return [Problem(WARNING, p, "label file has no training images",
-                    f"add {p.name[:-len(ending)]}_0000{ending} to imagesTr or remove the label")
+    return [Problem(ERROR, p, f"the images of case {p.name[:-len(ending)]!r} are missing: its label exists but "
+                    f"imagesTr holds no {p.name[:-len(ending)]}_0000{ending}",
+                    f"add {p.name[:-len(ending)]}_0000{ending} (and further channels) to imagesTr, or remove the label")
             for p in sorted(labels.iterdir()) if p.name.endswith(ending) and not p.name.startswith(".")
             and p.name[: -len(ending)] not in identifiers]
 

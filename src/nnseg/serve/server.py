@@ -119,7 +119,7 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
     remove_stale_work_dirs(Path(tempfile.gettempdir()))
     work_dir = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
     acquire_lock(work_dir, purpose="nnseg serve")
-    state = None
+    state, started = None, False
     try:
         state = build_state(models, devices=chosen, token=token, options=options or ModelOptions(), limits=limits,
                             work_dir=work_dir)
@@ -129,6 +129,7 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
               f"(MONAI Label: http://{host}:{bound[1]}/info/)", flush=True)
         config = uvicorn.Config(app, log_level=limits.log_level, timeout_graceful_shutdown=10,
                                 http=timed_h11_protocol(limits.request_timeout_s))
+        started = True
         _run_until_signal(uvicorn.Server(config), sock)
     finally:
         if state is not None:
@@ -136,7 +137,8 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
             state.store.clear()
         shutil.rmtree(work_dir, ignore_errors=True)
         sock.close()
-        print("nnseg serve: stopped, temporary files removed", file=sys.stderr, flush=True)
+        if started:  # a failed start says only what failed (the caller prints it); its files are removed all the same
+            print("nnseg serve: stopped, temporary files removed", file=sys.stderr, flush=True)
 
 
 def remove_stale_work_dirs(tmp: Path) -> list[Path]:

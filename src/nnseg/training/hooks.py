@@ -7,12 +7,14 @@ import platform
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
 
 from nnseg.jsonio import save_json
+
+if TYPE_CHECKING:  # torch is imported when training starts, not by the parsers that list the loggers (`--help`)
+    import torch
 
 T = TypeVar("T")
 
@@ -153,6 +155,8 @@ class DebugJson(Hooks):
         self.path = folder / "debug.json"
 
     def on_train_start(self, run: Any, state: Any, network: torch.nn.Module) -> None:
+        import torch
+
         info = {k: str(v) for k, v in run.config.to_json().items()}
         info.update({"trainer_name": run.trainer_name, "device": str(run.device), "precision": run.precision,
                      "seed": str(state.seed), "patch_size": str(list(run.patch_size)), "batch_size": str(run.batch_size),

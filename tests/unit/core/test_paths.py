@@ -60,6 +60,34 @@ def test_paths_command(roots_env: dict[str, str], capsys: pytest.CaptureFixture[
     assert "environment variable nnUNet_raw" in out
 
 
+def test_paths_with_default_folders_does_not_point_to_itself(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23.7: with no nnUNet_* variables, `nnseg paths` printed "(`nnseg paths` explains)" about itself."""
+    env = {"HOME": str(tmp_path / "home")}
+    assert main(["paths"], env=env, cwd=tmp_path) == 0
+    captured = capsys.readouterr()
+    assert "nnseg paths" not in captured.out + captured.err, captured
+    assert f"{tmp_path / 'nnseg_data' / 'raw'}" in captured.out and "set nnUNet_raw or write nnseg.toml" in captured.out
+    assert main(["verify", "-d", "1"], env=env, cwd=tmp_path) == 1  # every other command still announces the default
+    assert "`nnseg paths` explains" in capsys.readouterr().err
+
+
+def test_readme_windows_toml_keeps_the_tutorial_paths(tmp_path: Path) -> None:
+    """Issue 23.16: README's `nnseg.toml` for Windows gives back the tutorial's `setx` paths, backslashes and all."""
+    import re
+
+    from shared_paths import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Windows"):]
+    block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    setx = dict(re.findall(r'setx (nnUNet_\w+) "([^"]+)"', section))
+    (tmp_path / "nnseg.toml").write_text(block, encoding="utf-8")
+    roots = resolve_roots({"HOME": str(tmp_path / "home")}, cwd=tmp_path)
+    for key, folder in (("nnUNet_raw", roots.raw), ("nnUNet_preprocessed", roots.preprocessed),
+                        ("nnUNet_results", roots.results)):
+        assert str(folder).endswith(setx[key]) and "\n" not in str(folder), (key, folder)  # on Windows: equal
+
+
 def test_registry_lists_known_names() -> None:
     reg = Registry[int]("thing")
     reg.add("a", 1, aliases=("A",))

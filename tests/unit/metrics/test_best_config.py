@@ -171,7 +171,8 @@ def test_cascade_instructions_include_the_lowres_step(tree: dict[str, Path]) -> 
         "selected_model_or_models": [{"configuration": "3d_cascade_fullres", "trainer": "nnUNetTrainer",
                                       "plans_identifier": "nnUNetPlans"},
                                      {"configuration": "2d", "trainer": "nnUNetTrainer", "plans_identifier": "nnUNetPlans"}]}}
-    lines = [x for x in inference_instructions(info, results_root=tree["results"]).splitlines() if x.startswith("nnUNetv2")]
+    text = inference_instructions(info, results_root=tree["results"], num_processes=8)
+    lines = [x for x in text.splitlines() if x.startswith("nnUNetv2")]
     assert "-o OUTPUT_FOLDER_MODEL_1_PREV_STAGE" in lines[0] and "--save_probabilities" not in lines[0]
     assert lines[1].endswith("-prev_stage_predictions OUTPUT_FOLDER_MODEL_1_PREV_STAGE --save_probabilities")
     assert lines[3] == "nnUNetv2_ensemble -i OUTPUT_FOLDER_MODEL_1 OUTPUT_FOLDER_MODEL_2 -o OUTPUT_FOLDER -np 8"
@@ -179,6 +180,20 @@ def test_cascade_instructions_include_the_lowres_step(tree: dict[str, Path]) -> 
     assert args.pp_pkl_file == "/r/with space/postprocessing.pkl"
     predict = build_parser(by_script()["nnUNetv2_predict"], prog="x").parse_args(shlex.split(lines[1])[1:])
     assert predict.prev_stage_predictions == "OUTPUT_FOLDER_MODEL_1_PREV_STAGE" and predict.c == "3d_cascade_fullres"
+
+
+def test_instructions_suggest_no_more_processes_than_cores(tree: dict[str, Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23.9: the postprocessing hint said -np 8 on a 2-core machine (nnU-Net's 8 stays where there are cores)."""
+    import nnseg.metrics.best_config as best_config
+
+    info = {"folds": [0], "dataset_name_or_id": DATASET, "best_model_or_ensemble": {
+        "postprocessing_file": "/r/pp.pkl", "some_plans_file": "/r/plans.json",
+        "selected_model_or_models": [{"configuration": "2d", "trainer": "nnUNetTrainer", "plans_identifier": "nnUNetPlans"}]}}
+    for cores, expected in ((2, 2), (64, 8), (None, 1)):
+        monkeypatch.setattr(best_config.os, "cpu_count", lambda cores=cores: cores)
+        text = inference_instructions(info, results_root=tree["results"])
+        assert f"-pp_pkl_file /r/pp.pkl -np {expected} -plans_json" in text, text
 
 
 def test_accumulate_refuses_overlapping_folds_and_missing_folds(tree: dict[str, Path]) -> None:

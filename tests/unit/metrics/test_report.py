@@ -208,6 +208,30 @@ def test_cli_resolves_raw_and_gt_from_the_dataset_name(model: Path, tmp_path: Pa
     assert "is not a folder" in capsys.readouterr().err
 
 
+def test_cli_takes_the_dataset_form_of_the_other_commands(model: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23.4: `nnseg report -d 123` was refused ("unrecognized arguments: -d")."""
+    env = _env(tmp_path)
+    other = model.parent / "nnUNetTrainer__nnUNetPlans__2d"
+    (other / "fold_0").mkdir(parents=True)
+    assert main(["report", "-d", "123", "-c", "3d_fullres", "-tr", "nnUNetTrainer_5epochs", "--worst", "1"],
+                env=env, cwd=tmp_path) == 0
+    assert (model / "report.html").is_file() and not (other / "report.html").exists()
+    assert f"wrote {model / 'report.html'}" in capsys.readouterr().out
+    (model / "report.html").unlink()
+    assert main(["report", "-d", DATASET, "--worst", "0"], env=env, cwd=tmp_path) == 0  # every model of the dataset
+    assert (model / "report.html").is_file() and (other / "report.html").is_file()
+    for args, expected in [(["-d", "123", "-c", "3d_lowres"], "no model *__*__3d_lowres in"),
+                           (["-d", "123", "-c", "2d", "-o", "x.html"], None),
+                           ([str(model), "-d", "123"], "not both"),
+                           ([], "say which model"),
+                           (["-d", "7"], "Dataset123_Fake")]:
+        code = main(["report", *args], env=env, cwd=tmp_path)
+        err = capsys.readouterr().err
+        assert code == (0 if expected is None else 1), (args, err)
+        assert expected is None or (expected in err and "Traceback" not in err), (args, err)
+
+
 def test_nnunet_written_summary_and_progress(expected_dir: Path, tmp_path: Path) -> None:
     """The summary.json and progress.png of the model nnU-Net v2 trained on Hippocampus (no images in the zip)."""
     prefix = "Dataset004_Hippocampus/nnUNetTrainer_bench__nnUNetPlans__3d_fullres_bs2/"

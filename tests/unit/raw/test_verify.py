@@ -69,6 +69,14 @@ def test_num_training_differs_from_case_count(demo: Path) -> None:
                '"numTraining": 3')
 
 
+def test_label_without_images_is_an_error(demo: Path) -> None:
+    for p in (demo / "imagesTr").glob("case_001_*"):
+        p.unlink()
+    _edit_json(demo, numTraining=2)
+    _one_error(verify_dataset(demo, num_processes=1), demo / "labelsTr/case_001.nii.gz",
+               "images of case 'case_001' are missing", "add case_001_0000.nii.gz")
+
+
 def test_missing_channel_file(demo2: Path) -> None:
     (demo2 / "imagesTr/case_001_0001.nii.gz").unlink()
     _one_error(verify_dataset(demo2, num_processes=1), demo2 / "imagesTr/case_001_0001.nii.gz", "channel file",

@@ -10,14 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nnseg.training.hooks import Hooks
-from nnseg.training.loggers.common import TRACKING_FILE, MissingTrackingLibrary, epoch_metrics, flag_value, require
+from nnseg.training.loggers.common import (
+    TRACKING_FILE,
+    MissingTrackingLibrary,
+    TrackingSetupError,
+    epoch_metrics,
+    flag_value,
+)
 
-__all__ = ["LOGGERS", "TRACKING_FILE", "MissingTrackingLibrary", "check_loggers", "chosen_loggers", "epoch_metrics",
-           "logger_hooks"]
+if TYPE_CHECKING:  # not imported for the parsers that list LOGGERS (`nnUNetv2_train -h` imports neither numpy nor torch)
+    from nnseg.training.hooks import Hooks
+
+__all__ = ["LOGGERS", "TRACKING_FILE", "MissingTrackingLibrary", "TrackingSetupError", "check_loggers",
+           "chosen_loggers", "epoch_metrics", "logger_hooks"]
 
 LOGGERS = ("wandb", "mlflow", "tensorboard")
+_MODULES = {"wandb": "wandb_logger", "mlflow": "mlflow_logger", "tensorboard": "tensorboard_logger"}
 WANDB_SWITCH = "nnUNet_wandb_enabled"
 
 
@@ -42,15 +52,21 @@ def _chosen_by(name: str, names: Sequence[str]) -> str:
 
 
 def check_loggers(names: Sequence[str], *, env: Mapping[str, str]) -> list[str]:
-    """The chosen loggers (:func:`chosen_loggers`), each checked to be installed; call it before anything is written.
+    """The chosen loggers (:func:`chosen_loggers`), each installed and its settings usable (each back-end's
+    ``preflight``: MLflow's tracking URI, W&B's mode, login and server, TensorBoard's import); call it before anything
+    is written.
 
     Raises:
-        ValueError: see :func:`chosen_loggers`.
+        ValueError: see :func:`chosen_loggers`; TrackingSetupError: a setting the back-end cannot start with (one line
+            naming the setting and the fix).
         MissingTrackingLibrary: a chosen tool is not installed (the message names the pip extra).
     """
+    import importlib
+
     chosen = chosen_loggers(names, env=env)
     for name in chosen:
-        require(name, extra=name, chosen_by=_chosen_by(name, names))
+        module = importlib.import_module(f"nnseg.training.loggers.{_MODULES[name]}")
+        module.preflight(env, chosen_by=_chosen_by(name, names))
     return chosen
 
 

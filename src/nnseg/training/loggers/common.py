@@ -3,13 +3,12 @@ the clear error when the chosen tool is not installed."""
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-
-from nnseg.jsonio import load_json, save_json
 
 TRACKING_FILE = "experiment_tracking.json"
 EPOCH_SCALARS = ("lrs", "train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice", "epoch_start_timestamps",
@@ -19,6 +18,36 @@ PER_CLASS = "dice_per_class_or_region"
 
 class MissingTrackingLibrary(RuntimeError):
     """The logger a user chose needs a library that is not installed (the message says which pip install fixes it)."""
+
+
+class TrackingSetupError(ValueError):
+    """A chosen tracking back-end cannot start with the settings given (the message names the setting and the fix)."""
+
+
+def one_line_start(method: Callable[..., None]) -> Callable[..., None]:
+    """For a logger's ``on_train_start``: what still fails after the preflight (a server gone in between, a refused
+    run) becomes one :class:`TrackingSetupError` line naming the ``--logger`` (errors of the disk stay as they are)."""
+
+    @functools.wraps(method)
+    def start(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except (TrackingSetupError, KeyboardInterrupt):
+            raise
+        except OSError as e:
+            if e.errno is not None and e.strerror is not None:  # disk full, permissions: the OSError's own line
+                raise
+            raise TrackingSetupError(f"{self.chosen_by}: could not start the run ({first_line(e)}); {self.fix}") from e
+        except Exception as e:  # noqa: BLE001 - each tracking library raises its own kinds
+            raise TrackingSetupError(f"{self.chosen_by}: could not start the run ({first_line(e)}); {self.fix}") from e
+
+    return start
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (tracking libraries write paragraphs), at most 200 characters."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def require(module: str, *, extra: str, chosen_by: str) -> ModuleType:
@@ -67,6 +96,8 @@ def stored_run(folder: Path, tool: str) -> dict[str, Any] | None:
     path = folder / TRACKING_FILE
     if not path.is_file():
         return None
+    from nnseg.jsonio import load_json  # here, not at the top: the help of `nnUNetv2_train` lists LOGGERS without numpy
+
     entry = load_json(path).get(tool)
     return entry if isinstance(entry, dict) else None
 
@@ -74,6 +105,8 @@ def stored_run(folder: Path, tool: str) -> dict[str, Any] | None:
 def store_run(folder: Path, tool: str, entry: dict[str, Any]) -> None:
     """Record ``tool``'s run in ``experiment_tracking.json`` (written atomically), so ``--c`` continues it."""
     path = folder / TRACKING_FILE
+    from nnseg.jsonio import load_json, save_json
+
     data = load_json(path) if path.is_file() else {}
     data[tool] = entry
     save_json(data, path, sort_keys=True)

@@ -5,11 +5,18 @@ run files in ``fold_X/wandb`` (removed when training starts afresh), one history
 names, ``current_epoch`` in the summary, and ``--c`` continuing the same run id (read from ``experiment_tracking.json``
 or, for a fold nnU-Net started, from ``wandb/latest-run/run-<id>.wandb``); epochs the run already has are not logged
 again.
+
+:func:`preflight` checks the settings before anything is written: the mode is one W&B knows, and ``online`` has a
+login (``WANDB_API_KEY`` or ``wandb login``) and reaches the W&B server (a cluster node without internet: use offline).
 """
 
 from __future__ import annotations
 
+import netrc
+import os
 import shutil
+import socket
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,9 +25,11 @@ import torch
 
 from nnseg.training.hooks import Hooks
 from nnseg.training.loggers.common import (
+    TrackingSetupError,
     cluster_job_id,
     epoch_metrics,
     hyperparameters,
+    one_line_start,
     require,
     run_description,
     store_run,
@@ -29,6 +38,52 @@ from nnseg.training.loggers.common import (
 
 TOOL = "wandb"
 _OPEN_RUNS: dict[str, Any] = {}  # runs this process started and has not finished (a training that raised)
+MODES = ("online", "offline", "disabled")
+DEFAULT_HOST = "https://api.wandb.ai"
+CONNECT_TIMEOUT_S = 5.0
+_OFFLINE = "or set nnUNet_wandb_mode=offline (upload later with `wandb sync`)"
+
+
+def preflight(env: Mapping[str, str], *, chosen_by: str) -> None:
+    """Refuse, in one line naming the setting and the fix, W&B settings on which ``wandb.init`` would fail or hang.
+
+    Raises:
+        MissingTrackingLibrary: wandb is not installed. TrackingSetupError: a bad mode, no login, no server.
+    """
+    require("wandb", extra="wandb", chosen_by=chosen_by)
+    mode = env.get("nnUNet_wandb_mode") or "online"
+    if mode not in MODES:
+        raise TrackingSetupError(f"{chosen_by}: nnUNet_wandb_mode={mode!r} is not a W&B mode; set it to "
+                                 f"{', '.join(MODES)}")
+    if mode != "online":
+        return
+    host = env.get("WANDB_BASE_URL") or DEFAULT_HOST
+    if not _has_login(env, host):
+        raise TrackingSetupError(f"{chosen_by}: W&B online mode needs a login for {host}: run `wandb login` or set "
+                                 f"WANDB_API_KEY, {_OFFLINE}")
+    parts = urllib.parse.urlparse(host)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise TrackingSetupError(f"{chosen_by}: cannot reach the W&B server {host} ({e.strerror or e}); check the "
+                                 f"network or WANDB_BASE_URL, {_OFFLINE}") from None
+
+
+def _has_login(env: Mapping[str, str], host: str) -> bool:
+    """An API key in the environment, an identity token file, or a ``.netrc`` entry for the host (`wandb login`)."""
+    if env.get("WANDB_API_KEY") or env.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    home = Path(env.get("HOME") or env.get("USERPROFILE") or Path.home())
+    names = [env["NETRC"]] if env.get("NETRC") else [home / ".netrc", home / "_netrc"]
+    machine = urllib.parse.urlparse(host).hostname or host
+    for name in names:
+        try:
+            if Path(name).is_file() and netrc.netrc(os.fspath(name)).authenticators(machine):
+                return True
+        except (netrc.NetrcParseError, OSError):
+            continue
+    return False
 
 
 def previous_run_id(folder: Path) -> str | None:
@@ -50,10 +105,13 @@ class WandbLogger(Hooks):
         self.folder, self.resume = Path(output_folder), resume
         self.project = env.get("nnUNet_wandb_project") or "nnunet"
         self.mode = env.get("nnUNet_wandb_mode") or "online"
+        self.chosen_by = chosen_by
+        self.fix = f"check W&B's login and network, set nnUNet_wandb_mode=offline, or drop {chosen_by}"
         self.job_id = cluster_job_id(env)
         self.run: Any = None
         self.first_step = 0
 
+    @one_line_start
     def on_train_start(self, run: Any, state: Any, network: torch.nn.Module) -> None:
         run_id = previous_run_id(self.folder) if self.resume else None
         stale = _OPEN_RUNS.pop(run_id or "", None)
