@@ -87,7 +87,7 @@ def blob_image(shape=(64, 96, 120), seed: int = 0) -> np.ndarray:
     """``[1, x, y, z]`` float32: noise, a large ellipsoid and a small ball, brighter than the background."""
     rng = np.random.default_rng(seed)
     grid = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    big = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, (32, 48, 60), (20, 36, 50))) <= 1
+    big = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, (32, 48, 60), (16, 24, 46))) <= 1
     small = sum((g - c) ** 2 for g, c in zip(grid, (12, 84, 14))) <= 36
     image = rng.normal(0, 0.3, shape) + 2.0 * big + 3.0 * small
     return image.astype(np.float32)[None]

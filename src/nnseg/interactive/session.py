@@ -60,6 +60,7 @@ class InteractiveSession:
         self._queue: list[tuple[list[int], float]] = []
         self._log: UndoLog | None = None
         self._changed: Box | None = None
+        self.last_zoom_out = 0.0  # zoom-out factor of the last prediction (1: none; 0: no prediction yet)
 
     # ------------------------------------------------------------------ image and buffer
     @property
@@ -194,7 +195,7 @@ class InteractiveSession:
                             rng=self._rng)
         for box, mask in result.pastes:
             self._paste(box, mask)
-        self._queue, self._changed = [], result.changed
+        self._queue, self._changed, self.last_zoom_out = [], result.changed, result.zoom
         return self.changed_box()
 
     _predict = predict  # nnInteractive's name, used by its server and scripts
