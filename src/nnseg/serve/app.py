@@ -58,8 +58,11 @@ def label_response(data: bytes, filename: str) -> Any:
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",)) -> Any:
-    """The FastAPI app over ``state`` (models loaded, queue running); :mod:`nnseg.serve.server` runs it."""
+def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",), interactive: Any = None) -> Any:
+    """The FastAPI app over ``state`` (models loaded, queue running); :mod:`nnseg.serve.server` runs it.
+
+    ``interactive``: a :class:`~nnseg.serve.interactive_sessions.SessionRegistry` whose model is served with
+    nnInteractive's protocol (:mod:`nnseg.serve.interactive_api`) at the root, beside the native API."""
     fastapi = _fastapi()
     from nnseg.serve.monai_label import monai_label_router
 
@@ -69,8 +72,14 @@ def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",)) -> Any:
     app.include_router(_model_router(state, devices))
     app.include_router(_job_router(state))
     app.include_router(monai_label_router(state))
+    public = set(PUBLIC_PATHS)
+    if interactive is not None:
+        from nnseg.serve.interactive_api import PUBLIC_PATHS as INTERACTIVE_PUBLIC, interactive_router
+
+        app.include_router(interactive_router(interactive))
+        public |= INTERACTIVE_PUBLIC
     app.add_middleware(SizeLimit, limit=state.max_upload_bytes)
-    app.add_middleware(BearerAuth, token=state.token, public=PUBLIC_PATHS)  # added last: runs first
+    app.add_middleware(BearerAuth, token=state.token, public=public)  # added last: runs first
     return app
 
 
