@@ -83,11 +83,11 @@ def write_model_folder(folder: Path, *, seed: int = 0, inference_info: dict | No
     return folder
 
 
-def blob_image(shape=(64, 96, 120), seed: int = 0) -> np.ndarray:
+def blob_image(shape=(48, 72, 104), seed: int = 0) -> np.ndarray:
     """``[1, x, y, z]`` float32: noise, a large ellipsoid and a small ball, brighter than the background."""
     rng = np.random.default_rng(seed)
     grid = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    big = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, (32, 48, 60), (16, 24, 46))) <= 1
-    small = sum((g - c) ** 2 for g, c in zip(grid, (12, 84, 14))) <= 36
+    big = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, (24, 36, 52), (12, 18, 44))) <= 1
+    small = sum((g - c) ** 2 for g, c in zip(grid, (10, 62, 12))) <= 36
     image = rng.normal(0, 0.3, shape) + 2.0 * big + 3.0 * small
     return image.astype(np.float32)[None]

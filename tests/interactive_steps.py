@@ -17,23 +17,23 @@ def sequence(image_shape: tuple[int, int, int]) -> tuple[list[dict], dict[str, n
     """Every prompt kind, positive and negative, plus undo and an initial mask, on :func:`blob_image`'s image."""
     x, y, z = image_shape
     scribble = np.zeros(image_shape, np.uint8)
-    scribble[30:33, 30:60, 40] = 1  # a stroke across the big blob on one slice, 3 voxels thick
+    scribble[22:25, 20:50, 40] = 1  # a stroke across the big blob on one slice, 3 voxels thick
     lasso = np.zeros((20, 24, 1), np.uint8)  # a filled square on a slice, given inside an interaction box
     lasso[4:16, 4:20, 0] = 1
     grid = np.meshgrid(*[np.arange(s) for s in image_shape], indexing="ij")
-    initial = (sum(((g - c) / r) ** 2 for g, c, r in zip(grid, (32, 48, 60), (18, 30, 40))) <= 1).astype(np.uint8)
+    initial = (sum(((g - c) / r) ** 2 for g, c, r in zip(grid, (24, 36, 52), (11, 16, 36))) <= 1).astype(np.uint8)
     steps = [
-        {"op": "point", "coordinates": [32, 48, 60], "positive": True},
-        {"op": "point", "coordinates": [40.4, 47.6, 61], "positive": False},
-        {"op": "bbox", "box": [[12, 30], [70, 96], [14, 15]], "positive": True},
+        {"op": "point", "coordinates": [24, 36, 52], "positive": True},
+        {"op": "point", "coordinates": [30.4, 35.6, 53], "positive": False},
+        {"op": "bbox", "box": [[4, 18], [52, 72], [12, 13]], "positive": True},
         {"op": "scribble", "mask": "scribble", "positive": False},
-        {"op": "lasso", "mask": "lasso", "positive": True, "interaction_bbox": [[24, 44], [36, 60], [80, 81]]},
+        {"op": "lasso", "mask": "lasso", "positive": True, "interaction_bbox": [[14, 34], [24, 48], [70, 71]]},
         {"op": "undo"},
-        {"op": "bbox", "box": [[20, 44], [30, 66], [30, 90]], "positive": False},
+        {"op": "bbox", "box": [[14, 34], [20, 52], [24, 80]], "positive": False},
         {"op": "initial", "mask": "initial", "run_prediction": True},
-        {"op": "point", "coordinates": [12, 84, 14], "positive": True},
+        {"op": "point", "coordinates": [10, 62, 12], "positive": True},
         {"op": "reset"},
-        {"op": "point", "coordinates": [50, 20, 100], "positive": True},
+        {"op": "point", "coordinates": [40, 14, 90], "positive": True},
     ]
     return steps, {"scribble": scribble, "lasso": lasso, "initial": initial}
 

@@ -142,3 +142,21 @@ def test_model_folder_errors_name_the_file(tmp_path):
     torch.save(payload, ckpt)
     with pytest.raises(ValueError, match="refusing to load"):
         load_interactive_model(evil)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_session_gives_the_cpu_masks(tmp_path):
+    from interactive_steps import run_steps, sequence
+
+    folder = write_model_folder(tmp_path / "m")
+    image = blob_image()
+    steps, arrays = sequence(image.shape[1:])
+    results = []
+    for device in ("cpu", "cuda"):
+        session = InteractiveSession(load_interactive_model(folder, device=device), precision="fp32")
+        results.append(run_steps(session, image, steps, arrays))
+    for i, (cpu, cuda) in enumerate(zip(*results)):
+        assert (cpu == cuda).mean() >= 0.999, f"step {i} {steps[i]}"
+    auto = InteractiveSession(load_interactive_model(folder, device="cuda"))  # fp16 autocast
+    assert run_steps(auto, image, steps[:1], arrays)[0].sum() > 0
