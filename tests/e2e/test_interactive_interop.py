@@ -29,8 +29,9 @@ def _nninteractive_available() -> bool:
     return (SITE / "nnInteractive" / "inference" / "inference_session.py").is_file()
 
 
-pytestmark = pytest.mark.skipif(not _nninteractive_available() and os.environ.get("CI") != "true",
-                                reason="nnInteractive is not installed in .site/nninteractive (./dev.sh setup)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not _nninteractive_available() and os.environ.get("CI") != "true",
+                                 reason="nnInteractive is not installed in .site/nninteractive (./dev.sh setup)")]
 
 
 @pytest.mark.parametrize("autozoom", [True, False], ids=["autozoom", "no-autozoom"])
