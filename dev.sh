@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 TORCH_VERSION=${NNSEG_TORCH_VERSION:-2.13.0}
+NNINTERACTIVE_SITE="nninteractive==2.6.0 nnunetv2==2.8.1 acvl-utils==0.2.6 dynamic-network-architectures==0.4.4 \
+batchgenerators==0.25.5 batchgeneratorsv2==0.3.6 connected-components-3d scikit-image lazy-loader imageio networkx \
+tifffile seaborn"
 
 # the environment's programs: .venv/bin on Linux and macOS, .venv/Scripts on Windows (Git Bash)
 bin_dir() {
@@ -31,6 +34,12 @@ setup() {
         "$vpy" -m pip install -q -e ".[${extras}]"
         # MONAI Label's client for the serve tests, without its deps (they would pull monai and a CUDA torch)
         "$vpy" -m pip install -q --no-deps "monailabel==0.8.5"
+        # nnInteractive 2.6.0 for the interop test, beside nnseg and never imported by it: a normal install would
+        # replace torch by a CUDA build (it needs nnunetv2), so it goes --no-deps into .site/nninteractive, which only
+        # the test's nnInteractive process puts on its path. Its client (numpy, httpx, blosc2) is in the test extra.
+        if [ ! -f .site/nninteractive/nnInteractive/inference/inference_session.py ]; then
+            "$vpy" -m pip install -q --no-deps --upgrade --target .site/nninteractive $NNINTERACTIVE_SITE
+        fi
         build_web
     fi
 }

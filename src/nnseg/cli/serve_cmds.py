@@ -10,9 +10,10 @@ from nnseg.predictions.defaults import DEFAULT_FOLDS
 
 
 def add_serve(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", nargs="+", required=True,
+    p.add_argument("--models", nargs="+", default=[],
                    help="model folders (DatasetX/<Trainer>__<Plans>__<config>), or NAME=FOLDER to choose the name "
                         "[name: <DatasetName>_<config>]")
+    add_interactive_serve(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on [127.0.0.1]; any other needs a token")
     p.add_argument("--port", type=int, default=8000, help="port [8000; 0: any free port, printed]")
@@ -49,6 +50,21 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
+def add_interactive_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--interactive", default=None, metavar="MODEL_FOLDER",
+                   help="also serve this nnInteractive model folder with nnInteractive's protocol (nninteractive-client, "
+                        "SlicerNNInteractive, napari): docs/INTERACTIVE.md")
+    p.add_argument("--interactive_fold", default=None, help="fold of the interactive model [its only fold_*]")
+    p.add_argument("--interactive_max_sessions", type=int, default=1, help="interactive clients at once [1]")
+    p.add_argument("--interactive_idle_timeout_s", type=float, default=600.0,
+                   help="an interactive session without user actions for this long is closed [600]")
+    p.add_argument("--interactive_liveness_timeout_s", type=float, default=60.0,
+                   help="an interactive session whose client sent nothing (not even a heartbeat) for this long is "
+                        "closed [60]")
+    p.add_argument("--interactive_no_autozoom", action="store_true", help="start sessions with AutoZoom off")
+    p.add_argument("--interactive_no_undo", action="store_true", help="keep no undo pre-images (less memory)")
+
+
 def run_serve(args: argparse.Namespace, ctx: Context) -> int:
     from nnseg.serve.auth import TOKEN_ENV
     from nnseg.serve.models import ModelOptions
@@ -63,7 +79,17 @@ def run_serve(args: argparse.Namespace, ctx: Context) -> int:
                            allowed_hosts=tuple(h.lower() for h in args.allowed_host),
                            allowed_origins=tuple(args.allowed_origin))
     token = args.token or ctx.env.get(TOKEN_ENV) or None
-    serve(args.models, host=args.host, port=args.port, token=token, devices=args.device, options=options, limits=limits)
+    interactive = None
+    if args.interactive is not None:
+        from nnseg.serve.interactive_sessions import InteractiveOptions
+
+        interactive = InteractiveOptions(
+            folder=args.interactive, fold=args.interactive_fold, max_sessions=args.interactive_max_sessions,
+            idle_timeout_s=args.interactive_idle_timeout_s, liveness_timeout_s=args.interactive_liveness_timeout_s,
+            do_autozoom=not args.interactive_no_autozoom, enable_undo=not args.interactive_no_undo,
+            precision=args.precision)
+    serve(args.models, host=args.host, port=args.port, token=token, devices=args.device, options=options, limits=limits,
+          interactive=interactive)
     return 0
 
 

@@ -61,10 +61,13 @@ def label_response(data: bytes, filename: str) -> Any:
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",), guard: RequestGuard | None = None) -> Any:
+def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",), guard: RequestGuard | None = None,
+               interactive: Any = None) -> Any:
     """The FastAPI app over ``state`` (models loaded, queue running); :mod:`nnseg.serve.server` runs it.
 
     ``guard``: the Host / cross-origin rules and the body timeout (default: loopback names only, no foreign origin).
+    ``interactive``: a :class:`~nnseg.serve.interactive_sessions.SessionRegistry` whose model is served with
+    nnInteractive's protocol (:mod:`nnseg.serve.interactive_api`) at the root, beside the native API.
     """
     guard = guard or RequestGuard(hosts=None if state.token else set(LOOPBACK_NAMES))
     fastapi = _fastapi()
@@ -80,8 +83,14 @@ def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",), guard: R
     app.include_router(monai_label_router(state))
     app.include_router(page_api_router(state))
     app.include_router(page_router())
+    public = set(PUBLIC_PATHS) | public_paths()
+    if interactive is not None:
+        from nnseg.serve.interactive_api import PUBLIC_PATHS as INTERACTIVE_PUBLIC, interactive_router
+
+        app.include_router(interactive_router(interactive))
+        public |= INTERACTIVE_PUBLIC
     app.add_middleware(SizeLimit, limit=state.max_upload_bytes, body_timeout_s=guard.body_timeout_s)
-    app.add_middleware(BearerAuth, token=state.token, public=PUBLIC_PATHS | public_paths())
+    app.add_middleware(BearerAuth, token=state.token, public=public)
     app.add_middleware(SameOrigin, guard=guard)  # added last: runs first
     return app
 

@@ -91,7 +91,7 @@ def build_state(models: Sequence[str | Path], *, devices: Sequence[str], token: 
 
 def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           devices: Sequence[str] | None = None, options: ModelOptions | None = None,
-          limits: ServerOptions | None = None) -> None:
+          limits: ServerOptions | None = None, interactive: Any = None) -> None:
     """Serve ``models`` (model folders, or ``NAME=FOLDER``) until interrupted.
 
     Args:
@@ -100,6 +100,8 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
         devices: one worker per device, each with its own copy of the models (default: cuda if available, else cpu).
         options: folds, checkpoint, precision, TTA, step size, backend (as ``nnseg predict``).
         limits: upload size, queue length, how long results are kept.
+        interactive: an :class:`~nnseg.serve.interactive_sessions.InteractiveOptions`: also serve that nnInteractive
+            model folder with nnInteractive's protocol (on the first device), for ``nninteractive-client``.
 
     Raises:
         ValueError: no models, no token on a non-loopback host, bad options. FileNotFoundError: a model is missing.
@@ -107,8 +109,8 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
     """
     from nnseg.serve.app import _fastapi, create_app
 
-    if not models:
-        raise ValueError("no models to serve; pass model folders with --models")
+    if not models and interactive is None:
+        raise ValueError("no models to serve; pass model folders with --models and/or --interactive")
     token = resolve_token(token)
     check_binding(host, token)
     _fastapi()
@@ -119,19 +121,24 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
     remove_stale_work_dirs(Path(tempfile.gettempdir()))
     work_dir = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
     acquire_lock(work_dir, purpose="nnseg serve")
-    state, started = None, False
+    state = sessions = None
+    started = False
     try:
+        sessions = _interactive_sessions(interactive, chosen[0])
         state = build_state(models, devices=chosen, token=token, options=options or ModelOptions(), limits=limits,
                             work_dir=work_dir)
-        app = create_app(state, devices=chosen, guard=request_guard(host, token, limits))
+        app = create_app(state, devices=chosen, guard=request_guard(host, token, limits), interactive=sessions)
         bound = sock.getsockname()
-        print(f"nnseg serve: http://{host}:{bound[1]}/ models {sorted(state.models)} on {chosen} "
+        extra = f", interactive {interactive.folder}" if interactive is not None else ""
+        print(f"nnseg serve: http://{host}:{bound[1]}/ models {sorted(state.models)}{extra} on {chosen} "
               f"(MONAI Label: http://{host}:{bound[1]}/info/)", flush=True)
         config = uvicorn.Config(app, log_level=limits.log_level, timeout_graceful_shutdown=10,
                                 http=timed_h11_protocol(limits.request_timeout_s))
         started = True
         _run_until_signal(uvicorn.Server(config), sock)
     finally:
+        if sessions is not None:
+            sessions.close()
         if state is not None:
             state.queue.shutdown()
             state.store.clear()
@@ -165,6 +172,17 @@ def request_guard(host: str, token: str | None, limits: ServerOptions) -> Reques
     """Which Host names and Origins the server accepts (see :class:`nnseg.serve.auth.RequestGuard`)."""
     hosts = None if token is not None else {*LOOPBACK_NAMES, host.strip("[]").lower(), *limits.allowed_hosts}
     return RequestGuard(hosts=hosts, origins=set(limits.allowed_origins), body_timeout_s=limits.request_timeout_s)
+
+
+def _interactive_sessions(options: Any, device: str) -> Any:
+    """The session registry of the ``--interactive`` model (None without one)."""
+    if options is None:
+        return None
+    from nnseg.interactive import load_interactive_model
+    from nnseg.serve.interactive_sessions import SessionRegistry
+
+    model = load_interactive_model(options.folder, fold=options.fold, device=device)
+    return SessionRegistry(model, options)
 
 
 def _stop(signum: int, frame: Any) -> None:

@@ -1,0 +1,19 @@
+"""Interactive segmentation with nnInteractive-compatible models: load a model folder, prompt, predict.
+
+Public API:
+    load_interactive_model(folder, *, fold=None, checkpoint_name=..., device='cpu') -> InteractiveModel
+    InteractiveSession(model, *, precision='auto', do_autozoom=True, enable_undo=True, seed=0)
+    save_interactive_model(folder, *, network, plans_json, dataset_json, configuration, inference_info, ...)
+    read_capabilities(folder) -> Capabilities
+See docs/INTERACTIVE.md for the model folder, the prompts and the prediction.
+"""
+
+from __future__ import annotations
+
+from nnseg.interactive.capabilities import Capabilities, read_capabilities
+from nnseg.interactive.model import (InteractiveModel, build_interactive_network, load_interactive_model,
+                                     save_interactive_model)
+from nnseg.interactive.session import InteractiveSession
+
+__all__ = ["Capabilities", "InteractiveModel", "InteractiveSession", "build_interactive_network",
+           "load_interactive_model", "read_capabilities", "save_interactive_model"]

@@ -1,0 +1,61 @@
+"""nnInteractive's packed-array format (both directions, against its client's own codec) and the session registry."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from interactive_model import write_model_folder
+from nnseg.interactive import load_interactive_model
+from nnseg.serve.interactive_sessions import AtCapacity, InteractiveOptions, LeaseGone, SessionRegistry
+from nnseg.serve.interactive_wire import pack, unpack
+
+serialization = pytest.importorskip("nnInteractive.inference.remote.serialization",
+                                    reason="nninteractive-client is not installed")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, bool])
+def test_packed_arrays_round_trip_with_nninteractive_client(dtype):
+    a = (np.random.default_rng(0).random((7, 9, 11)) * 50).astype(dtype)
+    assert np.array_equal(serialization.unpack_array(pack(a)), a)
+    assert np.array_equal(unpack(serialization.pack_array(a), max_bytes=1 << 20), a)
+
+
+def test_corrupt_or_oversized_bodies_are_refused_before_allocation():
+    good = serialization.pack_array(np.ones((20, 20, 20), np.float32))
+    for bad, match in ((b"", "too short"), (b"NNIA" + b"\x07" * 30, "bad header"), (good[:-3], "do not match"),
+                       (good[:20], "truncated"), (good[:-40] + b"\x00" * 40, "corrupt")):
+        with pytest.raises(ValueError, match=match):
+            unpack(bad, max_bytes=1 << 30)
+    with pytest.raises(ValueError, match="at most 1000"):
+        unpack(good, max_bytes=1000)
+    huge = bytearray(serialization.pack_array(np.ones((2, 2), np.uint8)))
+    huge[13:29] = np.array([1 << 40, 1 << 40], "<i8").tobytes()  # shape after the header and "uint8": 2^80 bytes
+    with pytest.raises(ValueError, match="would need"):
+        unpack(bytes(huge), max_bytes=1 << 30)
+
+
+def test_registry_limits_sessions_and_reaps_idle_ones(tmp_path):
+    model = load_interactive_model(write_model_folder(tmp_path / "m"))
+    registry = SessionRegistry(model, InteractiveOptions(folder=str(tmp_path / "m"), max_sessions=2,
+                                                         idle_timeout_s=0.3, liveness_timeout_s=30))
+    try:
+        a, b = registry.claim(), registry.claim()
+        with pytest.raises(AtCapacity, match="capacity"):
+            registry.claim()
+        assert registry.remaining_s(a, heartbeat=True) > 0
+        registry.release(b)
+        c = registry.claim()
+        time.sleep(0.2)
+        registry.run(c, lambda s: s.set_do_autozoom(False))  # a user action keeps c active
+        time.sleep(0.5)  # the reaper runs every 0.1 s here
+        with pytest.raises(LeaseGone, match="expired"):
+            registry.run(a, lambda s: None)
+        with pytest.raises(LeaseGone, match="missing"):
+            registry.run(None, lambda s: None)
+    finally:
+        registry.close()
+    with pytest.raises(ValueError, match="max_sessions"):
+        InteractiveOptions(folder="x", max_sessions=0)
