@@ -31,7 +31,7 @@ from nnseg.predictions.export import current_and_target_spacing, write_segmentat
 from nnseg.predictions.input_checks import check_case_geometry
 from nnseg.predictions.logit_spill import LogitSpill
 from nnseg.predictions.memory_plan import CasePlan, CaseShapes, case_shapes, memory_budget, plan_case
-from nnseg.predictions.predict import Predictor
+from nnseg.predictions.predictor import Predictor
 from nnseg.predictions.predict_io import save_properties_pkl
 from nnseg.predictions.slab_resample import SlabResampler, slab_resampler
 from nnseg.predictions.npz_stream import NpzStreamWriter

@@ -34,7 +34,7 @@ from nnseg.predictions.export import convert_logits, export_prediction, write_se
 from nnseg.predictions.input_checks import check_output_folder, check_prediction_case
 from nnseg.predictions.memory_plan import CasePlan
 from nnseg.predictions.model_folder import TrainedModel
-from nnseg.predictions.predict import CaseTiming, PredictionReport, Predictor
+from nnseg.predictions.predictor import CaseTiming, PredictionReport, Predictor
 from nnseg.raw.discover import CaseFiles, image_cases
 from nnseg.raw.image_io import get_io
 
