@@ -30,11 +30,13 @@ from nnseg.predictions.model_folder import (
     TrainedModel,
     build_inference_network,
     checkpoint_paths,
+    fold_of,
     load_fold_weights,
     load_trained_model,
     load_weights,
     parse_folds,
 )
+from nnseg.predictions.options import PredictOptions
 from nnseg.predictions.sliding_window import sliding_window_predict
 from nnseg.predictions.tta import mirror_tta
 from nnseg.preprocessed.preprocess import preprocess_case
@@ -80,8 +82,7 @@ class Predictor:
             FileNotFoundError: the folder, a json file or a checkpoint is missing (what exists is listed).
             ValueError: bad device/precision/step size, unsafe checkpoint, or weights that do not fit the plans.
         """
-        if not 0 < step_size <= 1:
-            raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+        PredictOptions(step_size=step_size, tile_batch_size=tile_batch_size)  # the option rules, before any loading
         dev = resolve_device(device)
         if dev.type == "cpu":
             keep_freed_memory_for_reuse()
@@ -94,12 +95,10 @@ class Predictor:
             net = build_inference_network(model, device=dev)
             load_weights(net, state, source=str(path))
             networks.append(net)
-        if tile_batch_size is not None and tile_batch_size < 1:
-            raise ValueError(f"tile_batch_size must be >= 1, got {tile_batch_size}")
         return cls(model=model, networks=networks, mirror_axes=weights.mirroring_axes, device=dev,
                    precision=resolve_precision(precision, dev), step_size=step_size, use_tta=use_tta,
                    tile_batch_size=tile_batch_size, accumulate_on_device=accumulate_on_device,
-                   folds=[_fold_of(p) for p in paths], max_memory_gb=max_memory_gb)
+                   folds=[fold_of(p.parent) for p in paths], max_memory_gb=max_memory_gb)
 
     def samples_per_call(self) -> int:
         """Network samples per call (tiles x mirrored copies) that fit the memory budget, 1-8 (see memory_plan)."""
@@ -164,11 +163,6 @@ class Predictor:
         return pre, props
 
 
-def _fold_of(checkpoint: Path) -> Fold:
-    name = checkpoint.parent.name[len("fold_"):]
-    return int(name) if name.isdigit() else name
-
-
 def _configuration_name(folder: PathLike, from_checkpoint: str | None) -> str | None:
     parts = Path(folder).name.split("__")
     return parts[2] if len(parts) == 3 else from_checkpoint
@@ -187,12 +181,14 @@ class CaseTiming:
 
 @dataclass
 class PredictionReport:
-    """What :func:`predict` did: outputs written, cases skipped (``continue_prediction``), timings."""
+    """What a run did: outputs written, cases skipped (``continue_prediction``), timings; ``results``: per image held
+    in memory its label map (or ``(seg, probabilities)``), in order."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     timings: list[CaseTiming] = field(default_factory=list)
     wall_s: float = 0.0
+    results: list[Any] = field(default_factory=list)
 
     @property
     def network_s(self) -> float:
