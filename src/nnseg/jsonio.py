@@ -131,7 +131,9 @@ def remove_temporary_files(folder: str | os.PathLike[str], *, targets: Iterable[
     if not folder.is_dir():
         return []
     prefixes = (".",) if targets is None else tuple(_temporary_prefix(name) for name in targets)
-    stale = [p for p in folder.iterdir() if p.name.startswith(prefixes) and _TMP_MARK in p.name and p.is_file()]
+    # a writer that itself writes through atomic_path (an image writer) nests them: "..NAME.x.tmp.nii.gz.y.tmp.nii.gz"
+    stale = [p for p in folder.iterdir()
+             if ("." + p.name.lstrip(".")).startswith(prefixes) and _TMP_MARK in p.name and p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

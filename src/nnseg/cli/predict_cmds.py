@@ -147,112 +147,53 @@ def _device(requested: str | None) -> str:
     return requested
 
 
-def _run(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, num_parts: int = 1, part_id: int = 0) -> int:
-    from nnseg.predictions.predict import predict
+def _request(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, num_parts: int, part_id: int) -> Any:
+    """The :class:`~nnseg.predictions.run.PredictRequest` of a ``predict`` command line (checked by the library)."""
+    from nnseg.predictions.options import PredictOptions
+    from nnseg.predictions.run import DicomWebSource, PredictRequest
 
-    if args.dicomweb is not None or args.output_format == "dicom-seg" or _is_dicom(args.i):
-        return _run_dicom(args, model_folder, npp=npp, nps=nps, num_parts=num_parts, part_id=part_id)
-    if args.i is None:
-        raise ValueError("-i INPUT_FOLDER is required (or --dicomweb URL --study UID)")
-    inputs = Path(args.i)
-    if not inputs.is_dir():
-        raise FileNotFoundError(f"input folder {inputs} does not exist (-i)")
-    folds = None if args.f is None else args.f
-    if args.cluster:
-        return _run_on_cluster(args, model_folder, num_parts=num_parts, part_id=part_id)
-    device = _device(args.device)
-    model: Any = model_folder
-    if args.backend != "torch":  # the onnxruntime networks are loaded here; predict() then takes the Predictor
-        from nnseg.predictions.onnx_backend import load_predictor
-
-        model = load_predictor(model_folder, backend=args.backend, folds=folds, checkpoint=args.chk,
-                               device=device, precision=args.precision, step_size=args.step_size,
-                               use_tta=not args.disable_tta, tile_batch_size=args.tile_batch_size,
-                               accumulate_on_device=not args.not_on_device)
-    report = predict(model, inputs, Path(args.o), folds=folds, checkpoint=args.chk, step_size=args.step_size,
-                     use_tta=not args.disable_tta, save_probabilities=args.save_probabilities, device=device,
-                     precision=args.precision, tile_batch_size=args.tile_batch_size, num_processes_preprocessing=npp,
-                     num_processes_export=nps, continue_prediction=args.continue_prediction, num_parts=num_parts,
-                     part_id=part_id, prev_stage_predictions=args.prev_stage_predictions,
-                     accumulate_on_device=not args.not_on_device, verbose=args.verbose,
-                     progress=not args.disable_progress_bar, max_memory_gb=args.max_memory)
-    skipped = f", {len(report.skipped)} already done" if report.skipped else ""
-    print(f"predicted {len(report.written)} case(s) into {args.o} in {report.wall_s:.1f} s{skipped}", file=sys.stderr)
-    return 0
-
-
-def _run_on_cluster(args: argparse.Namespace, model_folder: Path, *, num_parts: int, part_id: int) -> int:
-    from nnseg.cluster.predict import predict_on_cluster
-
-    if args.backend != "torch":
-        raise ValueError(f"--cluster predicts with the torch backend; drop --backend {args.backend} or --cluster")
-    report = predict_on_cluster(args.cluster, model_folder, Path(args.i), Path(args.o), folds=args.f, checkpoint=args.chk,
-                                step_size=args.step_size, use_tta=not args.disable_tta,
-                                save_probabilities=args.save_probabilities, device=args.device,
-                                precision=args.precision, tile_batch_size=args.tile_batch_size,
-                                continue_prediction=args.continue_prediction, num_parts=num_parts, part_id=part_id,
-                                prev_stage_predictions=args.prev_stage_predictions,
-                                accumulate_on_device=not args.not_on_device, progress=not args.disable_progress_bar)
-    skipped = f", {len(report.skipped)} already done" if report.skipped else ""
-    print(f"predicted {len(report.written)} case(s) into {args.o} on the cluster in {report.wall_s:.1f} s{skipped}",
-          file=sys.stderr)
-    return 0
-
-
-def _is_dicom(inputs: str | None) -> bool:
-    if inputs is None or not Path(inputs).exists():
-        return False
-    from nnseg.raw.dicom.files import looks_like_dicom_input
-
-    return looks_like_dicom_input(Path(inputs))
-
-
-def _dicomweb_limits(args: argparse.Namespace) -> Any:
-    from nnseg.predictions.dicomweb_http import DicomWebLimits
-
-    values = {"--dicomweb-timeout": args.dicomweb_timeout, "--dicomweb-max-instance-mb": args.dicomweb_max_instance_mb,
-              "--dicomweb-max-series-gb": args.dicomweb_max_series_gb}
-    for flag, value in values.items():
-        if not value > 0:
-            raise ValueError(f"{flag} {value} must be a positive number")
-    return DicomWebLimits(deadline_s=args.dicomweb_timeout, read_timeout_s=min(60.0, args.dicomweb_timeout),
-                          max_instance_bytes=int(args.dicomweb_max_instance_mb * 2**20),
-                          max_series_bytes=int(args.dicomweb_max_series_gb * 2**30))
-
-
-def _run_dicom(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, num_parts: int, part_id: int) -> int:
-    from nnseg.predictions.onnx_backend import load_predictor
-
-    if args.dicomweb is None and (args.i is None or not Path(args.i).exists()):
-        raise FileNotFoundError(f"DICOM input {args.i} does not exist (-i)")
-    if args.dicomweb is not None and args.study is None:
-        raise ValueError("--dicomweb needs --study STUDY_INSTANCE_UID")
-    if args.save_probabilities or args.prev_stage_predictions:
-        raise ValueError("--save_probabilities and -prev_stage_predictions are not supported with DICOM input; "
-                         "convert the series with convert-dicom and predict the NIfTI files instead")
-    predictor = load_predictor(
-        model_folder, backend=args.backend, folds=args.f, checkpoint=args.chk, device=_device(args.device),
-        precision=args.precision,
-        step_size=args.step_size, use_tta=not args.disable_tta, tile_batch_size=args.tile_batch_size,
-        accumulate_on_device=not args.not_on_device)
-    predictor.max_memory_gb = args.max_memory
+    device = args.device if args.cluster else _device(args.device)
+    options = PredictOptions(folds=args.f, checkpoint=args.chk, device=device, precision=args.precision,
+                             step_size=args.step_size, use_tta=not args.disable_tta,
+                             tile_batch_size=args.tile_batch_size, accumulate_on_device=not args.not_on_device,
+                             backend=args.backend, max_memory_gb=args.max_memory)
+    web = None
     if args.dicomweb is not None:
-        from nnseg.predictions.dicomweb import auth_headers, predict_dicomweb
+        from nnseg.predictions.dicomweb import auth_headers
+        from nnseg.predictions.dicomweb_multipart import DicomWebLimits
 
-        web = predict_dicomweb(predictor, args.dicomweb, args.study, Path(args.o), series=args.series,
-                               headers=auth_headers(token=args.token, headers=args.header), seg_codes=args.seg_codes,
-                               limits=_dicomweb_limits(args))
-        refused = f", {len(web.refused)} refused: {sorted(web.refused)}" if web.refused else ""
-        print(f"stored {len(web.stored)} SEG(s), {len(web.skipped)} series skipped{refused}", file=sys.stderr)
-        return 1 if web.refused else 0
-    from nnseg.predictions.dicom_predict import predict_dicom
+        limits = DicomWebLimits.from_user(timeout_s=args.dicomweb_timeout, max_instance_mb=args.dicomweb_max_instance_mb,
+                                          max_series_gb=args.dicomweb_max_series_gb)
+        web = DicomWebSource(args.dicomweb, args.study, None if args.series is None else tuple(args.series),
+                             auth_headers(token=args.token, headers=args.header), limits)
+    return PredictRequest(model=model_folder, input_folder=None if web is not None else args.i, dicomweb=web,
+                          output=Path(args.o), options=options, output_format=args.output_format,
+                          seg_codes=args.seg_codes, save_probabilities=args.save_probabilities,
+                          continue_prediction=args.continue_prediction, num_parts=num_parts, part_id=part_id,
+                          prev_stage_predictions=args.prev_stage_predictions, num_readers=npp, num_writers=nps,
+                          verbose=args.verbose, progress=not args.disable_progress_bar)
 
-    report = predict_dicom(predictor, Path(args.i), Path(args.o), output_format=args.output_format,
-                           seg_codes=args.seg_codes, continue_prediction=args.continue_prediction, num_parts=num_parts,
-                           part_id=part_id, num_processes_preprocessing=npp, num_processes_export=nps,
-                           verbose=args.verbose, progress=not args.disable_progress_bar)
-    skipped = f", {len(report.skipped)} already done" if report.skipped else ""
-    print(f"predicted {len(report.written)} DICOM series into {args.o} in {report.wall_s:.1f} s{skipped}", file=sys.stderr)
+
+def _run(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, num_parts: int = 1, part_id: int = 0) -> int:
+    request = _request(args, model_folder, npp=npp, nps=nps, num_parts=num_parts, part_id=part_id)
+    if args.cluster:
+        from nnseg.cluster.predict import predict_on_cluster
+
+        report = predict_on_cluster(args.cluster, request)
+        skipped = f", {len(report.skipped)} already done" if report.skipped else ""
+        print(f"predicted {len(report.written)} case(s) into {args.o} on the cluster in {report.wall_s:.1f} s{skipped}",
+              file=sys.stderr)
+        return 0
+    from nnseg.predictions.run import run_prediction
+
+    result = run_prediction(request)
+    if request.kind == "dicomweb":
+        refused = f", {len(result.refused)} refused: {sorted(result.refused)}" if result.refused else ""
+        print(f"stored {len(result.stored)} SEG(s), {len(result.skipped)} series skipped{refused}", file=sys.stderr)
+        return 1 if result.refused else 0
+    what = "DICOM series" if request.kind == "dicom" else "case(s)"
+    skipped = f", {len(result.skipped)} already done" if result.skipped else ""
+    print(f"predicted {len(result.written)} {what} into {args.o} in {result.wall_s:.1f} s{skipped}", file=sys.stderr)
     return 0
 
 

@@ -29,8 +29,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-MEMORY = "MEMORY"  # the worker resource that holds bytes of RAM a worker offers to nnseg tasks
-GPU = "GPU"  # the worker resource that counts GPUs
+from nnseg.cluster.resources import GPU, MEMORY
+
+__all__ = ["GPU", "MEMORY", "open_client", "parse_cluster", "require_dask", "worker_resources"]
+
 WAIT_FOR_WORKERS_S = 600.0
 
 

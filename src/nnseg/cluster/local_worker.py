@@ -23,7 +23,7 @@ DEATH_TIMEOUT_S = 60  # a worker whose scheduler is gone for this long exits (no
 async def _serve(scheduler_file: str, memory: int) -> None:
     from distributed import Worker
 
-    from nnseg.cluster.connect import MEMORY
+    from nnseg.cluster.resources import MEMORY
 
     async with Worker(scheduler_file=scheduler_file, nthreads=1, host="127.0.0.1", dashboard=False,
                       memory_limit=memory, resources={MEMORY: memory}, death_timeout=DEATH_TIMEOUT_S) as worker:

@@ -18,14 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnseg._types import PathLike
 from nnseg.cluster.connect import open_client
 from nnseg.cluster.memory import predict_bytes
 from nnseg.cluster.tasks import DEFAULT_RETRIES, memory_capacities, run_tasks, task_resources
 from nnseg.jsonio import remove_temporary_files
-from nnseg.predictions.model_folder import DEFAULT_FOLDS, Fold, checkpoint_paths, load_trained_model, parse_folds
-from nnseg.predictions.pipeline import is_done, locked_output, predict_case, select_cases, write_run_info
-from nnseg.predictions.predict import PredictionReport, Predictor
+from nnseg.predictions.bounded import MemoryPolicy
+from nnseg.predictions.model_folder import checkpoint_paths, fold_of, load_trained_model, parse_folds
+from nnseg.predictions.onnx_backend import load_predictor
+from nnseg.predictions.options import PredictOptions
+from nnseg.predictions.pipeline import is_done, locked_output, predict_case, run_args, select_cases, write_run_info
+from nnseg.predictions.predictor import PredictionReport, Predictor
+from nnseg.predictions.run import PredictRequest
 from nnseg.raw.discover import CaseFiles
 
 
@@ -34,14 +37,7 @@ class PredictSettings:
     """Everything a worker needs to build the predictor and write a case (hashable: the worker's cache key)."""
 
     model_folder: Path
-    folds: tuple[Fold, ...] | None
-    checkpoint: str
-    step_size: float
-    use_tta: bool
-    device: str | None
-    precision: str | None
-    tile_batch_size: int | None
-    accumulate_on_device: bool
+    options: PredictOptions
     save_probabilities: bool
     prev_stage_predictions: Path | None
 
@@ -52,10 +48,7 @@ _PREDICTORS: dict[PredictSettings, Predictor] = {}
 def _predictor(settings: PredictSettings) -> Predictor:
     if settings not in _PREDICTORS:
         _PREDICTORS.clear()  # one model per worker process at a time
-        _PREDICTORS[settings] = Predictor.from_model_folder(
-            settings.model_folder, folds=settings.folds, checkpoint=settings.checkpoint, device=settings.device,
-            precision=settings.precision, step_size=settings.step_size, use_tta=settings.use_tta,
-            tile_batch_size=settings.tile_batch_size, accumulate_on_device=settings.accumulate_on_device)
+        _PREDICTORS[settings] = load_predictor(settings.model_folder, settings.options)
     return _PREDICTORS[settings]
 
 
@@ -63,59 +56,69 @@ def predict_case_task(job: tuple[PredictSettings, CaseFiles, Path]) -> float:
     """Worker side: predict one case into the output folder; returns the seconds it took."""
     settings, case, output = job
     start = time.perf_counter()
-    predict_case(_predictor(settings), case, output, save_probabilities=settings.save_probabilities,
-                 prev_stage_folder=settings.prev_stage_predictions)
+    predictor = _predictor(settings)
+    memory = MemoryPolicy.create(predictor, max_memory_gb=settings.options.max_memory_gb,
+                                 save_probabilities=settings.save_probabilities)
+    predict_case(predictor, case, output, save_probabilities=settings.save_probabilities,
+                 prev_stage_folder=settings.prev_stage_predictions, memory=memory)
     return time.perf_counter() - start
 
 
-def _run_args(settings: PredictSettings, inputs: Any, output: Path, *, continue_prediction: bool, num_parts: int,
-              part_id: int) -> dict[str, Any]:
+def _run_args(request: PredictRequest, inputs: Any) -> dict[str, Any]:
     """``predict_from_raw_data_args.json`` as the single-machine command writes it (device/precision as asked)."""
-    folds = [int(p.parent.name[5:]) if p.parent.name[5:].isdigit() else p.parent.name[5:]
-             for p in checkpoint_paths(settings.model_folder, parse_folds(settings.folds),
-                                       checkpoint_name=settings.checkpoint)]
-    source = str(inputs) if isinstance(inputs, (str, Path)) else [[str(f) for f in c] for c in inputs]
-    prev = settings.prev_stage_predictions
-    return {"list_of_lists_or_source_folder": source, "output_folder_or_list_of_truncated_output_files": str(output),
-            "save_probabilities": settings.save_probabilities, "overwrite": not continue_prediction,
-            "num_processes_preprocessing": 0, "num_processes_segmentation_export": 0,
-            "folder_with_segs_from_prev_stage": None if prev is None else str(prev), "num_parts": num_parts,
-            "part_id": part_id, "folds": folds, "device": settings.device or "auto",
-            "precision": settings.precision or "auto", "use_mirroring": settings.use_tta,
-            "tile_step_size": settings.step_size}
+    opts = request.options
+    folds = [fold_of(p) for p in checkpoint_paths(Path(str(request.model)), parse_folds(opts.folds),
+                                                  checkpoint_name=opts.checkpoint)]
+    return run_args(inputs, Path(str(request.output)), save_probabilities=request.save_probabilities,
+                    continue_prediction=request.continue_prediction, num_readers=0, num_writers=0,
+                    prev_stage_predictions=request.prev_stage_predictions, num_parts=request.num_parts,
+                    part_id=request.part_id, folds=folds, device=opts.device or "auto",
+                    precision=opts.precision or "auto", use_tta=opts.use_tta, step_size=opts.step_size)
 
 
-def predict_on_cluster(cluster: str, model_folder: PathLike, inputs: PathLike | Sequence[Sequence[PathLike]],
-                       output: PathLike, *, folds: Sequence[Fold] | None = DEFAULT_FOLDS,
-                       checkpoint: str = "checkpoint_final.pth", step_size: float = 0.5, use_tta: bool = True,
-                       save_probabilities: bool = False, device: str | None = None, precision: str | None = None,
-                       tile_batch_size: int | None = None, continue_prediction: bool = False, num_parts: int = 1,
-                       part_id: int = 0, prev_stage_predictions: PathLike | None = None,
-                       accumulate_on_device: bool = True, progress: bool = True,
-                       retries: int = DEFAULT_RETRIES) -> PredictionReport:
-    """:func:`nnseg.predictions.predict.predict` with one Dask task per case on ``--cluster cluster``.
+def check_cluster_request(request: PredictRequest) -> None:
+    """:meth:`PredictRequest.check` plus the cluster's rules: files or a folder of them, a model folder, torch.
 
     Raises:
-        FileNotFoundError / ValueError: as :func:`~nnseg.predictions.predict.predict` (an output folder holding the
-            input images, a locked one), before anything is written or any task is submitted.
+        ValueError / FileNotFoundError: naming the field or flag and the fix.
+    """
+    request.check()
+    if request.options.backend != "torch":
+        raise ValueError(f"--cluster predicts with the torch backend; drop --backend {request.options.backend} or "
+                         "--cluster")
+    if request.kind not in ("folder", "files") or isinstance(request.model, Predictor):
+        raise ValueError(f"--cluster predicts folders or lists of image files with a model folder, not {request.kind} "
+                         "input; drop --cluster (DICOM and in-memory images are predicted on this machine)")
+
+
+def predict_on_cluster(cluster: str, request: PredictRequest, *, retries: int = DEFAULT_RETRIES) -> PredictionReport:
+    """:func:`nnseg.predictions.run.run_prediction` with one Dask task per case on ``--cluster cluster``.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`~nnseg.predictions.run.run_prediction` (an output folder holding the
+            input images, a locked one) or :func:`check_cluster_request`, before anything is written or any task is
+            submitted.
         TasksFailed: after every other case was written, naming each case that failed (a bad input at once, others
             after ``retries``).
     """
-    start, out = time.perf_counter(), Path(output)
+    check_cluster_request(request)
+    start, out = time.perf_counter(), Path(str(request.output))
+    model_folder = Path(str(request.model))
     model = load_trained_model(model_folder)
-    settings = PredictSettings(Path(model_folder), None if folds is None else tuple(folds), checkpoint, step_size,
-                               use_tta, device, precision, tile_batch_size, accumulate_on_device, save_probabilities,
-                               None if prev_stage_predictions is None else Path(prev_stage_predictions))
-    cases = select_cases(model, inputs, num_parts=num_parts, part_id=part_id)
-    args = _run_args(settings, inputs, out, continue_prediction=continue_prediction, num_parts=num_parts,
-                     part_id=part_id)
+    prev = request.prev_stage_predictions
+    settings = PredictSettings(model_folder, request.options, request.save_probabilities,
+                               None if prev is None else Path(prev))
+    inputs = request.files if request.kind == "files" else request.input_folder
+    cases = select_cases(model, inputs, num_parts=request.num_parts, part_id=request.part_id)  # type: ignore[arg-type]
+    args = _run_args(request, inputs)
     ending = model.spec.file_ending
-    todo = [c for c in cases if not (continue_prediction and is_done(c, out, ending, save_probabilities))]
+    todo = [c for c in cases if not (request.continue_prediction and is_done(c, out, ending, request.save_probabilities))]
     report = PredictionReport(skipped=[c.identifier for c in cases if c not in todo])
-    with locked_output(cases, out, num_parts=num_parts, part_id=part_id), open_client(cluster) as client:
+    with (locked_output(cases, out, num_parts=request.num_parts, part_id=request.part_id),
+          open_client(cluster) as client):
         write_run_info(model, out, args)
         try:
-            for i in _run_cases(client, settings, model, todo, out, progress=progress, retries=retries):
+            for i in _run_cases(client, settings, model, todo, out, progress=request.progress, retries=retries):
                 report.written.append(out / f"{todo[i].identifier}{ending}")
         finally:  # every task is over: what remains of a worker killed while writing is litter
             remove_temporary_files(out, targets=[f"{c.identifier}{e}" for c in todo for e in (ending, ".npz", ".pkl")])
@@ -127,7 +130,7 @@ def _run_cases(client: Any, settings: PredictSettings, model: Any, todo: Sequenc
                progress: bool, retries: int) -> Iterator[int]:
     """The index in ``todo`` of each case written, as its task finishes (see :func:`run_tasks`)."""
     capacities = memory_capacities(client)
-    gpu = (settings.device or "").startswith("cuda")
+    gpu = (settings.options.device or "").startswith("cuda")
     resources = [task_resources(client, memory=predict_bytes(list(c.images), num_classes=model.num_outputs,
                                                              target_spacing=model.configuration.spacing),
                                 gpu=gpu, capacities=capacities) for c in todo]

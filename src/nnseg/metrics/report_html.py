@@ -8,7 +8,7 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 
-from nnseg.metrics.report import (
+from nnseg.metrics.report_tables import (
     DiceTable,
     FoldResult,
     ModelInfo,

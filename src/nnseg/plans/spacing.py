@@ -79,7 +79,7 @@ def transpose_axes(target_spacing: Sequence[float], *, suppress: bool = False) -
 
 
 def compute_new_shape(old_shape: Sequence[int], old_spacing: Sequence[float],
-                      new_spacing: Sequence[float]) -> np.ndarray:
+                      new_spacing: Sequence[float]) -> tuple[int, ...]:
     """Shape after resampling from ``old_spacing`` to ``new_spacing``: ``round(old_spacing / new_spacing * shape)``.
 
     Rounding is Python's (half to even), as in nnU-Net.
@@ -87,8 +87,7 @@ def compute_new_shape(old_shape: Sequence[int], old_spacing: Sequence[float],
     if not len(old_shape) == len(old_spacing) == len(new_spacing):
         raise ValueError(f"shape {tuple(old_shape)}, spacing {tuple(old_spacing)} and new spacing "
                          f"{tuple(new_spacing)} must have the same length")
-    return np.array([int(round(float(o) / float(n) * float(s)))
-                     for o, n, s in zip(old_spacing, new_spacing, old_shape)])
+    return tuple(int(round(float(o) / float(n) * float(s))) for o, n, s in zip(old_spacing, new_spacing, old_shape))
 
 
 def normalization_schemes(channel_names: Mapping[str, str], median_relative_size_after_cropping: float

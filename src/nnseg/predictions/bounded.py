@@ -31,7 +31,7 @@ from nnseg.predictions.export import current_and_target_spacing, write_segmentat
 from nnseg.predictions.input_checks import check_case_geometry
 from nnseg.predictions.logit_spill import LogitSpill
 from nnseg.predictions.memory_plan import CasePlan, CaseShapes, case_shapes, memory_budget, plan_case
-from nnseg.predictions.predict import Predictor
+from nnseg.predictions.predictor import Predictor
 from nnseg.predictions.predict_io import save_properties_pkl
 from nnseg.predictions.slab_resample import SlabResampler, slab_resampler
 from nnseg.predictions.npz_stream import NpzStreamWriter
@@ -151,6 +151,18 @@ def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, 
     return timing
 
 
+def bounded_labels(predictor: Predictor, data: np.ndarray | torch.Tensor, properties: Mapping[str, Any], *,
+                   slab_rows: int, tiles_per_call: int | None = None) -> np.ndarray:
+    """The label map of one preprocessed case in bounded memory, returned instead of written (in-memory API): the
+    label path of :func:`predict_case_bounded`."""
+    if tiles_per_call is not None and tiles_per_call != predictor.tiles_per_call():
+        predictor = dataclasses.replace(predictor, tile_batch_size=int(tiles_per_call))
+    if predictor.device.type == "cpu" or not predictor.accumulate_on_device:
+        return_large_blocks_to_os()
+    resampler = case_resampler(predictor, tuple(int(s) for s in data.shape[1:]), properties, 0)
+    return _run(predictor, data, properties, resampler, 0, slab_rows, None, BoundedTiming(), None, Path("."))
+
+
 def _network_into(consume: Callable[[int, Any], None], predictor: Predictor, data: Any, timing: BoundedTiming,
                   report: Callable[[str, int], None]) -> None:
     """The network slab by slab along axis 0, each finished slab handed to ``consume(first_row, rows)`` at once (the
@@ -265,7 +277,7 @@ def check_case_shape(predictor: Predictor, case: CaseFiles, raw_shape: Sequence[
     model = predictor.model
     if raw_shape[0] != model.spec.num_channels:
         raise ValueError(f"case {case.identifier} has {raw_shape[0]} channel(s) ({', '.join(str(f) for f in case.images)}) "
-                         f"but the model expects {model.spec.num_channels} {dict(model.spec.channel_names)}; give one "
+                         f"but the model expects {model.spec.num_channels} channel(s) {dict(model.spec.channel_names)}; give one "
                          "file per channel in channel order")
     check_case_geometry(case.images[0], raw_shape[1:], spacing, plans=model.plans, configuration=model.configuration,
                         configuration_name=model.configuration_name)

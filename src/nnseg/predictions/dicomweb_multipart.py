@@ -31,6 +31,22 @@ class DicomWebLimits:
     max_instance_bytes: int = 2**30
     max_series_bytes: int = 16 * 2**30
 
+    @classmethod
+    def from_user(cls, *, timeout_s: float, max_instance_mb: float, max_series_gb: float) -> DicomWebLimits:
+        """The limits as a user gives them (``--dicomweb-timeout`` S, ``--dicomweb-max-instance-mb``,
+        ``--dicomweb-max-series-gb``; read timeout: at most 60 s).
+
+        Raises:
+            ValueError: a value that is not a positive number (the flag named).
+        """
+        values = {"--dicomweb-timeout": timeout_s, "--dicomweb-max-instance-mb": max_instance_mb,
+                  "--dicomweb-max-series-gb": max_series_gb}
+        for flag, value in values.items():
+            if not value > 0:
+                raise ValueError(f"{flag} {value} must be a positive number")
+        return cls(deadline_s=timeout_s, read_timeout_s=min(60.0, timeout_s),
+                   max_instance_bytes=int(max_instance_mb * 2**20), max_series_bytes=int(max_series_gb * 2**30))
+
 
 def one_line(text: str, limit: int = 120) -> str:
     """``text`` on one line, shortened to ``limit`` characters."""

@@ -22,12 +22,8 @@ from nnseg._types import Geometry, PathLike
 from nnseg.jsonio import atomic_path
 from nnseg.plans.schema import ConfigurationPlans, Plans
 from nnseg.predictions.predict_io import save_probabilities_npz, save_properties_pkl
-from nnseg.preprocessed.resample import (
-    ANISO_THRESHOLD,
-    determine_do_sep_z_and_axis,
-    get_resampler,
-    resample_data_or_seg_to_shape,
-)
+from nnseg.preprocessed.resample import get_resampler, resample_data_or_seg_to_shape
+from nnseg.preprocessed.resample_rules import ANISO_THRESHOLD, determine_do_sep_z_and_axis, z_coordinates
 from nnseg.raw.dataset_json import DatasetSpec
 from nnseg.raw.image_io import get_io
 
@@ -47,7 +43,7 @@ def _interpolate(x: torch.Tensor, size: Sequence[int], order: int) -> torch.Tens
 def _resample_axis0(x: torch.Tensor, n_out: int, order_z: int) -> torch.Tensor:
     """Resample axis 1 of ``x (C, Z, ...)`` to ``n_out`` with nnU-Net's ``map_coordinates`` grid (mode nearest)."""
     n_in = x.shape[1]
-    coords = (torch.arange(n_out, dtype=torch.float64, device=x.device) + 0.5) * (n_in / n_out) - 0.5
+    coords = torch.from_numpy(z_coordinates(n_in, n_out)).to(x.device)
     if order_z == 0:
         idx = torch.clamp(torch.floor(coords + 0.5), 0, n_in - 1).long()
         return x.index_select(1, idx)

@@ -32,7 +32,7 @@ import torch
 from nnseg.networks.memory import estimate_feature_map_size
 from nnseg.predictions.model_folder import TrainedModel
 from nnseg.predictions.streaming_window import window_rows
-from nnseg.preprocessed.resample import compute_new_shape
+from nnseg.plans.spacing import compute_new_shape
 
 GIB = 1 << 30
 MAX_SAMPLES_PER_CALL = 8

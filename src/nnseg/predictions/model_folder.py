@@ -142,13 +142,18 @@ def parse_folds(folds: Sequence[Fold] | None) -> list[Fold] | None:
     return out
 
 
+def fold_of(fold_folder: PathLike) -> Fold:
+    """The fold a ``fold_X`` folder holds: ``fold_3`` -> 3, ``fold_all`` -> ``'all'`` (any other suffix as text)."""
+    suffix = Path(fold_folder).name[len("fold_"):]
+    return int(suffix) if suffix.isdigit() else suffix
+
+
 def available_folds(folder: PathLike, *, checkpoint_name: str = "checkpoint_final.pth") -> list[Fold]:
     """Folds of a model folder that hold ``checkpoint_name`` (nnU-Net's auto-detection when no -f is given)."""
     found: list[Fold] = []
     for sub in sorted(Path(folder).glob("fold_*")):
         if (sub / checkpoint_name).is_file():
-            suffix = sub.name[len("fold_"):]
-            found.append("all" if suffix == "all" else int(suffix) if suffix.isdigit() else suffix)
+            found.append(fold_of(sub))
     return found
 
 

@@ -34,13 +34,14 @@ from nnseg.predictions.model_folder import (
     Fold,
     build_inference_network,
     checkpoint_paths,
+    fold_of,
     load_fold_weights,
     load_trained_model,
     load_weights,
     parse_folds,
 )
+from nnseg.predictions.options import BACKENDS, PredictOptions  # noqa: F401 - BACKENDS re-exported
 
-BACKENDS = ("torch", "onnxruntime")
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 
@@ -191,10 +192,10 @@ def onnx_predictor(model_folder: PathLike, *, folds: Sequence[Fold] | None = DEF
         FileNotFoundError: an ONNX file is missing; ValueError: one is truncated, damaged or another graph (the
             messages name the file and give the export command).
     """
-    from nnseg.predictions.predict import Predictor, resolve_device
+    from nnseg.predictions.predictor import Predictor, resolve_device
 
     paths = checkpoint_paths(model_folder, parse_folds(folds), checkpoint_name=checkpoint)
-    fold_args = " ".join(p.parent.name[len("fold_"):] for p in paths)
+    fold_args = " ".join(str(fold_of(p.parent)) for p in paths)
     export = f"nnseg export-onnx -m {model_folder} -f {fold_args} -chk {checkpoint}"
     missing = [str(onnx_path(p)) for p in paths if not onnx_path(p).is_file()]
     if missing:
@@ -210,27 +211,25 @@ def onnx_predictor(model_folder: PathLike, *, folds: Sequence[Fold] | None = DEF
     return predictor
 
 
-def load_predictor(model_folder: PathLike, *, backend: str = "torch", folds: Sequence[Fold] | None = DEFAULT_FOLDS,
-                   checkpoint: str = "checkpoint_final.pth", device: str | torch.device | None = None,
-                   precision: str | None = None, step_size: float = 0.5, use_tta: bool = True,
-                   tile_batch_size: int | None = None, accumulate_on_device: bool = True) -> Any:
-    """A loaded :class:`~nnseg.predictions.predict.Predictor` for ``backend`` (``torch`` or ``onnxruntime``).
+def load_predictor(model_folder: PathLike, options: PredictOptions | None = None, **changes: Any) -> Any:
+    """A loaded :class:`~nnseg.predictions.predictor.Predictor` for ``options`` (its ``backend``: ``torch`` or
+    ``onnxruntime``); ``changes``: fields of :class:`~nnseg.predictions.options.PredictOptions` applied to ``options``
+    (``load_predictor(folder, backend="onnxruntime", device="cpu")``).
 
     Raises:
-        ValueError: unknown backend, or a precision other than fp32/auto with onnxruntime.
+        ValueError: a bad option (see :class:`~nnseg.predictions.options.PredictOptions`).
     """
-    from nnseg.predictions.predict import Predictor
+    from nnseg.predictions.predictor import Predictor
 
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
-    if backend == "torch":
-        return Predictor.from_model_folder(model_folder, folds=folds, checkpoint=checkpoint, device=device,
-                                           precision=precision, step_size=step_size, use_tta=use_tta,
-                                           tile_batch_size=tile_batch_size, accumulate_on_device=accumulate_on_device)
-    if precision not in (None, "auto", "fp32"):
-        raise ValueError(f"--backend onnxruntime runs the exported fp32 graph; precision {precision!r} does not apply "
-                         "(use --precision fp32 or auto, or the torch backend)")
-    predictor = onnx_predictor(model_folder, folds=folds, checkpoint=checkpoint, device=device or "cpu",
-                               step_size=step_size, use_tta=use_tta, tile_batch_size=tile_batch_size)
-    predictor.accumulate_on_device = accumulate_on_device
+    opts = (options or PredictOptions()).replace(**changes) if changes else (options or PredictOptions())
+    if opts.backend == "torch":
+        predictor = Predictor.from_model_folder(
+            model_folder, folds=opts.folds, checkpoint=opts.checkpoint, device=opts.device, precision=opts.precision,
+            step_size=opts.step_size, use_tta=opts.use_tta, tile_batch_size=opts.tile_batch_size,
+            accumulate_on_device=opts.accumulate_on_device, max_memory_gb=opts.max_memory_gb)
+        return predictor
+    predictor = onnx_predictor(model_folder, folds=opts.folds, checkpoint=opts.checkpoint, device=opts.device or "cpu",
+                               step_size=opts.step_size, use_tta=opts.use_tta, tile_batch_size=opts.tile_batch_size)
+    predictor.accumulate_on_device = opts.accumulate_on_device
+    predictor.max_memory_gb = opts.max_memory_gb
     return predictor

@@ -25,6 +25,7 @@ from nnseg.jsonio import save_json
 from nnseg.locks import LOCK_NAME, folder_lock
 from nnseg.predictions.bounded import (
     MemoryPolicy,
+    check_case_header,
     plan_for_case,
     predict_case_bounded,
     shapes_of_preprocessed,
@@ -34,7 +35,7 @@ from nnseg.predictions.export import convert_logits, export_prediction, write_se
 from nnseg.predictions.input_checks import check_output_folder, check_prediction_case
 from nnseg.predictions.memory_plan import CasePlan
 from nnseg.predictions.model_folder import TrainedModel
-from nnseg.predictions.predict import CaseTiming, PredictionReport, Predictor
+from nnseg.predictions.predictor import CaseTiming, PredictionReport, Predictor
 from nnseg.raw.discover import CaseFiles, image_cases
 from nnseg.raw.image_io import get_io
 
@@ -66,6 +67,21 @@ def select_cases(model: TrainedModel, inputs: PathLike | Sequence[Sequence[PathL
         if bad:
             raise ValueError(f"cases {bad} do not have {spec.num_channels} channel file(s) as the model expects")
     return sorted(cases, key=lambda c: c.identifier)[part_id::num_parts]
+
+
+def run_args(inputs: PathLike | Sequence[Sequence[PathLike]], output: PathLike, *, save_probabilities: bool,
+             continue_prediction: bool, num_readers: int, num_writers: int, prev_stage_predictions: PathLike | None,
+             num_parts: int, part_id: int, folds: Sequence[Any], device: str, precision: str, use_tta: bool,
+             step_size: float) -> dict[str, Any]:
+    """``predict_from_raw_data_args.json`` (nnU-Net's keys, plus nnseg's device and precision), for every entry point
+    that writes an output folder (one machine or a cluster)."""
+    source = str(inputs) if isinstance(inputs, (str, Path)) else [[str(f) for f in c] for c in inputs]
+    prev = None if prev_stage_predictions is None else str(prev_stage_predictions)
+    return {"list_of_lists_or_source_folder": source, "output_folder_or_list_of_truncated_output_files": str(output),
+            "save_probabilities": save_probabilities, "overwrite": not continue_prediction,
+            "num_processes_preprocessing": num_readers, "num_processes_segmentation_export": num_writers,
+            "folder_with_segs_from_prev_stage": prev, "num_parts": num_parts, "part_id": part_id, "folds": list(folds),
+            "device": device, "precision": precision, "use_mirroring": use_tta, "tile_step_size": step_size}
 
 
 def write_run_info(model: TrainedModel, output: Path, args: dict[str, Any]) -> None:
@@ -148,11 +164,15 @@ def predict_case(predictor: Predictor, case: CaseFiles, output: Path, *, save_pr
             ``output/CASE<file_ending>``.
 
     Raises:
-        ValueError: the input checks (:func:`nnseg.predictions.input_checks.check_prediction_case`), or
-        ``segmentation_file`` with ``save_probabilities``.
+        ValueError: the input checks (with ``memory`` first from the headers,
+        :func:`nnseg.predictions.bounded.check_case_header`, then
+        :func:`nnseg.predictions.input_checks.check_prediction_case`), or ``segmentation_file`` with
+        ``save_probabilities``.
     """
     if segmentation_file is not None and save_probabilities:
         raise ValueError("segmentation_file writes the label map only; leave save_probabilities off")
+    if memory is not None:  # the header checks and the memory plan before the voxels are read and resampled
+        check_case_header(predictor, case, memory, reader=io_name)
     prev = Path(prev_stage_folder) if prev_stage_folder is not None else None
     data, props, geometry, read_s = _read_case(predictor, case, prev, io_name)
     plan = _bounded_plan(predictor, case.identifier, data, props, memory)

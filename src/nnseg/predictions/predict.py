@@ -6,6 +6,10 @@ summed, then divided), autocast in the chosen precision. :func:`predict` runs a 
 (:mod:`nnseg.predictions.pipeline` overlaps reading and writing with the network); :func:`predict_arrays` does the
 same for images already in memory.
 
+The options (folds, device, precision, TTA, memory budget, ...) are a
+:class:`~nnseg.predictions.options.PredictOptions`; keyword arguments named like its fields change them. Both functions
+are what :func:`nnseg.predictions.run.run_prediction` runs for a folder/file lists and for arrays.
+
 Example:
     >>> predict("results/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres", "imagesTs", "out",
     ...         folds=(0,), device="cpu")  # doctest: +SKIP
@@ -15,248 +19,74 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from nnseg import devices
 from nnseg._types import Geometry, PathLike
-from nnseg.devices import (
-    autocast_context,
-    keep_freed_memory_for_reuse,
-    resolve_precision,
-)
-from nnseg.predictions.export import convert_logits
-from nnseg.predictions.memory_plan import memory_budget, samples_per_call
-from nnseg.predictions.model_folder import (
-    DEFAULT_FOLDS,
-    Fold,
-    TrainedModel,
-    build_inference_network,
-    checkpoint_paths,
-    load_fold_weights,
-    load_trained_model,
-    load_weights,
-    parse_folds,
-)
-from nnseg.predictions.sliding_window import sliding_window_predict
-from nnseg.predictions.tta import mirror_tta
-from nnseg.preprocessed.preprocess import preprocess_case
+from nnseg.predictions.bounded import MemoryPolicy, check_cases_fit
+from nnseg.predictions.onnx_backend import load_predictor
+from nnseg.predictions.options import PredictOptions
+from nnseg.predictions.array_case import check_array_case, predict_array_case
+from nnseg.predictions.pipeline import locked_output, run_args, run_pipeline, select_cases, write_run_info
+from nnseg.predictions.predictor import CaseTiming, PredictionReport, Predictor, resolve_device
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``'auto'``: the training rule :func:`nnseg.devices.auto_device` (CUDA, then MPS, then CPU); otherwise
-    :func:`nnseg.devices.resolve_device` (checked).
-
-    Raises:
-        ValueError: unknown device, or CUDA/MPS requested but not available.
-    """
-    return devices.resolve_device("auto" if device is None else str(device))
+__all__ = ["CaseTiming", "PredictionReport", "PredictOptions", "Predictor", "loaded_predictor", "predict",
+           "predict_arrays", "resolve_device"]
 
 
-@dataclass
-class Predictor:
-    """A loaded model ready to predict (build it with :meth:`from_model_folder`)."""
-
-    model: TrainedModel
-    networks: list[torch.nn.Module]
-    mirror_axes: tuple[int, ...] | None
-    device: torch.device
-    precision: str
-    step_size: float = 0.5
-    use_tta: bool = True
-    tile_batch_size: int | None = None
-    accumulate_on_device: bool = True
-    folds: list[Fold] = field(default_factory=list)
-    max_memory_gb: float | None = None  # memory budget (None: from the free memory), see nnseg.predictions.memory_plan
-
-    @classmethod
-    def from_model_folder(cls, model_folder: PathLike, *, folds: Sequence[Fold] | None = DEFAULT_FOLDS,
-                          checkpoint: str = "checkpoint_final.pth", device: str | torch.device | None = None,
-                          precision: str | None = None, step_size: float = 0.5, use_tta: bool = True,
-                          tile_batch_size: int | None = None, accumulate_on_device: bool = True,
-                          max_memory_gb: float | None = None) -> Predictor:
-        """Load plans, dataset.json and the checkpoints of ``folds`` (None: every fold that has ``checkpoint``).
-
-        Raises:
-            FileNotFoundError: the folder, a json file or a checkpoint is missing (what exists is listed).
-            ValueError: bad device/precision/step size, unsafe checkpoint, or weights that do not fit the plans.
-        """
-        if not 0 < step_size <= 1:
-            raise ValueError(f"step_size must be in (0, 1], got {step_size}")
-        dev = resolve_device(device)
-        if dev.type == "cpu":
-            keep_freed_memory_for_reuse()
-        chosen = parse_folds(folds)
-        paths = checkpoint_paths(model_folder, chosen, checkpoint_name=checkpoint)
-        weights = load_fold_weights(paths)
-        model = load_trained_model(model_folder, configuration=_configuration_name(model_folder, weights.configuration_name))
-        networks = []
-        for path, state in zip(paths, weights.state_dicts):
-            net = build_inference_network(model, device=dev)
-            load_weights(net, state, source=str(path))
-            networks.append(net)
-        if tile_batch_size is not None and tile_batch_size < 1:
-            raise ValueError(f"tile_batch_size must be >= 1, got {tile_batch_size}")
-        return cls(model=model, networks=networks, mirror_axes=weights.mirroring_axes, device=dev,
-                   precision=resolve_precision(precision, dev), step_size=step_size, use_tta=use_tta,
-                   tile_batch_size=tile_batch_size, accumulate_on_device=accumulate_on_device,
-                   folds=[_fold_of(p) for p in paths], max_memory_gb=max_memory_gb)
-
-    def samples_per_call(self) -> int:
-        """Network samples per call (tiles x mirrored copies) that fit the memory budget, 1-8 (see memory_plan)."""
-        return samples_per_call(self.model, memory_budget(self.max_memory_gb, self.device)[0])
-
-    def tiles_per_call(self) -> int:
-        """``tile_batch_size`` if set, else :meth:`samples_per_call` divided by the TTA passes (at least 1)."""
-        if self.tile_batch_size is not None:
-            return self.tile_batch_size
-        return max(1, self.samples_per_call() // self.tta_passes())
-
-    def tta_passes(self) -> int:
-        return 2 ** len(self.mirror_axes) if self.use_tta and self.mirror_axes else 1
-
-    def tta_predictor(self, net: torch.nn.Module) -> Any:
-        """``net`` wrapped by mirroring TTA; the mirrored copies share one call when the sample budget allows it."""
-        batched = self.tile_batch_size is not None or self.samples_per_call() >= self.tta_passes()
-        return mirror_tta(net, self.mirror_axes if self.use_tta else None, batched=batched)
-
-    def predict_logits(self, data: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Logits ``(K, X, Y, Z)`` float32 of a preprocessed case ``(C, X, Y, Z)``, averaged over folds.
-
-        The result lives on the device (CPU with ``accumulate_on_device=False``).
-        """
-        image = torch.as_tensor(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data, dtype=torch.float32)
-        if image.shape[0] != self.model.num_input_channels:
-            raise ValueError(f"input has {image.shape[0]} channels, the model expects {self.model.num_input_channels} "
-                             f"(dataset.json channel_names {self.model.spec.channel_names})")
-        image = image.to(self.device)
-        acc = self.device if self.accumulate_on_device else torch.device("cpu")
-        total: torch.Tensor | None = None
-        for net in self.networks:
-            predictor = self.tta_predictor(net)
-            with autocast_context(self.device, self.precision):
-                logits = sliding_window_predict(predictor, image, self.model.configuration.patch_size,
-                                                num_outputs=self.model.num_outputs, step_size=self.step_size,
-                                                batch_size=self.tiles_per_call(), device=self.device, accumulate_device=acc)
-            total = logits if total is None else total + logits
-        if total is None:
-            raise RuntimeError("the predictor holds no networks; build it with Predictor.from_model_folder")
-        if len(self.networks) > 1:
-            total /= len(self.networks)
-        return total
-
-    def preprocess(self, data: np.ndarray, geometry: Geometry,
-                   prev_stage_seg: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """Preprocess raw ``(C, X, Y, Z)`` images with :func:`preprocess_case`; a cascade appends the previous stage."""
-        model = self.model
-        if data.shape[0] != model.spec.num_channels:
-            raise ValueError(f"the case has {data.shape[0]} channel(s), the model expects {model.spec.num_channels} "
-                             f"({model.spec.channel_names})")
-        if model.configuration.previous_stage and prev_stage_seg is None:
-            raise ValueError(f"configuration {model.configuration_name} is a cascade stage: pass the predictions of "
-                             f"{model.configuration.previous_stage} (-prev_stage_predictions)")
-        seg_in = prev_stage_seg if model.configuration.previous_stage else None
-        pre, seg, props = preprocess_case(data, seg_in, geometry.to_properties(), plans=model.plans,
-                                          configuration=model.configuration, spec=model.spec if seg_in is not None else None)
-        if seg is not None:
-            onehot = np.stack([(seg[0] == label) for label in model.spec.foreground_labels]).astype(np.float32)
-            pre = np.concatenate([pre, onehot])
-        props.pop("class_locations", None)
-        return pre, props
+def loaded_predictor(model: PathLike | Predictor, options: PredictOptions | None = None,
+                     **changes: Any) -> tuple[Predictor, PredictOptions]:
+    """``model`` loaded with ``options`` (a loaded :class:`Predictor` is used as it is, taking only the memory budget),
+    and the options in force (``changes``: :class:`PredictOptions` fields applied to ``options``)."""
+    opts = (options or PredictOptions()).replace(**changes) if changes else (options or PredictOptions())
+    if isinstance(model, Predictor):
+        if opts.max_memory_gb is not None:
+            model.max_memory_gb = opts.max_memory_gb
+        return model, opts
+    return load_predictor(model, opts), opts
 
 
-def _fold_of(checkpoint: Path) -> Fold:
-    name = checkpoint.parent.name[len("fold_"):]
-    return int(name) if name.isdigit() else name
-
-
-def _configuration_name(folder: PathLike, from_checkpoint: str | None) -> str | None:
-    parts = Path(folder).name.split("__")
-    return parts[2] if len(parts) == 3 else from_checkpoint
-
-
-@dataclass
-class CaseTiming:
-    """Seconds spent on one case (``read`` includes preprocessing)."""
-
-    identifier: str
-    read: float = 0.0
-    network: float = 0.0
-    export: float = 0.0
-    after_network: float = 0.0  # bounded path: the export is interleaved; this is what remains after the network
-
-
-@dataclass
-class PredictionReport:
-    """What :func:`predict` did: outputs written, cases skipped (``continue_prediction``), timings."""
-
-    written: list[Path] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    timings: list[CaseTiming] = field(default_factory=list)
-    wall_s: float = 0.0
-
-    @property
-    def network_s(self) -> float:
-        return sum(t.network for t in self.timings)
-
-
-def predict(model_folder: PathLike | Predictor, inputs: PathLike | Sequence[Sequence[PathLike]], output: PathLike, *,
-            folds: Sequence[Fold] | None = DEFAULT_FOLDS, checkpoint: str = "checkpoint_final.pth", step_size: float = 0.5,
-            use_tta: bool = True, save_probabilities: bool = False, device: str | torch.device | None = None,
-            precision: str | None = None, tile_batch_size: int | None = None, num_processes_preprocessing: int = 3,
-            num_processes_export: int = 3, continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0,
-            prev_stage_predictions: PathLike | None = None, accumulate_on_device: bool = True, verbose: bool = False,
-            progress: bool = True, max_memory_gb: float | None = None, slab_rows: int | None = None) -> PredictionReport:
+def predict(model_folder: PathLike | Predictor, inputs: PathLike | Sequence[Sequence[PathLike]], output: PathLike,
+            options: PredictOptions | None = None, *, save_probabilities: bool = False,
+            num_processes_preprocessing: int = 3, num_processes_export: int = 3, continue_prediction: bool = False,
+            num_parts: int = 1, part_id: int = 0, prev_stage_predictions: PathLike | None = None, verbose: bool = False,
+            progress: bool = True, slab_rows: int | None = None, **option_changes: Any) -> PredictionReport:
     """Predict every case of ``inputs`` and write ``output/CASE<file_ending>`` (nnU-Net's ``predict_from_files``).
 
     Args:
         model_folder: ``nnUNet_results/DatasetX/<Trainer>__<Plans>__<config>`` or a loaded :class:`Predictor`.
         inputs: a folder of ``CASE_XXXX<ending>`` files, or one list of channel files per case.
         output: output folder (created; gets ``dataset.json``, ``plans.json``, ``predict_from_raw_data_args.json``).
-        folds, checkpoint, step_size, use_tta, device, precision, tile_batch_size, accumulate_on_device:
-            see :meth:`Predictor.from_model_folder` (``precision=None``: bf16/fp16 autocast where the device has it).
+        options: how to predict (:class:`~nnseg.predictions.options.PredictOptions`: folds, checkpoint, device,
+            precision, step size, TTA, tile batch, accumulator, backend, memory budget); ``option_changes`` named
+            like its fields change it (``folds=(0,), device="cpu"``).
         save_probabilities: also write ``CASE.npz`` (``probabilities``) and ``CASE.pkl``.
         num_processes_preprocessing, num_processes_export: background reader / writer threads (0: sequential).
         continue_prediction: skip cases whose outputs exist.
         num_parts, part_id: predict only cases ``sorted_cases[part_id::num_parts]``.
         prev_stage_predictions: folder with the previous stage's ``CASE<ending>`` (cascade).
         verbose: print a timing line per case; progress: show a progress bar over cases (and one per large case).
-        max_memory_gb: memory budget (None: 85 % of the free RAM, or free GPU memory); a case whose one-shot
-            estimate exceeds it is predicted in bounded memory, one that cannot fit even so is refused before anything
-            is written (:mod:`nnseg.predictions.memory_plan`).
         slab_rows: force the bounded path with this many output rows per export slab (testing, tuning).
 
-    Returns:
-        A :class:`PredictionReport`.
+    The memory budget (``max_memory_gb``; None: 85 % of the free RAM, or free GPU memory): a case whose one-shot
+    estimate exceeds it is predicted in bounded memory, one that cannot fit even so is refused before anything is
+    written (:mod:`nnseg.predictions.memory_plan`).
 
     Raises:
-        nnseg.predictions.memory_plan.CaseDoesNotFit: a case exceeds ``max_memory_gb`` (nothing written).
+        nnseg.predictions.memory_plan.CaseDoesNotFit: a case exceeds the budget (nothing written).
     """
-    from nnseg.predictions.bounded import MemoryPolicy, check_cases_fit
-    from nnseg.predictions.pipeline import locked_output, run_pipeline, select_cases, write_run_info
-
     start = time.perf_counter()
-    predictor = model_folder if isinstance(model_folder, Predictor) else Predictor.from_model_folder(
-        model_folder, folds=folds, checkpoint=checkpoint, device=device, precision=precision, step_size=step_size,
-        use_tta=use_tta, tile_batch_size=tile_batch_size, accumulate_on_device=accumulate_on_device,
-        max_memory_gb=max_memory_gb)
-    if max_memory_gb is not None:
-        predictor.max_memory_gb = max_memory_gb
+    predictor, opts = loaded_predictor(model_folder, options, **option_changes)
     cases = select_cases(predictor.model, inputs, num_parts=num_parts, part_id=part_id)
-    memory = MemoryPolicy.create(predictor, max_memory_gb=max_memory_gb, slab_rows=slab_rows,
+    memory = MemoryPolicy.create(predictor, max_memory_gb=opts.max_memory_gb, slab_rows=slab_rows,
                                  save_probabilities=save_probabilities)
     check_cases_fit(predictor, cases, memory)
-    source = str(inputs) if isinstance(inputs, (str, Path)) else [[str(f) for f in c] for c in inputs]
-    args = {"list_of_lists_or_source_folder": source,
-            "output_folder_or_list_of_truncated_output_files": str(output), "save_probabilities": save_probabilities,
-            "overwrite": not continue_prediction, "num_processes_preprocessing": num_processes_preprocessing,
-            "num_processes_segmentation_export": num_processes_export,
-            "folder_with_segs_from_prev_stage": None if prev_stage_predictions is None else str(prev_stage_predictions),
-            "num_parts": num_parts, "part_id": part_id, "folds": predictor.folds, "device": str(predictor.device),
-            "precision": predictor.precision, "use_mirroring": predictor.use_tta, "tile_step_size": predictor.step_size}
+    args = run_args(inputs, output, save_probabilities=save_probabilities, continue_prediction=continue_prediction,
+                    num_readers=num_processes_preprocessing, num_writers=num_processes_export,
+                    prev_stage_predictions=prev_stage_predictions, num_parts=num_parts, part_id=part_id,
+                    folds=predictor.folds, device=str(predictor.device), precision=predictor.precision,
+                    use_tta=predictor.use_tta, step_size=predictor.step_size)
     with locked_output(cases, output, num_parts=num_parts, part_id=part_id) as out:
         write_run_info(predictor.model, out, args)
         report = run_pipeline(predictor, cases, out, save_probabilities=save_probabilities,
@@ -267,33 +97,39 @@ def predict(model_folder: PathLike | Predictor, inputs: PathLike | Sequence[Sequ
     return report
 
 
-def predict_arrays(model_folder: PathLike | Predictor, images: Sequence[np.ndarray], geometries: Sequence[Geometry], *,
-                   folds: Sequence[Fold] | None = DEFAULT_FOLDS, checkpoint: str = "checkpoint_final.pth",
-                   step_size: float = 0.5, use_tta: bool = True, device: str | torch.device | None = None,
-                   precision: str | None = None, tile_batch_size: int | None = None, return_probabilities: bool = False,
-                   prev_stage_segmentations: Sequence[np.ndarray] | None = None) -> list[Any]:
-    """Predict images held in memory (nnU-Net's ``predict_from_list_of_npy_arrays``).
+def predict_arrays(model_folder: PathLike | Predictor, images: Sequence[np.ndarray], geometries: Sequence[Geometry],
+                   options: PredictOptions | None = None, *, return_probabilities: bool = False,
+                   prev_stage_segmentations: Sequence[np.ndarray] | None = None, slab_rows: int | None = None,
+                   **option_changes: Any) -> list[Any]:
+    """Predict images held in memory (nnU-Net's ``predict_from_list_of_npy_arrays``), with the checks and the memory
+    plan of :func:`predict`: every image is checked (channels, 2D vs 3D, resampling, NaN/inf voxels, the memory
+    budget) before any is predicted; one whose one-shot estimate exceeds the budget is predicted in bounded memory.
 
     Args:
         images: raw images float ``(C, X, Y, Z)``, one per case, as a reader returns them.
         geometries: the :class:`Geometry` of each image (its ``spacing`` drives preprocessing).
+        options, option_changes: as for :func:`predict`.
         prev_stage_segmentations: cascade only: the previous stage's label maps ``(1, X, Y, Z)``.
         return_probabilities: return ``(seg, probabilities)`` pairs instead of segmentations.
+        slab_rows: force the bounded path with this many output rows per export slab (testing, tuning).
 
     Returns:
         Per case the label map ``(X, Y, Z)`` (uint8 below 255 labels), or ``(seg, float32 (K, X, Y, Z))``.
+
+    Raises:
+        ValueError: a refused image (``image I`` named, with the fix). CaseDoesNotFit: an image exceeds the budget
+        (or needs the bounded path while its probabilities are asked for).
     """
     if len(images) != len(geometries):
         raise ValueError(f"got {len(images)} images but {len(geometries)} geometries; pass one Geometry per image")
-    predictor = model_folder if isinstance(model_folder, Predictor) else Predictor.from_model_folder(
-        model_folder, folds=folds, checkpoint=checkpoint, device=device, precision=precision, step_size=step_size,
-        use_tta=use_tta, tile_batch_size=tile_batch_size)
-    out: list[Any] = []
-    for i, (image, geometry) in enumerate(zip(images, geometries)):
-        prev = prev_stage_segmentations[i] if prev_stage_segmentations is not None else None
-        data, props = predictor.preprocess(np.asarray(image, dtype=np.float32), geometry, prev)
-        logits = predictor.predict_logits(data)
-        seg, probs = convert_logits(logits, props, plans=predictor.model.plans, configuration=predictor.model.configuration,
-                                    spec=predictor.model.spec, return_probabilities=return_probabilities)
-        out.append((seg, probs) if return_probabilities else seg)
-    return out
+    if prev_stage_segmentations is not None and len(prev_stage_segmentations) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(prev_stage_segmentations)} previous-stage segmentations")
+    predictor, opts = loaded_predictor(model_folder, options, **option_changes)
+    memory = MemoryPolicy.create(predictor, max_memory_gb=opts.max_memory_gb, slab_rows=slab_rows)
+    names = [f"image {i}" for i in range(len(images))]
+    for name, image, geometry in zip(names, images, geometries):
+        check_array_case(predictor, image, geometry, name=name, memory=memory)
+    return [predict_array_case(predictor, image, geometry, name=name, memory=memory,
+                               prev_stage=None if prev_stage_segmentations is None else prev_stage_segmentations[i],
+                               return_probabilities=return_probabilities)
+            for i, (name, image, geometry) in enumerate(zip(names, images, geometries))]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnseg.preprocessed.resample import ANISO_THRESHOLD, determine_do_sep_z_and_axis
+from nnseg.preprocessed.resample_rules import ANISO_THRESHOLD, determine_do_sep_z_and_axis, z_coordinates, z_nearest
 
 LINEAR, NEAREST, MAPC_LINEAR, MAPC_NEAREST, SAME = "linear", "nearest_exact", "mapc_linear", "mapc_nearest", "same"
 
@@ -52,9 +52,9 @@ class AxisRule:
             lo = src.astype(np.int64)
             lam = np.clip(src - lo.astype(np.float32), 0, 1).astype(np.float32)
             return lo, np.where(lo < self.n_in - 1, lo + 1, lo), lam
-        coords = (out.astype(np.float64) + 0.5) * (self.n_in / self.n_out) - 0.5
+        coords = z_coordinates(self.n_in, self.n_out)
         if self.kind == MAPC_NEAREST:
-            idx = np.clip(np.floor(coords + 0.5), 0, self.n_in - 1).astype(np.int64)
+            idx = z_nearest(coords, self.n_in).astype(np.int64)
             return idx, idx, None
         coords = np.clip(coords, 0, self.n_in - 1)
         lo = np.floor(coords).astype(np.int64)

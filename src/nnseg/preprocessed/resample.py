@@ -21,56 +21,19 @@ from typing import Any, Callable
 import numpy as np
 from scipy import ndimage
 
+from nnseg.preprocessed.resample_rules import (  # noqa: F401 - re-exported: callers import them from here
+    ANISO_THRESHOLD,
+    compute_new_shape,
+    determine_do_sep_z_and_axis,
+    get_do_separate_z,
+    get_lowres_axis,
+    z_coordinates,
+    z_nearest,
+)
 from nnseg.preprocessed.spline import spline_zoom
 from nnseg.registry import Registry
 
-ANISO_THRESHOLD = 3.0
-
 RESAMPLERS: Registry[Callable[..., Any]] = Registry("resampling function")
-
-
-def compute_new_shape(old_shape: Sequence[int], old_spacing: Sequence[float], new_spacing: Sequence[float]) -> tuple[int, ...]:
-    """``round(old_spacing / new_spacing * old_shape)`` per axis (nnU-Net's ``compute_new_shape``)."""
-    if not len(old_shape) == len(old_spacing) == len(new_spacing):
-        raise ValueError(f"shape {tuple(old_shape)}, spacing {tuple(old_spacing)} and target spacing {tuple(new_spacing)} differ in length")
-    return tuple(int(round(float(sp) / float(nsp) * int(s))) for s, sp, nsp in zip(old_shape, old_spacing, new_spacing))
-
-
-def get_lowres_axis(spacing: Sequence[float]) -> np.ndarray:
-    """Indices of the axes with the largest spacing."""
-    sp = np.asarray(spacing, dtype=float)
-    return np.where(max(sp) / sp == 1)[0]
-
-
-def get_do_separate_z(spacing: Sequence[float], anisotropy_threshold: float = ANISO_THRESHOLD) -> bool:
-    sp = np.asarray(spacing, dtype=float)
-    return bool(np.max(sp) / np.min(sp) > anisotropy_threshold)
-
-
-def determine_do_sep_z_and_axis(
-    force_separate_z: bool | None,
-    current_spacing: Sequence[float],
-    new_spacing: Sequence[float],
-    anisotropy_threshold: float = ANISO_THRESHOLD,
-) -> tuple[bool, int | None]:
-    """nnU-Net's separate-z decision: ``(do_separate_z, lowres_axis)``.
-
-    ``force_separate_z`` True/False overrides the rule (True uses the current spacing's low-res axis). Otherwise
-    the current spacing decides if it is anisotropic, else the target spacing. If the largest spacing is shared
-    by two or three axes there is no unique low-res axis and no separate z.
-    """
-    if force_separate_z is not None:
-        do_sep = bool(force_separate_z)
-        axes = get_lowres_axis(current_spacing) if do_sep else None
-    elif get_do_separate_z(current_spacing, anisotropy_threshold):
-        do_sep, axes = True, get_lowres_axis(current_spacing)
-    elif get_do_separate_z(new_spacing, anisotropy_threshold):
-        do_sep, axes = True, get_lowres_axis(new_spacing)
-    else:
-        do_sep, axes = False, None
-    if axes is None or len(axes) != 1:
-        return False, None
-    return do_sep, int(axes[0])
 
 
 # -- single-volume kernels --------------------------------------------------------------------------------------------
@@ -135,19 +98,11 @@ def resize_segmentation(seg: np.ndarray, new_shape: Sequence[int], order: int = 
     return out
 
 
-def _z_coordinates(n_in: int, n_out: int) -> np.ndarray:
-    """Source coordinates along the low-res axis (nnU-Net's ``map_coordinates`` grid: ``s * (i + 0.5) - 0.5``)."""
-    scale = float(n_in) / n_out
-    return scale * (np.arange(n_out, dtype=np.float64) + 0.5) - 0.5
-
-
 def _resample_along_axis0(vol: np.ndarray, n_out: int, *, order_z: int, is_seg: bool, out: np.ndarray) -> None:
     """Resample ``vol`` (low-res axis first) along axis 0 to ``n_out`` slices into ``out``."""
-    coords = _z_coordinates(vol.shape[0], n_out)
+    coords = z_coordinates(vol.shape[0], n_out)
     if order_z == 0:
-        # map_coordinates(order=0, mode='nearest') picks floor(c + 0.5), clamped to the volume
-        idx = np.clip(np.floor(coords + 0.5), 0, vol.shape[0] - 1).astype(np.intp)
-        out[...] = vol[idx]
+        out[...] = vol[z_nearest(coords, vol.shape[0])]
         return
     grid = np.meshgrid(coords, *[np.arange(s, dtype=np.float64) for s in vol.shape[1:]], indexing="ij")
     coord_map = np.stack(grid)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnseg.preprocessed.resample import ANISO_THRESHOLD, determine_do_sep_z_and_axis
+from nnseg.preprocessed.resample_rules import ANISO_THRESHOLD, determine_do_sep_z_and_axis
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 DeviceLike = Union[str, torch.device, None]

@@ -22,9 +22,9 @@ import torch
 
 from nnseg.predictions.bounded import MemoryPolicy, check_case_header, check_case_shape
 from nnseg.predictions.memory_plan import CaseDoesNotFit, CasePlan
-from nnseg.predictions.model_folder import DEFAULT_FOLDS, Fold
+from nnseg.predictions.options import PredictOptions
 from nnseg.predictions.pipeline import predict_case as predict_one_case
-from nnseg.predictions.predict import Predictor
+from nnseg.predictions.predictor import Predictor
 from nnseg.predictions.sliding_window import tile_slicers
 from nnseg.raw.discover import CaseFiles
 from nnseg.raw.image_io import ImageReadError, get_io
@@ -46,18 +46,9 @@ class JobCancelled(Exception):
     """Raised inside a running prediction when its job was cancelled."""
 
 
-@dataclass(frozen=True)
-class ModelOptions:
-    """How every served model is loaded (as ``nnseg predict``'s options)."""
-
-    folds: tuple[Fold, ...] | None = DEFAULT_FOLDS
-    checkpoint: str = "checkpoint_final.pth"
-    precision: str | None = None
-    step_size: float = 0.5
-    use_tta: bool = True
-    tile_batch_size: int | None = None
-    backend: str = "torch"
-    max_memory_gb: float | None = None  # the memory budget of one case (None: 85 % of the memory free then)
+#: How every served model is loaded: nnseg predict's options (the device is each worker's; ``max_memory_gb`` is the
+#: memory budget of one case, None: 85 % of the memory free then).
+ModelOptions = PredictOptions
 
 
 class _Tracker:
@@ -150,10 +141,7 @@ def load_models(specs: Sequence[str | Path], *, device: str, options: ModelOptio
     for name, folder in named:
         if not folder.is_dir():
             raise FileNotFoundError(f"model folder {folder} does not exist (--models)")
-        predictor = load_predictor(folder, backend=options.backend, folds=options.folds, checkpoint=options.checkpoint,
-                                   device=device, precision=options.precision, step_size=options.step_size,
-                                   use_tta=options.use_tta, tile_batch_size=options.tile_batch_size)
-        predictor.max_memory_gb = options.max_memory_gb
+        predictor = load_predictor(folder, options.replace(device=device))
         served = ServedModel(name=name, folder=folder, predictor=predictor, backend=options.backend)
         predictor.networks = [_TrackedNetwork(n, served.tracker) for n in predictor.networks]
         out[name] = served

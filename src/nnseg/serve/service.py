@@ -80,7 +80,7 @@ async def job_from_form(state: ServeState, model_name: str, form: Any, *, image_
     uploads = [f for f in form.getlist("file") if hasattr(f, "read")]
     channels = model.predictor.model.spec.num_channels
     if len(uploads) > channels:
-        raise CaseError(f"model {model_name} takes {channels} channel file(s) {model.predictor.model.spec.channel_names}, "
+        raise CaseError(f"model {model_name} expects {channels} channel file(s) {model.predictor.model.spec.channel_names}, "
                         f"got {len(uploads)} files", status=422)
     if not uploads and not image_id:
         raise CaseError("no image in the request: send the image as the multipart field 'file' (one per channel)")
@@ -100,7 +100,7 @@ async def job_from_form(state: ServeState, model_name: str, form: Any, *, image_
             if not result_format:
                 job.result = job.folder / f"result{_ending_of(job.inputs[0])}"
         if len(job.inputs) < channels:
-            raise CaseError(f"model {model_name} takes {channels} channel file(s) "
+            raise CaseError(f"model {model_name} expects {channels} channel file(s) "
                             f"{model.predictor.model.spec.channel_names}, got {len(job.inputs)}", status=422)
         await asyncio.to_thread(check_upload, model, job.inputs)  # the header checks and the memory plan
         state.queue.submit(job)

@@ -99,8 +99,10 @@ def test_stale_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_p
     writer.stdout.close()
     (tmp_path / "case[1]0.nii.gz").write_bytes(b"other case")
     (tmp_path / ".case[1]0.nii.gz.abc.tmp.nii.gz").write_bytes(b"another case's temporary")
+    nested = tmp_path / "..case[1].nii.gz.ab.tmp.nii.gz.cd.tmp.nii.gz"  # a writer writing through atomic_path itself
+    nested.write_bytes(b"half")
     left = sorted(p.name for p in tmp_path.iterdir())
-    assert len(left) == 3 and not target.exists()
+    assert len(left) == 4 and not target.exists()
     removed = remove_temporary_files(tmp_path, targets=[target.name])
-    assert len(removed) == 1 and removed[0].name.startswith(".case[1].nii.gz.")
+    assert len(removed) == 2 and all(p.name.lstrip(".").startswith("case[1].nii.gz.") for p in removed)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".case[1]0.nii.gz.abc.tmp.nii.gz", "case[1]0.nii.gz"]

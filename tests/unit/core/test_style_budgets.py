@@ -24,3 +24,39 @@ def test_importing_nnseg_does_no_work() -> None:
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.strip() == "", f"importing nnseg pulled in {out.strip()}"
+
+
+def _fake_package(root: Path, files: dict[str, str]) -> Path:
+    pkg = root / "nnseg"
+    for name, text in files.items():
+        path = pkg / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return pkg
+
+
+def test_import_circle_at_any_depth_fails_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tool = runpy.run_path(str(TOOL))
+    pkg = _fake_package(tmp_path, {
+        "__init__.py": "",
+        "raw/__init__.py": "",
+        "raw/a.py": "from nnseg.raw.b import thing\n",
+        # the circle closes inside a function, through a relative import of a package's name
+        "raw/b.py": "thing = 1\n\ndef later():\n    from . import c\n    return c\n",
+        "raw/c.py": "def f():\n    import nnseg.raw.a\n",
+        "raw/d.py": "from nnseg.raw import b\n",  # d -> b, no circle through d
+    })
+    assert tool["main"](pkg) == 1
+    out = capsys.readouterr().out
+    assert "import circle between nnseg.raw.a , nnseg.raw.b , nnseg.raw.c" in out
+    assert "nnseg.raw.d" not in out and "1 problem(s)" in out
+
+
+def test_no_circle_passes_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tool = runpy.run_path(str(TOOL))
+    pkg = _fake_package(tmp_path, {"__init__.py": "", "raw/__init__.py": "", "raw/a.py": "from nnseg.raw import b\n",
+                                   "raw/b.py": "from nnseg import jsonio\n", "jsonio.py": "import json\n"})
+    assert tool["main"](pkg) == 0, capsys.readouterr().out
+    graph = tool["import_graph"](pkg)
+    # `from P import m` loads the package P and its module m
+    assert graph["nnseg.raw.a"] == {"nnseg.raw", "nnseg.raw.b"} and graph["nnseg.raw.b"] == {"nnseg", "nnseg.jsonio"}
