@@ -5,11 +5,13 @@ interactive sessions: the page's and the client's), Playwright in Debian's Chrom
 segments a case, then a click with the "point+" tool refines label 1 through the session API; the corrected mask it
 downloads equals the prediction with label 1 replaced by the target buffer that the unmodified
 ``nninteractive-client`` gets from the same server for the same image, initial mask and point. Undo restores the
-prediction (and undoes on the server: the same click again gives the same mask).
+prediction (and undoes on the server: the same click again is the client's undo and point), and a "box+" drag on the
+axial view is the client's 2D box on that slice.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,9 +49,9 @@ def _array(path: Path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).dataobj).astype(np.uint8)
 
 
-def _client_refines(url: str, prediction: np.ndarray, voxel: tuple[int, int, int], *, again: bool) -> np.ndarray:
-    """What nninteractive-client gets: image, label 1 of the prediction as initial mask, a positive point (and, with
-    ``again``, undo and the same point once more)."""
+def _client_refines(url: str, prediction: np.ndarray, steps: list[tuple[str, Any]]) -> np.ndarray:
+    """What nninteractive-client gets: image, label 1 of the prediction as initial mask, then ``steps`` (``("point",
+    voxel)``, ``("box", box)``: positive; ``("undo", None)``); the prediction with label 1 replaced by the result."""
     image = np.asarray(nib.load(str(IMAGES / f"{CASE}.nii.gz")).get_fdata(), dtype=np.float32)[None]
     client = remote.nnInteractiveRemoteInferenceSession(url, api_key=TOKEN)
     try:
@@ -57,21 +59,32 @@ def _client_refines(url: str, prediction: np.ndarray, voxel: tuple[int, int, int
         target = np.zeros(image.shape[1:], np.uint8)
         client.set_target_buffer(target)
         client.add_initial_seg_interaction((prediction == 1).astype(np.uint8), run_prediction=False)
-        client.add_point_interaction(voxel, include_interaction=True)
-        if again:
-            client.undo()
-            client.add_point_interaction(voxel, include_interaction=True)
-        return target.copy()
+        for op, where in steps:
+            if op == "point":
+                client.add_point_interaction(where, include_interaction=True)
+            elif op == "box":
+                client.add_bbox_interaction(where, include_interaction=True)
+            else:
+                client.undo()
+        return np.where(target == 1, 1, np.where(prediction == 1, 0, prediction))
     finally:
         client.close()
 
 
-def _click_point(page: Any, at: tuple[int, int]) -> tuple[int, int, int]:
+def _prompt(page: Any, act: Any) -> dict[str, Any]:
+    """Run ``act`` (a click or drag on the view with a prompt tool) and wait for the answer to be pasted."""
     done = int(page.get_attribute("#tools", "data-prompts") or 0)
-    page.locator("#viewer").click(position={"x": at[0], "y": at[1]})  # the location line follows on mouse down
+    act()
     page.wait_for_selector(f'#tools[data-prompts="{done + 1}"]', timeout=120_000)
     assert page.is_hidden("#message.error"), page.text_content("#message")
-    return tuple(int(v) for v in page.get_attribute("#location", "data-voxel").split(","))  # type: ignore[return-value]
+    return json.loads(page.get_attribute("#tools", "data-last-prompt"))
+
+
+def _click_point(page: Any, at: tuple[int, int]) -> tuple[int, int, int]:
+    sent = _prompt(page, lambda: page.locator("#viewer").click(position={"x": at[0], "y": at[1]}))
+    voxel = tuple(int(v) for v in page.get_attribute("#location", "data-voxel").split(","))  # set on mouse down
+    assert sent == {"kind": "point", "where": list(voxel), "positive": True}
+    return voxel  # type: ignore[return-value]
 
 
 def test_a_click_refines_the_label_as_the_client_does_and_undo_restores(browser: Any, served: str, shots: Path,  # noqa: F811
@@ -93,8 +106,7 @@ def test_a_click_refines_the_label_as_the_client_does_and_undo_restores(browser:
     page.screenshot(path=str(shots / "20_interactive_point.png"))
     corrected = _array(_download(page, "#dl-corrected", tmp_path / "corrected.nii.gz"))
 
-    target = _client_refines(served, prediction, voxel, again=False)
-    expected = np.where(target == 1, 1, np.where(prediction == 1, 0, prediction))
+    expected = _client_refines(served, prediction, [("point", voxel)])
     assert not np.array_equal(expected, prediction), "the point changed nothing; pick another voxel"
     np.testing.assert_array_equal(corrected, expected)
     print(f"\npoint at voxel {voxel}: {(corrected != prediction).sum()} voxels changed, as nninteractive-client's")
@@ -105,7 +117,26 @@ def test_a_click_refines_the_label_as_the_client_does_and_undo_restores(browser:
     page.screenshot(path=str(shots / "21_interactive_undo.png"))
     # the server undid the prompt too: the same click again is the client's undo + the same point
     assert _click_point(page, at) == voxel
+    steps = [("point", voxel), ("undo", None), ("point", voxel)]
     again = _array(_download(page, "#dl-corrected", tmp_path / "again.nii.gz"))
-    target = _client_refines(served, prediction, voxel, again=True)
-    np.testing.assert_array_equal(again, np.where(target == 1, 1, np.where(prediction == 1, 0, prediction)))
+    np.testing.assert_array_equal(again, _client_refines(served, prediction, steps))
+
+    # a box dragged on the axial view: a 2D box on that slice, as the client's add_bbox_interaction
+    page.click("button[data-tool='box+']")
+    corners = [(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy) for fx, fy in ((0.3, 0.3), (0.62, 0.7))]
+
+    def drag() -> None:
+        page.mouse.move(*corners[0])
+        page.mouse.down()
+        for t in np.linspace(0, 1, 8):
+            page.mouse.move(*(a + t * (b - a) for a, b in zip(*corners)))
+        page.mouse.up()
+
+    sent = _prompt(page, drag)
+    bbox = sent["where"]
+    assert sent["kind"] == "box" and bbox[2] == [voxel[2], voxel[2] + 1] and all(hi - lo > 3 for lo, hi in bbox[:2])
+    page.screenshot(path=str(shots / "22_interactive_box.png"))
+    boxed = _array(_download(page, "#dl-corrected", tmp_path / "box.nii.gz"))
+    np.testing.assert_array_equal(boxed, _client_refines(served, prediction, [*steps, ("box", bbox)]))
+    print(f"box {bbox}: {(boxed != again).sum()} voxels changed, as nninteractive-client's")
     watch.close()

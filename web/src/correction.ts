@@ -36,14 +36,16 @@ export const LOCAL_TOOLS: CorrectionTool[] = [
 ];
 
 type Box = [[number, number], [number, number], [number, number]];
+/** told when a prompt leaves (busy, with the prompt sent) and when its answer is pasted or it failed */
+export type Report = (error: Error | null, busy: boolean, prompt?: { kind: string; where: number[] | Box; positive: boolean }) => void;
 
 /** Points or boxes (positive or negative) for an interactive model: the answer refines the selected label. */
 class PromptTool implements CorrectionTool {
   constructor(readonly id: string, readonly title: string, private readonly kind: "point" | "box", private readonly positive: boolean,
-    private readonly session: PromptSession, private readonly report: (error: Error | null, busy: boolean) => void) {}
+    private readonly session: PromptSession, private readonly report: Report) {}
 
   private send(label: number, where: number[] | Box): void {
-    this.report(null, true);
+    this.report(null, true, { kind: this.kind, where, positive: this.positive });
     this.session.interact(label, this.kind, where, this.positive).then(() => this.report(null, false), (e: Error) => this.report(e, false));
   }
 
@@ -69,7 +71,7 @@ class PromptTool implements CorrectionTool {
 
 /** The prompt tools an interactive model with these interactions offers (points, and 2D boxes drawn on a slice). */
 export function promptTools(supported: Record<string, boolean>, session: PromptSession,
-  report: (error: Error | null, busy: boolean) => void): CorrectionTool[] {
+  report: Report): CorrectionTool[] {
   const tools: CorrectionTool[] = [];
   if (supported.points) {
     tools.push(new PromptTool("point+", "Point +: click a voxel the selected label should include (interactive model)", "point", true, session, report),

@@ -3,7 +3,7 @@
 import { Api, ApiError, waitForJob } from "./api";
 import type { DisplayInfo, JobInfo, LabelInfo, ModelList, ModelSummary } from "./api";
 import { LOCAL_TOOLS, promptTools, undo } from "./correction";
-import type { CorrectionTool } from "./correction";
+import type { CorrectionTool, Report } from "./correction";
 import { byId, download, el, gzip, swatch } from "./dom";
 import { interactiveCapabilities, PromptSession } from "./interactive";
 import { renderModels } from "./models_view";
@@ -81,16 +81,17 @@ async function offerPrompts(): Promise<void> {
   byId("tools").dataset.interactive = caps.license || "yes";
 }
 
-function prompted(error: Error | null, busy: boolean): void {
+const prompted: Report = (error, busy, prompt) => {
   const tools = byId("tools");
   tools.dataset.busy = busy ? "1" : "0";
+  if (prompt) tools.dataset.lastPrompt = JSON.stringify(prompt);
   phase(busy ? "Asking the interactive model…" : "", null);
   if (error) message(`The interactive model could not refine the label: ${error.message}`, "error");
   if (busy || error) return;
   tools.dataset.prompts = String(Number(tools.dataset.prompts ?? "0") + 1);
   updateVolumes();
   byId("edited").textContent = "The mask was edited: download the corrected mask to keep the changes.";
-}
+};
 
 async function fillModels(): Promise<void> {
   const select = byId<HTMLSelectElement>("model");
