@@ -49,10 +49,10 @@ def _array(path: Path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).dataobj).astype(np.uint8)
 
 
-def _client_refines(url: str, prediction: np.ndarray, steps: list[tuple[str, Any]]) -> np.ndarray:
+def _client_refines(url: str, scan: Path, prediction: np.ndarray, steps: list[tuple[str, Any]]) -> np.ndarray:
     """What nninteractive-client gets: image, label 1 of the prediction as initial mask, then ``steps`` (``("point",
     voxel)``, ``("box", box)``: positive; ``("undo", None)``); the prediction with label 1 replaced by the result."""
-    image = np.asarray(nib.load(str(IMAGES / f"{CASE}.nii.gz")).get_fdata(), dtype=np.float32)[None]
+    image = np.asarray(nib.load(str(scan)).get_fdata(), dtype=np.float32)[None]
     client = remote.nnInteractiveRemoteInferenceSession(url, api_key=TOKEN)
     try:
         client.set_image(image)
@@ -87,11 +87,25 @@ def _click_point(page: Any, at: tuple[int, int]) -> tuple[int, int, int]:
     return voxel  # type: ignore[return-value]
 
 
+def _scan(orientation: str, folder: Path) -> Path:
+    """The case as stored (RAS) or with its i and j axes pointing left and back (LPS): NiiVue then shows and draws on a
+    grid flipped against the file's, which the page must map back to the file's voxels."""
+    if orientation == "RAS":
+        return IMAGES / f"{CASE}.nii.gz"
+    image = nib.load(str(IMAGES / f"{CASE}.nii.gz"))
+    affine = image.affine @ np.diag([-1.0, -1.0, 1.0, 1.0])
+    path = folder / f"{CASE}_lps.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), affine), str(path))
+    return path
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "LPS"])
 def test_a_click_refines_the_label_as_the_client_does_and_undo_restores(browser: Any, served: str, shots: Path,  # noqa: F811
-                                                                        tmp_path: Path) -> None:
+                                                                        tmp_path: Path, orientation: str) -> None:
     watch = Watch(browser, served)
     page = watch.open()
-    _segment(page, channel_file=IMAGES / f"{CASE}.nii.gz")
+    scan = _scan(orientation, tmp_path)
+    _segment(page, channel_file=scan)
     _wait_result(page)
     prediction = _array(_download(page, "#dl-nifti", tmp_path / "prediction.nii.gz"))
     page.wait_for_selector("#tools[data-interactive] button[data-tool='point+']")
@@ -103,10 +117,10 @@ def test_a_click_refines_the_label_as_the_client_does_and_undo_restores(browser:
     box = page.locator("#viewer").bounding_box()
     at = (int(box["width"] * 0.5), int(box["height"] * 0.5))
     voxel = _click_point(page, at)
-    page.screenshot(path=str(shots / "20_interactive_point.png"))
+    page.screenshot(path=str(shots / f"20_interactive_point_{orientation}.png"))
     corrected = _array(_download(page, "#dl-corrected", tmp_path / "corrected.nii.gz"))
 
-    expected = _client_refines(served, prediction, [("point", voxel)])
+    expected = _client_refines(served, scan, prediction, [("point", voxel)])
     assert not np.array_equal(expected, prediction), "the point changed nothing; pick another voxel"
     np.testing.assert_array_equal(corrected, expected)
     print(f"\npoint at voxel {voxel}: {(corrected != prediction).sum()} voxels changed, as nninteractive-client's")
@@ -114,12 +128,12 @@ def test_a_click_refines_the_label_as_the_client_does_and_undo_restores(browser:
     page.click("#undo")
     page.wait_for_selector('#undo[data-done="1"]')
     np.testing.assert_array_equal(_array(_download(page, "#dl-corrected", tmp_path / "undone.nii.gz")), prediction)
-    page.screenshot(path=str(shots / "21_interactive_undo.png"))
+    page.screenshot(path=str(shots / f"21_interactive_undo_{orientation}.png"))
     # the server undid the prompt too: the same click again is the client's undo + the same point
     assert _click_point(page, at) == voxel
     steps = [("point", voxel), ("undo", None), ("point", voxel)]
     again = _array(_download(page, "#dl-corrected", tmp_path / "again.nii.gz"))
-    np.testing.assert_array_equal(again, _client_refines(served, prediction, steps))
+    np.testing.assert_array_equal(again, _client_refines(served, scan, prediction, steps))
 
     # a box dragged on the axial view: a 2D box on that slice, as the client's add_bbox_interaction
     page.click("button[data-tool='box+']")
@@ -135,8 +149,8 @@ def test_a_click_refines_the_label_as_the_client_does_and_undo_restores(browser:
     sent = _prompt(page, drag)
     bbox = sent["where"]
     assert sent["kind"] == "box" and bbox[2] == [voxel[2], voxel[2] + 1] and all(hi - lo > 3 for lo, hi in bbox[:2])
-    page.screenshot(path=str(shots / "22_interactive_box.png"))
+    page.screenshot(path=str(shots / f"22_interactive_box_{orientation}.png"))
     boxed = _array(_download(page, "#dl-corrected", tmp_path / "box.nii.gz"))
-    np.testing.assert_array_equal(boxed, _client_refines(served, prediction, [*steps, ("box", bbox)]))
+    np.testing.assert_array_equal(boxed, _client_refines(served, scan, prediction, [*steps, ("box", bbox)]))
     print(f"box {bbox}: {(boxed != again).sum()} voxels changed, as nninteractive-client's")
     watch.close()

@@ -2,7 +2,6 @@
 // lists the tools it is given and lets one be active at a time. The local brush and eraser edit NiiVue's drawing
 // layer (the mask) in the page; the tools that ask a promptable model (clicks and boxes sent through the session API
 // of an interactive model, interactive.ts) join the list when the server serves one.
-import { nativeVoxel } from "./interactive";
 import type { PromptSession } from "./interactive";
 import type { Viewer } from "./viewer";
 
@@ -52,12 +51,11 @@ class PromptTool implements CorrectionTool {
   activate(viewer: Viewer, label: number): void {
     viewer.nv.setDrawingEnabled(false);
     if (this.kind === "point") {
-      viewer.onClick = (ras) => this.send(label, nativeVoxel(viewer, ras));
+      viewer.onClick = (voxel) => this.send(label, voxel);
       return;
     }
     viewer.boxDrag(true);
-    viewer.onBox = (start, end) => {
-      const [a, b] = [nativeVoxel(viewer, start), nativeVoxel(viewer, end)];
+    viewer.onBox = (a, b) => {
       this.send(label, [0, 1, 2].map((d) => [Math.min(a[d], b[d]), Math.max(a[d], b[d]) + 1]) as Box);
     };
   }

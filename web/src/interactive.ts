@@ -217,13 +217,3 @@ function rasLookup(dimsRAS: number[], step: number[], start: number[], count: nu
   }
   return out;
 }
-
-/** The native voxel (i, j, k) of a RAS voxel of NiiVue's bitmap grid. */
-export function nativeVoxel(viewer: Viewer, ras: ArrayLike<number>): [number, number, number] {
-  const volume = viewer.nv.volumes[0];
-  const [step, start] = [volume.img2RASstep!, volume.img2RASstart!];
-  const hdr = volume.hdr!;
-  const index = start[0] + Math.round(ras[0]) * step[0] + start[1] + Math.round(ras[1]) * step[1] + start[2] + Math.round(ras[2]) * step[2];
-  const [ni, nj] = [hdr.dims[1], hdr.dims[2]];
-  return [index % ni, Math.floor(index / ni) % nj, Math.floor(index / (ni * nj))];
-}

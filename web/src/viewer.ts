@@ -29,10 +29,10 @@ export class Viewer {
   private voxelMl = 0;
   onLocation: (location: Location) => void = () => {};
   onEdit: (action: "draw" | "undo") => void = () => {};
-  /** a click (not a drag) on a 2D view: the voxel of NiiVue's RAS grid under the pointer */
-  onClick: ((ras: number[]) => void) | null = null;
-  /** a drag on one 2D slice (with `boxDrag` on): its corners as voxels of NiiVue's RAS grid */
-  onBox: ((start: number[], end: number[]) => void) | null = null;
+  /** a click (not a drag) on a 2D view: the voxel (i, j, k of the file) under the pointer */
+  onClick: ((voxel: [number, number, number]) => void) | null = null;
+  /** a drag on one 2D slice (with `boxDrag` on): its corners as voxels (i, j, k of the file) */
+  onBox: ((start: [number, number, number], end: [number, number, number]) => void) | null = null;
 
   constructor() {
     this.nv = new Niivue({
@@ -63,11 +63,20 @@ export class Viewer {
       const data = ui as typeof ui & { fracPos?: number[] };
       const frac = data.fracPos;
       if (!this.onClick || data.isDragging || data.mouseButtonRightDown || data.mouseButtonCenterDown || !frac || frac[0] < 0) return;
-      this.onClick(Array.from(this.nv.frac2vox(frac as unknown as Parameters<Niivue["frac2vox"]>[0])));
+      this.onClick(this.voxelAt(Array.from(this.nv.scene.crosshairPos))); // the voxel the location line shows
     };
     this.nv.onDragRelease = (p) => {
-      if (this.onBox && p.tileIdx >= 0 && p.axCorSag >= 0 && p.axCorSag <= 2) this.onBox(Array.from(p.voxStart), Array.from(p.voxEnd));
+      if (this.onBox && p.tileIdx >= 0 && p.axCorSag >= 0 && p.axCorSag <= 2) {
+        this.onBox(this.voxelAt(Array.from(p.fracStart)), this.voxelAt(Array.from(p.fracEnd)));
+      }
     };
+  }
+
+  /** The file's voxel (i, j, k) at a position of the scene (fractions), found as the location line finds it. */
+  voxelAt(frac: number[]): [number, number, number] {
+    const mm = this.nv.frac2mm(frac as unknown as Parameters<Niivue["frac2mm"]>[0], 0, true);
+    const vox = this.nv.volumes[0].mm2vox(Array.from(mm));
+    return [Math.round(vox[0]), Math.round(vox[1]), Math.round(vox[2])];
   }
 
   /** Left drags draw a box (for box prompts) instead of moving the crosshair. */
