@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ import pytest
 from golden_model import IMAGES, install_golden_model
 from interactive_model import write_model_folder
 from test_serve import TOKEN, _start
-from test_serve_page import CASE, Watch, _download, _segment, _wait_result, browser, pytestmark, shots  # noqa: F401
+from test_serve_page import (CASE, Watch, _download, _segment, _stroke, _wait_result, browser,  # noqa: F401
+                             pytestmark, shots)
 
 remote = pytest.importorskip("nnInteractive.inference.remote", reason="nninteractive-client is not installed")
 
@@ -99,6 +101,8 @@ def _scan(orientation: str, folder: Path) -> Path:
     return path
 
 
+# a client refused at capacity leaks its HTTP connection (see test_serve_interactive.py)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning", "ignore::ResourceWarning")
 @pytest.mark.parametrize("orientation", ["RAS", "LPS"])
 def test_a_click_refines_the_label_as_the_client_does_and_undo_restores(browser: Any, served: str, shots: Path,  # noqa: F811
                                                                         tmp_path: Path, orientation: str) -> None:
@@ -153,4 +157,31 @@ def test_a_click_refines_the_label_as_the_client_does_and_undo_restores(browser:
     boxed = _array(_download(page, "#dl-corrected", tmp_path / "box.nii.gz"))
     np.testing.assert_array_equal(boxed, _client_refines(served, scan, prediction, [*steps, ("box", bbox)]))
     print(f"box {bbox}: {(boxed != again).sum()} voxels changed, as nninteractive-client's")
+
+    # a brush stroke (a local edit) makes the page send the label's mask again (prompts start afresh) before a prompt
+    page.click("button[data-tool='brush']")
+    _stroke(page, (int(box["width"] * 0.2), int(box["height"] * 0.8)), (int(box["width"] * 0.8), int(box["height"] * 0.8)))
+    brushed = _array(_download(page, "#dl-corrected", tmp_path / "brushed.nii.gz"))
+    assert (brushed != boxed).sum() > 10
+    page.click("button[data-tool='point+']")
+    voxel = _click_point(page, (int(box["width"] * 0.4), int(box["height"] * 0.6)))
+    refined = _array(_download(page, "#dl-corrected", tmp_path / "refined.nii.gz"))
+    np.testing.assert_array_equal(refined, _client_refines(served, scan, brushed, [("point", voxel)]))
+    page.goto("about:blank")  # leaving the page releases its session: both slots are free again
+    _both_slots_free(served)
     watch.close()
+
+
+def _both_slots_free(url: str) -> None:
+    for _ in range(40):
+        clients = []
+        try:
+            for _ in range(2):
+                clients.append(remote.nnInteractiveRemoteInferenceSession(url, api_key=TOKEN))
+            return
+        except remote.ServerAtCapacityError:
+            time.sleep(0.25)
+        finally:
+            for c in clients:
+                c.close()
+    pytest.fail("the page kept its interactive session after it was left")
