@@ -186,6 +186,20 @@ def test_bad_payloads_are_400_and_the_server_keeps_serving(server):
             assert r.status_code == 400 and match in r.json()["detail"], (path, r.text)
         r = http.post("/add_point_interaction", json={"coordinates": [20, 22, 24], "include_interaction": True})
         assert r.status_code == 200 and '"ran_prediction":true' in r.headers["X-Meta"]
+        # nnseg's uncompressed codec 0 (the browser page's) only where the request asks for it; unknown codecs refused
+        from nnseg.serve.interactive_wire import pack, unpack
+
+        plain = pack(image, raw=True)
+        r = http.post("/set_image", content=plain)
+        assert r.status_code == 400 and "bad header" in r.json()["detail"]
+        r = http.post("/undo", headers={"X-Array-Codec": "lz5"})
+        assert r.status_code == 400 and "not known" in r.json()["detail"]
+        raw = {"X-Array-Codec": "raw"}
+        assert http.post("/set_image", content=plain, headers=raw).status_code == 200
+        http.post("/set_target_buffer", json={"shape": list(SMALL), "dtype": "uint8"})
+        r = http.post("/add_point_interaction", json={"coordinates": [20, 22, 24], "include_interaction": True},
+                      headers=raw)
+        assert r.content[5] == 0 and unpack(r.content, max_bytes=1 << 20, raw=True).any()
         r = http.post("/heartbeat", headers={"X-Lease-Token": "0" * 32})
         assert r.status_code == 410 and "expired or unknown" in r.json()["detail"]
         http.post("/release")

@@ -80,6 +80,16 @@ export class Api {
     return this.token ? { Authorization: `Bearer ${this.token}` } : {};
   }
 
+  /** The token's header, for a request the page sends itself (a release while the page closes). */
+  authHeaders(): Record<string, string> {
+    return this.headers();
+  }
+
+  /** A 2xx response (headers and body still unread), else an ApiError. */
+  async response(path: string, init: RequestInit = {}): Promise<Response> {
+    return this.request(path, init);
+  }
+
   private async request(path: string, init: RequestInit = {}): Promise<Response> {
     let response: Response;
     try {

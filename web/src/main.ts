@@ -2,9 +2,10 @@
 // correct it, download it; and the "Models" view with each model's training report.
 import { Api, ApiError, waitForJob } from "./api";
 import type { DisplayInfo, JobInfo, LabelInfo, ModelList, ModelSummary } from "./api";
-import { LOCAL_TOOLS, undo } from "./correction";
-import type { CorrectionTool } from "./correction";
+import { LOCAL_TOOLS, promptTools, undo } from "./correction";
+import type { CorrectionTool, Report } from "./correction";
 import { byId, download, el, gzip, swatch } from "./dom";
+import { interactiveCapabilities, PromptSession } from "./interactive";
 import { renderModels } from "./models_view";
 import { Viewer } from "./viewer";
 import type { Layout, Location } from "./viewer";
@@ -22,8 +23,10 @@ interface Result {
 }
 
 const state: { models: ModelSummary[]; maxUpload: number; display: DisplayInfo | null; result: Result | null;
-  tool: CorrectionTool | null; cancel: { cancelled: boolean } | null; busy: boolean } = {
-  models: [], maxUpload: Infinity, display: null, result: null, tool: null, cancel: null, busy: false,
+  tool: CorrectionTool | null; cancel: { cancelled: boolean } | null; busy: boolean; tools: CorrectionTool[];
+  prompts: PromptSession | null; } = {
+  models: [], maxUpload: Infinity, display: null, result: null, tool: null, cancel: null, busy: false, tools: LOCAL_TOOLS,
+  prompts: null,
 };
 
 function message(text: string, kind: "error" | "info" | "ok" = "info"): void {
@@ -53,6 +56,7 @@ async function connect(): Promise<void> {
     byId("app").hidden = false;
     byId("login-state").textContent = api.hasToken ? "logged in" : "no token needed";
     message("");
+    await offerPrompts();
   } catch (e) {
     const error = e as ApiError;
     if (error.status === 401) {
@@ -66,6 +70,28 @@ async function connect(): Promise<void> {
     }
   }
 }
+
+/** With an interactive model served, its prompt tools join the correction tools. */
+async function offerPrompts(): Promise<void> {
+  const caps = await interactiveCapabilities(api);
+  if (!caps || state.prompts) return;
+  state.prompts = new PromptSession(api, viewer);
+  state.tools = [...LOCAL_TOOLS, ...promptTools(caps.supported_interactions, state.prompts, prompted)];
+  renderTools();
+  byId("tools").dataset.interactive = caps.license || "yes";
+}
+
+const prompted: Report = (error, busy, prompt) => {
+  const tools = byId("tools");
+  tools.dataset.busy = busy ? "1" : "0";
+  if (prompt) tools.dataset.lastPrompt = JSON.stringify(prompt);
+  phase(busy ? "Asking the interactive model…" : "", null);
+  if (error) message(`The interactive model could not refine the label: ${error.message}`, "error");
+  if (busy || error) return;
+  tools.dataset.prompts = String(Number(tools.dataset.prompts ?? "0") + 1);
+  updateVolumes();
+  byId("edited").textContent = "The mask was edited: download the corrected mask to keep the changes.";
+};
 
 async function fillModels(): Promise<void> {
   const select = byId<HTMLSelectElement>("model");
@@ -180,6 +206,7 @@ async function run(): Promise<void> {
 
 async function showScan(chosen: Chosen): Promise<void> {
   state.result = null;
+  state.prompts?.release();
   byId("result").hidden = true;
   let image: ArrayBuffer;
   let imageName = chosen.files[0].name;
@@ -261,7 +288,7 @@ function updateVolumes(): void {
 }
 
 function renderTools(): void {
-  const buttons = [null, ...LOCAL_TOOLS].map((tool) => {
+  const buttons = [null, ...state.tools].map((tool) => {
     const button = el("button", { type: "button", className: "tool", textContent: tool ? tool.id : "view", title: tool ? tool.title : "View: click to move the crosshair, drag to change contrast" });
     button.dataset.tool = tool ? tool.id : "view";
     button.addEventListener("click", () => selectTool(tool));
@@ -307,13 +334,18 @@ function wireResult(): void {
   const reapply = () => selectTool(state.tool);
   byId("pen-label").addEventListener("change", reapply);
   byId("pen-size").addEventListener("input", reapply);
-  byId("undo").addEventListener("click", () => undo(viewer));
+  const undoLast = () => void undo(viewer, state.prompts).then(() => {
+    const button = byId("undo");
+    button.dataset.done = String(Number(button.dataset.done ?? "0") + 1);
+  }, (e: Error) => message(`Undo failed: ${e.message}`, "error"));
+  byId("undo").addEventListener("click", undoLast);
   document.addEventListener("keydown", (e) => {
     if ((e.ctrlKey || e.metaKey) && e.key === "z" && state.result) {
       e.preventDefault();
-      undo(viewer);
+      undoLast();
     }
   });
+  window.addEventListener("pagehide", () => state.prompts?.release());
   byId("dl-nifti").addEventListener("click", () => {
     if (state.result) download(state.result.labelMap, `${state.result.caseName}_${state.result.model}.nii.gz`, "application/gzip");
   });
@@ -324,7 +356,8 @@ function wireResult(): void {
   byId("dl-seg").addEventListener("click", () => void (state.result && downloadSeg(state.result.labelMap, state.result.model)));
   byId("dl-corrected-seg").addEventListener("click", async () => void downloadSeg(await gzip(await viewer.maskBytes()), "corrected"));
   viewer.onLocation = showLocation;
-  viewer.onEdit = () => {
+  viewer.onEdit = (action) => {
+    if (action === "draw") state.prompts?.stale();
     updateVolumes();
     byId("edited").textContent = "The mask was edited: download the corrected mask to keep the changes.";
   };

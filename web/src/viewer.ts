@@ -1,6 +1,6 @@
 // The NiiVue views: the image, the label map as NiiVue's drawing layer (so the brush, eraser and undo edit it in
 // place), label colours and visibility, opacity, layouts, and the voxel under the crosshair.
-import { MULTIPLANAR_TYPE, Niivue, NVImage, SHOW_RENDER, SLICE_TYPE } from "@niivue/niivue";
+import { DRAG_MODE, MULTIPLANAR_TYPE, Niivue, NVImage, SHOW_RENDER, SLICE_TYPE } from "@niivue/niivue";
 import type { NiiVueLocation } from "@niivue/niivue";
 import type { LabelInfo } from "./api";
 
@@ -28,7 +28,11 @@ export class Viewer {
   private hidden = new Set<number>();
   private voxelMl = 0;
   onLocation: (location: Location) => void = () => {};
-  onEdit: () => void = () => {};
+  onEdit: (action: "draw" | "undo") => void = () => {};
+  /** a click (not a drag) on a 2D view: the voxel (i, j, k of the file) under the pointer */
+  onClick: ((voxel: [number, number, number]) => void) | null = null;
+  /** a drag on one 2D slice (with `boxDrag` on): its corners as voxels (i, j, k of the file) */
+  onBox: ((start: [number, number, number], end: [number, number, number]) => void) | null = null;
 
   constructor() {
     this.nv = new Niivue({
@@ -52,8 +56,32 @@ export class Viewer {
     await this.nv.attachToCanvas(canvas);
     this.nv.onLocationChange = (data: unknown) => this.location(data as NiiVueLocation);
     this.nv.onDrawingChanged = (action: string) => {
-      if (action === "draw" || action === "undo") this.onEdit();
+      if (action === "draw" || action === "undo") this.onEdit(action);
     };
+    this.nv.onMouseUp = (ui) => {
+      // NiiVue passes the click's position too (its type leaves it out)
+      const data = ui as typeof ui & { fracPos?: number[] };
+      const frac = data.fracPos;
+      if (!this.onClick || data.isDragging || data.mouseButtonRightDown || data.mouseButtonCenterDown || !frac || frac[0] < 0) return;
+      this.onClick(this.voxelAt(Array.from(this.nv.scene.crosshairPos))); // the voxel the location line shows
+    };
+    this.nv.onDragRelease = (p) => {
+      if (this.onBox && p.tileIdx >= 0 && p.axCorSag >= 0 && p.axCorSag <= 2) {
+        this.onBox(this.voxelAt(Array.from(p.fracStart)), this.voxelAt(Array.from(p.fracEnd)));
+      }
+    };
+  }
+
+  /** The file's voxel (i, j, k) at a position of the scene (fractions), found as the location line finds it. */
+  voxelAt(frac: number[]): [number, number, number] {
+    const mm = this.nv.frac2mm(frac as unknown as Parameters<Niivue["frac2mm"]>[0], 0, true);
+    const vox = this.nv.volumes[0].mm2vox(Array.from(mm));
+    return [Math.round(vox[0]), Math.round(vox[1]), Math.round(vox[2])];
+  }
+
+  /** Left drags draw a box (for box prompts) instead of moving the crosshair. */
+  boxDrag(on: boolean): void {
+    this.nv.opts.dragModePrimary = on ? DRAG_MODE.roiSelection : DRAG_MODE.crosshair;
   }
 
   /** Show an image (its file's bytes; the name's ending tells the format), without labels (while predicting). */

@@ -4,6 +4,7 @@ Paths, bodies and answers are nnInteractive 2.6.0's (docs/INTERACTIVE.md, "Serve
 ``/capabilities``, ``/claim``, ``/release``, ``/heartbeat``, ``/lease_status``, ``/set_image``, ``/set_target_buffer``,
 ``/set_do_autozoom``, ``/reset_interactions``, ``/undo``, ``/predict`` and ``/add_*_interaction``. Prompt answers carry
 ``X-Meta: {"ran_prediction", "bbox", "dtype", "shape"}`` and the changed region of the target buffer as a packed array.
+A request with ``X-Array-Codec: raw`` (the browser page's) may send and gets uncompressed packed arrays.
 Errors are ``{"detail": ...}``: 400 bad payload or prompt, 410 expired/unknown lease, 503 at capacity (Retry-After),
 and 401 without the server's bearer token (the server's auth middleware).
 """
@@ -25,6 +26,9 @@ from nnseg.serve.interactive_sessions import AtCapacity, LeaseGone, SessionRegis
 from nnseg.serve.interactive_wire import pack, unpack
 
 LEASE_HEADER, META_HEADER = "X-Lease-Token", "X-Meta"
+# nnseg's addition for the browser page (no blosc2 there): `X-Array-Codec: raw` lets the request's packed arrays and the
+# answer's use codec 0 (uncompressed); without it the format is nnInteractive's alone
+CODEC_HEADER = "X-Array-Codec"
 PUBLIC_PATHS = {"/healthz"}
 OCTET = "application/octet-stream"
 
@@ -94,7 +98,15 @@ def target_buffer_request(body: dict[str, Any]) -> tuple[tuple[int, ...], np.dty
     return tuple(int(s) for s in shape), dtype
 
 
-def prediction_response(session: InteractiveSession, ran: bool) -> Any:
+def wants_raw(request: Any) -> bool:
+    """Whether the request asks for uncompressed packed arrays (``X-Array-Codec: raw``); other values are refused."""
+    codec = request.headers.get(CODEC_HEADER)
+    if codec not in (None, "raw"):
+        raise ValueError(f"{CODEC_HEADER} {codec!r} is not known; the only value is 'raw' (or leave the header out)")
+    return codec == "raw"
+
+
+def prediction_response(session: InteractiveSession, ran: bool, raw: bool = False) -> Any:
     """The answer to a prompt, prediction or undo: the changed region of the target buffer (or nothing)."""
     from fastapi.responses import Response
 
@@ -104,7 +116,7 @@ def prediction_response(session: InteractiveSession, ran: bool) -> Any:
     if box is not None and session.target_buffer is not None:
         region = np.ascontiguousarray(session.target_buffer[tuple(slice(lo, hi) for lo, hi in box)])
         meta.update(bbox=box, dtype=str(region.dtype), shape=list(region.shape))
-        body = pack(region)
+        body = pack(region, raw=raw)
     return Response(content=body, media_type=OCTET, headers={META_HEADER: json.dumps(meta, separators=(",", ":"))})
 
 
@@ -180,11 +192,12 @@ def _state_routes(router: Any, registry: SessionRegistry) -> None:
     @router.post("/set_image")
     async def set_image(request: Request) -> Any:
         lease, raw = request.headers.get(LEASE_HEADER), await request.body()
-        _meta(request.headers.get(META_HEADER))
+        _http_errors(lambda: _meta(request.headers.get(META_HEADER)))
+        plain = _http_errors(lambda: wants_raw(request))
 
         def work() -> dict[str, Any]:
             registry.remaining_s(lease, heartbeat=False)  # an unknown lease is refused before decompressing
-            image = unpack(raw, max_bytes=ram_share_bytes())
+            image = unpack(raw, max_bytes=ram_share_bytes(), raw=plain)
             if image.ndim != 4:
                 raise ValueError(f"the image must be 4D [c, x, y, z], got shape {list(image.shape)}")
             registry.run(lease, lambda s: s.set_image(image))
@@ -214,25 +227,21 @@ def _state_routes(router: Any, registry: SessionRegistry) -> None:
         lease = request.headers.get(LEASE_HEADER)
         return await _in_thread(lambda: registry.run(lease, lambda s: s.reset_interactions()) or {})
 
-    @router.post("/undo")
-    async def undo(request: Request) -> Any:
-        lease = request.headers.get(LEASE_HEADER)
-        return await _in_thread(lambda: registry.run(lease, lambda s: prediction_response(s, s.undo())))
-
     @router.post("/predict")
     async def predict(request: Request) -> Any:
-        lease, raw = request.headers.get(LEASE_HEADER), await request.body()
+        raw = await request.body()
 
         def action(s: InteractiveSession) -> bool:
             return s.predict(force_full_refine=_flag(_json_body(raw), "force_full_refine", False)) is not None
 
-        return await _in_thread(lambda: _prompt(registry, lease, action))
+        return await _in_thread(lambda: _prompt(registry, request, action))
 
 
-def _prompt(registry: SessionRegistry, lease: str | None, action: Callable[[InteractiveSession], bool]) -> Any:
+def _prompt(registry: SessionRegistry, request: Any, action: Callable[[InteractiveSession], bool]) -> Any:
     """Run a prompt on the prediction thread, then answer with the changed region (built on the request's thread)."""
+    lease, plain = request.headers.get(LEASE_HEADER), wants_raw(request)
     ran = registry.run(lease, action, predicts=True)
-    return registry.run(lease, lambda s: prediction_response(s, ran))
+    return registry.run(lease, lambda s: prediction_response(s, ran, plain))
 
 
 def _prompt_routes(router: Any, registry: SessionRegistry) -> None:
@@ -240,7 +249,7 @@ def _prompt_routes(router: Any, registry: SessionRegistry) -> None:
 
     @router.post("/add_point_interaction")
     async def add_point(request: Request) -> Any:
-        lease, body = request.headers.get(LEASE_HEADER), await request.body()
+        body = await request.body()
 
         def action(s: InteractiveSession) -> bool:
             b, run = _json_body(body), None
@@ -249,11 +258,11 @@ def _prompt_routes(router: Any, registry: SessionRegistry) -> None:
                                     _flag(b, "override_capability_checks", False))
             return run
 
-        return await _in_thread(lambda: _prompt(registry, lease, action))
+        return await _in_thread(lambda: _prompt(registry, request, action))
 
     @router.post("/add_bbox_interaction")
     async def add_bbox(request: Request) -> Any:
-        lease, body = request.headers.get(LEASE_HEADER), await request.body()
+        body = await request.body()
 
         def action(s: InteractiveSession) -> bool:
             b = _json_body(body)
@@ -262,7 +271,12 @@ def _prompt_routes(router: Any, registry: SessionRegistry) -> None:
                                    _flag(b, "override_capability_checks", False))
             return run
 
-        return await _in_thread(lambda: _prompt(registry, lease, action))
+        return await _in_thread(lambda: _prompt(registry, request, action))
+
+    @router.post("/undo")
+    async def undo(request: Request) -> Any:
+        lease, plain = request.headers.get(LEASE_HEADER), _http_errors(lambda: wants_raw(request))
+        return await _in_thread(lambda: registry.run(lease, lambda s: prediction_response(s, s.undo(), plain)))
 
     for kind in ("scribble", "lasso", "initial_seg"):
         router.add_api_route(f"/add_{kind}_interaction", _mask_route(registry, kind), methods=["POST"])
@@ -277,7 +291,7 @@ def _mask_route(registry: SessionRegistry, kind: str) -> Callable[..., Any]:
 
         def work() -> Any:
             registry.remaining_s(lease, heartbeat=False)
-            mask = unpack(raw, max_bytes=ram_share_bytes())
+            mask = unpack(raw, max_bytes=ram_share_bytes(), raw=wants_raw(request))
             run = _flag(meta, "run_prediction", kind != "initial_seg")
             force = _flag(meta, "override_capability_checks", False)
 
@@ -289,7 +303,7 @@ def _mask_route(registry: SessionRegistry, kind: str) -> Callable[..., Any]:
                     add(mask, _flag(meta, "include_interaction"), run, force, meta.get("interaction_bbox"))
                 return run
 
-            return _prompt(registry, lease, action)
+            return _prompt(registry, request, action)
 
         return await _in_thread(work)
 

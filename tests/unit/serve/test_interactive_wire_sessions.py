@@ -37,6 +37,24 @@ def test_corrupt_or_oversized_bodies_are_refused_before_allocation():
         unpack(bytes(huge), max_bytes=1 << 30)
 
 
+def test_uncompressed_codec_is_taken_only_when_asked_for():
+    """Codec 0 (the browser page's, ``X-Array-Codec: raw``): round trip, refused without the flag, lengths checked."""
+    a = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    body = pack(a, raw=True)
+    assert body[5] == 0 and len(body) == 8 + len("float32") + 3 * 8 + 4 + 16 + a.nbytes
+    assert np.array_equal(unpack(body, max_bytes=1 << 20, raw=True), a)
+    with pytest.raises(ValueError, match="bad header"):
+        unpack(body, max_bytes=1 << 20)  # nnInteractive's own clients never send it: refused as before
+    with pytest.raises(ValueError, match="do not match"):
+        unpack(body[:-4], max_bytes=1 << 20, raw=True)
+    lying = bytearray(body)  # raw length != stored length
+    lying[-a.nbytes - 16:-a.nbytes - 8] = np.array([a.nbytes + 4], "<u8").tobytes()
+    with pytest.raises(ValueError, match="do not match"):
+        unpack(bytes(lying), max_bytes=1 << 20, raw=True)
+    with pytest.raises(ValueError, match="at most 100"):
+        unpack(body, max_bytes=100, raw=True)
+
+
 def test_registry_limits_sessions_and_reaps_idle_ones(tmp_path):
     model = load_interactive_model(write_model_folder(tmp_path / "m"))
     registry = SessionRegistry(model, InteractiveOptions(folder=str(tmp_path / "m"), max_sessions=2,
