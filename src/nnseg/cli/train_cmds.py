@@ -23,7 +23,9 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("fold", help="fold 0-4, or 'all' to train on every case")
     p.add_argument("-tr", default="nnUNetTrainer", help="trainer name (nnU-Net presets such as nnUNetTrainer_250epochs)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier [nnUNetPlans]")
-    p.add_argument("-pretrained_weights", default=None, help="checkpoint to initialise from (all weights but the heads)")
+    p.add_argument("-pretrained_weights", default=None, help="checkpoint (.pth) or model zip to fine-tune from: every tensor whose name and "
+                   "shape match is loaded, heads re-initialised when the label set differs, input channels mapped by "
+                   "name (--set pretrained_new_channels=mean|zero|random); report in fold_X/pretrained_weights_report.json")
     p.add_argument("-num_gpus", type=int, default=1, help="number of GPUs (>1: data parallel training)")
     p.add_argument("--npz", action="store_true", help="save softmax probabilities of the final validation (ensembling)")
     p.add_argument("--c", action="store_true", help="continue an interrupted run from its latest checkpoint")
