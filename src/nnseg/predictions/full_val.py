@@ -26,6 +26,7 @@ from nnseg.devices import autocast_context
 from nnseg.predictions.sliding_window import sliding_window_predict
 from nnseg.predictions.validation import prev_stage_onehot
 from nnseg.preprocessed.store import load_case
+from nnseg.raw.dataset_json import DatasetSpec
 from nnseg.training.run_spec import RunSpec
 
 Annotated = Callable[[str], Sequence[int] | None]
@@ -114,10 +115,14 @@ def mean_per_label(per_case: Mapping[str, Sequence[float]], num_labels: int) -> 
     return [float(s / c) if c else float("nan") for s, c in zip(sums, counts)]
 
 
-def full_validator(run: RunSpec, *, annotated: Annotated | None = None) -> FullValidation | None:
-    """The run's full-image validation, or None when ``full_val_every`` is 0 (nnU-Net's schedule)."""
+def full_validator(run: RunSpec) -> FullValidation | None:
+    """The run's full-image validation, or None when ``full_val_every`` is 0 (nnU-Net's schedule). Partially
+    annotated cases (``annotated_labels`` of the run's dataset.json) are scored on their drawn labels only."""
     if run.config.full_val_every == 0:
         return None
+    spec = run.init_args.get("dataset_json")
+    partial = DatasetSpec.from_json(spec).partial_labels if isinstance(spec, dict) else None
+    annotated = None if partial is None else partial.scored
     regions = run.regions is not None
     labels = tuple(run.regions) if regions else tuple(range(1, run.num_heads))  # type: ignore[arg-type]
     return FullValidation(run.data_folder, tuple(run.val_ids or run.train_ids), run.patch_size, labels, regions,

@@ -70,6 +70,7 @@ def check_label_values(data_folder: Path, identifiers: Sequence[str], spec: Data
         if seg is None:
             continue
         values = np.asarray(seg[...])
+        check_drawn_labels(identifier, values, spec, data_folder=data_folder)
         if consecutive and values.size and allowed[0] <= values.min() and values.max() <= allowed[-1]:
             continue
         bad = sorted(set(np.unique(values).tolist()) - set(allowed))
@@ -78,6 +79,28 @@ def check_label_values(data_folder: Path, identifiers: Sequence[str], spec: Data
                              f"declare (labels: {spec.labels}). Declare them in dataset.json or fix the case's "
                              f"segmentation in labelsTr, then {fix}")
     return shapes
+
+
+def check_drawn_labels(identifier: str, seg: np.ndarray, spec: DatasetSpec, *, data_folder: Path) -> None:
+    """Refuse a partially annotated case (``annotated_labels``) holding a label it says it does not draw."""
+    partial = spec.partial_labels
+    missing = () if partial is None else partial.missing(identifier)
+    if not missing:
+        return
+    found = sorted(int(v) for v in np.unique(seg) if int(v) in missing)
+    if found:
+        raise ValueError(f"case {identifier} in {data_folder} holds label(s) {found} that dataset.json's "
+                         f"annotated_labels says it does not annotate ({partial.annotated[identifier]}); add them to "
+                         f"annotated_labels[{identifier!r}] in dataset.json, or remove the case from the key")
+
+
+def check_partial_cases(spec: DatasetSpec, identifiers: Sequence[str], *, data_folder: Path) -> None:
+    """Refuse ``annotated_labels`` naming cases the preprocessed data lacks (a typo would train them as complete)."""
+    partial = spec.partial_labels
+    unknown = sorted(set(partial.annotated) - set(identifiers)) if partial is not None else []
+    if unknown:
+        raise ValueError(f"dataset.json's annotated_labels names {len(unknown)} case(s) that {data_folder} lacks: "
+                         f"{some_cases(unknown)}; use the case identifiers (nnseg verify lists the problems)")
 
 
 def available_memory_bytes(device: torch.device) -> int | None:

@@ -23,6 +23,7 @@ from nnseg.training.preflight import (
     available_memory_bytes,
     check_dataset_complete,
     check_label_values,
+    check_partial_cases,
     check_plans_plausible,
     check_pretrained_weights,
 )
@@ -107,7 +108,9 @@ def make_run_spec(job: FoldJob, *, resume: bool = False, pretrained_weights: Pat
 
 def _preflight(run: RunSpec, job: FoldJob, pretrained_weights: Path | None) -> None:
     fix = f"rerun `nnUNetv2_preprocess -d {job.plans.dataset_name} -c {job.configuration_name}`"
-    shapes = check_label_values(run.data_folder, sorted(set(run.train_ids + run.val_ids)), job.spec, fix=fix)
+    cases = sorted(set(run.train_ids + run.val_ids))
+    check_partial_cases(job.spec, cases, data_folder=run.data_folder)
+    shapes = check_label_values(run.data_folder, cases, job.spec, fix=fix)
     where = (f"plans {Path(job.preprocessed_dataset_folder) / (job.plans.plans_name + '.json')}, configuration "
              f"{job.configuration_name}")
     common = dict(architecture=run.architecture, input_channels=run.num_input_channels, num_heads=run.num_heads,
