@@ -32,8 +32,7 @@ def _items(labels: Mapping[str, Any]) -> dict[str, LabelOrRegion]:
     for name, value in labels.items():
         if name == "ignore" or value == 0 or value == [0]:
             continue
-        out[name] = tuple(value) if isinstance(value, (list, tuple)) and len(value) > 1 else \
-            (value[0] if isinstance(value, (list, tuple)) else value)
+        out[name] = tuple(value) if isinstance(value, (list, tuple)) else value  # as DatasetSpec.foreground_regions
     return out
 
 

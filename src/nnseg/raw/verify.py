@@ -213,7 +213,8 @@ def _expectations(folder: Path, spec: DatasetSpec, cases: list[CaseFiles], d: Ma
 
 
 def _not_drawn(d: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Per case of ``annotated_labels``: the label values it says it does not draw (label datasets only)."""
+    """Per case of ``annotated_labels``: the label values it says it does not draw (label datasets only: in a region
+    dataset an undrawn region's labels may still be drawn as parts of other regions)."""
     if partial_labels_problems(d) or not d.get(PARTIAL_KEY):
         return {}
     spec = _lenient_spec(d)
@@ -224,13 +225,10 @@ def _not_drawn(d: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 def _partial_problems(path: Path, d: Mapping[str, Any], cases: list[CaseFiles]) -> list[Problem]:
-    """``annotated_labels`` naming cases the dataset lacks, or declared for a region dataset."""
+    """``annotated_labels`` naming cases the dataset lacks."""
     listed = d.get(PARTIAL_KEY)
     if not isinstance(listed, Mapping) or not listed:
         return []
-    if isinstance(d.get("labels"), Mapping) and any(isinstance(v, list) and len(v) > 1 for v in d["labels"].values()):
-        return [Problem(ERROR, path, f"{PARTIAL_KEY} is declared for a region dataset",
-                        "partial labels work for label datasets only: remove the key or train the label form")]
     unknown = sorted(set(listed) - {c.identifier for c in cases})
     if not unknown:
         return []

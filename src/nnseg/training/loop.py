@@ -71,18 +71,27 @@ def train_step(network: nn.Module, image: torch.Tensor, targets: list[torch.Tens
     return float(loss.detach().cpu())
 
 
+def _unscored(output: torch.Tensor, target: torch.Tensor, *, regions: bool, partial: PartialCodes | None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Partial labels: the target without its codes, and where each class (region) is not scored."""
+    if partial is None:
+        return target, None
+    if regions:  # (B, 2R[+1]): regions, unknown masks, ignore
+        r = output.shape[1]
+        return torch.cat([target[:, :r], target[:, 2 * r:]], 1), target[:, r:2 * r].bool()
+    unscored = torch.zeros(output.shape, dtype=torch.bool, device=output.device)
+    for s, classes in enumerate(partial.sets):
+        unscored[:, list(classes)] |= target == partial.base + s
+    return partial.uncoded(target), unscored
+
+
 def tp_fp_fn(output: torch.Tensor, target: torch.Tensor, *, regions: bool, ignore_label: int | None,
              partial: PartialCodes | None = None) -> np.ndarray:
     """Global TP/FP/FN per foreground class (or region) of a hard prediction, as nnU-Net's online validation.
 
     ``partial``: coded voxels count as background, and a class they may be is not scored there."""
     axes = [0, *range(2, output.ndim)]
-    unscored = None
-    if partial is not None:
-        unscored = torch.zeros(output.shape, dtype=torch.bool, device=output.device)
-        for s, classes in enumerate(partial.sets):
-            unscored[:, list(classes)] |= target == partial.base + s
-        target = partial.uncoded(target)
+    target, unscored = _unscored(output, target, regions=regions, partial=partial)
     if regions:
         pred = (torch.sigmoid(output.float()) > 0.5)
         mask = None

@@ -112,10 +112,10 @@ class DiceBCELoss(nn.Module):
     """nnU-Net's ``DC_and_BCE_loss`` for regions: sigmoid soft Dice (background included) + BCE, masked for ignore."""
 
     def __init__(self, *, batch_dice: bool, smooth: float = DEFAULT_SMOOTH, use_ignore_label: bool = False,
-                 weight_ce: float = 1.0, weight_dice: float = 1.0) -> None:
+                 weight_ce: float = 1.0, weight_dice: float = 1.0, partial: bool = False) -> None:
         super().__init__()
         self.batch_dice, self.smooth, self.use_ignore_label = batch_dice, smooth, use_ignore_label
-        self.weight_ce, self.weight_dice = weight_ce, weight_dice
+        self.weight_ce, self.weight_dice, self.partial = weight_ce, weight_dice, partial
         self.batch_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None  # set under DDP
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -124,6 +124,15 @@ class DiceBCELoss(nn.Module):
         if self.use_ignore_label:
             mask = (1 - target[:, -1:].float())
             regions = target[:, :-1]
+        if self.partial:  # partial labels: R region channels, then R masks of unknown voxels (training.partial)
+            r = logits.shape[1]
+            known = 1 - regions[:, r:2 * r].float()
+            mask, regions = known if mask is None else known * mask, regions[:, :r]
+            bce = nn.functional.binary_cross_entropy_with_logits(logits, regions.float(), reduction="none")
+            dice = soft_dice(torch.sigmoid(logits), regions.float(), batch_dice=self.batch_dice, smooth=self.smooth,
+                             mask=mask, batch_reduce=self.batch_reduce)
+            bce_value = (bce * mask).sum() / torch.clip(mask.sum() / r, min=DENOMINATOR_FLOOR)
+            return self.weight_ce * bce_value - self.weight_dice * dice
         regions = regions.float()
         dice = soft_dice(torch.sigmoid(logits), regions, batch_dice=self.batch_dice, smooth=self.smooth, mask=mask,
                          batch_reduce=self.batch_reduce)
@@ -174,5 +183,6 @@ def make_dice_ce(*, batch_dice: bool, smooth: float = DEFAULT_SMOOTH, ignore_lab
         return MarginalDiceCELoss(batch_dice=batch_dice, smooth=smooth, ignore_label=ignore_label, base=partial[0],
                                   sets=partial[1])
     if has_regions:
-        return DiceBCELoss(batch_dice=batch_dice, smooth=smooth, use_ignore_label=ignore_label is not None)
+        return DiceBCELoss(batch_dice=batch_dice, smooth=smooth, use_ignore_label=ignore_label is not None,
+                           partial=partial is not None)
     return DiceCELoss(batch_dice=batch_dice, smooth=smooth, ignore_label=ignore_label)

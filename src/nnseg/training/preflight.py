@@ -84,7 +84,7 @@ def check_label_values(data_folder: Path, identifiers: Sequence[str], spec: Data
 def check_drawn_labels(identifier: str, seg: np.ndarray, spec: DatasetSpec, *, data_folder: Path) -> None:
     """Refuse a partially annotated case (``annotated_labels``) holding a label it says it does not draw."""
     partial = spec.partial_labels
-    missing = () if partial is None else partial.missing(identifier)
+    missing = () if partial is None or spec.has_regions else partial.missing(identifier)
     if not missing:
         return
     found = sorted(int(v) for v in np.unique(seg) if int(v) in missing)

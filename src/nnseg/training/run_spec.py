@@ -126,7 +126,7 @@ def _batches(run: RunSpec) -> BatchMaker:
     scales = deep_supervision_scales(run.strides) if run.config.deep_supervision else None
     targets = TargetSpec(regions=run.regions, ignore_label=run.ignore_label,
                          ds_scales=None if scales is None else tuple(tuple(s) for s in scales),
-                         mask_channels=run.mask_channels)
+                         mask_channels=run.mask_channels, partial=run.partial)
     aug_device = run.device if run.device.type == "cuda" else torch.device("cpu")
     cascade = CascadeInputs(run.cascade_labels) if run.prev_stage_folder is not None else None
     return BatchMaker(train, val, transforms, targets, aug_device, run.seed, cascade)

@@ -160,3 +160,28 @@ def _batches_of(run):  # type: ignore[no-untyped-def]
 
     batches = build_components(run).batches
     return [batches.train_batch(0, i)[1][0] for i in range(6)]
+
+
+def test_regions_mask_an_undrawn_region_in_its_case() -> None:
+    from nnseg.training.data import TargetSpec, make_targets
+    from nnseg.training.losses import DiceBCELoss
+
+    spec = DatasetSpec.from_json({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "whole": [1, 2], "core": 2},
+                                  "regions_class_order": [1, 2], "numTraining": 2, "file_ending": ".nii.gz",
+                                  "annotated_labels": {"c0": ["whole"]}})
+    codes = partial_codes(spec)
+    assert codes is not None and codes.regions and codes.sets == ((1,),)
+    torch.manual_seed(0)
+    seg = torch.randint(0, 3, (2, 1, 6, 6, 6)).to(torch.int16)
+    seg[0] = torch.where(seg[0] == 2, 1, seg[0])  # c0 draws the whole tumour only
+    coded = torch.stack([torch.from_numpy(codes.encode(seg[0].numpy(), "c0")), seg[1]])
+    target = make_targets(coded, TargetSpec(regions=((1, 2), (2,)), partial=codes))[0]
+    assert target.shape[1] == 4 and torch.equal(target[0, 0], (seg[0, 0] > 0).to(torch.int8))
+    assert bool(target[0, 3].all()) and not bool(target[1, 2:].any())  # core unknown everywhere in c0 only
+    logits = torch.randn(2, 2, 6, 6, 6, requires_grad=True)
+    grad = torch.autograd.grad(DiceBCELoss(batch_dice=False, partial=True)(logits, target), logits)[0]
+    assert grad[0, 1].abs().max() == 0 and grad[0, 0].abs().max() > 0 and grad[1, 1].abs().max() > 0
+    counts = tp_fp_fn(logits.detach(), target, regions=True, ignore_label=None, partial=codes)
+    assert counts.shape == (3, 2)
+    full = tp_fp_fn(logits.detach()[1:], target[1:, :2], regions=True, ignore_label=None)
+    np.testing.assert_array_equal(counts[:, 1], full[:, 1])  # core scored on the complete case only
