@@ -31,6 +31,7 @@ from cpuinfo import cpu_line  # noqa: E402 (bench/cpuinfo.py)
 from hippocampus_sets import case_ids, hippocampus, roots, run, write_dataset  # noqa: E402
 
 from nnseg.training.checkpoint import load_checkpoint  # noqa: E402
+from nnseg.training.config import trainer_name_for_epochs  # noqa: E402
 
 PRE, MERGED, TWO = 951, 952, 953
 COMMON = ["3d_fullres", "0", "-device", "cpu", "--set", "val_iterations_per_epoch=5", "--set", "batch_size=2",
@@ -64,7 +65,7 @@ def prepare(env: dict[str, str]) -> None:
 
 
 def curve(results: Path, dataset: str, epochs: int) -> list[float]:
-    fold = results / dataset / f"nnUNetTrainer_{epochs}epochs__nnUNetPlans__3d_fullres" / "fold_0"
+    fold = results / dataset / f"{trainer_name_for_epochs(epochs)}__nnUNetPlans__3d_fullres" / "fold_0"
     return [float(v) for v in load_checkpoint(fold / "checkpoint_final.pth")["logging"]["full_val_dice"]]
 
 
@@ -76,7 +77,7 @@ def compare(target: int, name: str, pretrained: Path, env: dict[str, str], args:
     t_tuned = run(["nnUNetv2_train", str(target), *COMMON, *short, "-pretrained_weights", str(pretrained)], tuned_env)
     a = curve(Path(scratch_env["nnUNet_results"]), name, args.epochs)
     b = curve(Path(tuned_env["nnUNet_results"]), name, args.epochs)
-    report = json.loads((Path(tuned_env["nnUNet_results"]) / name / f"nnUNetTrainer_{args.epochs}epochs__nnUNetPlans__"
+    report = json.loads((Path(tuned_env["nnUNet_results"]) / name / f"{trainer_name_for_epochs(args.epochs)}__nnUNetPlans__"
                          "3d_fullres" / "fold_0" / "pretrained_weights_report.json").read_text())
     print(f"\n== {name}: load report {report['counts']}")
     for c in report["channels"]:
@@ -106,7 +107,7 @@ def main() -> None:
     build(work, env)
     prepare(env)
     pre_fold = (Path(env["nnUNet_results"]) / "Dataset951_HippoPre" /
-                f"nnUNetTrainer_{args.pretrain_epochs}epochs__nnUNetPlans__3d_fullres" / "fold_0")
+                f"{trainer_name_for_epochs(args.pretrain_epochs)}__nnUNetPlans__3d_fullres" / "fold_0")
     if not (pre_fold / "checkpoint_final.pth").is_file():
         seconds = run(["nnUNetv2_train", str(PRE), *COMMON, "--epochs", str(args.pretrain_epochs),
                        "--iterations-per-epoch", str(args.iterations)], env)

@@ -9,15 +9,17 @@ Every fifth case of the 200 labelled Hippocampus cases is held out (40 test case
 
 Each is planned, preprocessed and trained with the real commands (3d_fullres, batch size 2, fold 0 of the default
 splits, ``bench/train_hippocampus.sh``'s CPU budget by default: 40 epochs x 25 iterations, 5 validation iterations),
-then predicts the 40 held-out cases (no test-time mirroring), scored per label against the full labels.
+then predicts the 40 held-out cases (no test-time mirroring), scored per label against the full labels. Fold 0 is
+the 160 cases less ``--val-cases`` (16) spread over both halves, which the final validation scores.
 Target: (b) within 0.02 of (a) on each label; (c) visibly worse.
 
-Usage: python bench/partial_labels.py [--work DIR] [--epochs 40] [--iterations 25] [--only a,b,c]
+Usage: python bench/partial_labels.py [--work DIR] [--epochs 40] [--iterations 25] [--only a,b,c] [--val-cases 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpuinfo import cpu_line  # noqa: E402 (bench/cpuinfo.py)
+from nnseg.training.config import trainer_name_for_epochs  # noqa: E402
 from hippocampus_sets import case_ids, dice_per_label, hippocampus, roots, run, test_images, write_dataset  # noqa: E402
 
 LABELS = {"background": 0, "Anterior": 1, "Posterior": 2}
@@ -59,14 +62,18 @@ def build(work: Path, env: dict[str, str]) -> tuple[dict[str, Path], Path, list[
 
 def train_and_test(variant: str, env: dict[str, str], args: argparse.Namespace, images: Path, refs: Path,
                    test: list[str]) -> tuple[list[float], float]:
-    dataset_id, _ = VARIANTS[variant]
+    dataset_id, name = VARIANTS[variant]
     run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "3d_fullres", "-np", "2", "--no_pbar"], env)
+    pre = Path(env["nnUNet_preprocessed"]) / f"Dataset{dataset_id}_{name}"
+    cases = sorted(p.name[: -len(".nii.gz")] for p in (pre / "gt_segmentations").glob("*.nii.gz"))
+    val = cases[:: max(1, len(cases) // args.val_cases)][: args.val_cases]  # from both halves of (b)
+    (pre / "splits_final.json").write_text(json.dumps([{"train": [c for c in cases if c not in val], "val": val}]))
     seconds = run(["nnUNetv2_train", str(dataset_id), "3d_fullres", "0", "-device", "cpu", "--epochs", str(args.epochs),
                    "--iterations-per-epoch", str(args.iterations), "--set", "val_iterations_per_epoch=5",
                    "--set", "batch_size=2", "--seed", "0"], env)
     out = Path(env["nnUNet_results"]) / f"test_{variant}"
     run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id), "-c", "3d_fullres", "-f", "0",
-         "-tr", f"nnUNetTrainer_{args.epochs}epochs", "--disable_tta", "-device", "cpu"], env)
+         "-tr", trainer_name_for_epochs(args.epochs), "--disable_tta", "-device", "cpu"], env)
     return dice_per_label(refs, out, [1, 2]), seconds
 
 
@@ -76,6 +83,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--iterations", type=int, default=25)
     parser.add_argument("--only", default="a,b,c")
+    parser.add_argument("--val-cases", type=int, default=16, help="fold 0's validation cases (the rest train)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="nnseg_partial_"))
     env = roots(work)

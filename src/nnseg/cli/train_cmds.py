@@ -30,7 +30,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--npz", action="store_true", help="save softmax probabilities of the final validation (ensembling)")
     p.add_argument("--c", action="store_true", help="continue an interrupted run from its latest checkpoint")
     p.add_argument("--val", action="store_true", help="only run the final validation (needs checkpoint_final.pth)")
-    p.add_argument("--val_best", action="store_true", help="validate with checkpoint_best.pth into validation_best/")
+    p.add_argument("--val_best", action="store_true", help="validate with checkpoint_best.pth into validation_best/ (best EMA pseudo Dice, "
+                   "or best whole-image Dice with --set full_val_every=N)")
     p.add_argument("--disable_checkpointing", action="store_true", help="do not write checkpoints (testing only)")
     p.add_argument("-device", default="auto", help="cuda, cpu or mps [auto: cuda if available, else mps, else cpu]")
     p.add_argument("--logger", action="append", default=[], choices=list(LOGGERS),
@@ -45,7 +46,8 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=None, help="number of epochs (same run and folder as nnUNetTrainer_<N>epochs)")
     g.add_argument("--iterations-per-epoch", dest="iterations_per_epoch", type=int, default=None)
     g.add_argument("--early-stopping", dest="early_stopping", type=int, default=None, metavar="PATIENCE",
-                   help="stop after PATIENCE epochs without EMA pseudo-Dice improvement")
+                   help="stop after PATIENCE epochs without improvement of the EMA pseudo Dice, or of the "
+                        "whole-image validation Dice with --set full_val_every=N")
     g.add_argument("--time-budget", dest="time_budget", type=float, default=None, metavar="HOURS",
                    help="fit the number of epochs to this many hours (measured after the first epoch)")
     g.add_argument("--seed", type=int, default=None, help="seed for weights and data (reproducible runs)")
