@@ -60,6 +60,11 @@ class TrainConfig:
         for name, problem in config_problems(self).items():
             raise ValueError(f"TrainConfig {name}={getattr(self, name)!r} is invalid: it must be {problem}. "
                              f"Set it with --set {name}=VALUE (default {getattr(TrainConfig, name, None)!r})")
+        patience, every = self.early_stopping_patience, self.full_val_every
+        if patience is not None and every and patience < every:
+            raise ValueError(f"--early-stopping {patience} is shorter than full_val_every={every}: with whole-image "
+                             f"validation the patience counts epochs since its best Dice, so it must be at least "
+                             f"{every} (or validate more often)")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

@@ -95,6 +95,8 @@ def test_killed_and_resumed_run_ends_identical(tiny_preprocessed: Path, tmp_path
 
 
 def test_early_stopping_counts_from_the_best_whole_image_dice() -> None:
+    with pytest.raises(ValueError, match="--early-stopping 2 is shorter than full_val_every=5"):
+        TrainConfig(full_val_every=5, early_stopping_patience=2)
     state = TrainState(seed=0, num_epochs=10)
     for epoch, dice in enumerate([0.5, None, 0.7, None, 0.6, None]):
         state.current_epoch = epoch
