@@ -124,6 +124,6 @@ def test_bad_arguments_give_clear_errors(demo: Path, tmp_path: Path, roots_env: 
                       num_test=0)
     assert _cli(["plan", "-d", "1"], roots_env, tmp_path) == 0
     assert _cli(["move-plans", "-s", "1", "-t", "2", "-sp", "nnUNetPlans"], roots_env, tmp_path) == 1
-    assert "same channels" in capsys.readouterr().err
+    assert "nnUNetv2_extract_fingerprint -d Dataset002_Two" in capsys.readouterr().err  # across channels: its fingerprint
     assert _cli(["plan", "-d", "7"], roots_env, tmp_path) == 1
     assert "Dataset001_Demo" in capsys.readouterr().err  # the datasets that exist are listed

@@ -134,3 +134,29 @@ def test_unknown_component_is_refused_before_anything_is_written(env: dict[str, 
     field, value = setting.split("=")
     assert f"unknown {field} '{value}'; available: [" in capsys.readouterr().err
     assert not _fold(env, "nnUNetTrainer_3epochs_NoMirroring", "1").exists()
+
+
+def test_finetune_from_an_exported_zip_with_full_image_validation(env: dict[str, str], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The user's path: export a trained model as a zip, fine-tune another fold from it with whole-image validation
+    choosing checkpoint_best; the load report is printed and written."""
+    trainer = "nnUNetTrainer_2epochs_NoMirroring"
+    if not (_fold(env, trainer) / "checkpoint_final.pth").is_file():
+        assert main(["train", "991", "3d_fullres", "0", "--epochs", "2", *FAST], env=env) == 0
+    archive = tmp_path / "model.zip"
+    assert main(["export-model", "-d", "991", "-o", str(archive), "-c", "3d_fullres", "-tr", trainer, "-f", "0"],
+                env=env) == 0
+    capsys.readouterr()
+    args = ["train", "991", "3d_fullres", "1", "--epochs", "3", *FAST, "-pretrained_weights", str(archive),
+            "--set", "full_val_every=1"]
+    assert main(args, env=env) == 0
+    err = capsys.readouterr().err
+    assert f"Pretrained weights from {archive}:" in err and "fold_0/checkpoint_final.pth" in err
+    fold = _fold(env, "nnUNetTrainer_3epochs_NoMirroring", "1")
+    report = load_json(fold / "pretrained_weights_report.json")
+    assert report["counts"]["skipped"] == 0 and report["counts"]["reinitialised"] == 0  # same labels: heads loaded
+    final = load_checkpoint(fold / "checkpoint_final.pth")
+    full = final["logging"]["full_val_dice"]
+    assert len(full) == 3 and load_checkpoint(fold / "checkpoint_best.pth")["current_epoch"] == full.index(max(full)) + 1
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert "Full-image validation Dice" in log

@@ -24,12 +24,15 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("fold", help="fold 0-4, or 'all' to train on every case")
     p.add_argument("-tr", default="nnUNetTrainer", help="trainer name (nnU-Net presets such as nnUNetTrainer_250epochs)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier [nnUNetPlans]")
-    p.add_argument("-pretrained_weights", default=None, help="checkpoint to initialise from (all weights but the heads)")
+    p.add_argument("-pretrained_weights", default=None, help="checkpoint (.pth) or model zip to fine-tune from: every tensor whose name and "
+                   "shape match is loaded, heads re-initialised when the label set differs, input channels mapped by "
+                   "name (--set pretrained_new_channels=mean|zero|random); report in fold_X/pretrained_weights_report.json")
     p.add_argument("-num_gpus", type=int, default=1, help="number of GPUs (>1: data parallel training)")
     p.add_argument("--npz", action="store_true", help="save softmax probabilities of the final validation (ensembling)")
     p.add_argument("--c", action="store_true", help="continue an interrupted run from its latest checkpoint")
     p.add_argument("--val", action="store_true", help="only run the final validation (needs checkpoint_final.pth)")
-    p.add_argument("--val_best", action="store_true", help="validate with checkpoint_best.pth into validation_best/")
+    p.add_argument("--val_best", action="store_true", help="validate with checkpoint_best.pth into validation_best/ (best EMA pseudo Dice, "
+                   "or best whole-image Dice with --set full_val_every=N)")
     p.add_argument("--disable_checkpointing", action="store_true", help="do not write checkpoints (testing only)")
     p.add_argument("-device", default="auto", help="cuda, cpu or mps [auto: cuda if available, else mps, else cpu]")
     p.add_argument("--logger", action="append", default=[], choices=list(LOGGERS),
@@ -44,7 +47,8 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=None, help="number of epochs (same run and folder as nnUNetTrainer_<N>epochs)")
     g.add_argument("--iterations-per-epoch", dest="iterations_per_epoch", type=int, default=None)
     g.add_argument("--early-stopping", dest="early_stopping", type=int, default=None, metavar="PATIENCE",
-                   help="stop after PATIENCE epochs without EMA pseudo-Dice improvement")
+                   help="stop after PATIENCE epochs without improvement of the EMA pseudo Dice, or of the "
+                        "whole-image validation Dice with --set full_val_every=N")
     g.add_argument("--time-budget", dest="time_budget", type=float, default=None, metavar="HOURS",
                    help="fit the number of epochs to this many hours (measured after the first epoch)")
     g.add_argument("--seed", type=int, default=None, help="seed for weights and data (reproducible runs)")

@@ -16,6 +16,7 @@ import sys
 import torch
 
 from nnseg.devices import resolve_device
+from nnseg.predictions.full_val import full_validator
 from nnseg.launch.hooks import standard_hooks
 from nnseg.fs_errors import describe_os_error, is_system_error
 from nnseg.launch.request import TrainOutcome, TrainRequest, device_name, fold_job, lock_purpose
@@ -135,5 +136,5 @@ def _train_rank(request: TrainRequest, run: RunSpec, job: FoldJob, ddp: Distribu
     extra = [h for factory in request.hooks for h in factory(info)]
     hooks = standard_hooks(run, info=info, progress=request.progress, extra=extra, first_log_line=layout)
     train(rank_run(run, info), hooks=hooks, resume=request.continue_training,
-          pretrained_weights=request.pretrained_weights, dist=ddp)
+          pretrained_weights=request.pretrained_weights, dist=ddp, full_validator=full_validator(run))
     ddp.barrier()  # rank 0 has written checkpoint_final.pth

@@ -53,7 +53,7 @@ class TrainRequest:
         continue_training: nnU-Net's ``--c`` (resume from the latest checkpoint; a finished fold is not retrained).
         validation_only, validate_best: ``--val`` / ``--val_best`` (needs checkpoint_final / checkpoint_best).
         save_probabilities: ``--npz`` (softmax of the final validation, for ensembling).
-        pretrained_weights: a checkpoint to start from (all weights but the heads).
+        pretrained_weights: a checkpoint or model zip to fine-tune from (see :mod:`nnseg.training.finetune`).
         num_gpus: local ranks to start (``-num_gpus``); under torchrun leave it at 1.
         disable_checkpointing: write no checkpoints (testing only).
         background_batches: make batches in a thread on accelerators (``nnUNet_n_proc_DA=0`` turns it off).

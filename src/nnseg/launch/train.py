@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from nnseg.devices import resolve_device
+from nnseg.predictions.full_val import full_validator
 from nnseg.launch.ddp import launch_local, run_rank
 from nnseg.launch.hooks import SINGLE_PROCESS, standard_hooks
 from nnseg.launch.request import TrainOutcome, TrainRequest, device_name, fold_job, lock_purpose
@@ -77,7 +78,8 @@ def _train_and_validate(request: TrainRequest, run: RunSpec, job: FoldJob) -> Tr
         save_run_files(run, job)
         extra = [h for factory in request.hooks for h in factory(SINGLE_PROCESS)]
         train(run, hooks=standard_hooks(run, progress=request.progress, extra=extra),
-              resume=request.continue_training, pretrained_weights=request.pretrained_weights)
+              resume=request.continue_training, pretrained_weights=request.pretrained_weights,
+              full_validator=full_validator(run))
     result = final_validation(run, job, best=request.validate_best, npz=request.save_probabilities,
                               progress=request.progress and sys.stderr.isatty())
     return TrainOutcome(run.output_folder, result.folder, result.foreground_dice)

@@ -25,6 +25,7 @@ from nnseg.jsonio import save_json
 from nnseg.metrics.overlap import label_or_region_to_key, overlap_metrics, region_or_label_to_mask
 from nnseg.metrics.surface import SurfaceOptions, surface_metrics
 from nnseg.parallel import spawn_map
+from nnseg.raw.partial_labels import PartialLabels
 
 DEFAULT_NUM_PROCESSES = 8  # nnU-Net's default_num_processes (nnUNet_def_n_proc)
 
@@ -105,6 +106,16 @@ def aggregate_metrics(per_case: Sequence[dict[str, Any]],
     return means, foreground_mean
 
 
+def unscore_undrawn(case: dict[str, Any], partial: PartialLabels, file_ending: str) -> dict[str, Any]:
+    """A case's metrics with NaN for every label its annotation does not draw (partial labels)."""
+    identifier = Path(str(case["reference_file"])).name.removesuffix(file_ending)
+    missing = set(partial.missing(identifier))
+    if not missing:
+        return case
+    metrics = {k: ({m: float("nan") for m in v} if k in missing else v) for k, v in case["metrics"].items()}
+    return {**case, "metrics": metrics}
+
+
 def summary_to_json(summary: dict[str, Any]) -> dict[str, Any]:
     """The ``summary.json`` dict: label/region keys turned into strings (``"1"``, ``"(1, 2)"``)."""
     return {
@@ -148,7 +159,8 @@ def _run_jobs(jobs: list[tuple[Any, ...]], num_processes: int) -> list[dict[str,
 def evaluate_folder(ref_folder: PathLike, pred_folder: PathLike, *, labels_or_regions: Sequence[LabelOrRegion],
                     file_ending: str, io: str | ImageIO | None = None, ignore_label: int | None = None,
                     output_file: PathLike | None = None, num_processes: int = DEFAULT_NUM_PROCESSES,
-                    chill: bool = False, surface_metrics: SurfaceOptions | None = None) -> dict[str, Any]:
+                    chill: bool = False, surface_metrics: SurfaceOptions | None = None,
+                    partial: PartialLabels | None = None) -> dict[str, Any]:
     """Evaluate every prediction in ``pred_folder`` against the same-named file in ``ref_folder``.
 
     Args:
@@ -160,6 +172,8 @@ def evaluate_folder(ref_folder: PathLike, pred_folder: PathLike, *, labels_or_re
         num_processes: worker processes (spawn); 1 runs in this process.
         chill: allow references without prediction (otherwise an error lists them).
         surface_metrics: add HD95 / NSD per case (extra keys); None (default) gives nnU-Net's fields only.
+        partial: partially annotated cases (``annotated_labels``): their undrawn labels get NaN metrics, so the means
+            leave them out.
 
     Returns:
         ``{"metric_per_case": [...], "mean": {label_or_region: {...}}, "foreground_mean": {...}}`` with int/tuple keys.
@@ -176,6 +190,8 @@ def evaluate_folder(ref_folder: PathLike, pred_folder: PathLike, *, labels_or_re
     labels = [tuple(r) if isinstance(r, list) else r for r in labels_or_regions]
     jobs = [(r, p, io, labels, ignore_label, surface_metrics) for r, p in zip(refs, preds)]
     per_case = _run_jobs(jobs, num_processes)
+    if partial is not None:
+        per_case = [unscore_undrawn(c, partial, file_ending) for c in per_case]
     means, foreground_mean = aggregate_metrics(per_case, labels)
     summary = {"metric_per_case": per_case, "mean": means, "foreground_mean": foreground_mean}
     if output_file is not None:
@@ -204,7 +220,8 @@ def evaluate_folder_with_dataset(ref_folder: PathLike, pred_folder: PathLike, *,
     return evaluate_folder(ref_folder, pred_folder, labels_or_regions=spec.foreground_labels_or_regions,
                            file_ending=spec.file_ending, io=io, ignore_label=spec.ignore_label,
                            output_file=Path(pred_folder) / "summary.json" if output_file is None else output_file,
-                           num_processes=num_processes, chill=chill, surface_metrics=surface_metrics)
+                           num_processes=num_processes, chill=chill, surface_metrics=surface_metrics,
+                           partial=spec.partial_labels)
 
 
 def _ending_of(ref_folder: Path) -> str:

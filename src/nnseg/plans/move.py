@@ -3,6 +3,12 @@
 The plans keep every planned value (patch size, spacing, network, normalisation statistics); only the names that
 tie them to a dataset change: ``dataset_name``, ``plans_name``, the ``data_identifier`` prefix of each configuration,
 and ``image_reader_writer`` (re-detected on the target dataset's files).
+
+Across channel counts (nnU-Net refuses these) the network topology, patch and
+spacing still come from the source, while the per-channel normalisation (``normalization_schemes``,
+``use_mask_for_norm``, ``foreground_intensity_properties_per_channel``) comes from the target's own
+``dataset_fingerprint.json`` and channel names, as nnU-Net's planner would choose them. Label sets may differ freely:
+plans do not hold labels (the heads are sized from ``dataset.json`` when training).
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nnseg.jsonio import load_json
 from nnseg.plans.schema import Plans, load_plans, save_plans
+from nnseg.plans.spacing import normalization_schemes
 
 
 def rename_plans(plans: Plans | Mapping[str, Any], *, target_dataset_name: str, target_plans_name: str,
@@ -54,7 +62,7 @@ def move_plans_between_datasets(source_plans_file: Path, target_raw_dataset_fold
 
     Raises:
         FileNotFoundError: the source plans or the target's dataset.json are missing.
-        ValueError: the target's channel count differs from what the plans were made for.
+        ValueError: the target's channels differ from the plans' and the target has no fingerprint yet.
     """
     from nnseg.raw.dataset_json import load_dataset_json
     from nnseg.raw.discover import training_cases
@@ -62,24 +70,51 @@ def move_plans_between_datasets(source_plans_file: Path, target_raw_dataset_fold
 
     source = load_plans(source_plans_file)
     spec = load_dataset_json(Path(target_raw_dataset_folder) / "dataset.json")
-    _check_channels(source, spec.num_channels, source_plans_file, Path(target_raw_dataset_folder))
+    target_plans_file = Path(target_plans_file)
+    if not _same_channels(source, spec.num_channels):
+        source = target_normalisation(source, channel_names=spec.channel_names,
+                                      fingerprint_file=target_plans_file.parent / "dataset_fingerprint.json",
+                                      plans_file=Path(source_plans_file), target_dataset_name=target_dataset_name)
     cases = training_cases(Path(target_raw_dataset_folder), spec)
     example = cases[0].images[0] if cases else None
     io = determine_io(spec.file_ending, example, overwrite=spec.overwrite_image_reader_writer)
-    target_plans_file = Path(target_plans_file)
     moved = rename_plans(source, target_dataset_name=target_dataset_name,
                          target_plans_name=target_plans_file.name.removesuffix(".json"), image_reader_writer=io.name)
     save_plans(moved, target_plans_file)
     return moved
 
 
-def _check_channels(plans: Plans, num_channels: int, plans_file: Path, target: Path) -> None:
+def _same_channels(plans: Plans, num_channels: int) -> bool:
+    """The plans were made for ``num_channels`` input channels (their normalisation is kept, as nnU-Net does)."""
     intensity = plans.foreground_intensity_properties_per_channel or {}
-    for name in plans.available_configurations:
-        schemes = plans.configuration(name).normalization_schemes
-        if schemes and len(schemes) != num_channels:
-            raise ValueError(f"{plans_file} was planned for {len(schemes)} input channel(s) but {target} has "
-                             f"{num_channels}; plans can only be moved between datasets with the same channels")
     if intensity and len(intensity) != num_channels:
-        raise ValueError(f"{plans_file} holds intensity statistics for {len(intensity)} channel(s) but {target} has "
-                         f"{num_channels}; plans can only be moved between datasets with the same channels")
+        return False
+    return all(not plans.configuration(name).normalization_schemes
+               or len(plans.configuration(name).normalization_schemes) == num_channels
+               for name in plans.available_configurations)
+
+
+def target_normalisation(plans: Plans, *, channel_names: Mapping[str, str], fingerprint_file: Path, plans_file: Path,
+                         target_dataset_name: str) -> Plans:
+    """The plans with each configuration's per-channel normalisation chosen for the target's channels and
+    intensities (its fingerprint), everything else as planned for the source.
+
+    Raises:
+        FileNotFoundError: the target has no ``dataset_fingerprint.json`` yet (the message says how to make it).
+    """
+    if not fingerprint_file.is_file():
+        raise FileNotFoundError(
+            f"{plans_file} was planned for other input channels than {target_dataset_name}'s {dict(channel_names)}; "
+            f"moving plans across channels takes the normalisation from the target's fingerprint, and "
+            f"{fingerprint_file} does not exist. Run `nnUNetv2_extract_fingerprint -d {target_dataset_name}` first")
+    fingerprint = load_json(fingerprint_file)
+    schemes, use_mask = normalization_schemes(channel_names,
+                                              float(fingerprint["median_relative_size_after_cropping"]))
+    d = copy.deepcopy(plans.to_json())
+    for configuration in d.get("configurations", {}).values():
+        if "normalization_schemes" in configuration or "inherits_from" not in configuration:
+            configuration["normalization_schemes"] = list(schemes)
+            configuration["use_mask_for_norm"] = list(use_mask)
+    intensity = fingerprint["foreground_intensity_properties_per_channel"]
+    d["foreground_intensity_properties_per_channel"] = {k: dict(sorted(v.items())) for k, v in intensity.items()}
+    return Plans.from_json(d)

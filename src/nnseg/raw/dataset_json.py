@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from nnseg._types import LabelOrRegion, PathLike
 from nnseg.jsonio import load_json, save_json
+from nnseg.raw.partial_labels import PartialLabels, partial_labels_problems
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 _KNOWN_KEYS = REQUIRED_KEYS + ("regions_class_order", "overwrite_image_reader_writer", "dataset")
@@ -104,7 +105,7 @@ def dataset_json_problems(d: Mapping[str, Any]) -> list[str]:
         problems.append(f"file_ending is {d['file_ending']!r}; it must start with a dot, e.g. \".nii.gz\"")
     if "labels" in d:
         problems += labels_problems(d)
-    return problems
+    return problems + partial_labels_problems(d)
 
 
 def labels_problems(d: Mapping[str, Any]) -> list[str]:
@@ -230,6 +231,11 @@ class DatasetSpec:
     def foreground_labels_or_regions(self) -> list[LabelOrRegion]:
         """What the network predicts: the regions when labels contain regions, else the foreground labels."""
         return self.foreground_regions if self.has_regions else list(self.foreground_labels)
+
+    @property
+    def partial_labels(self) -> PartialLabels | None:
+        """The cases that annotate only some labels (``annotated_labels``; :mod:`nnseg.raw.partial_labels`)."""
+        return PartialLabels.from_dataset_json(self.to_json(), self.foreground_labels_or_regions)
 
     @property
     def allowed_label_values(self) -> list[int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 from nnseg.jsonio import load_json
 from nnseg.parallel import spawn_map
 from nnseg.raw.dataset_json import DatasetSpec, dataset_json_problems, labels_problems
+from nnseg.raw.partial_labels import PARTIAL_KEY, PartialLabels, partial_labels_problems
 from nnseg.raw.discover import CaseFiles, endings_found, scan_channel_files, training_cases
 
 ERROR = "error"
@@ -63,6 +64,7 @@ class CaseExpectation:
     reader: str
     num_channels: int | None
     allowed_labels: tuple[int, ...] | None
+    not_drawn: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # annotated_labels: case -> absent labels
 
 
 def verify_dataset(raw_dataset_folder: Path, *, num_processes: int | None = None) -> list[Problem]:
@@ -88,6 +90,7 @@ def verify_dataset(raw_dataset_folder: Path, *, num_processes: int | None = None
     except ValueError as e:
         return problems + [Problem(ERROR, folder / "dataset.json", str(e), "fix the 'dataset' entry")]
     problems += _check_layout(folder, spec, cases, d)
+    problems += _partial_problems(folder / "dataset.json", d, cases)
     expect = _expectations(folder, spec, cases, d, problems)
     if expect is not None:
         problems += _read_all(cases, expect, num_processes or default_num_processes())
@@ -214,7 +217,32 @@ def _expectations(folder: Path, spec: DatasetSpec, cases: list[CaseFiles], d: Ma
         return None
     labels_ok = "labels" in d and not labels_problems(d)
     allowed = tuple(spec.allowed_label_values) if labels_ok else None
-    return CaseExpectation(reader=io.name, num_channels=spec.num_channels or None, allowed_labels=allowed)
+    return CaseExpectation(reader=io.name, num_channels=spec.num_channels or None, allowed_labels=allowed,
+                           not_drawn=_not_drawn(d) if labels_ok else {})
+
+
+def _not_drawn(d: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Per case of ``annotated_labels``: the label values it says it does not draw (label datasets only: in a region
+    dataset an undrawn region's labels may still be drawn as parts of other regions)."""
+    if partial_labels_problems(d) or not d.get(PARTIAL_KEY):
+        return {}
+    spec = _lenient_spec(d)
+    partial = PartialLabels.from_dataset_json(d, spec.foreground_labels_or_regions)
+    if partial is None or spec.has_regions:
+        return {}
+    return {case: tuple(int(v) for v in partial.missing(case)) for case in partial.annotated}  # type: ignore[arg-type]
+
+
+def _partial_problems(path: Path, d: Mapping[str, Any], cases: list[CaseFiles]) -> list[Problem]:
+    """``annotated_labels`` naming cases the dataset lacks."""
+    listed = d.get(PARTIAL_KEY)
+    if not isinstance(listed, Mapping) or not listed:
+        return []
+    unknown = sorted(set(listed) - {c.identifier for c in cases})
+    if not unknown:
+        return []
+    return [Problem(ERROR, path, f"{PARTIAL_KEY} names {len(unknown)} case(s) that are not training cases: {unknown[:5]}",
+                    "use the case identifiers of imagesTr/labelsTr (file names without _0000 and the ending)")]
 
 
 def _read_all(cases: list[CaseFiles], expect: CaseExpectation, num_processes: int) -> list[Problem]:
@@ -245,7 +273,18 @@ def check_case(case: CaseFiles, expect: CaseExpectation) -> list[Problem]:
             problems += _geometry_problems(case.label, label[0], label[1], ref_path, ref_data, ref_geo)
     if label is not None and expect.allowed_labels is not None:
         problems += _label_value_problems(case.label, label[0], expect.allowed_labels)
+    if label is not None and expect.not_drawn.get(case.identifier):
+        problems += _undrawn_problems(case, label[0], expect.not_drawn[case.identifier])
     return problems
+
+
+def _undrawn_problems(case: CaseFiles, seg: np.ndarray, absent: Sequence[int]) -> list[Problem]:
+    found = sorted(int(v) for v in np.unique(seg) if int(v) in absent)
+    if not found:
+        return []
+    return [Problem(ERROR, case.label, f"case {case.identifier!r} holds label(s) {found} that dataset.json's "
+                    f"{PARTIAL_KEY} says it does not annotate", f"add them to {PARTIAL_KEY}[{case.identifier!r}] or "
+                    "remove the case from the key if it is fully annotated")]
 
 
 def _read(fn: Any, arg: Any, path: Path, problems: list[Problem]) -> tuple[np.ndarray, Any] | None:

@@ -52,12 +52,19 @@ class TrainConfig:
     time_budget_hours: float | None = None
     save_every: int = 50
     ema_alpha: float = 0.9
+    full_val_every: int = 0  # whole-image validation every N epochs (0: off); checkpoint_best and early stopping use it
+    pretrained_new_channels: str = "mean"  # -pretrained_weights: input channels the source lacks ("mean", "zero", "random")
 
     def __post_init__(self) -> None:
         """Every value is checked against its rule in :data:`FIELD_RULES` when a TrainConfig is made (or changed)."""
         for name, problem in config_problems(self).items():
             raise ValueError(f"TrainConfig {name}={getattr(self, name)!r} is invalid: it must be {problem}. "
                              f"Set it with --set {name}=VALUE (default {getattr(TrainConfig, name, None)!r})")
+        patience, every = self.early_stopping_patience, self.full_val_every
+        if patience is not None and every and patience < every:
+            raise ValueError(f"--early-stopping {patience} is shorter than full_val_every={every}: with whole-image "
+                             f"validation the patience counts epochs since its best Dice, so it must be at least "
+                             f"{every} (or validate more often)")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -122,7 +129,8 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "time_budget_hours": _float_in(0, INF, low_open=True, high_open=True, optional=True),
     "save_every": _int_at_least(1), "ema_alpha": _float_in(0, 1),
     "network": ((lambda v: v is None or (isinstance(v, str) and bool(v))), "a registered network name or none"),
-    "cpu_threads": _int_at_least(0),
+    "cpu_threads": _int_at_least(0), "pretrained_new_channels": _choice("mean", "zero", "random"),
+    "full_val_every": _int_at_least(0),
 }
 
 

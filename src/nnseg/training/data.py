@@ -25,6 +25,7 @@ from nnseg.training.augment.pipeline import (
     sample_all,
 )
 from nnseg.training.cascade import CascadeInputs
+from nnseg.training.partial import PartialCodes, regions_with_unknown
 from nnseg.training.sampling import PatchSampler
 
 TRAIN, VAL = 0, 1
@@ -39,6 +40,7 @@ class TargetSpec:
     ignore_label: int | None = None
     ds_scales: tuple[tuple[float, ...], ...] | None = None
     mask_channels: tuple[int, ...] = ()
+    partial: PartialCodes | None = None  # partial labels (region datasets decode their codes here)
 
 
 def batch_rng(seed: int, epoch: int, index: int, kind: int) -> np.random.Generator:
@@ -48,7 +50,9 @@ def batch_rng(seed: int, epoch: int, index: int, kind: int) -> np.random.Generat
 def make_targets(seg: torch.Tensor, spec: TargetSpec) -> list[torch.Tensor]:
     """Labels ``(B, 1, ...)`` with -1 outside the mask -> the list of targets the (deep-supervision) loss expects."""
     seg = remove_negative_labels(seg)
-    if spec.regions is not None:
+    if spec.regions is not None and spec.partial is not None:
+        seg = regions_with_unknown(seg, spec.regions, spec.partial, ignore_label=spec.ignore_label)
+    elif spec.regions is not None:
         seg = labels_to_regions(seg, spec.regions, ignore_label=spec.ignore_label)
     if spec.ds_scales is None:
         return [seg]

@@ -60,7 +60,17 @@ def epoch_summary(state: Any) -> list[str]:
     dice = [round(float(d), 4) for d in log["dice_per_class_or_region"][-1]]
     return [f"Epoch {e}", f"Current learning rate: {round(log['lrs'][-1], 5)}",
             f"train_loss {round(log['train_losses'][-1], 4)}", f"val_loss {round(log['val_losses'][-1], 4)}",
-            f"Pseudo dice {dice}", f"Epoch time: {round(log['epoch_end_timestamps'][-1] - log['epoch_start_timestamps'][-1], 2)} s"]
+            f"Pseudo dice {dice}", *full_val_lines(log),
+            f"Epoch time: {round(log['epoch_end_timestamps'][-1] - log['epoch_start_timestamps'][-1], 2)} s"]
+
+
+def full_val_lines(log: dict[str, list[Any]]) -> list[str]:
+    """The whole-image validation line of an epoch that ran it (``full_val_every``), else nothing."""
+    values = log.get("full_val_dice") or [float("nan")]
+    if np.isnan(values[-1]):
+        return []
+    per_class = [round(float(d), 4) for d in log["full_val_dice_per_class"][-1]]
+    return [f"Full-image validation Dice {round(values[-1], 4)} per class {per_class}"]
 
 
 class TextLog(Hooks):
@@ -88,11 +98,16 @@ class TextLog(Hooks):
         for line in epoch_summary(state):
             self.write(line)
         if state.best_epoch == state.current_epoch:
-            self.write(f"Yayy! New best EMA pseudo Dice: {round(state.best_ema, 4)}")
+            if state.best_full_val is not None:
+                self.write(f"Yayy! New best full-image validation Dice: {round(state.best_full_val, 4)}")
+            else:
+                self.write(f"Yayy! New best EMA pseudo Dice: {round(state.best_ema, 4)}")
 
     def on_train_end(self, run: Any, state: Any, *, stopped_early: bool) -> None:
         why = " (early stopping)" if stopped_early else ""
         best = "n/a" if state.best_ema is None else round(state.best_ema, 4)
+        if state.best_full_val is not None:
+            best = f"n/a; best full-image validation Dice {round(state.best_full_val, 4)}"
         self.write(f"Training done after {state.current_epoch} epochs{why}. Best EMA pseudo Dice {best} "
                    f"(epoch {state.best_epoch}); final pseudo Dice {round(state.logging['mean_fg_dice'][-1], 4) if state.logging['mean_fg_dice'] else 'n/a'}")
 
@@ -135,6 +150,10 @@ def plot_progress(log: dict[str, list[Any]], path: Path) -> None:
     ax2 = ax.twinx()
     ax2.plot(epochs, log["mean_fg_dice"], color="g", ls="dotted", label="pseudo dice")
     ax2.plot(epochs, log["ema_fg_dice"], color="g", label="pseudo dice (mov. avg.)")
+    if "full_val_dice" in log:
+        full = np.asarray(log["full_val_dice"], dtype=float)
+        done = ~np.isnan(full)
+        ax2.plot(epochs[done], full[done], color="m", marker="o", label="full-image val dice")
     ax.set(xlabel="epoch", ylabel="loss")
     ax2.set_ylabel("pseudo dice")
     ax.legend(loc=(0, 1)), ax2.legend(loc=(0.2, 1))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,9 @@ from nnseg.training.distributed import DistributedTraining
 from nnseg.training.failures import non_finite_loss_error, unreadable_checkpoint_error
 from nnseg.training.fold_state import discard_failed_start, write_train_config
 from nnseg.training.hooks import Hooks
-from nnseg.training.preflight import pretrained_mismatches
+from nnseg.training.finetune import TargetInfo, load_pretrained
+from nnseg.training.partial import PartialCodes
+from nnseg.training.pretrained import read_pretrained
 from nnseg.training.run_spec import Components, RunSpec, build_components
 from nnseg.training.schedule import LR_SCHEDULES
 from nnseg.training.state import TrainState, checkpoint_dict, state_from_checkpoint
@@ -69,9 +71,27 @@ def train_step(network: nn.Module, image: torch.Tensor, targets: list[torch.Tens
     return float(loss.detach().cpu())
 
 
-def tp_fp_fn(output: torch.Tensor, target: torch.Tensor, *, regions: bool, ignore_label: int | None) -> np.ndarray:
-    """Global TP/FP/FN per foreground class (or region) of a hard prediction, as nnU-Net's online validation."""
+def _unscored(output: torch.Tensor, target: torch.Tensor, *, regions: bool, partial: PartialCodes | None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Partial labels: the target without its codes, and where each class (region) is not scored."""
+    if partial is None:
+        return target, None
+    if regions:  # (B, 2R[+1]): regions, unknown masks, ignore
+        r = output.shape[1]
+        return torch.cat([target[:, :r], target[:, 2 * r:]], 1), target[:, r:2 * r].bool()
+    unscored = torch.zeros(output.shape, dtype=torch.bool, device=output.device)
+    for s, classes in enumerate(partial.sets):
+        unscored[:, list(classes)] |= target == partial.base + s
+    return partial.uncoded(target), unscored
+
+
+def tp_fp_fn(output: torch.Tensor, target: torch.Tensor, *, regions: bool, ignore_label: int | None,
+             partial: PartialCodes | None = None) -> np.ndarray:
+    """Global TP/FP/FN per foreground class (or region) of a hard prediction, as nnU-Net's online validation.
+
+    ``partial``: coded voxels count as background, and a class they may be is not scored there."""
     axes = [0, *range(2, output.ndim)]
+    target, unscored = _unscored(output, target, regions=regions, partial=partial)
     if regions:
         pred = (torch.sigmoid(output.float()) > 0.5)
         mask = None
@@ -85,6 +105,8 @@ def tp_fp_fn(output: torch.Tensor, target: torch.Tensor, *, regions: bool, ignor
         gt = torch.zeros_like(pred).scatter_(1, t, True)
     if mask is not None:
         pred, gt = pred & mask, gt & mask
+    if unscored is not None:
+        pred, gt = pred & ~unscored, gt & ~unscored
     tp = (pred & gt).sum(axes)
     fp = (pred & ~gt).sum(axes)
     fn = (~pred & gt).sum(axes)
@@ -93,11 +115,13 @@ def tp_fp_fn(output: torch.Tensor, target: torch.Tensor, *, regions: bool, ignor
 
 
 def validation_step(network: nn.Module, image: torch.Tensor, targets: list[torch.Tensor], loss_fn: nn.Module, *,
-                    precision: str, regions: bool, ignore_label: int | None) -> tuple[float, np.ndarray]:
+                    precision: str, regions: bool, ignore_label: int | None,
+                    partial: PartialCodes | None = None) -> tuple[float, np.ndarray]:
     with torch.no_grad(), autocast_context(image.device, precision):
         outputs = _as_list(network(image))
         loss = loss_fn(outputs, targets[: len(outputs)])
-    return float(loss.cpu()), tp_fp_fn(outputs[0], targets[0], regions=regions, ignore_label=ignore_label)
+    return float(loss.cpu()), tp_fp_fn(outputs[0], targets[0], regions=regions, ignore_label=ignore_label,
+                                       partial=partial)
 
 
 def pseudo_dice(counts: np.ndarray) -> list[float]:
@@ -133,9 +157,43 @@ def _restore(run: RunSpec, parts: Components) -> TrainState | None:
     return None
 
 
+FullValidator = Callable[[nn.Module], list[float]]
+"""Whole-image validation (``full_val_every``): network -> Dice per foreground label or region (see
+:mod:`nnseg.predictions.full_val`, which builds it for the launchers)."""
+
+
+def _patch_validation(run: RunSpec, parts: Components, epoch: int) -> tuple[list[float], np.ndarray]:
+    """nnU-Net's online validation: ``val_iterations_per_epoch`` patch batches, losses and TP/FP/FN counts."""
+    n_fg = run.num_heads if run.regions is not None else run.num_heads - 1  # pseudo Dice: foreground only
+    val_losses, counts = [], np.zeros((3, n_fg))
+    for i, (image, targets) in enumerate(prefetched(lambda i: parts.batches.val_batch(epoch, i),
+                                                    run.config.val_iterations_per_epoch, background=run.background)):
+        loss, c = validation_step(parts.network, image, targets, parts.loss, precision=run.precision,
+                                  regions=run.regions is not None, ignore_label=run.ignore_label, partial=run.partial)
+        _check_finite(run, parts, loss, image, epoch, i, train=False)
+        val_losses.append(loss)
+        counts += c
+    return val_losses, counts
+
+
+def _full_validation(run: RunSpec, parts: Components, state: TrainState, validate: FullValidator | None) -> bool:
+    """Whole-image validation on every ``full_val_every``-th epoch (and the last); True on a new best Dice."""
+    every = run.config.full_val_every
+    if every == 0:
+        return False
+    if validate is None:
+        raise ValueError("full_val_every needs a full-image validator; train through nnseg.launch (nnUNetv2_train), "
+                         "or pass full_validator=nnseg.predictions.full_val.full_validator(run)")
+    epoch = state.current_epoch
+    due = (epoch + 1) % every == 0 or epoch + 1 == state.num_epochs
+    mean = state.log_full_val(validate(parts.network) if due else None)
+    return mean is not None and state.improved_full_val(mean)
+
+
 def run_epoch(run: RunSpec, parts: Components, state: TrainState, hooks: Hooks, *,
-              dist: DistributedTraining | None = None) -> None:
-    """Train ``iterations_per_epoch`` steps, validate ``val_iterations_per_epoch`` batches, log, checkpoint.
+              dist: DistributedTraining | None = None, full_validator: FullValidator | None = None) -> None:
+    """Train ``iterations_per_epoch`` steps, validate ``val_iterations_per_epoch`` batches (and whole images every
+    ``full_val_every`` epochs), log, checkpoint.
 
     Under DDP (``dist``) the losses and validation counts are reduced over ranks before they are logged.
     """
@@ -153,21 +211,15 @@ def run_epoch(run: RunSpec, parts: Components, state: TrainState, hooks: Hooks, 
                                  precision=run.precision, grad_clip=cfg.grad_clip))
         _check_finite(run, parts, losses[-1], image, epoch, i, train=True)
     parts.network.eval()
-    n_fg = run.num_heads if run.regions is not None else run.num_heads - 1  # pseudo Dice: foreground only
-    val_losses, counts = [], np.zeros((3, n_fg))
-    for i, (image, targets) in enumerate(prefetched(lambda i: parts.batches.val_batch(epoch, i),
-                                                    cfg.val_iterations_per_epoch, background=run.background)):
-        loss, c = validation_step(parts.network, image, targets, parts.loss, precision=run.precision,
-                                  regions=run.regions is not None, ignore_label=run.ignore_label)
-        _check_finite(run, parts, loss, image, epoch, i, train=False)
-        val_losses.append(loss)
-        counts += c
+    val_losses, counts = _patch_validation(run, parts, epoch)
+    new_best_full = _full_validation(run, parts, state, full_validator)
     train_loss, val_loss = float(np.mean(losses)), float(np.mean(val_losses or [np.nan]))
     if dist is not None:
         train_loss, val_loss, counts = dist.reduce_epoch(train_loss, val_loss, counts)
     ema = state.log_epoch(lr=lr, train_loss=train_loss, val_loss=val_loss,
                           dice_per_class=pseudo_dice(counts), ema_alpha=cfg.ema_alpha, start=start, end=time.time())
-    if state.improved(ema) and not run.disable_checkpointing:
+    best = new_best_full if cfg.full_val_every else state.improved(ema)
+    if best and not run.disable_checkpointing:
         _save(run, parts, state, "checkpoint_best.pth", epoch + 1)
     if (epoch + 1) % cfg.save_every == 0 and epoch != state.num_epochs - 1 and not run.disable_checkpointing:
         _save(run, parts, state, "checkpoint_latest.pth", epoch + 1)
@@ -194,16 +246,19 @@ def _apply_time_budget(run: RunSpec, state: TrainState) -> None:
 
 
 def train(run: RunSpec, *, hooks: Hooks | None = None, resume: bool = False,
-          pretrained_weights: Path | None = None, dist: DistributedTraining | None = None) -> TrainResult:
+          pretrained_weights: Path | None = None, dist: DistributedTraining | None = None,
+          full_validator: FullValidator | None = None) -> TrainResult:
     """Train one fold; returns when ``num_epochs`` are done or early stopping triggers.
 
     ``dist``: this rank's view of a DDP process group (see :mod:`nnseg.training.distributed`); pass the run from
-    :func:`~nnseg.training.distributed.rank_run` so that only rank 0 writes checkpoints.
+    :func:`~nnseg.training.distributed.rank_run` so that only rank 0 writes checkpoints. ``full_validator``: the
+    whole-image validation ``full_val_every`` needs (:func:`nnseg.predictions.full_val.full_validator`).
     """
     hooks = hooks or Hooks()
     run.output_folder.mkdir(parents=True, exist_ok=True)
     try:
-        return _train(run, hooks, resume=resume, pretrained_weights=pretrained_weights, dist=dist)
+        return _train(run, hooks, resume=resume, pretrained_weights=pretrained_weights, dist=dist,
+                      full_validator=full_validator)
     except BaseException:
         if not run.disable_checkpointing:  # a start that failed before its first checkpoint leaves no settings behind
             discard_failed_start(run.output_folder)
@@ -211,7 +266,7 @@ def train(run: RunSpec, *, hooks: Hooks | None = None, resume: bool = False,
 
 
 def _train(run: RunSpec, hooks: Hooks, *, resume: bool, pretrained_weights: Path | None,
-           dist: DistributedTraining | None) -> TrainResult:
+           dist: DistributedTraining | None, full_validator: FullValidator | None) -> TrainResult:
     parts = build_components(run)
     if dist is not None:
         dist.prepare(run, parts)
@@ -221,14 +276,14 @@ def _train(run: RunSpec, hooks: Hooks, *, resume: bool, pretrained_weights: Path
             print(f"note: --c but {run.output_folder} holds no checkpoint to continue from; starting from scratch",
                   file=sys.stderr)
         if pretrained_weights is not None:
-            load_pretrained_weights(parts.module, pretrained_weights)
+            load_pretrained_weights(run, parts.module, pretrained_weights, report=dist is None or dist.info.is_main)
         state = TrainState(seed=run.seed, num_epochs=run.config.num_epochs)
     if not run.disable_checkpointing:
         write_train_config(run.output_folder, run.config)
     hooks.on_train_start(run, state, parts.module)
     stopped_early = False
     while state.current_epoch < state.num_epochs:
-        run_epoch(run, parts, state, hooks, dist=dist)
+        run_epoch(run, parts, state, hooks, dist=dist, full_validator=full_validator)
         _apply_time_budget(run, state)
         if dist is not None:
             dist.sync_state(state)
@@ -243,15 +298,10 @@ def _train(run: RunSpec, hooks: Hooks, *, resume: bool, pretrained_weights: Path
     return TrainResult(run.output_folder, state, stopped_early)
 
 
-def load_pretrained_weights(network: nn.Module, path: Path, *, skip: Sequence[str] = (".seg_layers.",)) -> None:
-    """nnU-Net's rule: every weight except the segmentation heads must exist with the same shape, and is copied."""
-    source = load_checkpoint(path)["network_weights"]
-    own = network.state_dict()
-    problems = pretrained_mismatches(own, source, skip)
-    source = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in source.items()}
-    if problems:
-        raise ValueError(f"pretrained weights {path} do not fit this network ({len(problems)} keys missing or with "
-                         f"another shape, e.g. {problems[:3]}); plans of both must describe the same architecture "
-                         "(use nnUNetv2_move_plans_between_datasets)")
-    own.update({k: v for k, v in source.items() if k in own and not any(s in k for s in skip)})
-    network.load_state_dict(own)
+def load_pretrained_weights(run: RunSpec, network: nn.Module, path: Path, *, report: bool = True) -> None:
+    """Fine-tuning's load (:mod:`nnseg.training.finetune`); the report goes to the console and the fold folder."""
+    target = TargetInfo.from_dataset_json(run.init_args.get("dataset_json") or {},
+                                          new_channels=run.config.pretrained_new_channels,
+                                          extra_channels=[f"previous stage label {c}" for c in run.cascade_labels])
+    load_pretrained(network, read_pretrained(Path(path)), target, path=Path(path),
+                    report_folder=run.output_folder if report and not run.disable_checkpointing else None)

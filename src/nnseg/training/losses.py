@@ -73,14 +73,49 @@ class DiceCELoss(nn.Module):
         return loss
 
 
+class MarginalDiceCELoss(DiceCELoss):
+    """Partial labels (Shi et al. 2021, marginal loss): voxels coded ``base + s`` are "background or one of the
+    classes ``sets[s]``" (a partially annotated case's unlabelled voxels). Cross-entropy there uses the merged
+    probability ``p_0 + sum(p_u for u in sets[s])``, and the Dice of each ``u`` leaves those voxels out, so
+    predicting an unannotated class where it was not drawn costs nothing; elsewhere it is nnU-Net's Dice + CE
+    (a voxel drawn as class ``k`` still says it is no other class)."""
+
+    def __init__(self, *, batch_dice: bool, base: int, sets: Sequence[Sequence[int]], smooth: float = DEFAULT_SMOOTH,
+                 ignore_label: int | None = None) -> None:
+        super().__init__(batch_dice=batch_dice, smooth=smooth, ignore_label=ignore_label)
+        self.base, self.sets = int(base), [tuple(int(u) for u in s) for s in sets]
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.ndim != logits.ndim or target.shape[1] != 1:
+            raise ValueError(f"target must be (B, 1, *spatial) labels, got shape {tuple(target.shape)}")
+        keep = torch.ones_like(target, dtype=torch.bool) if self.ignore_label is None else target != self.ignore_label
+        coded = target >= self.base
+        plain = torch.where(keep & ~coded, target, torch.zeros_like(target)).long()
+        with torch.no_grad():
+            onehot = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device).scatter_(1, plain, True)
+            dice_mask = keep.expand_as(logits).clone()
+            for s, classes in enumerate(self.sets):
+                dice_mask[:, list(classes)] &= ~(target == self.base + s)
+        log_p = torch.log_softmax(logits.float(), 1)
+        nll = -log_p.gather(1, plain)
+        for s, classes in enumerate(self.sets):
+            merged = torch.logsumexp(log_p[:, [0, *classes]], 1, keepdim=True)
+            nll = torch.where(target == self.base + s, -merged, nll)
+        ce = (nll * keep).sum() / torch.clip(keep.sum(), min=1)
+        probs = torch.softmax(logits, 1)[:, 1:]
+        dice = soft_dice(probs, onehot[:, 1:], batch_dice=self.batch_dice, smooth=self.smooth, mask=dice_mask[:, 1:],
+                         batch_reduce=self.batch_reduce)
+        return self.weight_ce * ce - self.weight_dice * dice
+
+
 class DiceBCELoss(nn.Module):
     """nnU-Net's ``DC_and_BCE_loss`` for regions: sigmoid soft Dice (background included) + BCE, masked for ignore."""
 
     def __init__(self, *, batch_dice: bool, smooth: float = DEFAULT_SMOOTH, use_ignore_label: bool = False,
-                 weight_ce: float = 1.0, weight_dice: float = 1.0) -> None:
+                 weight_ce: float = 1.0, weight_dice: float = 1.0, partial: bool = False) -> None:
         super().__init__()
         self.batch_dice, self.smooth, self.use_ignore_label = batch_dice, smooth, use_ignore_label
-        self.weight_ce, self.weight_dice = weight_ce, weight_dice
+        self.weight_ce, self.weight_dice, self.partial = weight_ce, weight_dice, partial
         self.batch_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None  # set under DDP
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -89,6 +124,15 @@ class DiceBCELoss(nn.Module):
         if self.use_ignore_label:
             mask = (1 - target[:, -1:].float())
             regions = target[:, :-1]
+        if self.partial:  # partial labels: R region channels, then R masks of unknown voxels (training.partial)
+            r = logits.shape[1]
+            known = 1 - regions[:, r:2 * r].float()
+            mask, regions = known if mask is None else known * mask, regions[:, :r]
+            bce = nn.functional.binary_cross_entropy_with_logits(logits, regions.float(), reduction="none")
+            dice = soft_dice(torch.sigmoid(logits), regions.float(), batch_dice=self.batch_dice, smooth=self.smooth,
+                             mask=mask, batch_reduce=self.batch_reduce)
+            bce_value = (bce * mask).sum() / torch.clip(mask.sum() / r, min=DENOMINATOR_FLOOR)
+            return self.weight_ce * bce_value - self.weight_dice * dice
         regions = regions.float()
         dice = soft_dice(torch.sigmoid(logits), regions, batch_dice=self.batch_dice, smooth=self.smooth, mask=mask,
                          batch_reduce=self.batch_reduce)
@@ -133,7 +177,12 @@ class DeepSupervisionLoss(nn.Module):
 
 @LOSSES.register("dice_ce")
 def make_dice_ce(*, batch_dice: bool, smooth: float = DEFAULT_SMOOTH, ignore_label: int | None = None,
-                 has_regions: bool = False) -> nn.Module:
+                 has_regions: bool = False, partial: tuple[int, Sequence[Sequence[int]]] | None = None) -> nn.Module:
+    """nnU-Net's loss; ``partial`` = ``(base, sets)`` of a partially annotated dataset gives the marginal loss."""
+    if partial is not None and not has_regions:
+        return MarginalDiceCELoss(batch_dice=batch_dice, smooth=smooth, ignore_label=ignore_label, base=partial[0],
+                                  sets=partial[1])
     if has_regions:
-        return DiceBCELoss(batch_dice=batch_dice, smooth=smooth, use_ignore_label=ignore_label is not None)
+        return DiceBCELoss(batch_dice=batch_dice, smooth=smooth, use_ignore_label=ignore_label is not None,
+                           partial=partial is not None)
     return DiceCELoss(batch_dice=batch_dice, smooth=smooth, ignore_label=ignore_label)

@@ -22,14 +22,14 @@ from nnseg.networks import build_network
 from nnseg.networks.memory import estimate_feature_map_size
 from nnseg.preprocessed.store import load_case
 from nnseg.raw.dataset_json import DatasetSpec
-from nnseg.training.checkpoint import load_checkpoint
+from nnseg.training.finetune import TargetInfo, check_transfer, plan_transfer
+from nnseg.training.pretrained import read_pretrained
 from nnseg.training.splits import some_cases
 
 PATCH_OVER_IMAGE_LIMIT = 2.0  # a patch axis more than twice the largest image on that axis is nearly all padding
 BYTES_PER_FEATURE = 4  # lower bound: one fp32 activation per feature-map element kept for the backward pass.
 # nnU-Net's planner budgets ~7 bytes per element and sample (560e6 elements x batch 2 = 8 GB), so a planned
 # configuration is never refused on the GPU it was planned for; only patches that cannot fit at all are.
-SKIP_WEIGHTS = (".seg_layers.",)
 
 
 def expected_cases(preprocessed_dataset_folder: Path, spec: DatasetSpec) -> list[str] | None:
@@ -70,6 +70,7 @@ def check_label_values(data_folder: Path, identifiers: Sequence[str], spec: Data
         if seg is None:
             continue
         values = np.asarray(seg[...])
+        check_drawn_labels(identifier, values, spec, data_folder=data_folder)
         if consecutive and values.size and allowed[0] <= values.min() and values.max() <= allowed[-1]:
             continue
         bad = sorted(set(np.unique(values).tolist()) - set(allowed))
@@ -78,6 +79,28 @@ def check_label_values(data_folder: Path, identifiers: Sequence[str], spec: Data
                              f"declare (labels: {spec.labels}). Declare them in dataset.json or fix the case's "
                              f"segmentation in labelsTr, then {fix}")
     return shapes
+
+
+def check_drawn_labels(identifier: str, seg: np.ndarray, spec: DatasetSpec, *, data_folder: Path) -> None:
+    """Refuse a partially annotated case (``annotated_labels``) holding a label it says it does not draw."""
+    partial = spec.partial_labels
+    missing = () if partial is None or spec.has_regions else partial.missing(identifier)
+    if not missing:
+        return
+    found = sorted(int(v) for v in np.unique(seg) if int(v) in missing)
+    if found:
+        raise ValueError(f"case {identifier} in {data_folder} holds label(s) {found} that dataset.json's "
+                         f"annotated_labels says it does not annotate ({partial.annotated[identifier]}); add them to "
+                         f"annotated_labels[{identifier!r}] in dataset.json, or remove the case from the key")
+
+
+def check_partial_cases(spec: DatasetSpec, identifiers: Sequence[str], *, data_folder: Path) -> None:
+    """Refuse ``annotated_labels`` naming cases the preprocessed data lacks (a typo would train them as complete)."""
+    partial = spec.partial_labels
+    unknown = sorted(set(partial.annotated) - set(identifiers)) if partial is not None else []
+    if unknown:
+        raise ValueError(f"dataset.json's annotated_labels names {len(unknown)} case(s) that {data_folder} lacks: "
+                         f"{some_cases(unknown)}; use the case identifiers (nnseg verify lists the problems)")
 
 
 def available_memory_bytes(device: torch.device) -> int | None:
@@ -122,25 +145,12 @@ def check_plans_plausible(*, architecture: dict[str, Any], patch_size: Sequence[
 
 
 def check_pretrained_weights(path: Path, *, architecture: dict[str, Any], input_channels: int, num_heads: int,
-                             deep_supervision: bool) -> None:
-    """Refuse ``-pretrained_weights`` that cannot be read or do not fit the network (all weights but the heads)."""
-    try:
-        source = load_checkpoint(path)["network_weights"]
-    except (ValueError, FileNotFoundError) as e:
-        raise ValueError(f"-pretrained_weights {path}: {e}") from None
+                             deep_supervision: bool, target: TargetInfo) -> None:
+    """Refuse ``-pretrained_weights`` that cannot be read or of which nothing outside the heads and the input
+    convolution fits the network (:mod:`nnseg.training.finetune`); other differences are loaded around."""
+    source = read_pretrained(path)
     with torch.device("meta"):
         network = build_network(architecture, input_channels=input_channels, num_classes=num_heads,
                                 deep_supervision=deep_supervision, initialize=False)
-    problems = pretrained_mismatches(network.state_dict(), source)
-    if problems:
-        raise ValueError(f"-pretrained_weights {path} do not fit this network ({len(problems)} keys missing or with "
-                         f"another shape, e.g. {problems[:3]}); plans of both must describe the same architecture "
-                         "(use nnUNetv2_move_plans_between_datasets), or leave -pretrained_weights out")
-
-
-def pretrained_mismatches(own: dict[str, torch.Tensor], source: dict[str, Any],
-                          skip: Sequence[str] = SKIP_WEIGHTS) -> list[str]:
-    """Keys of ``own`` (heads left out) that ``source`` lacks or holds with another shape."""
-    source = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in source.items()}
-    return [k for k in own if not any(s in k for s in skip)
-            and (k not in source or not hasattr(source[k], "shape") or tuple(source[k].shape) != tuple(own[k].shape))]
+    _, report = plan_transfer(network.state_dict(), source, target)
+    check_transfer(report, path)

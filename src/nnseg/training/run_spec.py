@@ -20,6 +20,7 @@ from nnseg.training.cascade import CascadeInputs
 from nnseg.training.config import TrainConfig
 from nnseg.training.data import BatchMaker, TargetSpec
 from nnseg.training.losses import LOSSES, DeepSupervisionLoss, deep_supervision_scales, deep_supervision_weights
+from nnseg.training.partial import PartialCodes
 from nnseg.training.sampling import PatchSampler
 from nnseg.training.schedule import LR_SCHEDULES
 
@@ -82,6 +83,7 @@ class RunSpec:
     disable_checkpointing: bool = False
     prev_stage_folder: Path | None = None  # cascade: the previous stage's predicted_next_stage/<configuration>
     cascade_labels: tuple[int, ...] = ()  # cascade: foreground labels appended one-hot as input channels
+    partial: PartialCodes | None = None  # dataset.json's annotated_labels (partially annotated cases), else None
 
     @property
     def strides(self) -> list[list[int]]:
@@ -106,8 +108,9 @@ class Components:
 
 
 def _loss(run: RunSpec) -> nn.Module:
+    extra = {} if run.partial is None else {"partial": (run.partial.base, run.partial.sets)}
     base = LOSSES[run.config.loss](batch_dice=run.batch_dice, smooth=run.config.dice_smooth,
-                                   ignore_label=run.ignore_label, has_regions=run.regions is not None)
+                                   ignore_label=run.ignore_label, has_regions=run.regions is not None, **extra)
     n_outputs = len(run.strides) - 1 if run.config.deep_supervision else 1
     return DeepSupervisionLoss(base, deep_supervision_weights(max(1, n_outputs)))
 
@@ -117,13 +120,13 @@ def _batches(run: RunSpec) -> BatchMaker:
     transforms = AUGMENTATIONS[run.config.augmentation](setup)
     common = dict(folder=run.data_folder, final_patch_size=run.patch_size, batch_size=run.batch_size,
                   oversample_foreground=run.config.oversample_foreground, annotated_key=run.annotated_key,
-                  prev_stage_folder=run.prev_stage_folder)
+                  prev_stage_folder=run.prev_stage_folder, partial=run.partial)
     train = PatchSampler(identifiers=list(run.train_ids), patch_size=sampling_patch_size(setup, transforms), **common)
     val = PatchSampler(identifiers=list(run.val_ids or run.train_ids), patch_size=run.patch_size, **common)
     scales = deep_supervision_scales(run.strides) if run.config.deep_supervision else None
     targets = TargetSpec(regions=run.regions, ignore_label=run.ignore_label,
                          ds_scales=None if scales is None else tuple(tuple(s) for s in scales),
-                         mask_channels=run.mask_channels)
+                         mask_channels=run.mask_channels, partial=run.partial)
     aug_device = run.device if run.device.type == "cuda" else torch.device("cpu")
     cascade = CascadeInputs(run.cascade_labels) if run.prev_stage_folder is not None else None
     return BatchMaker(train, val, transforms, targets, aug_device, run.seed, cascade)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from nnseg.preprocessed.store import load_case, open_b2nd
+from nnseg.training.partial import PartialCodes
 
 
 def oversample_flags(batch_size: int, oversample_foreground: float) -> list[bool]:
@@ -104,6 +105,7 @@ class PatchSampler:
         batch_size: samples per batch.
         oversample_foreground: nnU-Net's 0.33.
         annotated_key: with an ignore label, the class-locations key of annotated voxels (patches are drawn there).
+        partial: codes for partially annotated cases' unlabelled voxels (:mod:`nnseg.training.partial`).
         prev_stage_folder: cascade only: folder of the previous stage's ``CASE.b2nd`` label maps ``(X, Y, Z)``;
             each is cropped like the image and returned as label channel 1 (seg ``(B, 2, *patch)``).
     """
@@ -116,6 +118,7 @@ class PatchSampler:
     oversample_foreground: float = 0.33
     annotated_key: Any = None
     prev_stage_folder: Path | None = None
+    partial: PartialCodes | None = None
     _cache: dict[str, tuple[Any, Any, dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -147,7 +150,8 @@ class PatchSampler:
             lower, upper = choose_bbox(rng, data.shape[1:], self._patch, self._need_to_pad, force_fg=force,
                                        class_locations=props.get("class_locations"), annotated_key=self.annotated_key)
             images.append(crop_and_pad(data, lower, upper, pad_value=0))
-            segs.append(crop_and_pad(seg, lower, upper, pad_value=-1))
+            part = crop_and_pad(seg, lower, upper, pad_value=-1)
+            segs.append(part if self.partial is None else self.partial.encode(part, identifier))
         image = np.stack(images).astype(np.float32, copy=False)
         segs_arr = np.stack(segs).astype(np.int16, copy=False)
         if self.is_2d:

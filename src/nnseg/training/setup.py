@@ -16,11 +16,14 @@ from nnseg.preprocessed.store import list_cases
 from nnseg.raw.dataset_json import DatasetSpec
 from nnseg.training.cascade import check_prev_stage_cases, prev_stage_folder
 from nnseg.training.config import TrainConfig
+from nnseg.training.finetune import TargetInfo
 from nnseg.training.fold_state import TRAIN_CONFIG_FILE, check_saved_config
+from nnseg.training.partial import partial_codes
 from nnseg.training.preflight import (
     available_memory_bytes,
     check_dataset_complete,
     check_label_values,
+    check_partial_cases,
     check_plans_plausible,
     check_pretrained_weights,
 )
@@ -105,7 +108,9 @@ def make_run_spec(job: FoldJob, *, resume: bool = False, pretrained_weights: Pat
 
 def _preflight(run: RunSpec, job: FoldJob, pretrained_weights: Path | None) -> None:
     fix = f"rerun `nnUNetv2_preprocess -d {job.plans.dataset_name} -c {job.configuration_name}`"
-    shapes = check_label_values(run.data_folder, sorted(set(run.train_ids + run.val_ids)), job.spec, fix=fix)
+    cases = sorted(set(run.train_ids + run.val_ids))
+    check_partial_cases(job.spec, cases, data_folder=run.data_folder)
+    shapes = check_label_values(run.data_folder, cases, job.spec, fix=fix)
     where = (f"plans {Path(job.preprocessed_dataset_folder) / (job.plans.plans_name + '.json')}, configuration "
              f"{job.configuration_name}")
     common = dict(architecture=run.architecture, input_channels=run.num_input_channels, num_heads=run.num_heads,
@@ -113,7 +118,9 @@ def _preflight(run: RunSpec, job: FoldJob, pretrained_weights: Path | None) -> N
     check_plans_plausible(patch_size=run.patch_size, batch_size=run.batch_size, image_shapes=shapes,
                           available=available_memory_bytes(run.device), where=where, **common)  # type: ignore[arg-type]
     if pretrained_weights is not None:
-        check_pretrained_weights(Path(pretrained_weights), **common)  # type: ignore[arg-type]
+        target = TargetInfo.from_dataset_json(job.spec.to_json(), new_channels=run.config.pretrained_new_channels,
+                                              extra_channels=[f"previous stage label {c}" for c in run.cascade_labels])
+        check_pretrained_weights(Path(pretrained_weights), target=target, **common)  # type: ignore[arg-type]
 
 
 def _run_spec(job: FoldJob, cases: dict[str, list[str]], data_folder: Path, out: Path) -> RunSpec:
@@ -133,7 +140,7 @@ def _run_spec(job: FoldJob, cases: dict[str, list[str]], data_folder: Path, out:
                    "dataset_json": job.spec.to_json(), "device": job.device},
         config=job.config, device=job.device, precision=job.precision, seed=seed, background=job.background,
         disable_checkpointing=job.disable_checkpointing, prev_stage_folder=prev,
-        cascade_labels=tuple(job.spec.foreground_labels) if prev else ())
+        cascade_labels=tuple(job.spec.foreground_labels) if prev else (), partial=partial_codes(job.spec))
 
 
 def _prev_stage(job: FoldJob, previous_stage: str | None, identifiers: list[str]) -> Path | None:

@@ -9,6 +9,7 @@ import numpy as np
 
 LOG_KEYS = ("mean_fg_dice", "ema_fg_dice", "dice_per_class_or_region", "train_losses", "val_losses", "lrs",
             "epoch_start_timestamps", "epoch_end_timestamps")
+FULL_VAL_KEYS = ("full_val_dice", "full_val_dice_per_class")  # only in runs with full_val_every > 0 (NaN between)
 
 
 @dataclass
@@ -20,6 +21,7 @@ class TrainState:
     current_epoch: int = 0
     best_ema: float | None = None
     best_epoch: int | None = None
+    best_full_val: float | None = None
     logging: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in LOG_KEYS})
 
     def log_epoch(self, *, lr: float, train_loss: float, val_loss: float, dice_per_class: list[float],
@@ -42,6 +44,21 @@ class TrainState:
             self.best_ema, self.best_epoch = ema, self.current_epoch
             return True
         return False
+
+    def log_full_val(self, dice_per_class: list[float] | None) -> float | None:
+        """Append this epoch's whole-image Dice (None: not validated this epoch, logged as NaN); returns the mean."""
+        values = [float("nan")] if dice_per_class is None else [float(d) for d in dice_per_class]
+        mean = float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
+        self.logging.setdefault("full_val_dice", []).append(mean)
+        self.logging.setdefault("full_val_dice_per_class", []).append(values)
+        return None if dice_per_class is None else mean
+
+    def improved_full_val(self, dice: float) -> bool:
+        """A new best whole-image Dice (it then chooses checkpoint_best and resets early stopping)."""
+        if np.isnan(dice) or (self.best_full_val is not None and dice <= self.best_full_val):
+            return False
+        self.best_full_val, self.best_epoch = dice, self.current_epoch
+        return True
 
     def epochs_without_improvement(self) -> int:
         """Finished epochs since the one with the best EMA (0 right after an improvement)."""
@@ -70,13 +87,15 @@ def checkpoint_dict(state: TrainState, *, network_weights: dict[str, Any], optim
         "nnseg_seed": state.seed,
         "nnseg_num_epochs": state.num_epochs,
         "nnseg_best_epoch": state.best_epoch,
+        **({"nnseg_best_full_val": state.best_full_val} if "full_val_dice" in state.logging else {}),
         "nnseg_train_config": train_config,
     }
 
 
 def state_from_checkpoint(ckpt: dict[str, Any], *, default_num_epochs: int) -> TrainState:
     """Restore a TrainState; nnU-Net checkpoints (no ``nnseg_*`` keys) get a fresh seed and the configured epochs."""
-    logging = {k: list(ckpt.get("logging", {}).get(k, [])) for k in LOG_KEYS}
+    saved = ckpt.get("logging", {})
+    logging = {k: list(saved.get(k, [])) for k in LOG_KEYS + FULL_VAL_KEYS if k in LOG_KEYS or k in saved}
     seed = ckpt.get("nnseg_seed")
     return TrainState(
         seed=int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**31)),
@@ -84,5 +103,6 @@ def state_from_checkpoint(ckpt: dict[str, Any], *, default_num_epochs: int) -> T
         current_epoch=int(ckpt["current_epoch"]),
         best_ema=None if ckpt.get("_best_ema") is None else float(ckpt["_best_ema"]),
         best_epoch=ckpt.get("nnseg_best_epoch"),
+        best_full_val=ckpt.get("nnseg_best_full_val"),
         logging=logging,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -14,6 +15,7 @@ TRACKING_FILE = "experiment_tracking.json"
 EPOCH_SCALARS = ("lrs", "train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice", "epoch_start_timestamps",
                  "epoch_end_timestamps")
 PER_CLASS = "dice_per_class_or_region"
+FULL_VAL = "full_val_dice"  # full_val_every > 0: whole-image validation Dice
 
 
 class MissingTrackingLibrary(RuntimeError):
@@ -63,6 +65,9 @@ def epoch_metrics(logging: Mapping[str, list[Any]], epoch: int) -> dict[str, flo
     """nnU-Net's per-epoch values of ``epoch`` under nnU-Net's names (``MetaLogger.log``): the scalars plus
     ``dice_per_class_or_region/class_<i+1>`` for each foreground class or region."""
     out = {key: float(logging[key][epoch]) for key in EPOCH_SCALARS if len(logging.get(key, [])) > epoch}
+    full = logging.get(FULL_VAL, [])
+    if len(full) > epoch and not math.isnan(full[epoch]):  # only epochs that ran the whole-image validation
+        out[FULL_VAL] = float(full[epoch])
     per_class = logging.get(PER_CLASS, [])
     if len(per_class) > epoch:
         out.update({f"{PER_CLASS}/class_{i + 1}": float(v) for i, v in enumerate(per_class[epoch])})
