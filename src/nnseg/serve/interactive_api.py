@@ -247,31 +247,9 @@ def _prompt(registry: SessionRegistry, request: Any, action: Callable[[Interacti
 def _prompt_routes(router: Any, registry: SessionRegistry) -> None:
     from fastapi import Request
 
-    @router.post("/add_point_interaction")
-    async def add_point(request: Request) -> Any:
-        body = await request.body()
-
-        def action(s: InteractiveSession) -> bool:
-            b, run = _json_body(body), None
-            run = _flag(b, "run_prediction", True)
-            s.add_point_interaction(b.get("coordinates"), _flag(b, "include_interaction"), run,
-                                    _flag(b, "override_capability_checks", False))
-            return run
-
-        return await _in_thread(lambda: _prompt(registry, request, action))
-
-    @router.post("/add_bbox_interaction")
-    async def add_bbox(request: Request) -> Any:
-        body = await request.body()
-
-        def action(s: InteractiveSession) -> bool:
-            b = _json_body(body)
-            run = _flag(b, "run_prediction", True)
-            s.add_bbox_interaction(b.get("bbox_coords"), _flag(b, "include_interaction"), run,
-                                   _flag(b, "override_capability_checks", False))
-            return run
-
-        return await _in_thread(lambda: _prompt(registry, request, action))
+    router.add_api_route("/add_point_interaction", _json_prompt_route(registry, "point", "coordinates"),
+                         methods=["POST"])
+    router.add_api_route("/add_bbox_interaction", _json_prompt_route(registry, "bbox", "bbox_coords"), methods=["POST"])
 
     @router.post("/undo")
     async def undo(request: Request) -> Any:
@@ -280,6 +258,26 @@ def _prompt_routes(router: Any, registry: SessionRegistry) -> None:
 
     for kind in ("scribble", "lasso", "initial_seg"):
         router.add_api_route(f"/add_{kind}_interaction", _mask_route(registry, kind), methods=["POST"])
+
+
+def _json_prompt_route(registry: SessionRegistry, kind: str, coordinates_key: str) -> Callable[..., Any]:
+    """``/add_{kind}_interaction`` for the prompts whose coordinates come in a JSON body (point, bbox)."""
+    from fastapi import Request
+
+    async def add_prompt(request: Request) -> Any:
+        body = await request.body()
+
+        def action(s: InteractiveSession) -> bool:
+            b = _json_body(body)
+            run = _flag(b, "run_prediction", True)
+            add = s.add_point_interaction if kind == "point" else s.add_bbox_interaction
+            add(b.get(coordinates_key), _flag(b, "include_interaction"), run,
+                _flag(b, "override_capability_checks", False))
+            return run
+
+        return await _in_thread(lambda: _prompt(registry, request, action))
+
+    return add_prompt
 
 
 def _mask_route(registry: SessionRegistry, kind: str) -> Callable[..., Any]:
