@@ -9,10 +9,8 @@ and bad payloads (400) are clear errors and the server keeps serving.
 from __future__ import annotations
 
 import gc
-import queue
+import os
 import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 
 from interactive_model import blob_image, write_model_folder
 from interactive_steps import run_steps, sequence
+from test_serve import _start as serve_start
 from nnseg.interactive import InteractiveSession, load_interactive_model
 
 remote = pytest.importorskip("nnInteractive.inference.remote", reason="nninteractive-client is not installed")
@@ -35,24 +34,9 @@ SMALL = (40, 44, 48)
 
 
 def _start(folder: Path, *extra: str) -> tuple[subprocess.Popen[str], str, list[str]]:
-    cmd = [sys.executable, "-m", "nnseg.cli.main", "serve", "--interactive", str(folder), "--port", "0",
-           "--token", TOKEN, "-device", "cpu", "--precision", "fp32", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    found: queue.Queue[str] = queue.Queue()
-
-    def drain() -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            if line.startswith("nnseg serve: http://"):
-                found.put(line.split()[2].rstrip("/"))
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        return proc, found.get(timeout=120), lines
-    except queue.Empty:
-        proc.kill()
-        pytest.fail("the server did not start:\n" + "".join(lines))
+    """The server on a free port, answering (test_serve's starter)."""
+    return serve_start(["--interactive", str(folder), "--port", "0", "--token", TOKEN, "-device", "cpu",
+                        "--precision", "fp32", *extra], dict(os.environ))
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
