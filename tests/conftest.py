@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,12 @@ def roots_env(tmp_path: Path) -> dict[str, str]:
     for key in ("raw", "preprocessed", "results"):
         (tmp_path / key).mkdir()
     return env
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temporary folder of the run (``tempfile``'s default), so a test can check it is left empty."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder

@@ -8,7 +8,6 @@ no temporary folder left.
 
 from __future__ import annotations
 
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -29,15 +28,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*for VR UI")
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return install_golden_model(tmp_path_factory.mktemp("dicom_security") / "results")
-
-
-@pytest.fixture
-def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The temporary folder of the run (checked empty afterwards)."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 def _hippocampus() -> sitk.Image:

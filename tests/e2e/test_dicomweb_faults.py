@@ -8,7 +8,6 @@ folder left.
 
 from __future__ import annotations
 
-import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -33,14 +32,6 @@ SERIES = "1.2.826.0.1.3680043.8.498.2"
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return install_golden_model(tmp_path_factory.mktemp("dicomweb_faults") / "results")
-
-
-@pytest.fixture
-def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 @pytest.fixture
