@@ -47,6 +47,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("determine-pp", "nnUNetv2_determine_postprocessing", "select_cmds", "choose largest-component postprocessing on cross-validation predictions (writes postprocessing.json/.pkl)"),
     Command("cross-validate", None, "cluster_cmds", "train every fold of the given configurations (one Dask task per fold with --cluster), then find-best"),
     Command("serve", None, "serve_cmds", "serve models warm over HTTP (REST API + the MONAI Label API 3D Slicer uses); token, limits, job queue"),
+    Command("refine", None, "refine_cmds", "correct an automatic segmentation (a file, or a model run first) with clicks, boxes, scribbles of an interactive model"),
     Command("export-onnx", None, "serve_cmds", "write each fold's network as ONNX (fold_k/checkpoint_final.onnx) for --backend onnxruntime"),
     Command("apply-pp", "nnUNetv2_apply_postprocessing", "select_cmds", "apply postprocessing.json / postprocessing.pkl to a folder of predictions"),
 )
