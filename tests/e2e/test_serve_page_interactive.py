@@ -6,7 +6,9 @@ segments a case, then a click with the "point+" tool refines label 1 through the
 downloads equals the prediction with label 1 replaced by the target buffer that the unmodified
 ``nninteractive-client`` gets from the same server for the same image, initial mask and point. Undo restores the
 prediction (and undoes on the server: the same click again is the client's undo and point), and a "box+" drag on the
-axial view is the client's 2D box on that slice.
+axial view is the client's 2D box on that slice. "Correct with clicks" seeds the interactive model with the selected
+label of the automatic result; one click then refines it exactly as the in-process InteractiveSession does with the
+same seed and click, and as ``nnseg refine`` does on the downloaded prediction.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import pytest
 from golden_model import IMAGES, install_golden_model
 from interactive_model import write_model_folder
 from test_serve import TOKEN, _start
+from nnseg.interactive import InteractiveSession, load_interactive_model
+from nnseg.interactive.refine import LabelPrompts, Prompt, RefineRequest, run_refinement
 from test_serve_page import (CASE, Watch, _download, _segment, _stroke, _wait_result, browser,  # noqa: F401
                              pytestmark, shots)
 
@@ -185,3 +189,44 @@ def _both_slots_free(url: str) -> None:
             for c in clients:
                 c.close()
     pytest.fail("the page kept its interactive session after it was left")
+
+
+def test_correct_with_clicks_seeds_the_label_and_a_click_refines_it_as_the_session(browser: Any, served: str,  # noqa: F811
+                                                                                  shots: Path, tmp_path: Path) -> None:
+    watch = Watch(browser, served)
+    page = watch.open()
+    scan = IMAGES / f"{CASE}.nii.gz"
+    _segment(page, channel_file=scan)
+    _wait_result(page)
+    prediction_file = _download(page, "#dl-nifti", tmp_path / "prediction.nii.gz")
+    prediction = _array(prediction_file)
+    page.wait_for_selector("#seed:not([hidden])")
+    page.select_option("#layout", "axial")
+    page.click('button[data-goto="2"]')  # the axial slice through label 2
+    page.select_option("#pen-label", "2")
+    page.click("#seed")
+    page.wait_for_selector('#seed[data-seeded="2"]', timeout=120_000)
+    assert page.is_hidden("#message.error"), page.text_content("#message")
+    assert page.get_attribute("button.tool.active", "data-tool") == "point+"  # ready for clicks
+    np.testing.assert_array_equal(_array(_download(page, "#dl-corrected", tmp_path / "seeded.nii.gz")), prediction)
+    page.screenshot(path=str(shots / "23_interactive_seeded.png"))
+    box = page.locator("#viewer").bounding_box()
+    voxel = _click_point(page, (int(box["width"] * 0.5), int(box["height"] * 0.5)))
+    corrected = _array(_download(page, "#dl-corrected", tmp_path / "corrected.nii.gz"))
+    page.screenshot(path=str(shots / "24_interactive_seeded_click.png"))
+
+    session = InteractiveSession(load_interactive_model(write_model_folder(tmp_path / "model")), precision="fp32")
+    session.set_image(np.asarray(nib.load(str(scan)).get_fdata(), dtype=np.float32)[None])
+    target = np.zeros(prediction.shape, np.uint8)
+    session.set_target_buffer(target)
+    session.add_initial_seg_interaction((prediction == 2).astype(np.uint8), run_prediction=False)
+    session.add_point_interaction(voxel, include_interaction=True)
+    expected = np.where(target == 1, 2, np.where(prediction == 2, 0, prediction))
+    assert not np.array_equal(expected, prediction), "the click changed nothing; pick another voxel"
+    np.testing.assert_array_equal(corrected, expected)
+    run_refinement(RefineRequest(image=[scan], interactive_model=tmp_path / "model", output=tmp_path / "cli.nii.gz",
+                                 segmentation=prediction_file, precision="fp32",
+                                 labels=[LabelPrompts(2, (Prompt("point", points=(voxel,)),))]))
+    np.testing.assert_array_equal(_array(tmp_path / "cli.nii.gz"), expected)  # nnseg refine gives the same mask
+    print(f"\nseeded label 2, click at {voxel}: {(corrected != prediction).sum()} voxels changed, as the session's")
+    watch.close()

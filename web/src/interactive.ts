@@ -155,6 +155,19 @@ export class PromptSession {
     this.undoable = false;
   }
 
+  /** "Correct with clicks": send the scan (claiming a lease if needed) and the selected label's mask as the initial
+   * mask now, so the next point or box refines that label as it is (e.g. the automatic model's result). */
+  async seed(label: number): Promise<void> {
+    this.synced = null;
+    try {
+      await this.sync(label);
+    } catch (e) {
+      if (!(e instanceof ApiError && e.status === 410)) throw e;
+      this.drop(); // the server closed an idle session: claim a new one and send everything again
+      await this.sync(label);
+    }
+  }
+
   private async prompt(path: string, body: BodyInit, extra: Record<string, string>): Promise<Answer> {
     const response = await this.api.response(path, { method: "POST", headers: this.headers(extra), body });
     const meta = JSON.parse(response.headers.get("X-Meta") ?? "{}") as { ran_prediction: boolean; bbox: Box | null };

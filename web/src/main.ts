@@ -79,6 +79,30 @@ async function offerPrompts(): Promise<void> {
   state.tools = [...LOCAL_TOOLS, ...promptTools(caps.supported_interactions, state.prompts, prompted)];
   renderTools();
   byId("tools").dataset.interactive = caps.license || "yes";
+  byId("seed").hidden = false;
+}
+
+/** "Correct with clicks": the selected label of the result seeds the interactive model (its initial mask), and the
+ * point+ tool is chosen, so the next clicks refine the label as the automatic model left it. */
+async function seedLabel(): Promise<void> {
+  const prompts = state.prompts;
+  if (!prompts || !state.result || state.busy) return;
+  const value = Number(byId<HTMLSelectElement>("pen-label").value);
+  const name = state.result.labels.find((l) => l.value === value)?.name ?? `label ${value}`;
+  const button = byId<HTMLButtonElement>("seed");
+  button.disabled = true;
+  phase(`Sending the scan and ${name} to the interactive model…`, null);
+  try {
+    await prompts.seed(value);
+    selectTool(state.tools.find((t) => t.id === "point+") ?? state.tools.find((t) => t.id === "box+") ?? null);
+    button.dataset.seeded = String(value);
+    message(`${name} is ready to correct: click a voxel it should include (point+) or leave out (point−), or drag a box.`, "ok");
+  } catch (e) {
+    message(`The interactive model could not take ${name}: ${(e as Error).message}`, "error");
+  } finally {
+    button.disabled = false;
+    phase("", null);
+  }
 }
 
 const prompted: Report = (error, busy, prompt) => {
@@ -275,6 +299,7 @@ function renderResultPanel(display: DisplayInfo): void {
   byId("dl-seg").hidden = !(state.result?.dicomZip && display.dicom_seg);
   byId("dl-corrected-seg").hidden = !(state.result?.dicomZip && display.dicom_seg);
   selectTool(null);
+  delete byId("seed").dataset.seeded;
   viewer.setOpacity(Number(byId<HTMLInputElement>("opacity").value));
   updateVolumes();
   byId("edited").textContent = "";
@@ -339,6 +364,7 @@ function wireResult(): void {
     button.dataset.done = String(Number(button.dataset.done ?? "0") + 1);
   }, (e: Error) => message(`Undo failed: ${e.message}`, "error"));
   byId("undo").addEventListener("click", undoLast);
+  byId("seed").addEventListener("click", () => void seedLabel());
   document.addEventListener("keydown", (e) => {
     if ((e.ctrlKey || e.metaKey) && e.key === "z" && state.result) {
       e.preventDefault();
