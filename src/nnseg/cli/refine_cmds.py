@@ -71,7 +71,7 @@ def _seed_args(p: argparse.ArgumentParser) -> None:
 def add_refine(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     p.add_argument("-i", nargs="+", required=True, metavar="FILE", help="the image: one file per channel "
-                   "(CASE_0000.nii.gz CASE_0001.nii.gz ...; NIfTI, NRRD, MHA)")
+                   "(CASE_0000.nii.gz CASE_0001.nii.gz ...; NIfTI, NRRD, MHA), or the case name imagesTs/CASE")
     p.add_argument("--interactive", required=True, metavar="MODEL_FOLDER",
                    help="an nnInteractive model folder (inference_info.json, fold_*/checkpoint_final.pth)")
     p.add_argument("-o", required=True, metavar="FILE", help="the refined label map to write (e.g. refined.nii.gz)")

@@ -59,9 +59,10 @@ def _replace(seg: np.ndarray, target: np.ndarray, label: int) -> np.ndarray:
     return np.where(target != 0, label, np.where(seg == label, 0, seg)).astype(np.uint8)
 
 
-def _refine(case: dict[str, Path], out: Path, labels: list[LabelPrompts], *, zoom: bool = False, **kw) -> np.ndarray:
+def _refine(case: dict[str, Path], out: Path, labels: list[LabelPrompts], *, zoom: bool = False,
+            image: Path | None = None, **kw) -> np.ndarray:
     """``run_refinement`` in fp32 (AutoZoom off unless ``zoom``: quicker on a shared CPU), the map it wrote."""
-    run_refinement(RefineRequest(image=[case["image"]], interactive_model=case["model"], output=out, labels=labels,
+    run_refinement(RefineRequest(image=[image or case["image"]], interactive_model=case["model"], output=out, labels=labels,
                                  segmentation=case["seg"], precision="fp32", do_autozoom=zoom, **kw))
     written = nib.load(str(out))
     np.testing.assert_allclose(written.affine, AFFINE, atol=1e-5)  # the image's geometry
@@ -107,7 +108,8 @@ def test_world_coordinates_ras_and_lps_give_the_voxel_result(case: dict[str, Pat
     for space, points in (("voxel", voxels), ("ras", ras), ("lps", lps)):
         prompts = (Prompt("point", space=space, points=(points[0],)),
                    Prompt("point", positive=False, space=space, points=(points[1],)))
-        results.append(_refine(case, tmp_path / f"{space}.nii.gz", [LabelPrompts(1, prompts)]))
+        # the case given by name: root/case -> root/case_0000.nii.gz
+        results.append(_refine(case, tmp_path / f"{space}.nii.gz", [LabelPrompts(1, prompts)], image=case["root"] / "case"))
     np.testing.assert_array_equal(results[1], results[0])
     np.testing.assert_array_equal(results[2], results[0])
 
@@ -144,6 +146,9 @@ def test_bad_inputs_are_refused_before_anything_is_written(case: dict[str, Path]
     nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.uint8), AFFINE), str(small))
     bad_json = other / "bad.json"
     bad_json.write_text('{"labels": [{"label": 1, "prompts": [{"type": "circle", "at": [1, 2, 3]}]}]}')
+    lasso_json = other / "lasso.json"
+    lasso_json.write_text(json.dumps({"labels": [{"label": 1, "prompts": [
+        {"type": "lasso", "points": [[1, 1, 1], [5, 1, 2], [5, 5, 3]]}]}]}))
     no_box3d = write_model_folder(other / "model2d", inference_info={
         **INFERENCE_INFO, "supported_interactions": {**INFERENCE_INFO["supported_interactions"], "bbox3d": False}})
     cases = [
@@ -157,6 +162,12 @@ def test_bad_inputs_are_refused_before_anything_is_written(case: dict[str, Path]
         (["--seg", seg, "--label", "1"], "have no corrections"),
         (["--seg", seg, "--prompts", str(bad_json)], "bad.json: labels[0].prompts[0]: 'type' must be one of"),
         (["--seg", seg, "--label", "1", "--point", "1,2,3", "-d", "4"], "-d DATASET -c CONFIGURATION"),
+        (["--seg", seg, "--label", "1", "--point", "1,2,3", "--save-automatic", str(tmp_path / "a.nii.gz")],
+         "--save-automatic writes the automatic model's segmentation"),
+        (["--seg", seg, "--label", "1", "--point", "1,2,3", "-i", str(other / "nocase")], "nocase does not exist (-i"),
+        (["--seg", seg, "--prompts", str(other / "none.json")], "prompts file"),
+        (["--seg", seg, "--label", "1", "--space", "ras", "--point", "900,0,0"], "lie outside the image"),
+        (["--seg", seg, "--prompts", str(lasso_json)], "its points must share exactly one voxel coordinate"),
     ]
     for argv, message in cases:
         assert message in _bad(case, tmp_path, argv, capsys), argv

@@ -40,7 +40,7 @@ class RefineRequest:
     """Everything one refinement needs (checked by :func:`run_refinement` before any work).
 
     Attributes:
-        image: the case's files, one per channel (``CASE_0000.nii.gz``, ...).
+        image: the case's files, one per channel (``CASE_0000.nii.gz``, ...), or the case name (``imagesTs/CASE``).
         interactive_model: an nnInteractive model folder (``inference_info.json``, ``fold_*/checkpoint_final.pth``).
         output: the refined label map (same format as the image, e.g. ``.nii.gz``); written atomically.
         labels: the labels to refine, each with its corrections (applied in the given order).
@@ -91,15 +91,37 @@ def _ending(path: Path, io_endings: Sequence[str]) -> str:
     return max(matches, key=len) if matches else path.suffix.lower()
 
 
+def case_files(image: Sequence[PathLike]) -> list[Path]:
+    """The channel files: as given, or for one name that is not a file (``imagesTs/case``) its ``case_XXXX<ending>``
+    files, sorted by channel.
+
+    Raises:
+        FileNotFoundError: a file is missing, or a case name has no channel files.
+    """
+    files = [Path(f) for f in image]
+    if len(files) == 1 and not files[0].is_file() and files[0].parent.is_dir():
+        stem = files[0].name
+        found = sorted(p for p in files[0].parent.glob(f"{stem}_[0-9][0-9][0-9][0-9].*") if p.is_file())
+        if found:  # the channels of the first file's ending (not sidecar files beside them)
+            return [p for p in found if p.name[len(stem) + 5:] == found[0].name[len(stem) + 5:]]
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"image file {f} does not exist (-i: the case's files, one per channel, or the "
+                                    "case name imagesTs/CASE for imagesTs/CASE_0000.nii.gz, CASE_0001.nii.gz, ...)")
+    return files
+
+
 def _read_case(files: Sequence[Path]) -> _Case:
-    from nnseg.raw.image_io import IMAGE_IO, determine_io
+    from nnseg.raw.image_io import IMAGE_IO, SimpleITKIO, determine_io
 
     endings = sorted({e for n in IMAGE_IO for e in IMAGE_IO[n].supported_file_endings})
-    io = determine_io(_ending(files[0], endings), files[0])
+    ending = _ending(files[0], endings)
+    # SimpleITK reads every NIfTI/NRRD/MHA: no trial read of the example (a whole image) for those endings
+    io = determine_io(ending) if ending in SimpleITKIO.supported_file_endings else determine_io(ending, files[0])
     image, geometry = io.read_images(files)
     if image.ndim != 4 or (geometry.sitk_spacing is not None and len(geometry.sitk_spacing) == 2) or image.shape[1] == 1:
         raise ValueError(f"{files[0]} is a 2D image (shape {image.shape[1:]}); interactive models segment 3D images")
-    return _Case(io=io, image=np.ascontiguousarray(image.transpose(0, 3, 2, 1)), geometry=geometry)
+    return _Case(io=io, image=image.transpose(0, 3, 2, 1), geometry=geometry)  # a view: the session copies it once
 
 
 def _check_request(request: RefineRequest) -> None:
@@ -108,9 +130,9 @@ def _check_request(request: RefineRequest) -> None:
                          "(-d/-c/-f/-tr, or -m MODEL_FOLDER), not both and not neither")
     if not request.image:
         raise ValueError("no image: give the case's files, one per channel (-i CASE_0000.nii.gz ...)")
-    for f in request.image:
-        if not Path(f).is_file():
-            raise FileNotFoundError(f"image file {f} does not exist (-i)")
+    if request.save_automatic is not None and request.model is None:
+        raise ValueError("--save-automatic writes the automatic model's segmentation; it needs an automatic model "
+                         "(-d/-c or -m), not --seg")
     if request.segmentation is not None and not Path(request.segmentation).is_file():
         raise FileNotFoundError(f"segmentation {request.segmentation} does not exist (--seg)")
     if request.model is not None and not Path(request.model).is_dir():
@@ -121,8 +143,10 @@ def _check_request(request: RefineRequest) -> None:
         if target is not None and Path(target).is_dir():
             raise IsADirectoryError(f"output {target} is a folder; name the label map file to write (e.g. "
                                     "refined.nii.gz)")
+    if not request.labels:
+        raise ValueError("nothing to refine: give --label L with --point/--box flags, or --prompts FILE.json")
     empty = [lp.label for lp in request.labels if not lp.prompts]
-    if not request.labels or (empty and not request.refine_seed):
+    if empty and not request.refine_seed:
         raise ValueError(f"label(s) {empty} have no corrections; add --point/--box or a --prompts file, or pass "
                          "--refine-seed to let the interactive model refine the seed alone")
 
@@ -253,7 +277,7 @@ def run_refinement(request: RefineRequest) -> RefineResult:
         FileNotFoundError / ValueError: a bad input, named with its flag and the fix; nothing is written.
     """
     _check_request(request)
-    files = [Path(f) for f in request.image]
+    files = case_files(request.image)
     case = _read_case(files)
     _check_output_ending(case, request.output, request.save_automatic)
     prompts = _session_prompts(request, case, read_capabilities(Path(request.interactive_model)))
