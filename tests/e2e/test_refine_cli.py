@@ -34,7 +34,8 @@ def _array(path: Path) -> tuple[np.ndarray, sitk.Image]:
     return sitk.GetArrayFromImage(image), image
 
 
-def test_refine_runs_the_model_as_nnunetv2_predict_then_refines(tmp_path: Path) -> None:
+def test_refine_runs_the_model_as_nnunetv2_predict_then_refines(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
     results = tmp_path / "results"
     install_golden_model(results)
     images = tmp_path / "in"
@@ -74,6 +75,9 @@ def test_refine_runs_the_model_as_nnunetv2_predict_then_refines(tmp_path: Path) 
     out = tmp_path / "never.nii.gz"
     code = main(["refine", "-i", str(scan), "-d", "4", "-c", "2d", *prompts, "-o", str(out)], env=env)
     assert code == 1 and not out.exists()
+    code = main(["refine", "-i", str(scan), *MODEL, *prompts, "--label", "3", "-o", str(out)], env=env)
+    assert code == 1 and not out.exists()
+    assert "label(s) [3] are not predicted by" in capsys.readouterr().err
 
 
 @pytest.fixture(autouse=True)

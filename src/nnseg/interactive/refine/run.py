@@ -151,6 +151,21 @@ def _check_request(request: RefineRequest) -> None:
                          "--refine-seed to let the interactive model refine the seed alone")
 
 
+def _check_model_labels(request: RefineRequest) -> None:
+    """With an automatic model, each label to refine must be one it predicts (a typo would start an empty label)."""
+    if request.model is None:
+        return
+    from nnseg.predictions.model_folder import load_trained_model
+
+    spec = load_trained_model(request.model).spec
+    known = set(spec.foreground_labels) | set(spec.regions_class_order or [])
+    unknown = sorted({lp.label for lp in request.labels} - known)
+    if unknown:
+        names = {v: k for k, v in spec.labels.items() if isinstance(v, int)}
+        raise ValueError(f"label(s) {unknown} are not predicted by {request.model}; its labels: "
+                         f"{', '.join(f'{v} ({names.get(v, v)})' for v in sorted(known))}")
+
+
 def _check_output_ending(case: _Case, *targets: PathLike | None) -> None:
     for target in targets:
         if target is not None and _ending(Path(target), case.io.supported_file_endings) not in \
@@ -213,7 +228,7 @@ def _check_kind(call: SessionPrompt, caps: Capabilities, what: str, folder: Path
                          f"inference_info.json); supported: {[k for k, v in caps.supported.items() if v]}")
 
 
-def automatic_segmentation(model: PathLike, files: Sequence[PathLike], options: PredictOptions,
+def _automatic_segmentation(model: PathLike, files: Sequence[PathLike], options: PredictOptions,
                            case: _Case) -> np.ndarray:
     """The model's label map of the case ``(i, j, k)``, predicted by :func:`nnseg.predictions.run.run_prediction`
     into a temporary folder (exactly what ``nnUNetv2_predict`` writes) and read back on the image's grid."""
@@ -277,6 +292,7 @@ def run_refinement(request: RefineRequest) -> RefineResult:
         FileNotFoundError / ValueError: a bad input, named with its flag and the fix; nothing is written.
     """
     _check_request(request)
+    _check_model_labels(request)
     files = case_files(request.image)
     case = _read_case(files)
     _check_output_ending(case, request.output, request.save_automatic)
@@ -285,7 +301,7 @@ def run_refinement(request: RefineRequest) -> RefineResult:
     session = _session(request, case.image.shape[0])
     start = time.perf_counter()
     if seed is None:
-        seed = automatic_segmentation(request.model, files, request.predict_options, case)  # type: ignore[arg-type]
+        seed = _automatic_segmentation(request.model, files, request.predict_options, case)  # type: ignore[arg-type]
     automatic_s = time.perf_counter() - start if request.model is not None else 0.0
     start = time.perf_counter()
     refined = refine_labels(session, case.image, seed, prompts, refine_seed=request.refine_seed)
