@@ -1,7 +1,7 @@
 """``nnseg refine`` from the command line on real data: the golden Hippocampus model (nnU-Net v2 trained it) run first
 by ``refine`` itself equals ``nnUNetv2_predict`` followed by ``refine --seg`` on its output, byte for byte in the
-arrays, with the image's geometry; the automatic segmentation it saves is ``nnUNetv2_predict``'s; an unknown
-automatic model is refused with nothing written."""
+arrays, with the image's geometry (the label named as in the model's dataset.json); the automatic segmentation it
+saves is ``nnUNetv2_predict``'s; an unknown automatic model or label is refused with nothing written."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_refine_runs_the_model_as_nnunetv2_predict_then_refines(tmp_path: Path,
     assert done.returncode == 0, done.stderr
     predicted, reference = _array(tmp_path / "pred" / f"{CASE}.nii.gz")
     k, j, i = np.argwhere(predicted == 1).mean(axis=0).round().astype(int)  # a voxel of label 1 (file order i, j, k)
-    prompts = ["--label", "1", "--point", f"{i},{j},{k}", "--negative-point", f"{i},{j},{max(k - 6, 0)}",
+    prompts = ["--label", "Anterior", "--point", f"{i},{j},{k}", "--negative-point", f"{i},{j},{max(k - 6, 0)}",
                "--interactive", str(folder)]
 
     ran = _nnseg(env, "refine", "-i", str(scan), *MODEL, *prompts, "-o", str(tmp_path / "a.nii.gz"),
@@ -59,6 +59,7 @@ def test_refine_runs_the_model_as_nnunetv2_predict_then_refines(tmp_path: Path,
     assert ran.returncode == 0, ran.stderr
     assert "label 1:" in ran.stderr and "automatic model" in ran.stderr
     seeded = _nnseg(env, "refine", "-i", str(scan), "--seg", str(tmp_path / "pred" / f"{CASE}.nii.gz"), *prompts,
+                    "--label", "1",
                     "-o", str(tmp_path / "b.nii.gz"), "-device", "cpu", "--precision", "fp32")
     assert seeded.returncode == 0, seeded.stderr
 
@@ -77,7 +78,8 @@ def test_refine_runs_the_model_as_nnunetv2_predict_then_refines(tmp_path: Path,
     assert code == 1 and not out.exists()
     code = main(["refine", "-i", str(scan), *MODEL, *prompts, "--label", "3", "-o", str(out)], env=env)
     assert code == 1 and not out.exists()
-    assert "label(s) [3] are not predicted by" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "label(s) [3] are not predicted by" in err and "its labels: 1 (Anterior), 2 (Posterior)" in err
 
 
 @pytest.fixture(autouse=True)

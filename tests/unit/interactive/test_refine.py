@@ -159,6 +159,7 @@ def test_bad_inputs_are_refused_before_anything_is_written(case: dict[str, Path]
         (["--seg", seg, "--label", "1", "--point", "1,2"], "--point 1,2: expected 3 comma-separated numbers"),
         (["--seg", seg, "--label", "0", "--point", "1,2,3"], "--label: the label to refine must be an integer in 1..65535"),
         (["--seg", seg, "--point", "1,2,3"], "need --label L"),
+        (["--seg", seg, "--label", "Anterior", "--point", "1,2,3"], "label name(s) ['Anterior'] need an automatic model"),
         (["--seg", seg, "--label", "1"], "have no corrections"),
         (["--seg", seg, "--prompts", str(bad_json)], "bad.json: labels[0].prompts[0]: 'type' must be one of"),
         (["--seg", seg, "--label", "1", "--point", "1,2,3", "-d", "4"], "-d DATASET -c CONFIGURATION"),

@@ -53,9 +53,10 @@ class Prompt:
 
 @dataclass(frozen=True)
 class LabelPrompts:
-    """The corrections of one label, applied in order after seeding the session with the label's mask."""
+    """The corrections of one label (its value, or its name in the automatic model's ``dataset.json``), applied in
+    order after seeding the session with the label's mask."""
 
-    label: int
+    label: int | str
     prompts: tuple[Prompt, ...]
 
 
@@ -137,13 +138,15 @@ def parse_prompt(d: Any, *, where: str, space: str, base: Path) -> Prompt:
     return Prompt(kind=str(kind), positive=positive, space=prompt_space, **fields)
 
 
-def parse_label(value: Any, where: str) -> int:
-    """A label value to refine: a positive integer."""
+def parse_label(value: Any, where: str) -> int | str:
+    """A label to refine: a positive integer, or a name (resolved with the automatic model's ``dataset.json``)."""
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
+    elif isinstance(value, str) and value.strip() and value.strip() != "background":
+        return value.strip()
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not 0 < int(value) <= 65535:
-        raise ValueError(f"{where}: the label to refine must be an integer in 1..65535 (0 is the background), "
-                         f"got {value!r}")
+        raise ValueError(f"{where}: the label to refine must be an integer in 1..65535 (0 is the background) or "
+                         f"a label name of the automatic model, got {value!r}")
     return int(value)
 
 
@@ -199,7 +202,7 @@ def flag_prompt(kind: str, text: str, *, positive: bool, space: str) -> Prompt:
     return Prompt(kind=kind, positive=positive, space=_space(space, flag), points=points)
 
 
-def merge_flag_prompts(from_file: Sequence[LabelPrompts], label: int | None,
+def merge_flag_prompts(from_file: Sequence[LabelPrompts], label: int | str | None,
                        flags: Sequence[Prompt]) -> list[LabelPrompts]:
     """The file's labels, then the flags' prompts for ``label`` (``--label``)."""
     out = list(from_file)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -151,19 +151,26 @@ def _check_request(request: RefineRequest) -> None:
                          "--refine-seed to let the interactive model refine the seed alone")
 
 
-def _check_model_labels(request: RefineRequest) -> None:
-    """With an automatic model, each label to refine must be one it predicts (a typo would start an empty label)."""
+def _label_values(request: RefineRequest) -> list[int]:
+    """The value of each label to refine: names through the automatic model's ``dataset.json``; with a model, each
+    must be one it predicts (a typo would start an empty label)."""
+    names = [lp.label for lp in request.labels if isinstance(lp.label, str)]
     if request.model is None:
-        return
+        if names:
+            raise ValueError(f"label name(s) {names} need an automatic model (its dataset.json names the labels); "
+                             "give the label values with --seg")
+        return [int(lp.label) for lp in request.labels]
     from nnseg.predictions.model_folder import load_trained_model
 
     spec = load_trained_model(request.model).spec
     known = set(spec.foreground_labels) | set(spec.regions_class_order or [])
-    unknown = sorted({lp.label for lp in request.labels} - known)
+    by_name = {k: v for k, v in spec.labels.items() if isinstance(v, int) and v in known}
+    values = [by_name.get(lp.label, -1) if isinstance(lp.label, str) else lp.label for lp in request.labels]
+    unknown = [lp.label for lp, v in zip(request.labels, values) if v not in known]
     if unknown:
-        names = {v: k for k, v in spec.labels.items() if isinstance(v, int)}
-        raise ValueError(f"label(s) {unknown} are not predicted by {request.model}; its labels: "
-                         f"{', '.join(f'{v} ({names.get(v, v)})' for v in sorted(known))}")
+        listed = ", ".join(f"{v} ({k})" for k, v in sorted(by_name.items(), key=lambda kv: kv[1]))
+        raise ValueError(f"label(s) {unknown} are not predicted by {request.model}; its labels: {listed}")
+    return values
 
 
 def _check_output_ending(case: _Case, *targets: PathLike | None) -> None:
@@ -292,7 +299,7 @@ def run_refinement(request: RefineRequest) -> RefineResult:
         FileNotFoundError / ValueError: a bad input, named with its flag and the fix; nothing is written.
     """
     _check_request(request)
-    _check_model_labels(request)
+    request = replace(request, labels=[replace(lp, label=v) for lp, v in zip(request.labels, _label_values(request))])
     files = case_files(request.image)
     case = _read_case(files)
     _check_output_ending(case, request.output, request.save_automatic)
