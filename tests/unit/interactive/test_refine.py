@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from interactive_model import INFERENCE_INFO, blob_image, write_model_folder
 from nnseg.cli.main import main
@@ -181,3 +182,13 @@ def test_bad_inputs_are_refused_before_anything_is_written(case: dict[str, Path]
                 "--seg", seg, "--label", "1", "--box", "1,1,1,5,5,5", "-device", "cpu"])
     assert err == 1 and "does not take bbox3d prompts" in capsys.readouterr().err
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_a_new_label_above_255_widens_the_map(case: dict[str, Path], tmp_path: Path) -> None:
+    refined = run_refinement(RefineRequest(
+        image=[case["image"]], interactive_model=case["model"], output=tmp_path / "wide.nrrd", segmentation=case["seg"],
+        labels=[LabelPrompts(300, (Prompt("point", points=((20, 22, 24),)),))], precision="fp32", do_autozoom=False))
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(refined.output))).transpose(2, 1, 0)  # NRRD: the writer's too
+    assert array.dtype == np.uint16 and array[20, 22, 24] == 300 and refined.changed_voxels[300] > 0
+    seg = np.asarray(nib.load(str(case["seg"])).dataobj)
+    assert set(np.unique(array)) <= {0, 1, 2, 300} and ((array == 2) <= (seg == 2)).all()

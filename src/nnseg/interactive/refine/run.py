@@ -253,7 +253,8 @@ def refine_labels(session: InteractiveSession, image: np.ndarray, seed: np.ndarr
                   prompts: Sequence[tuple[int, Sequence[SessionPrompt]]], *, refine_seed: bool) -> np.ndarray:
     """Each label in turn: the current map's mask of the label as the initial mask, then its prompts; the result
     replaces the label (it also takes the voxels of other labels it now covers). Pure over arrays ``(i, j, k)``."""
-    labels = seed.copy()
+    wide = max((label for label, _ in prompts), default=0) > np.iinfo(seed.dtype).max
+    labels = seed.astype(np.uint16) if wide else seed.copy()
     session.set_image(image)
     for label, calls in prompts:
         target = np.zeros(labels.shape, dtype=np.uint8)
