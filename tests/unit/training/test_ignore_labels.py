@@ -153,3 +153,18 @@ def test_training_with_several_ignore_labels_is_seeded_and_exactly_resumable(tmp
     wa = load_checkpoint(run_a.output_folder / "checkpoint_final.pth")["network_weights"]
     wb = load_checkpoint(run_b.output_folder / "checkpoint_final.pth")["network_weights"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_training_refuses_data_preprocessed_without_the_key(tmp_path: Path) -> None:
+    from nnseg.training.preflight import check_label_values
+
+    folder = tmp_path / "nnUNetPlans_3d_fullres"
+    _tiny_cases(folder)
+    seg = np.zeros((1, *SHAPE), np.int16)
+    seg[0, :4] = 3  # "artefact" left as it is (nnU-Net's preprocessing does not read ignore_labels)
+    save_case(folder, "case_009", np.zeros((1, *SHAPE), np.float32), seg,
+              {"spacing": [1.0] * 3, "class_locations": {}}, patch_size=(16, 16, 16))
+    check_label_values(folder, ["case_000"], _spec(), fix="rerun preprocessing")
+    with pytest.raises(ValueError, match=r"case_009 .* holds ignore label value\(s\) \[3\] that preprocessing should "
+                                         r"have written as 2 .* rerun preprocessing"):
+        check_label_values(folder, ["case_009"], _spec(), fix="rerun preprocessing")
