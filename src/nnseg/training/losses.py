@@ -123,7 +123,10 @@ class MarginalDiceCELoss(DiceCELoss):
 
 
 class DiceBCELoss(nn.Module):
-    """nnU-Net's ``DC_and_BCE_loss`` for regions: sigmoid soft Dice (background included) + BCE, masked for ignore."""
+    """nnU-Net's ``DC_and_BCE_loss`` for regions: sigmoid soft Dice (background included) + BCE, masked for ignore.
+
+    ``partial``: targets carry unknown masks (:func:`nnseg.training.partial.regions_with_unknown`); a region unknown in
+    the whole sample is left out of the mean Dice (as the marginal loss leaves out undrawn classes)."""
 
     def __init__(self, *, batch_dice: bool, smooth: float = DEFAULT_SMOOTH, use_ignore_label: bool = False,
                  weight_ce: float = 1.0, weight_dice: float = 1.0, partial: bool = False) -> None:
@@ -144,7 +147,7 @@ class DiceBCELoss(nn.Module):
             mask, regions = known if mask is None else known * mask, regions[:, :r]
             bce = nn.functional.binary_cross_entropy_with_logits(logits, regions.float(), reduction="none")
             dice = soft_dice(torch.sigmoid(logits), regions.float(), batch_dice=self.batch_dice, smooth=self.smooth,
-                             mask=mask, batch_reduce=self.batch_reduce)
+                             mask=mask, batch_reduce=self.batch_reduce, scored=(mask > 0).flatten(2).any(2))
             bce_value = (bce * mask).sum() / torch.clip(mask.sum() / r, min=DENOMINATOR_FLOOR)
             return self.weight_ce * bce_value - self.weight_dice * dice
         regions = regions.float()

@@ -213,3 +213,19 @@ def test_regions_mask_an_undrawn_region_in_its_case() -> None:
     assert counts.shape == (3, 2)
     full = tp_fp_fn(logits.detach()[1:], target[1:, :2], regions=True, ignore_label=None)
     np.testing.assert_array_equal(counts[:, 1], full[:, 1])  # core scored on the complete case only
+
+
+def test_region_dice_leaves_out_a_region_unknown_in_the_whole_sample() -> None:
+    from nnseg.training.losses import DiceBCELoss
+
+    torch.manual_seed(3)
+    regions = torch.randint(0, 2, (2, 2, 6, 6, 6))
+    unknown = torch.zeros_like(regions)
+    unknown[0, 1] = 1  # sample 0's case does not draw region 1 (and nothing drawn lies inside it)
+    logits = torch.randn(2, 2, 6, 6, 6)
+    loss = DiceBCELoss(batch_dice=False, partial=True)
+    loss.weight_ce = 0.0
+    probs = torch.sigmoid(logits)
+    pairs = [(0, 0), (1, 0), (1, 1)]
+    expected = sum(soft_dice(probs[b:b + 1, r:r + 1], regions[b:b + 1, r:r + 1], batch_dice=True) for b, r in pairs) / 3
+    torch.testing.assert_close(loss(logits, torch.cat([regions, unknown], 1)), -expected)  # not /4 with a constant 1
