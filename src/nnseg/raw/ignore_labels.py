@@ -12,7 +12,8 @@ list them::
 voxels of every ignore label out of the loss, draws patches on annotated voxels, never scores them, and trains only
 the classes (here background, liver, tumour): preprocessing writes every ignore value as the lowest one (3), so
 the preprocessed data has nnU-Net's single ignore label. nnU-Net ignores the key, so the dataset stays valid for
-it (it trains the listed labels as classes and ignores only ``"ignore"``).
+it (it trains the listed labels as classes and ignores only ``"ignore"``). Region datasets keep nnU-Net's single
+``"ignore"`` (their ``regions_class_order`` would have to count the listed labels for nnU-Net and not for nnseg).
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ def ignore_labels_problems(d: Mapping[str, Any]) -> list[str]:
         return []
     if not isinstance(listed, list) or not listed:
         return [f"{IGNORE_KEY} is {listed!r}; it must list label names of 'labels', e.g. {EXAMPLE}"]
+    regions = [n for n, v in labels.items() if isinstance(v, (list, tuple)) and len(v) > 1]
+    if regions:
+        return [f"{IGNORE_KEY} is for label datasets, but 'labels' has regions ({regions}): a region dataset takes "
+                "nnU-Net's single \"ignore\" label; write every voxel to leave out as its value and remove the key"]
     problems = [p for p in (_entry_problem(e, labels) for e in listed) if p is not None]
     if problems:
         return problems

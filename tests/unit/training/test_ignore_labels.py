@@ -33,6 +33,8 @@ LABELS = {"background": 0, "organ": 1, "uncertain": 2, "artefact": 3, "ignore": 
 
 def _spec(labels: dict[str, object] = LABELS, listed: object = ["uncertain", 3]) -> DatasetSpec:
     d = {"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": 4, "file_ending": ".nii.gz"}
+    if any(isinstance(v, list) for v in labels.values()):
+        d["regions_class_order"] = list(range(1, len(labels)))
     return DatasetSpec.from_json({**d, **({"ignore_labels": listed} if listed is not None else {})})
 
 
@@ -55,6 +57,8 @@ def test_declared_ignore_labels_leave_the_classes_and_one_training_ignore_label(
     ({"background": 0, "uncertain": 1, "organ": 2, "ignore": 3}, ["uncertain"],
      r"class 'organ' uses 2; ignore labels must have the highest values: renumber"),
     (LABELS, "uncertain", r"ignore_labels is 'uncertain'; it must list label names"),
+    ({"background": 0, "whole": [1, 2], "core": 2, "uncertain": 3}, ["uncertain"],
+     r"ignore_labels is for label datasets, but 'labels' has regions \(\['whole'\]\)"),
 ])
 def test_bad_declarations_say_the_fix(labels: dict[str, object], listed: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
