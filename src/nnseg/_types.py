@@ -18,6 +18,7 @@ Spacing = tuple[float, ...]
 Shape = tuple[int, ...]
 LabelOrRegion = Union[int, tuple[int, ...]]
 PathLike = Union[str, Path]
+IgnoreLabels = Union[int, Sequence[int], None]  # reference values left out of the metrics (several: ignore_labels)
 
 
 @dataclass(frozen=True)

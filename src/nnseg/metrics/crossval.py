@@ -141,7 +141,7 @@ def evaluate_folder_like_model(pred_folder: PathLike, ref_folder: PathLike, *, s
 
     io = load_plans(Path(pred_folder) / "plans.json").image_reader_writer
     return evaluate_folder(ref_folder, pred_folder, labels_or_regions=spec.foreground_labels_or_regions,
-                           file_ending=spec.file_ending, io=io, ignore_label=spec.ignore_label,
+                           file_ending=spec.file_ending, io=io, ignore_label=spec.ignore_values or None,
                            output_file=Path(pred_folder) / "summary.json", num_processes=num_processes, chill=True)
 
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from nnseg._types import ImageIO, LabelOrRegion, PathLike
+from nnseg._types import IgnoreLabels, ImageIO, LabelOrRegion, PathLike
 from nnseg.jsonio import save_json
-from nnseg.metrics.overlap import label_or_region_to_key, overlap_metrics, region_or_label_to_mask
+from nnseg.metrics.overlap import ignore_mask_of, label_or_region_to_key, overlap_metrics, region_or_label_to_mask
 from nnseg.metrics.surface import SurfaceOptions, surface_metrics
 from nnseg.parallel import spawn_map
 from nnseg.raw.partial_labels import PartialLabels
@@ -44,7 +44,7 @@ def list_files(folder: PathLike, file_ending: str) -> list[str]:
 
 
 def case_metrics(ref_seg: np.ndarray, pred_seg: np.ndarray, labels_or_regions: Sequence[LabelOrRegion], *,
-                 ignore_label: int | None = None, spacing: Sequence[float] | None = None,
+                 ignore_label: IgnoreLabels = None, spacing: Sequence[float] | None = None,
                  surface: SurfaceOptions | None = None) -> dict[LabelOrRegion, dict[str, Any]]:
     """All metrics of one case (pure): nnU-Net's overlap metrics, then the surface metrics if ``surface`` is set.
 
@@ -58,7 +58,8 @@ def case_metrics(ref_seg: np.ndarray, pred_seg: np.ndarray, labels_or_regions: S
         return metrics
     if spacing is None:
         raise ValueError("surface metrics need the voxel spacing")
-    keep = np.ones(ref_seg.shape, bool) if ignore_label is None else ref_seg != ignore_label
+    ignored = ignore_mask_of(ref_seg, ignore_label)
+    keep = np.ones(ref_seg.shape, bool) if ignored is None else ~ignored
     for r in metrics:
         ref_mask = region_or_label_to_mask(ref_seg, r) & keep
         pred_mask = region_or_label_to_mask(pred_seg, r) & keep
@@ -67,7 +68,7 @@ def case_metrics(ref_seg: np.ndarray, pred_seg: np.ndarray, labels_or_regions: S
 
 
 def compute_metrics(reference_file: str, prediction_file: str, *, io: str | ImageIO,
-                    labels_or_regions: Sequence[LabelOrRegion], ignore_label: int | None = None,
+                    labels_or_regions: Sequence[LabelOrRegion], ignore_label: IgnoreLabels = None,
                     surface: SurfaceOptions | None = None) -> dict[str, Any]:
     """Read one reference/prediction pair and return nnU-Net's per-case entry
     ``{"reference_file", "prediction_file", "metrics": {label_or_region: {...}}}``."""
@@ -157,7 +158,7 @@ def _run_jobs(jobs: list[tuple[Any, ...]], num_processes: int) -> list[dict[str,
 
 
 def evaluate_folder(ref_folder: PathLike, pred_folder: PathLike, *, labels_or_regions: Sequence[LabelOrRegion],
-                    file_ending: str, io: str | ImageIO | None = None, ignore_label: int | None = None,
+                    file_ending: str, io: str | ImageIO | None = None, ignore_label: IgnoreLabels = None,
                     output_file: PathLike | None = None, num_processes: int = DEFAULT_NUM_PROCESSES,
                     chill: bool = False, surface_metrics: SurfaceOptions | None = None,
                     partial: PartialLabels | None = None) -> dict[str, Any]:
@@ -218,7 +219,7 @@ def evaluate_folder_with_dataset(ref_folder: PathLike, pred_folder: PathLike, *,
 
         io = load_plans(plans_file).image_reader_writer
     return evaluate_folder(ref_folder, pred_folder, labels_or_regions=spec.foreground_labels_or_regions,
-                           file_ending=spec.file_ending, io=io, ignore_label=spec.ignore_label,
+                           file_ending=spec.file_ending, io=io, ignore_label=spec.ignore_values or None,
                            output_file=Path(pred_folder) / "summary.json" if output_file is None else output_file,
                            num_processes=num_processes, chill=chill, surface_metrics=surface_metrics,
                            partial=spec.partial_labels)
@@ -240,7 +241,7 @@ def _ending_of(ref_folder: Path) -> str:
 
 
 def evaluate_folder_simple(ref_folder: PathLike, pred_folder: PathLike, *, labels: Sequence[int],
-                           ignore_label: int | None = None, output_file: PathLike | None = None,
+                           ignore_label: IgnoreLabels = None, output_file: PathLike | None = None,
                            num_processes: int = DEFAULT_NUM_PROCESSES, chill: bool = False,
                            surface_metrics: SurfaceOptions | None = None) -> dict[str, Any]:
     """``nnUNetv2_evaluate_simple``: the given labels; file ending and reader taken from the first reference file.

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from nnseg._types import LabelOrRegion
+from nnseg._types import IgnoreLabels, LabelOrRegion
 
 #: the per-case metric names nnU-Net writes, in its order.
 OVERLAP_METRICS = ("Dice", "IoU", "FP", "TP", "FN", "TN", "n_pred", "n_ref")
@@ -85,15 +85,24 @@ def metrics_from_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, Any]:
     return {"Dice": dice, "IoU": iou, "FP": fp, "TP": tp, "FN": fn, "TN": tn, "n_pred": fp + tp, "n_ref": fn + tp}
 
 
+def ignore_mask_of(ref_seg: np.ndarray, ignore_label: IgnoreLabels) -> np.ndarray | None:
+    """True where the reference holds an ignore label (one value, or several: ``dataset.json``'s ignore_labels)."""
+    if ignore_label is None:
+        return None
+    if isinstance(ignore_label, (int, np.integer)):
+        return ref_seg == ignore_label
+    return np.isin(ref_seg, list(ignore_label))
+
+
 def overlap_metrics(ref_seg: np.ndarray, pred_seg: np.ndarray, labels_or_regions: Sequence[LabelOrRegion], *,
-                    ignore_label: int | None = None) -> dict[LabelOrRegion, dict[str, Any]]:
+                    ignore_label: IgnoreLabels = None) -> dict[LabelOrRegion, dict[str, Any]]:
     """Overlap metrics of two label maps for every label or region.
 
     Args:
         ref_seg: reference label map, any shape (e.g. ``(1, X, Y, Z)`` as read), integer-valued.
         pred_seg: predicted label map, same shape.
         labels_or_regions: ints (labels) or tuples of ints (regions).
-        ignore_label: reference voxels with this value are left out; None to use all voxels.
+        ignore_label: reference voxels with this value (or these values) are left out; None to use all voxels.
 
     Returns:
         ``{label_or_region: {"Dice", "IoU", "FP", "TP", "FN", "TN", "n_pred", "n_ref"}}`` in the given order.
@@ -101,7 +110,7 @@ def overlap_metrics(ref_seg: np.ndarray, pred_seg: np.ndarray, labels_or_regions
     if np.shape(ref_seg) != np.shape(pred_seg):
         raise ValueError(f"reference and prediction shapes differ: {np.shape(ref_seg)} vs {np.shape(pred_seg)}; "
                          "the prediction must be in the reference's geometry")
-    ignore_mask = None if ignore_label is None else ref_seg == ignore_label
+    ignore_mask = ignore_mask_of(ref_seg, ignore_label)
     out: dict[LabelOrRegion, dict[str, Any]] = {}
     for r in labels_or_regions:
         key = tuple(r) if isinstance(r, list) else r

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnseg._types import LabelOrRegion, PathLike
+from nnseg._types import IgnoreLabels, LabelOrRegion, PathLike
 from nnseg.metrics.evaluate import DEFAULT_NUM_PROCESSES, evaluate_folder, list_files
 from nnseg.metrics.postprocess import (
     LARGEST_COMPONENT,
@@ -46,7 +46,7 @@ class _Eval:
     labels_or_regions: list[LabelOrRegion]
     file_ending: str
     io: str
-    ignore_label: int | None
+    ignore_label: IgnoreLabels
     num_processes: int
 
     def __call__(self, folder: Path) -> dict[str, Any]:
@@ -120,7 +120,7 @@ def _say(verbose: bool, what: str, before: float, after: float, accepted: bool) 
 
 
 def determine_postprocessing(pred_folder: PathLike, ref_folder: PathLike, *, labels_or_regions: Sequence[LabelOrRegion],
-                             file_ending: str, io: str, ignore_label: int | None = None,
+                             file_ending: str, io: str, ignore_label: IgnoreLabels = None,
                              num_processes: int = DEFAULT_NUM_PROCESSES, keep_postprocessed: bool = True,
                              verbose: bool = True) -> PostprocessingDecision:
     """Choose postprocessing steps for the predictions in ``pred_folder`` by nnU-Net's greedy rules.
@@ -181,7 +181,7 @@ def determine_postprocessing_for_folder(pred_folder: PathLike, ref_folder: PathL
     reader from ``plans.json`` (both default to the copies in ``pred_folder``)."""
     spec, io = _spec_and_io(Path(pred_folder), plans_file, dataset_json_file)
     return determine_postprocessing(pred_folder, ref_folder, labels_or_regions=spec.foreground_labels_or_regions,
-                                    file_ending=spec.file_ending, io=io, ignore_label=spec.ignore_label,
+                                    file_ending=spec.file_ending, io=io, ignore_label=spec.ignore_values or None,
                                     num_processes=num_processes, keep_postprocessed=keep_postprocessed, verbose=verbose)
 
 

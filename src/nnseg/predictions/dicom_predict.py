@@ -79,7 +79,7 @@ def check_model_for_dicom(predictor: Predictor) -> None:
 def segments_for(predictor: Predictor, seg_codes: PathLike | None) -> list[Segment]:
     """The SEG segments of the model's labels (or regions), with codes from ``seg_codes`` when given."""
     spec = predictor.model.spec
-    names = label_names(spec.labels, spec.regions_class_order)
+    names = label_names(spec.labels, spec.regions_class_order, ignored=spec.ignore_names)
     codes = load_seg_codes(Path(seg_codes), names) if seg_codes is not None else None
     return make_segments(names, codes)
 

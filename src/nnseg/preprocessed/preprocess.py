@@ -61,6 +61,14 @@ def _transpose_and_crop(
     return cropped, seg_c, bbox, shape_before
 
 
+def merge_ignore_labels(seg: np.ndarray, spec: DatasetSpec) -> np.ndarray:
+    """Every ignore label of ``spec`` written as the lowest one (``spec.ignore_label``), so preprocessed data has
+    nnU-Net's single ignore label (:mod:`nnseg.raw.ignore_labels`); ``seg`` itself is returned with one or none."""
+    if len(spec.ignore_values) < 2:
+        return seg
+    return np.where(np.isin(seg, spec.ignore_values[1:]), np.asarray(spec.ignore_label, seg.dtype), seg)
+
+
 def _collect_classes(spec: DatasetSpec) -> list[Any]:
     return classes_to_collect(
         spec.foreground_labels,
@@ -119,7 +127,7 @@ def preprocess_case(
     if seg is None or spec is None:
         return out_data, None, props
     resample_seg = get_resampler(configuration.resampling_fn_seg, configuration.resampling_fn_seg_kwargs)
-    out_seg = np.asarray(resample_seg(seg_c, new_shape, spacing, target))
+    out_seg = np.asarray(resample_seg(merge_ignore_labels(seg_c, spec), new_shape, spacing, target))
     props["class_locations"] = sample_class_locations(out_seg, _collect_classes(spec))
     return out_data, seg_to_storage_dtype(out_seg), props
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from nnseg._types import LabelOrRegion, PathLike
 from nnseg.jsonio import load_json, save_json
+from nnseg.raw.ignore_labels import IGNORE_KEY, ignore_labels_problems, ignore_names
 from nnseg.raw.partial_labels import PartialLabels, partial_labels_problems
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
@@ -29,11 +30,11 @@ def _is_region(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and len(v) > 1
 
 
-def _label_ints(labels: Mapping[str, Any]) -> list[int]:
-    """Every integer used by a label or region, ``ignore`` left out, sorted and unique."""
+def _label_ints(labels: Mapping[str, Any], ignored: tuple[str, ...] = ("ignore",)) -> list[int]:
+    """Every integer used by a label or region, the ``ignored`` names left out, sorted and unique."""
     found: set[int] = set()
     for name, value in labels.items():
-        if name == "ignore":
+        if name in ignored:
             continue
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if _is_int(v):
@@ -104,7 +105,8 @@ def dataset_json_problems(d: Mapping[str, Any]) -> list[str]:
     if "file_ending" in d and not (isinstance(d["file_ending"], str) and d["file_ending"].startswith(".")):
         problems.append(f"file_ending is {d['file_ending']!r}; it must start with a dot, e.g. \".nii.gz\"")
     if "labels" in d:
-        problems += labels_problems(d)
+        label_problems = labels_problems(d)
+        problems += label_problems or ignore_labels_problems(d)
     return problems + partial_labels_problems(d)
 
 
@@ -116,10 +118,10 @@ def labels_problems(d: Mapping[str, Any]) -> list[str]:
     return _label_value_problems(labels) or (_consecutive_problems(labels) + _region_problems(d))
 
 
-def _regions(labels: Mapping[str, Any]) -> list[LabelOrRegion]:
+def _regions(labels: Mapping[str, Any], ignored: tuple[str, ...] = ("ignore",)) -> list[LabelOrRegion]:
     out: list[LabelOrRegion] = []
     for name, value in labels.items():
-        if name == "ignore":
+        if name in ignored:
             continue
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         if values == [0]:
@@ -135,7 +137,8 @@ class DatasetSpec:
     Attributes:
         channel_names: channel index as string ("0", "1", ...) -> channel name (the name selects normalisation,
             e.g. "CT").
-        labels: label name -> int, or -> list of ints for a region; ``background`` is 0, ``ignore`` the highest.
+        labels: label name -> int, or -> list of ints for a region; ``background`` is 0, ``ignore`` the highest
+            (more ignore labels: ``extra['ignore_labels']``, :mod:`nnseg.raw.ignore_labels`).
         num_training: ``numTraining``.
         file_ending: e.g. ``.nii.gz`` or ``.png``.
         regions_class_order: painting order of the regions (required when labels contain regions), or None.
@@ -209,14 +212,25 @@ class DatasetSpec:
         return any(_is_region(v) for v in self.labels.values())
 
     @property
+    def ignore_names(self) -> tuple[str, ...]:
+        """Label names nnseg ignores: ``"ignore"`` and those of ``ignore_labels`` (:mod:`nnseg.raw.ignore_labels`)."""
+        return ignore_names({"labels": self.labels, IGNORE_KEY: self.extra.get(IGNORE_KEY)})
+
+    @property
+    def ignore_values(self) -> tuple[int, ...]:
+        """Every ignore label value, sorted (empty without ignore labels)."""
+        return tuple(sorted(int(self.labels[n]) for n in self.ignore_names))
+
+    @property
     def ignore_label(self) -> int | None:
-        value = self.labels.get("ignore")
-        return None if value is None else int(value)
+        """The ignore label of training: the lowest ignore value (preprocessing writes every other one as it)."""
+        values = self.ignore_values
+        return values[0] if values else None
 
     @property
     def all_labels(self) -> list[int]:
-        """Every label integer (background included, ignore left out), sorted."""
-        return _label_ints(self.labels)
+        """Every label integer (background included, ignore labels left out), sorted."""
+        return _label_ints(self.labels, self.ignore_names)
 
     @property
     def foreground_labels(self) -> list[int]:
@@ -225,7 +239,7 @@ class DatasetSpec:
     @property
     def foreground_regions(self) -> list[LabelOrRegion]:
         """Regions as nnU-Net lists them: ints stay ints, lists become tuples; background and ignore left out."""
-        return _regions(self.labels)
+        return _regions(self.labels, self.ignore_names)
 
     @property
     def foreground_labels_or_regions(self) -> list[LabelOrRegion]:
@@ -239,9 +253,8 @@ class DatasetSpec:
 
     @property
     def allowed_label_values(self) -> list[int]:
-        """Values a label map may contain: all labels plus the ignore label."""
-        ignore = self.ignore_label
-        return self.all_labels + ([ignore] if ignore is not None else [])
+        """Values a label map may contain: all labels plus the ignore labels."""
+        return self.all_labels + list(self.ignore_values)
 
 
 def load_dataset_json(path: PathLike) -> DatasetSpec:

@@ -22,15 +22,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from nnseg._types import LabelOrRegion
+from nnseg.raw.ignore_labels import ignore_names
 
 PARTIAL_KEY = "annotated_labels"
 
 
-def _items(labels: Mapping[str, Any]) -> dict[str, LabelOrRegion]:
-    """Foreground label/region names -> value (int, or a tuple for a region); background and ignore left out."""
+def _items(d: Mapping[str, Any]) -> dict[str, LabelOrRegion]:
+    """Foreground label/region names -> value (int, or a tuple for a region); background and ignore labels left out."""
     out: dict[str, LabelOrRegion] = {}
-    for name, value in labels.items():
-        if name == "ignore" or value == 0 or value == [0]:
+    ignored = ignore_names(d)
+    for name, value in d["labels"].items():
+        if name in ignored or value == 0 or value == [0]:
             continue
         out[name] = tuple(value) if isinstance(value, (list, tuple)) else value  # as DatasetSpec.foreground_regions
     return out
@@ -52,7 +54,7 @@ def partial_labels_problems(d: Mapping[str, Any]) -> list[str]:
     example = f'"{PARTIAL_KEY}": {{"case_001": ["liver"]}}'
     if not isinstance(value, Mapping):
         return [f"{PARTIAL_KEY} must map case identifiers to lists of label names, e.g. {example}; got {value!r}"]
-    items = _items(d.get("labels") or {}) if isinstance(d.get("labels"), Mapping) else {}
+    items = _items(d) if isinstance(d.get("labels"), Mapping) else {}
     problems = []
     for case, entries in value.items():
         if not isinstance(entries, list) or not entries:
@@ -78,7 +80,7 @@ class PartialLabels:
         value = d.get(PARTIAL_KEY)
         if not value:
             return None
-        items = _items(d["labels"])
+        items = _items(d)
         fg = tuple(foreground)
         annotated = {str(case): tuple(v for v in fg if v in {_resolve(e, items) for e in entries})
                      for case, entries in value.items()}

@@ -99,8 +99,8 @@ def label_names(model: ServedModel) -> dict[str, int]:
     """Label name -> value in the returned label map (background left out; regions: their painted value)."""
     spec = model.predictor.model.spec
     if not spec.has_regions:
-        return {name: int(v) for name, v in spec.labels.items() if name != "ignore" and int(v) != 0}
-    names = [n for n, v in spec.labels.items() if n != "ignore" and v not in (0, [0])]
+        return {name: int(v) for name, v in spec.labels.items() if name not in spec.ignore_names and int(v) != 0}
+    names = [n for n, v in spec.labels.items() if n not in spec.ignore_names and v not in (0, [0])]
     return {name: int(value) for name, value in zip(names, spec.regions_class_order or [])}
 
 

@@ -22,10 +22,13 @@ DENOMINATOR_FLOOR = 1e-8
 
 def soft_dice(probs: torch.Tensor, onehot: torch.Tensor, *, batch_dice: bool, smooth: float = DEFAULT_SMOOTH,
               mask: torch.Tensor | None = None,
-              batch_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+              batch_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              scored: torch.Tensor | None = None) -> torch.Tensor:
     """Mean soft Dice over channels of ``probs``/``onehot`` ``(B, C, *spatial)``; ``mask`` ``(B, 1, *spatial)``.
 
     ``batch_reduce`` (batch Dice under DDP) maps this process's batch sums ``(C,)`` to the global ones.
+    ``scored`` ``(B, C)`` bool (partial labels): the mean leaves out the Dice of a class in a sample (or, with batch
+    Dice, of a class no sample scores) where it is False, instead of averaging in its constant ~0.
     """
     axes = tuple(range(2, probs.ndim))
     if mask is not None:
@@ -38,7 +41,13 @@ def soft_dice(probs: torch.Tensor, onehot: torch.Tensor, *, batch_dice: bool, sm
         if batch_reduce is not None:
             intersect, sum_pred, sum_gt = batch_reduce(intersect), batch_reduce(sum_pred), batch_reduce(sum_gt)
     dice = (2 * intersect + smooth) / torch.clip(sum_gt + sum_pred + smooth, DENOMINATOR_FLOOR)
-    return dice.mean()
+    if scored is None:
+        return dice.mean()
+    keep = scored
+    if batch_dice:
+        count = scored.sum(0).float()
+        keep = (batch_reduce(count) if batch_reduce is not None else count) > 0
+    return (dice * keep).sum() / torch.clip(keep.sum(), min=1)
 
 
 class DiceCELoss(nn.Module):
@@ -78,7 +87,9 @@ class MarginalDiceCELoss(DiceCELoss):
     classes ``sets[s]``" (a partially annotated case's unlabelled voxels). Cross-entropy there uses the merged
     probability ``p_0 + sum(p_u for u in sets[s])``, and the Dice of each ``u`` leaves those voxels out, so
     predicting an unannotated class where it was not drawn costs nothing; elsewhere it is nnU-Net's Dice + CE
-    (a voxel drawn as class ``k`` still says it is no other class)."""
+    (a voxel drawn as class ``k`` still says it is no other class). The mean Dice leaves out each class in the
+    samples whose case does not draw it (batch Dice: the classes no sample draws): averaged in, their constant ~0
+    would halve the Dice gradient of a class drawn in half the cases."""
 
     def __init__(self, *, batch_dice: bool, base: int, sets: Sequence[Sequence[int]], smooth: float = DEFAULT_SMOOTH,
                  ignore_label: int | None = None) -> None:
@@ -94,8 +105,11 @@ class MarginalDiceCELoss(DiceCELoss):
         with torch.no_grad():
             onehot = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device).scatter_(1, plain, True)
             dice_mask = keep.expand_as(logits).clone()
+            scored = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
             for s, classes in enumerate(self.sets):
-                dice_mask[:, list(classes)] &= ~(target == self.base + s)
+                here = target == self.base + s
+                dice_mask[:, list(classes)] &= ~here
+                scored[:, list(classes)] &= ~here.flatten(1).any(1, keepdim=True)  # the sample's case lacks them
         log_p = torch.log_softmax(logits.float(), 1)
         nll = -log_p.gather(1, plain)
         for s, classes in enumerate(self.sets):
@@ -104,12 +118,15 @@ class MarginalDiceCELoss(DiceCELoss):
         ce = (nll * keep).sum() / torch.clip(keep.sum(), min=1)
         probs = torch.softmax(logits, 1)[:, 1:]
         dice = soft_dice(probs, onehot[:, 1:], batch_dice=self.batch_dice, smooth=self.smooth, mask=dice_mask[:, 1:],
-                         batch_reduce=self.batch_reduce)
+                         batch_reduce=self.batch_reduce, scored=scored[:, 1:])
         return self.weight_ce * ce - self.weight_dice * dice
 
 
 class DiceBCELoss(nn.Module):
-    """nnU-Net's ``DC_and_BCE_loss`` for regions: sigmoid soft Dice (background included) + BCE, masked for ignore."""
+    """nnU-Net's ``DC_and_BCE_loss`` for regions: sigmoid soft Dice (background included) + BCE, masked for ignore.
+
+    ``partial``: targets carry unknown masks (:func:`nnseg.training.partial.regions_with_unknown`); a region unknown in
+    the whole sample is left out of the mean Dice (as the marginal loss leaves out undrawn classes)."""
 
     def __init__(self, *, batch_dice: bool, smooth: float = DEFAULT_SMOOTH, use_ignore_label: bool = False,
                  weight_ce: float = 1.0, weight_dice: float = 1.0, partial: bool = False) -> None:
@@ -130,7 +147,7 @@ class DiceBCELoss(nn.Module):
             mask, regions = known if mask is None else known * mask, regions[:, :r]
             bce = nn.functional.binary_cross_entropy_with_logits(logits, regions.float(), reduction="none")
             dice = soft_dice(torch.sigmoid(logits), regions.float(), batch_dice=self.batch_dice, smooth=self.smooth,
-                             mask=mask, batch_reduce=self.batch_reduce)
+                             mask=mask, batch_reduce=self.batch_reduce, scored=(mask > 0).flatten(2).any(2))
             bce_value = (bce * mask).sum() / torch.clip(mask.sum() / r, min=DENOMINATOR_FLOOR)
             return self.weight_ce * bce_value - self.weight_dice * dice
         regions = regions.float()

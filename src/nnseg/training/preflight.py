@@ -61,7 +61,8 @@ def check_dataset_complete(preprocessed: Sequence[str], *, preprocessed_dataset_
 def check_label_values(data_folder: Path, identifiers: Sequence[str], spec: DatasetSpec, *,
                        fix: str) -> dict[str, tuple[int, ...]]:
     """Refuse segmentations holding label values dataset.json does not declare; returns each case's image shape."""
-    allowed = sorted({-1, *spec.allowed_label_values})  # -1: outside the non-zero mask (nnU-Net's preprocessing)
+    # -1: outside the non-zero mask (nnU-Net's preprocessing); every ignore label was written as the lowest one
+    allowed = sorted({-1, *spec.all_labels, *spec.ignore_values[:1]})
     consecutive = allowed == list(range(allowed[0], allowed[-1] + 1))
     shapes: dict[str, tuple[int, ...]] = {}
     for identifier in identifiers:
@@ -74,6 +75,10 @@ def check_label_values(data_folder: Path, identifiers: Sequence[str], spec: Data
         if consecutive and values.size and allowed[0] <= values.min() and values.max() <= allowed[-1]:
             continue
         bad = sorted(set(np.unique(values).tolist()) - set(allowed))
+        if bad and set(bad) <= set(spec.ignore_values):
+            raise ValueError(f"case {identifier} in {data_folder} holds ignore label value(s) {bad} that preprocessing "
+                             f"should have written as {spec.ignore_label} (dataset.json's ignore_labels): it was "
+                             f"preprocessed by a tool that does not read the key (nnU-Net?). {fix}")
         if bad:
             raise ValueError(f"case {identifier} in {data_folder} has label value(s) {bad} that dataset.json does not "
                              f"declare (labels: {spec.labels}). Declare them in dataset.json or fix the case's "

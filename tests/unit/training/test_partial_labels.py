@@ -19,7 +19,7 @@ from nnseg.raw.image_io import get_io
 from nnseg.raw.verify import verify_dataset
 from nnseg.training.config import TrainConfig
 from nnseg.training.loop import tp_fp_fn, train
-from nnseg.training.losses import DiceCELoss, MarginalDiceCELoss
+from nnseg.training.losses import DiceCELoss, MarginalDiceCELoss, soft_dice
 from nnseg.training.partial import partial_codes
 from nnseg.training.setup import FoldJob, make_run_spec
 
@@ -72,6 +72,34 @@ def test_marginal_loss_equals_nnunet_loss_without_partial_cases() -> None:
             t[:, :, :2] = ignore
         ours = MarginalDiceCELoss(batch_dice=False, base=5, sets=[(2, 3)], ignore_label=ignore)(logits, t)
         torch.testing.assert_close(ours, DiceCELoss(batch_dice=False, ignore_label=ignore)(logits, t))
+
+
+def _dice(logits: torch.Tensor, target: torch.Tensor, cls: int) -> torch.Tensor:
+    """nnU-Net's soft Dice of one class over every sample (the class is drawn in them: all voxels count)."""
+    return soft_dice(torch.softmax(logits, 1)[:, cls:cls + 1], target == cls, batch_dice=True)
+
+
+def test_marginal_dice_leaves_out_classes_a_sample_does_not_draw() -> None:
+    """Half the cases draw only liver, half only kidney (and none spleen): the Dice term is the mean over the drawn
+    (sample, class) pairs, so a class drawn in half the samples keeps nnU-Net's Dice gradient instead of half of it."""
+    torch.manual_seed(2)
+    codes = partial_codes(_spec({"c0": ["liver"], "c1": ["kidney"]}))
+    assert codes is not None and codes.sets == ((2, 3), (1, 3))
+    seg = torch.randint(0, 3, (2, 1, 6, 6, 6))
+    seg[0][seg[0] == 2] = 0
+    seg[1][seg[1] == 1] = 0
+    target = seg.clone()
+    target[0][seg[0] == 0], target[1][seg[1] == 0] = codes.base, codes.base + 1
+    logits = torch.randn(2, 4, 6, 6, 6)
+    loss = MarginalDiceCELoss(batch_dice=False, base=codes.base, sets=codes.sets)
+    loss.weight_ce = 0.0
+    expected = (_dice(logits[:1], seg[:1], 1) + _dice(logits[1:], seg[1:], 2)) / 2
+    torch.testing.assert_close(loss(logits, target), -expected)  # not /6 over every (sample, class) pair
+    both_liver = torch.stack([target[0], target[0]])
+    batch = MarginalDiceCELoss(batch_dice=True, base=codes.base, sets=codes.sets)
+    batch.weight_ce = 0.0
+    liver_only = _dice(torch.cat([logits[:1]] * 2), torch.stack([seg[0]] * 2), 1)
+    torch.testing.assert_close(batch(torch.cat([logits[:1]] * 2), both_liver), -liver_only)  # kidney, spleen: no sample
 
 
 def test_pseudo_dice_does_not_score_undrawn_classes() -> None:
@@ -185,3 +213,19 @@ def test_regions_mask_an_undrawn_region_in_its_case() -> None:
     assert counts.shape == (3, 2)
     full = tp_fp_fn(logits.detach()[1:], target[1:, :2], regions=True, ignore_label=None)
     np.testing.assert_array_equal(counts[:, 1], full[:, 1])  # core scored on the complete case only
+
+
+def test_region_dice_leaves_out_a_region_unknown_in_the_whole_sample() -> None:
+    from nnseg.training.losses import DiceBCELoss
+
+    torch.manual_seed(3)
+    regions = torch.randint(0, 2, (2, 2, 6, 6, 6))
+    unknown = torch.zeros_like(regions)
+    unknown[0, 1] = 1  # sample 0's case does not draw region 1 (and nothing drawn lies inside it)
+    logits = torch.randn(2, 2, 6, 6, 6)
+    loss = DiceBCELoss(batch_dice=False, partial=True)
+    loss.weight_ce = 0.0
+    probs = torch.sigmoid(logits)
+    pairs = [(0, 0), (1, 0), (1, 1)]
+    expected = sum(soft_dice(probs[b:b + 1, r:r + 1], regions[b:b + 1, r:r + 1], batch_dice=True) for b, r in pairs) / 3
+    torch.testing.assert_close(loss(logits, torch.cat([regions, unknown], 1)), -expected)  # not /4 with a constant 1

@@ -35,9 +35,11 @@ class Segment:
     type: Code = DEFAULT_TYPE
 
 
-def label_names(labels: Mapping[str, Any], regions_class_order: Sequence[int] | None = None) -> list[tuple[int, str]]:
-    """(value in the predicted label map, name) of each foreground label, or of each region for region models."""
-    fg = [(name, v) for name, v in labels.items() if name not in ("background", "ignore")]
+def label_names(labels: Mapping[str, Any], regions_class_order: Sequence[int] | None = None, *,
+                ignored: Sequence[str] = ("ignore",)) -> list[tuple[int, str]]:
+    """(value in the predicted label map, name) of each foreground label, or of each region for region models;
+    ``ignored``: the ignore label names (``DatasetSpec.ignore_names``), never predicted."""
+    fg = [(name, v) for name, v in labels.items() if name != "background" and name not in ignored]
     if regions_class_order is not None:
         return [(int(value), name) for value, (name, _) in zip(regions_class_order, fg)]
     return sorted((int(v), name) for name, v in fg)
