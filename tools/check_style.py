@@ -15,9 +15,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "nnseg"
 MAX_FUNCTION_LINES = 40
 MAX_MODULE_LINES = 400
-STAGES = ["raw", "fingerprint", "plans", "preprocessed", "training", "predictions", "interactive", "metrics", "launch",
-          "cluster",
-          "serve"]
+STAGES = ["raw", "fingerprint", "plans", "preprocessed", "training", "predictions", "sharing", "interactive", "metrics",
+          "launch", "cluster", "serve"]
 SHARED = {"_types", "registry", "jsonio", "paths", "networks", "devices", "safe_pickle", "parallel", "locks", "fs_errors",
           "extensions"}
 

@@ -1,0 +1,1 @@
+"""Logits to files in the original image space: resampling, slab-by-slab export, ``.npz``/``.pkl`` side files."""

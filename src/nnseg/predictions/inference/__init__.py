@@ -1,0 +1,1 @@
+"""A model folder and its networks turned into logits: checkpoints, options, sliding window, TTA, backends."""
