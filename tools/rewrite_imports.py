@@ -14,7 +14,9 @@ the one old -> new table. The script rewrites, in the files it is given:
 Two new sub-packages carry an old module's name (``export``, ``run``). A dotted name followed by one of the new
 package's submodules (``nnseg.predictions.run.pipeline``), or ``from nnseg.predictions.run import pipeline``, is
 read as the new layout and left alone, so running the script twice changes nothing; any other
-``nnseg.predictions.run[.attr]`` is the old module (now ``nnseg.predictions.request``).
+``nnseg.predictions.run[.attr]`` is the old module (now ``nnseg.predictions.request``). Likewise
+``from nnseg.predictions import predict`` is read as the new facade's function, while a dotted
+``nnseg.predictions.predict`` is the old module.
 
 Run: ``python tools/rewrite_imports.py FILE...`` (``git ls-files -z | xargs -0 python tools/rewrite_imports.py``);
 ``--check`` lists the files it would change and exits 1 if any, without writing.
@@ -76,6 +78,10 @@ NEW_PACKAGES: dict[str, set[str]] = {
     for old in MOVES if any(new.startswith(f"predictions.{old}.") for new in MOVES.values())
 }
 
+# names of the new ``nnseg.predictions`` facade that were also old module names: ``from nnseg.predictions import
+# predict`` is read as the function (nothing imported the old module that way)
+FACADE_NAMES = {"predict"}
+
 _NAMES = "|".join(sorted(MOVES, key=len, reverse=True))
 _DOTTED = re.compile(rf"(?<![\w.])(nnseg\.)?predictions\.({_NAMES})(?!\w)")
 _PATH = re.compile(rf"(?<![\w.])((?:src/)?nnseg/)?predictions/({_NAMES})\.py(?!\w)")
@@ -111,13 +117,14 @@ def _path(match: re.Match[str]) -> str:
 def _from_package(match: re.Match[str]) -> str:
     """``from nnseg.predictions import a, b`` (submodules by name) -> one import per new home, names kept."""
     indent, source, names = match.group(1), match.group(2), [n.strip() for n in match.group(3).split(",")]
-    if not any(n.split()[0] in MOVES for n in names if n):
+    moved = set(MOVES) - (FACADE_NAMES if source == "nnseg.predictions" else set())
+    if not any(n.split()[0] in moved for n in names if n):
         return match.group(0)
     lines = []
     for name in names:
         module, _, alias = name.partition(" as ")
         alias = alias.strip() or module
-        if module not in MOVES:
+        if module not in moved:
             lines.append(f"{indent}from {source} import {name}")
             continue
         package, _, new = MOVES[module].rpartition(".")
