@@ -111,7 +111,7 @@ def train_model(folder: Path, plans: dict, dataset: dict, iterations: int) -> fl
     import torch
 
     from nnseg.networks import build_network
-    from nnseg.predictions.checkpoint import save_checkpoint
+    from nnseg.predictions.inference.checkpoint import save_checkpoint
 
     cfg = plans["configurations"]["3d_fullres"]
     grid = tuple(cfg["median_image_size_in_voxels"])

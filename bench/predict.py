@@ -36,8 +36,8 @@ TARGET = {"auto": 0.4, "fp32": 0.6}
 
 def child(model: str, images: str, out: str, precision: str, tta: bool, backend: str = "torch") -> None:
     """Runs in the measured process: predict and print the timing report as JSON."""
-    from nnseg.predictions.onnx_backend import load_predictor
-    from nnseg.predictions.predict import predict
+    from nnseg.predictions.inference.onnx_backend import load_predictor
+    from nnseg.predictions.run.predict import predict
 
     loaded = load_predictor(Path(model), backend=backend, folds=(0,), device="cpu", precision=precision, use_tta=tta)
     report = predict(loaded, Path(images), Path(out), save_probabilities=True, num_processes_preprocessing=1,
@@ -73,7 +73,7 @@ def main() -> int:
     parser.add_argument("--no_onnx", action="store_true", help="skip the onnxruntime run")
     args = parser.parse_args()
     from nnseg.devices import cpu_has_native_bf16
-    from nnseg.predictions.install import install_model_zip
+    from nnseg.sharing.install import install_model_zip
 
     tta = not args.disable_tta
     cores = os.cpu_count() or 1
@@ -109,7 +109,7 @@ def main() -> int:
 
 def _onnx_line(root: Path, tta: bool, cores: int, torch_fp32_cpu_s: float | None) -> None:
     """Export the model to ONNX, predict with onnxruntime (fp32) and print its times beside torch fp32's."""
-    from nnseg.predictions.onnx_backend import export_onnx
+    from nnseg.predictions.inference.onnx_backend import export_onnx
 
     export_onnx(root / "results" / MODEL, folds=(0,))
     r = run_one(root, "fp32", tta, backend="onnxruntime")

@@ -165,7 +165,7 @@ def main() -> int:
     parser.add_argument("--tta", action="store_true", help="mirroring TTA (default off, as --disable_tta)")
     parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
     args = parser.parse_args()
-    from nnseg.predictions.install import install_model_zip
+    from nnseg.sharing.install import install_model_zip
 
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()} (shared: timings are noisy)")
     cases = (MODEL_DIR / "cases.txt").read_text().split()

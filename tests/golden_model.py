@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from shared_paths import DATA, EXPECTED
 
-from nnseg.predictions.install import install_model_zip
+from nnseg.sharing.install import install_model_zip
 
 MODEL_ZIP = EXPECTED / "Dataset004_Hippocampus" / "model" / "model.zip"
 IMAGES = DATA / "Task04_Hippocampus" / "imagesTr"  # MSD naming: <case>.nii.gz

@@ -15,11 +15,12 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "nnseg"
 MAX_FUNCTION_LINES = 40
 MAX_MODULE_LINES = 400
-STAGES = ["raw", "fingerprint", "plans", "preprocessed", "training", "predictions", "interactive", "metrics", "launch",
-          "cluster",
-          "serve"]
-SHARED = {"_types", "registry", "jsonio", "paths", "networks", "devices", "safe_pickle", "parallel", "locks", "fs_errors",
-          "extensions"}
+STAGES = ["raw", "fingerprint", "plans", "preprocessed", "training", "predictions", "sharing", "interactive", "metrics",
+          "launch", "cluster", "serve"]
+SHARED = {"_types", "_facade", "registry", "jsonio", "paths", "networks", "devices", "safe_pickle", "parallel", "locks",
+          "fs_errors", "extensions"}
+#: stage packages whose sub-packages are layered too: each imports only from itself and the ones before it
+LAYERS = {"predictions": ["inference", "export", "run", "dicom", "request"]}
 
 
 def code_lines(node: ast.AST, source_lines: list[str]) -> int:
@@ -33,16 +34,33 @@ def code_lines(node: ast.AST, source_lines: list[str]) -> int:
     return len(lines) - blank_or_comment
 
 
-def imported_stages(tree: ast.AST) -> set[str]:
+def imported_modules(tree: ast.AST) -> set[str]:
+    """The ``nnseg.*`` modules a file imports by absolute name, at any depth."""
     out = set()
     for node in ast.walk(tree):
-        names = []
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nnseg."):
-            names = [node.module]
+            out.add(node.module)
         elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names if a.name.startswith("nnseg.")]
-        out.update(n.split(".")[1] for n in names)
+            out.update(a.name for a in node.names if a.name.startswith("nnseg."))
     return out
+
+
+def imported_stages(tree: ast.AST) -> set[str]:
+    return {n.split(".")[1] for n in imported_modules(tree)}
+
+
+def layer_problems(rel_parts: tuple[str, ...], tree: ast.AST) -> list[str]:
+    """A sub-package of a :data:`LAYERS` package importing a later sibling (``predictions/run`` -> ``dicom``)."""
+    order = LAYERS.get(rel_parts[0], [])
+    if len(rel_parts) < 2 or rel_parts[1] not in order:
+        return []
+    here = order.index(rel_parts[1])
+    later = {t[2] for t in (m.split(".") for m in imported_modules(tree))
+             if len(t) > 2 and t[1] == rel_parts[0] and t[2] in order and order.index(t[2]) > here}
+    if not later:
+        return []
+    return [f"{'/'.join(rel_parts)}.py: {rel_parts[0]}/{rel_parts[1]} imports later sub-package(s) {sorted(later)} "
+            f"(order: {' -> '.join(order)})"]
 
 
 def check(path: Path, root: Path = SRC) -> list[str]:
@@ -64,6 +82,7 @@ def check(path: Path, root: Path = SRC) -> list[str]:
         bad = imported_stages(tree) - allowed
         if bad:
             problems.append(f"{rel}: stage {stage!r} imports later stage(s) {sorted(bad)}")
+    problems += layer_problems(path.relative_to(root).with_suffix("").parts, tree)
     return problems
 
 

@@ -81,7 +81,7 @@ def test_predict_20_cases_survives_a_killed_worker(cluster: DaskProcesses, share
                                                    tmp_path: Path) -> None:
     import SimpleITK as sitk
 
-    from nnseg.predictions.install import install_model_zip
+    from nnseg.sharing.install import install_model_zip
 
     model = install_model_zip(expected_dir / "Dataset004_Hippocampus" / "model" / "model.zip", tmp_path / "results")[0]
     images = tmp_path / "images"

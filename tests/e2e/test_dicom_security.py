@@ -154,7 +154,7 @@ def test_a_seg_is_made_on_a_series_without_slice_thickness_and_type2_attributes(
 
 def test_a_seg_source_attribute_that_cannot_be_derived_is_refused_before_predicting(
         model: Path, tmp_path: Path, scratch: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nnseg.predictions.dicom_predict as dicom_predict
+    import nnseg.predictions.dicom.dicom_predict as dicom_predict
 
     def no_prediction(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the series must be refused before predicting")

@@ -130,7 +130,7 @@ def test_a_redirect_to_another_origin_carries_no_credentials_or_custom_headers(r
 
 
 def test_a_redirect_within_the_origin_keeps_the_headers() -> None:
-    from nnseg.predictions.dicomweb_http import DicomWebClient
+    from nnseg.predictions.dicom.dicomweb_http import DicomWebClient
 
     def handle(request: Request) -> None:
         if request.path.startswith("/dicom-web/"):
@@ -162,7 +162,7 @@ def test_a_series_over_the_cap_is_refused(run: Callable, tmp_path: Path, scratch
 
 
 def test_a_large_answer_is_streamed_to_disk_not_held_in_memory(tmp_path: Path) -> None:
-    from nnseg.predictions.dicomweb_http import DicomWebClient
+    from nnseg.predictions.dicom.dicomweb_http import DicomWebClient
 
     body = multipart_body([_dicom_part(48 * 2**20), _dicom_part(1000)])
     with fake_dicomweb(lambda r: r.answer(200, body, f'multipart/related; type="application/dicom"; '

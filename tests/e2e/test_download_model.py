@@ -13,9 +13,9 @@ import torch
 
 from nnseg.cli.main import main
 from nnseg.networks import build_network
-from nnseg.predictions.checkpoint import load_checkpoint, network_state_dict, save_checkpoint
-from nnseg.predictions.download import cache_file_for, download_model
-from nnseg.predictions.export_model import export_model_zip
+from nnseg.predictions.inference.checkpoint import load_checkpoint, network_state_dict, save_checkpoint
+from nnseg.sharing.download import cache_file_for, download_model
+from nnseg.sharing.export_model import export_model_zip
 
 DS = "Dataset077_Tiny"
 MODEL = f"{DS}/nnUNetTrainer__nnUNetPlans__2d"

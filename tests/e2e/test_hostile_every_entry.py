@@ -32,9 +32,9 @@ from test_reliability_predict import _image, _model
 from test_serve import _start
 
 from nnseg.cli.main import main
-from nnseg.predictions.options import PredictOptions
-from nnseg.predictions.predict import predict, predict_arrays
-from nnseg.predictions.run import PredictRequest, run_prediction
+from nnseg.predictions.inference.options import PredictOptions
+from nnseg.predictions.run.predict import predict, predict_arrays
+from nnseg.predictions.request import PredictRequest, run_prediction
 from nnseg.raw.image_io import get_io
 
 pytestmark = pytest.mark.slow

@@ -138,7 +138,7 @@ def test_lowres_then_cascade(roots_env: dict[str, str], tmp_path: Path) -> None:
     written = sorted(p.name for p in next_stage.glob("*.b2nd"))
     assert written == [f"case_{i:03d}.b2nd" for i in range(5)]
     data, _, _ = load_case(pre / "nnUNetPlans_3d_fullres", "case_000")
-    from nnseg.predictions.next_stage import load_next_stage_seg
+    from nnseg.launch.next_stage import load_next_stage_seg
 
     assert load_next_stage_seg(next_stage, "case_000").shape == tuple(data.shape[1:])
     cascade = train(roots_env, dataset, "3d_cascade_fullres", "0")

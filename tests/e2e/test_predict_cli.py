@@ -15,7 +15,7 @@ from tiny_golden_plans import tiny_3d_configuration
 
 from nnseg.cli.main import main
 from nnseg.networks import build_network
-from nnseg.predictions.checkpoint import save_checkpoint
+from nnseg.predictions.inference.checkpoint import save_checkpoint
 
 DATASET = "Dataset777_Tiny"
 MODEL = "nnUNetTrainer_5epochs__nnUNetPlans__3d_tiny"
@@ -138,7 +138,7 @@ def test_errors_are_clear(setup: dict[str, Path], roots_env: dict[str, str], cap
 
 @pytest.mark.slow
 def test_cascade_2d_and_in_memory_prediction(setup: dict[str, Path]) -> None:
-    from nnseg.predictions.predict import Predictor, predict, predict_arrays
+    from nnseg.predictions.run.predict import Predictor, predict, predict_arrays
     from nnseg.raw.image_io import get_io
 
     models = setup["tmp"] / "other_models" / DATASET

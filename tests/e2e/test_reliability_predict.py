@@ -19,7 +19,7 @@ from tiny_golden_plans import tiny_3d_configuration
 
 from nnseg.cli.main import main
 from nnseg.networks import build_network
-from nnseg.predictions.checkpoint import save_checkpoint
+from nnseg.predictions.inference.checkpoint import save_checkpoint
 
 DATASET = "Dataset777_Tiny"
 MODEL = "nnUNetTrainer_5epochs__nnUNetPlans__3d_tiny"

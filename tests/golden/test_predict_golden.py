@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnseg.predictions.install import install_model_zip
-from nnseg.predictions.predict import Predictor, predict
-from nnseg.predictions.predict_io import load_probabilities_npz, load_properties_pkl
+from nnseg.sharing.install import install_model_zip
+from nnseg.predictions.run.predict import Predictor, predict
+from nnseg.predictions.export.predict_io import load_probabilities_npz, load_properties_pkl
 
 pytestmark = [pytest.mark.golden, pytest.mark.slow]
 MODEL = "Dataset004_Hippocampus/nnUNetTrainer_bench__nnUNetPlans__3d_fullres_bs2"

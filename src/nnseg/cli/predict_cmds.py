@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from nnseg.cli.context import Context
-from nnseg.predictions.defaults import DEFAULT_FOLDS
+from nnseg.predictions.inference.defaults import DEFAULT_FOLDS
 
 # training-only options that have no meaning for prediction (dropped from the suggested command)
 _TRAIN_ONLY = {"--c": 0, "--val": 0, "--val_best": 0, "--disable_checkpointing": 0, "-num_gpus": 1, "-pretrained_weights": 1}
@@ -148,9 +148,9 @@ def _device(requested: str | None) -> str:
 
 
 def _request(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, num_parts: int, part_id: int) -> Any:
-    """The :class:`~nnseg.predictions.run.PredictRequest` of a ``predict`` command line (checked by the library)."""
-    from nnseg.predictions.options import PredictOptions
-    from nnseg.predictions.run import DicomWebSource, PredictRequest
+    """The :class:`~nnseg.predictions.request.PredictRequest` of a ``predict`` command line (checked by the library)."""
+    from nnseg.predictions.inference.options import PredictOptions
+    from nnseg.predictions.request import DicomWebSource, PredictRequest
 
     device = args.device if args.cluster else _device(args.device)
     options = PredictOptions(folds=args.f, checkpoint=args.chk, device=device, precision=args.precision,
@@ -159,8 +159,8 @@ def _request(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int
                              backend=args.backend, max_memory_gb=args.max_memory)
     web = None
     if args.dicomweb is not None:
-        from nnseg.predictions.dicomweb import auth_headers
-        from nnseg.predictions.dicomweb_multipart import DicomWebLimits
+        from nnseg.predictions.dicom.dicomweb import auth_headers
+        from nnseg.predictions.dicom.dicomweb_multipart import DicomWebLimits
 
         limits = DicomWebLimits.from_user(timeout_s=args.dicomweb_timeout, max_instance_mb=args.dicomweb_max_instance_mb,
                                           max_series_gb=args.dicomweb_max_series_gb)
@@ -184,7 +184,7 @@ def _run(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, nu
         print(f"predicted {len(report.written)} case(s) into {args.o} on the cluster in {report.wall_s:.1f} s{skipped}",
               file=sys.stderr)
         return 0
-    from nnseg.predictions.run import run_prediction
+    from nnseg.predictions.request import run_prediction
 
     result = run_prediction(request)
     if request.kind == "dicomweb":
@@ -198,7 +198,7 @@ def _run(args: argparse.Namespace, model_folder: Path, *, npp: int, nps: int, nu
 
 
 def run_predict(args: argparse.Namespace, ctx: Context) -> int:
-    from nnseg.predictions.model_folder import resolve_model_folder
+    from nnseg.predictions.inference.model_folder import resolve_model_folder
 
     dataset = ctx.dataset_name(args.d)
     folder = resolve_model_folder(ctx.roots().results, dataset, trainer=args.tr, plans_identifier=args.p,
@@ -229,7 +229,7 @@ def add_install_model(p: argparse.ArgumentParser) -> None:
 
 
 def add_zip_limit_options(p: argparse.ArgumentParser) -> None:
-    """``--max-unzipped-gb`` and ``--max-zip-ratio`` (nnseg extras; see nnseg.predictions.zip_limits)."""
+    """``--max-unzipped-gb`` and ``--max-zip-ratio`` (nnseg extras; see nnseg.sharing.zip_limits)."""
     p.add_argument("--max-unzipped-gb", type=float, default=None, help="nnseg extra: refuse a zip that unpacks to more "
                    "GiB than this [$NNSEG_MODEL_ZIP_MAX_GB or 16]")
     p.add_argument("--max-zip-ratio", type=float, default=None, help="nnseg extra: refuse a zip that compresses better "
@@ -237,13 +237,13 @@ def add_zip_limit_options(p: argparse.ArgumentParser) -> None:
 
 
 def zip_limits(args: argparse.Namespace, ctx: Context) -> Any:
-    from nnseg.predictions.zip_limits import ZipLimits
+    from nnseg.sharing.zip_limits import ZipLimits
 
     return ZipLimits.from_settings(max_gb=args.max_unzipped_gb, max_ratio=args.max_zip_ratio, env=ctx.env)
 
 
 def run_install_model(args: argparse.Namespace, ctx: Context) -> int:
-    from nnseg.predictions.install import install_model_zip
+    from nnseg.sharing.install import install_model_zip
 
     installed = install_model_zip(Path(args.zip), ctx.roots().results, limits=zip_limits(args, ctx))
     for folder in installed:
@@ -259,7 +259,7 @@ def add_ensemble(p: argparse.ArgumentParser) -> None:
 
 
 def run_ensemble(args: argparse.Namespace, ctx: Context) -> int:
-    from nnseg.predictions.export import ensemble_folders
+    from nnseg.predictions.export.from_logits import ensemble_folders
 
     num = args.np if args.np is not None else ctx.env_int("nnUNet_def_n_proc", 8)
     done = ensemble_folders(args.i, args.o, save_npz=args.save_npz, num_processes=num)

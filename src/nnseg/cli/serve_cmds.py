@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from nnseg.cli.context import Context
-from nnseg.predictions.defaults import DEFAULT_FOLDS
+from nnseg.predictions.inference.defaults import DEFAULT_FOLDS
 
 
 def add_serve(p: argparse.ArgumentParser) -> None:
@@ -100,7 +100,7 @@ def add_export_onnx(p: argparse.ArgumentParser) -> None:
 
 
 def run_export_onnx(args: argparse.Namespace, ctx: Context) -> int:
-    from nnseg.predictions.onnx_backend import export_onnx
+    from nnseg.predictions.inference.onnx_backend import export_onnx
 
     folder = Path(args.m)
     if not folder.is_dir():

@@ -17,7 +17,7 @@ def _path(ctx: Context, value: str) -> Path:
 
 
 def add_export_model(parser: argparse.ArgumentParser) -> None:
-    from nnseg.predictions.defaults import EXPORT_CONFIGURATIONS as DEFAULT_CONFIGURATIONS
+    from nnseg.predictions.inference.defaults import EXPORT_CONFIGURATIONS as DEFAULT_CONFIGURATIONS
 
     parser.add_argument("-d", type=str, required=True, help="Dataset name or id")
     parser.add_argument("-o", type=str, required=True, help="Output file name (a .zip)")
@@ -41,7 +41,7 @@ def add_export_model(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export_model(args: argparse.Namespace, ctx: Context) -> int:
-    from nnseg.predictions.export_model import export_model_zip
+    from nnseg.sharing.export_model import export_model_zip
 
     dataset = ctx.dataset_name(args.d)
     result = export_model_zip(ctx.roots().results, dataset, _path(ctx, args.o), configurations=args.c, trainer=args.tr,
@@ -57,7 +57,7 @@ def run_export_model(args: argparse.Namespace, ctx: Context) -> int:
 
 def add_download_model(parser: argparse.ArgumentParser) -> None:
     from nnseg.cli.predict_cmds import add_zip_limit_options
-    from nnseg.predictions.download import DEFAULT_RETRIES, DEFAULT_TIMEOUT
+    from nnseg.sharing.download import DEFAULT_RETRIES, DEFAULT_TIMEOUT
 
     parser.add_argument("url", type=str, help="URL of the pretrained model zip")
     parser.add_argument("--sha256", type=str, default=None, help="nnseg extra: expected SHA-256 of the zip (checked before installing)")
@@ -79,7 +79,7 @@ def _cache_dir(ctx: Context) -> Path | None:
 
 def run_download_model(args: argparse.Namespace, ctx: Context) -> int:
     from nnseg.cli.predict_cmds import zip_limits
-    from nnseg.predictions.download import download_model
+    from nnseg.sharing.download import download_model
 
     results = ctx.roots().results
     installed = download_model(args.url, results, sha256=args.sha256, cache_dir=_cache_dir(ctx), progress=not args.no_pbar,

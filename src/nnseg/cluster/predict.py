@@ -1,9 +1,9 @@
 """Prediction on a Dask cluster: one task per case, the model loaded once per worker process.
 
 The client lists the cases (``-num_parts/-part_id`` apply as in ``nnUNetv2_predict``), checks and locks the output
-folder as the single-machine command does (:func:`~nnseg.predictions.pipeline.locked_output`), connects, writes the
+folder as the single-machine command does (:func:`~nnseg.predictions.run.pipeline.locked_output`), connects, writes the
 run files (``dataset.json``, ``plans.json``, ``predict_from_raw_data_args.json``) and submits ``predict_case_task``
-per case; each worker builds the :class:`~nnseg.predictions.predict.Predictor` on first use and keeps it.
+per case; each worker builds the :class:`~nnseg.predictions.run.predict.Predictor` on first use and keeps it.
 Segmentations (and ``--save_probabilities`` files) are written under temporary names and renamed, so a case lost with
 its worker is predicted again elsewhere without a truncated or duplicated file, and ``--continue_prediction`` skips
 finished cases on a rerun. Tasks ask for ``GPU: 1`` on CUDA and for their estimated ``MEMORY``. A case that fails
@@ -22,13 +22,13 @@ from nnseg.cluster.connect import open_client
 from nnseg.cluster.memory import predict_bytes
 from nnseg.cluster.tasks import DEFAULT_RETRIES, memory_capacities, run_tasks, task_resources
 from nnseg.jsonio import remove_temporary_files
-from nnseg.predictions.bounded import MemoryPolicy
-from nnseg.predictions.model_folder import checkpoint_paths, fold_of, load_trained_model, parse_folds
-from nnseg.predictions.onnx_backend import load_predictor
-from nnseg.predictions.options import PredictOptions
-from nnseg.predictions.pipeline import is_done, locked_output, predict_case, run_args, select_cases, write_run_info
-from nnseg.predictions.predictor import PredictionReport, Predictor
-from nnseg.predictions.run import PredictRequest
+from nnseg.predictions.run.bounded import MemoryPolicy
+from nnseg.predictions.inference.model_folder import checkpoint_paths, fold_of, load_trained_model, parse_folds
+from nnseg.predictions.inference.onnx_backend import load_predictor
+from nnseg.predictions.inference.options import PredictOptions
+from nnseg.predictions.run.pipeline import is_done, locked_output, predict_case, run_args, select_cases, write_run_info
+from nnseg.predictions.inference.predictor import PredictionReport, Predictor
+from nnseg.predictions.request import PredictRequest
 from nnseg.raw.discover import CaseFiles
 
 
@@ -92,10 +92,10 @@ def check_cluster_request(request: PredictRequest) -> None:
 
 
 def predict_on_cluster(cluster: str, request: PredictRequest, *, retries: int = DEFAULT_RETRIES) -> PredictionReport:
-    """:func:`nnseg.predictions.run.run_prediction` with one Dask task per case on ``--cluster cluster``.
+    """:func:`nnseg.predictions.request.run_prediction` with one Dask task per case on ``--cluster cluster``.
 
     Raises:
-        FileNotFoundError / ValueError: as :func:`~nnseg.predictions.run.run_prediction` (an output folder holding the
+        FileNotFoundError / ValueError: as :func:`~nnseg.predictions.request.run_prediction` (an output folder holding the
             input images, a locked one) or :func:`check_cluster_request`, before anything is written or any task is
             submitted.
         TasksFailed: after every other case was written, naming each case that failed (a bad input at once, others

@@ -17,8 +17,8 @@ from nnseg._types import PathLike
 from nnseg.interactive.capabilities import Capabilities, read_capabilities
 from nnseg.jsonio import atomic_path, load_json
 from nnseg.plans.schema import ConfigurationPlans, Plans
-from nnseg.predictions.checkpoint import load_checkpoint, network_state_dict, save_checkpoint
-from nnseg.predictions.model_folder import load_weights
+from nnseg.predictions.inference.checkpoint import load_checkpoint, network_state_dict, save_checkpoint
+from nnseg.predictions.inference.model_folder import load_weights
 from nnseg.raw.dataset_json import DatasetSpec
 
 NUM_OUTPUTS = 2  # nnInteractive's networks always segment one object against the background

@@ -16,7 +16,7 @@ import sys
 import torch
 
 from nnseg.devices import resolve_device
-from nnseg.predictions.full_val import full_validator
+from nnseg.launch.full_val import full_validator
 from nnseg.launch.hooks import standard_hooks
 from nnseg.fs_errors import describe_os_error, is_system_error
 from nnseg.launch.request import TrainOutcome, TrainRequest, device_name, fold_job, lock_purpose

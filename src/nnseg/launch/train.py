@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from nnseg.devices import resolve_device
-from nnseg.predictions.full_val import full_validator
+from nnseg.launch.full_val import full_validator
 from nnseg.launch.ddp import launch_local, run_rank
 from nnseg.launch.hooks import SINGLE_PROCESS, standard_hooks
 from nnseg.launch.request import TrainOutcome, TrainRequest, device_name, fold_job, lock_purpose

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from nnseg.metrics.evaluate import evaluate_folder_with_dataset
-from nnseg.predictions.next_stage import NextStageWriter, next_stages
-from nnseg.predictions.validation import validate_fold
+from nnseg.launch.next_stage import NextStageWriter, next_stages
+from nnseg.launch.validate_cases import validate_fold
 from nnseg.training.distributed import DistributedTraining
 from nnseg.training.run_spec import RunSpec
 from nnseg.training.setup import FoldJob

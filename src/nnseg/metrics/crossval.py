@@ -149,8 +149,8 @@ def _ensemble_case(job: tuple[list[str], str, Any, Any]) -> None:
     """Average the ``.npz`` probabilities of one case, convert them to labels and write them (spawn worker)."""
     import torch
 
-    from nnseg.predictions.export import probabilities_to_segmentation, write_outputs
-    from nnseg.predictions.predict_io import load_probabilities_npz, load_properties_pkl
+    from nnseg.predictions.export.from_logits import probabilities_to_segmentation, write_outputs
+    from nnseg.predictions.export.predict_io import load_probabilities_npz, load_properties_pkl
 
     npz_files, output_truncated, plans, spec = job
     total = load_probabilities_npz(npz_files[0])

@@ -5,7 +5,7 @@ its folder (absolute names, ``..``, drive letters) nor a nested zip (400), unpac
 :data:`UNZIPPED_PER_UPLOAD` times the server's upload limit (413; ``zipfile`` never writes more than an entry
 declares), and hold exactly one valid image series (422, e.g. a missing slice, named as ``nnseg predict`` names it).
 The worker then converts the series exactly as ``nnseg predict -i <dicom folder>`` does
-(:func:`~nnseg.predictions.dicom_predict.write_series_image`: series geometry, rescale slope/intercept applied),
+(:func:`~nnseg.predictions.dicom.dicom_predict.write_series_image`: series geometry, rescale slope/intercept applied),
 predicts it like a NIfTI upload and answers a NIfTI (``?result_format=.nrrd`` / ``.mha`` also) or, with
 ``?result_format=dicom-seg``, the DICOM SEG that ``--output-format dicom-seg`` writes. Everything is extracted under
 the job's folder (server-made names) and removed with it; messages never show server paths.
@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 
-from nnseg.predictions.dicom_predict import check_model_for_dicom, segments_for, write_series_image, write_series_seg
+from nnseg.predictions.dicom.dicom_predict import check_model_for_dicom, segments_for, write_series_image, write_series_seg
 from nnseg.raw.dicom import require
 from nnseg.raw.dicom.files import DicomSeries, scan_dicom
 from nnseg.raw.dicom.series import series_geometry

@@ -2,7 +2,7 @@
 
 A model is named ``<DatasetName>_<configuration>`` (e.g. ``Dataset004_Hippocampus_3d_fullres``) unless given as
 ``NAME=FOLDER``. :func:`predict_case` reads the channel files with the plans' reader/writer (SimpleITK for other
-endings), predicts with the loaded :class:`~nnseg.predictions.predict.Predictor` exactly as ``nnseg predict`` does,
+endings), predicts with the loaded :class:`~nnseg.predictions.run.predict.Predictor` exactly as ``nnseg predict`` does,
 and writes the label map with the input's geometry. Progress is reported per network call, and a cancelled job
 stops at the next call.
 """
@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from nnseg.predictions.bounded import MemoryPolicy, check_case_header, check_case_shape
-from nnseg.predictions.memory_plan import CaseDoesNotFit, CasePlan
-from nnseg.predictions.options import PredictOptions
-from nnseg.predictions.pipeline import predict_case as predict_one_case
-from nnseg.predictions.predictor import Predictor
-from nnseg.predictions.sliding_window import tile_slicers
+from nnseg.predictions.run.bounded import MemoryPolicy, check_case_header, check_case_shape
+from nnseg.predictions.inference.memory_plan import CaseDoesNotFit, CasePlan
+from nnseg.predictions.inference.options import PredictOptions
+from nnseg.predictions.run.pipeline import predict_case as predict_one_case
+from nnseg.predictions.inference.predictor import Predictor
+from nnseg.predictions.inference.sliding_window import tile_slicers
 from nnseg.raw.discover import CaseFiles
 from nnseg.raw.image_io import ImageReadError, get_io
 
@@ -130,7 +130,7 @@ def load_models(specs: Sequence[str | Path], *, device: str, options: ModelOptio
         ValueError: two models get the same name (name them with ``NAME=FOLDER``), or bad options.
         FileNotFoundError: a model folder, checkpoint or ONNX file is missing.
     """
-    from nnseg.predictions.onnx_backend import load_predictor
+    from nnseg.predictions.inference.onnx_backend import load_predictor
 
     named = [model_name(s) for s in specs]
     names = [n for n, _ in named]
@@ -170,7 +170,7 @@ def memory_policy(model: ServedModel) -> MemoryPolicy:
 
 def check_upload(model: ServedModel, inputs: Sequence[Path], *, names: Sequence[str] | None = None) -> CasePlan:
     """The library's header checks and memory plan for an upload, before its voxels are read (and before it is
-    queued): :func:`nnseg.predictions.bounded.check_case_header`.
+    queued): :func:`nnseg.predictions.run.bounded.check_case_header`.
 
     Raises:
         CaseError: unreadable header (400), wrong channels, a 2D/3D mismatch or implausible spacing (422), a case
@@ -236,7 +236,7 @@ def predict_case(model: ServedModel, inputs: Sequence[Path], output: Path, *,
                  names: Sequence[str] | None = None) -> None:
     """Predict one case (one file per channel) and write its label map to ``output`` (its ending picks the format).
 
-    The case goes through the library's per-case function (:func:`nnseg.predictions.pipeline.predict_case`), as
+    The case goes through the library's per-case function (:func:`nnseg.predictions.run.pipeline.predict_case`), as
     ``nnseg predict`` runs it: the input checks, the memory plan with the server's budget (the bounded path when the
     one-shot does not fit), then the network. ``names``: how messages call the inputs (default ``upload 0``, ...).
 

@@ -50,7 +50,7 @@ def resolve_devices(devices: Sequence[str] | None) -> list[str]:
     Raises:
         ValueError: an unknown or unavailable device, or one given twice.
     """
-    from nnseg.predictions.predict import resolve_device
+    from nnseg.predictions.run.predict import resolve_device
 
     chosen = [str(resolve_device(d)) for d in (devices or [None])]  # type: ignore[list-item]
     if len(set(chosen)) != len(chosen):

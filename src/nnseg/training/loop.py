@@ -159,7 +159,7 @@ def _restore(run: RunSpec, parts: Components) -> TrainState | None:
 
 FullValidator = Callable[[nn.Module], list[float]]
 """Whole-image validation (``full_val_every``): network -> Dice per foreground label or region (see
-:mod:`nnseg.predictions.full_val`, which builds it for the launchers)."""
+:mod:`nnseg.launch.full_val`, which builds it for the launchers)."""
 
 
 def _patch_validation(run: RunSpec, parts: Components, epoch: int) -> tuple[list[float], np.ndarray]:
@@ -183,7 +183,7 @@ def _full_validation(run: RunSpec, parts: Components, state: TrainState, validat
         return False
     if validate is None:
         raise ValueError("full_val_every needs a full-image validator; train through nnseg.launch (nnUNetv2_train), "
-                         "or pass full_validator=nnseg.predictions.full_val.full_validator(run)")
+                         "or pass full_validator=nnseg.launch.full_val.full_validator(run)")
     epoch = state.current_epoch
     due = (epoch + 1) % every == 0 or epoch + 1 == state.num_epochs
     mean = state.log_full_val(validate(parts.network) if due else None)
@@ -252,7 +252,7 @@ def train(run: RunSpec, *, hooks: Hooks | None = None, resume: bool = False,
 
     ``dist``: this rank's view of a DDP process group (see :mod:`nnseg.training.distributed`); pass the run from
     :func:`~nnseg.training.distributed.rank_run` so that only rank 0 writes checkpoints. ``full_validator``: the
-    whole-image validation ``full_val_every`` needs (:func:`nnseg.predictions.full_val.full_validator`).
+    whole-image validation ``full_val_every`` needs (:func:`nnseg.launch.full_val.full_validator`).
     """
     hooks = hooks or Hooks()
     run.output_folder.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ import torch
 from nnseg.jsonio import load_json
 from nnseg.training.checkpoint import load_checkpoint, network_state_dict
 
-MAX_MEMBER_BYTES = 16 * 2**30  # the model-zip install limit (nnseg.predictions.zip_limits)
+MAX_MEMBER_BYTES = 16 * 2**30  # the model-zip install limit (nnseg.sharing.zip_limits)
 MAX_MEMBER_RATIO = 200
 _FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 

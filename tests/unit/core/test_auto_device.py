@@ -9,7 +9,7 @@ import torch
 
 from nnseg import devices
 from nnseg.cli import predict_cmds
-from nnseg.predictions.predict import resolve_device
+from nnseg.predictions.run.predict import resolve_device
 
 
 @pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])

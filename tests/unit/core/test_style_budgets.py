@@ -60,3 +60,18 @@ def test_no_circle_passes_the_check(tmp_path: Path, capsys: pytest.CaptureFixtur
     graph = tool["import_graph"](pkg)
     # `from P import m` loads the package P and its module m
     assert graph["nnseg.raw.a"] == {"nnseg.raw", "nnseg.raw.b"} and graph["nnseg.raw.b"] == {"nnseg", "nnseg.jsonio"}
+
+
+def test_a_prediction_sub_package_importing_a_later_one_fails_the_check(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    tool = runpy.run_path(str(TOOL))
+    pkg = _fake_package(tmp_path, {
+        "__init__.py": "", "predictions/__init__.py": "", "predictions/request.py": "",
+        "predictions/inference/__init__.py": "", "predictions/run/__init__.py": "",
+        "predictions/run/pipeline.py": "from nnseg.predictions.inference.predictor import Predictor\n",
+        "predictions/inference/predictor.py": "def f():\n    from nnseg.predictions.request import run_prediction\n",
+    })
+    assert tool["main"](pkg) == 1
+    out = capsys.readouterr().out
+    assert "predictions/inference/predictor.py: predictions/inference imports later sub-package(s) ['request']" in out
+    assert "run/pipeline" not in out and "1 problem(s)" in out

@@ -21,7 +21,7 @@ from nnseg.metrics.best_config import (
     predict_commands,
 )
 from nnseg.metrics.crossval import accumulate_crossval_results, ensemble_name
-from nnseg.predictions.predict_io import save_probabilities_npz, save_properties_pkl
+from nnseg.predictions.export.predict_io import save_probabilities_npz, save_properties_pkl
 
 DATASET = "Dataset001_Toy"
 SHAPE = (6, 8, 8)
@@ -258,7 +258,7 @@ def test_find_best_on_nnunet_predictions(expected_dir: Path, shared_data: Path, 
     import SimpleITK as sitk
 
     from nnseg.metrics.best_config import find_best_configuration
-    from nnseg.predictions.predict_io import load_probabilities_npz
+    from nnseg.predictions.export.predict_io import load_probabilities_npz
 
     folders = _golden_tree(expected_dir, shared_data, tmp_path)
     info = find_best_configuration("Dataset004_Hippocampus", tmp_path / "results", tmp_path / "preprocessed",
@@ -298,7 +298,7 @@ def _tiny_model(results: Path, dataset: str, plans: dict, dataset_json: dict, co
     import torch
 
     from nnseg.networks import build_network
-    from nnseg.predictions.checkpoint import save_checkpoint
+    from nnseg.predictions.inference.checkpoint import save_checkpoint
 
     folder = results / dataset / f"{TRAINER_PLANS}{configuration}"
     (folder / "fold_0").mkdir(parents=True)

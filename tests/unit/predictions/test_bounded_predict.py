@@ -19,11 +19,11 @@ from tiny_golden_plans import tiny_3d_configuration
 
 from nnseg._types import Geometry
 from nnseg.networks import build_network
-from nnseg.predictions.bounded import predict_case_bounded
-from nnseg.predictions.checkpoint import save_checkpoint
-from nnseg.predictions.export import convert_logits
-from nnseg.predictions.memory_plan import CaseDoesNotFit
-from nnseg.predictions.predict import Predictor, predict
+from nnseg.predictions.run.bounded import predict_case_bounded
+from nnseg.predictions.inference.checkpoint import save_checkpoint
+from nnseg.predictions.export.from_logits import convert_logits
+from nnseg.predictions.inference.memory_plan import CaseDoesNotFit
+from nnseg.predictions.run.predict import Predictor, predict
 
 LABELS = {"background": 0, "a": 1, "b": 2}
 REGIONS = {"background": 0, "whole": [1, 2], "core": 2}

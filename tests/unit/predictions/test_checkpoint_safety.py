@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnseg.predictions.checkpoint import (
+from nnseg.predictions.inference.checkpoint import (
     CHECKPOINT_KEYS,
     load_checkpoint,
     mirroring_axes,

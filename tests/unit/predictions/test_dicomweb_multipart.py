@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnseg.predictions.dicomweb_http import origin
-from nnseg.predictions.dicomweb_multipart import DicomWebError, DicomWebLimits, MultipartFiles
+from nnseg.predictions.dicom.dicomweb_http import origin
+from nnseg.predictions.dicom.dicomweb_multipart import DicomWebError, DicomWebLimits, MultipartFiles
 
 BOUNDARY = b"b0und4ry"
 

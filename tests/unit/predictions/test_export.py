@@ -13,13 +13,13 @@ import torch
 
 from nnseg._types import Geometry
 from nnseg.plans.schema import Plans
-from nnseg.predictions.export import (
+from nnseg.predictions.export.from_logits import (
     convert_logits,
     export_prediction,
     probabilities_to_segmentation,
     resample_logits,
 )
-from nnseg.predictions.predict_io import (
+from nnseg.predictions.export.predict_io import (
     load_probabilities_npz,
     load_properties_pkl,
     properties_for_pickle,
@@ -134,7 +134,7 @@ def test_restricted_unpickler_refuses_code(tmp_path: Path) -> None:
 
 
 def test_ensemble_refuses_mismatched_folders(tmp_path: Path) -> None:
-    from nnseg.predictions.export import ensemble_folders
+    from nnseg.predictions.export.from_logits import ensemble_folders
 
     a, b = tmp_path / "a", tmp_path / "b"
     for folder, cases in ((a, ("x", "y")), (b, ("x",))):
@@ -153,7 +153,7 @@ def test_ensemble_refuses_mismatched_folders(tmp_path: Path) -> None:
 def test_probabilities_follow_the_plans_resampling_function(plans: Plans, planner_resampling: str) -> None:
     """Export resamples with the function the plans name (``*_torchres`` plans name resample_torch_fornnunet)."""
     from nnseg.plans.presets import DEFAULT_RESAMPLING, TORCH_RESAMPLING
-    from nnseg.predictions.export import resample_probabilities
+    from nnseg.predictions.export.from_logits import resample_probabilities
     from nnseg.preprocessed.resample_torch import resample_torch_fornnunet
 
     cfg = plans.configuration("3d_fullres")

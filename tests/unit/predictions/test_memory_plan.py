@@ -12,10 +12,10 @@ import torch
 from test_bounded_predict import LABELS, _model
 
 from nnseg.cli.main import main
-from nnseg.predictions.memory_plan import GIB, activation_bytes_per_sample, samples_per_call
-from nnseg.predictions.model_folder import load_trained_model
-from nnseg.predictions.sliding_window import sliding_window_predict
-from nnseg.predictions.streaming_window import sliding_window_slabs
+from nnseg.predictions.inference.memory_plan import GIB, activation_bytes_per_sample, samples_per_call
+from nnseg.predictions.inference.model_folder import load_trained_model
+from nnseg.predictions.inference.sliding_window import sliding_window_predict
+from nnseg.predictions.inference.streaming_window import sliding_window_slabs
 
 
 def _images(folder: Path, shape: tuple[int, ...]) -> Path:
@@ -55,7 +55,7 @@ def test_issue12_256_patch_on_a_small_image_is_refused(tmp_path: Path, expected_
     (model / "plans.json").write_text(json.dumps(plans))
     (model / "dataset.json").write_text((golden / "dataset.json").read_text())
     from nnseg.networks import build_network
-    from nnseg.predictions.checkpoint import save_checkpoint
+    from nnseg.predictions.inference.checkpoint import save_checkpoint
 
     net = build_network(plans["configurations"]["3d_fullres"]["architecture"], input_channels=1, num_classes=3,
                         deep_supervision=False)

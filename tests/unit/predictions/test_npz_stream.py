@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnseg.predictions.npz_stream import NpzStreamWriter, pieces
-from nnseg.predictions.predict_io import load_probabilities_npz, save_probabilities_npz
+from nnseg.predictions.export.npz_stream import NpzStreamWriter, pieces
+from nnseg.predictions.export.predict_io import load_probabilities_npz, save_probabilities_npz
 
 
 def _probabilities(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Prediction input checks (nnseg.predictions.input_checks) against plans: 2D vs 3D and the upsampling rule."""
+"""Prediction input checks (nnseg.predictions.run.input_checks) against plans: 2D vs 3D and the upsampling rule."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nnseg.plans.schema import Plans
-from nnseg.predictions.input_checks import check_prediction_case
+from nnseg.predictions.run.input_checks import check_prediction_case
 
 FILE = [Path("/in/case_0000.nii.gz")]
 

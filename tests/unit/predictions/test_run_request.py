@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from nnseg._types import Geometry
-from nnseg.predictions.options import PredictOptions
-from nnseg.predictions.run import DicomWebSource, PredictRequest, run_prediction
+from nnseg.predictions.inference.options import PredictOptions
+from nnseg.predictions.request import DicomWebSource, PredictRequest, run_prediction
 
 
 def test_options_are_checked_once_and_hashable() -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnseg.predictions.sliding_window import (
+from nnseg.predictions.inference.sliding_window import (
     autocast_context,
     compute_steps,
     cpu_has_native_bf16,
@@ -204,7 +204,7 @@ def test_not_a_tensor_raises():
 
 
 def test_oom_falls_back_to_cpu_accumulation_only_for_cuda(monkeypatch):
-    import nnseg.predictions.sliding_window as sw
+    import nnseg.predictions.inference.sliding_window as sw
 
     real = sw._accumulate
     devices: list[torch.device] = []
@@ -250,7 +250,7 @@ def test_precision_helpers(tmp_path: Path, monkeypatch):
 
 
 def test_slicewise_helper_equals_per_slice_2d_prediction(rng):
-    from nnseg.predictions.sliding_window import sliding_window_predict_slicewise
+    from nnseg.predictions.inference.sliding_window import sliding_window_predict_slicewise
 
     torch.manual_seed(0)
     net = torch.nn.Conv2d(2, 3, 3, padding=1).eval()

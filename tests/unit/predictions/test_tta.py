@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnseg.predictions.sliding_window import sliding_window_predict
-from nnseg.predictions.tta import mirror_combinations, mirror_tta
+from nnseg.predictions.inference.sliding_window import sliding_window_predict
+from nnseg.predictions.inference.tta import mirror_combinations, mirror_tta
 
 
 def test_combinations_in_nnunet_order():
@@ -100,7 +100,7 @@ def test_nnunet_model_probabilities_match_nnunet_predictions(expected_dir, share
     import SimpleITK as sitk
 
     from nnseg.networks import build_network
-    from nnseg.predictions.checkpoint import load_checkpoint, mirroring_axes, network_state_dict
+    from nnseg.predictions.inference.checkpoint import load_checkpoint, mirroring_axes, network_state_dict
 
     model = expected_dir / "Dataset004_Hippocampus" / "model"
     trained = "Dataset004_Hippocampus/nnUNetTrainer_bench__nnUNetPlans__3d_fullres_bs2/"

@@ -11,7 +11,7 @@ from tinydata import SHAPE, tiny_plans, tiny_spec
 from scipy import ndimage
 
 from nnseg.plans.schema import Plans
-from nnseg.predictions.next_stage import (
+from nnseg.launch.next_stage import (
     NextStageWriter,
     load_next_stage_seg,
     next_stages,
@@ -166,7 +166,7 @@ def test_cascade_inputs_validation_only_moves() -> None:
 
 
 def test_next_stage_segmentation_of_regions_is_painted() -> None:
-    from nnseg.predictions.next_stage import logits_to_next_stage
+    from nnseg.launch.next_stage import logits_to_next_stage
     from nnseg.raw.dataset_json import DatasetSpec
 
     spec = DatasetSpec.from_json({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "organ": [1, 2], "lesion": 2},

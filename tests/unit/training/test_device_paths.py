@@ -16,7 +16,7 @@ import torch
 from tinydata import tiny_plans, tiny_spec
 
 from nnseg.devices import default_precision
-from nnseg.predictions.predict import Predictor
+from nnseg.predictions.run.predict import Predictor
 from nnseg.training.checkpoint import load_checkpoint
 from nnseg.training.config import TrainConfig
 from nnseg.training.data import BatchMaker

@@ -11,7 +11,7 @@ import torch
 from tinydata import tiny_plans, tiny_spec
 
 from nnseg.networks import build_network
-from nnseg.predictions.full_val import case_dice, full_validator, mean_per_label
+from nnseg.launch.full_val import case_dice, full_validator, mean_per_label
 from nnseg.training.checkpoint import load_checkpoint
 from nnseg.training.config import TrainConfig
 from nnseg.training.hooks import HookList, Hooks, ProgressPlot, TextLog

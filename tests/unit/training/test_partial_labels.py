@@ -12,7 +12,7 @@ from tinydata import tiny_plans, tiny_spec
 
 from nnseg.jsonio import load_json, save_json
 from nnseg.metrics.evaluate import evaluate_folder_with_dataset
-from nnseg.predictions.full_val import full_validator
+from nnseg.launch.full_val import full_validator
 from nnseg.raw.dataset_json import DatasetSpec
 from nnseg.raw.demo_data import make_demo_dataset
 from nnseg.raw.image_io import get_io

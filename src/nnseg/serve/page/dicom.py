@@ -3,7 +3,7 @@
 The page sends the zip twice more than the job does (once to see the image, once per SEG download); every file lives
 in a folder of its own under the server's work folder, removed when the request ends. The zip gets the same checks as
 a job's (:func:`~nnseg.serve.dicom_upload.check_dicom_zip`) and the image is written by the same function
-(:func:`~nnseg.predictions.dicom_predict.write_series_image`), so it has the job's geometry voxel for voxel.
+(:func:`~nnseg.predictions.dicom.dicom_predict.write_series_image`), so it has the job's geometry voxel for voxel.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnseg.predictions.dicom_predict import segments_for, write_series_image, write_series_seg
+from nnseg.predictions.dicom.dicom_predict import segments_for, write_series_image, write_series_seg
 from nnseg.serve.dicom_upload import UNZIPPED_PER_UPLOAD, client_message, read_one_series, check_dicom_zip
 from nnseg.serve.models import CaseError, ServedModel, label_names
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nnseg.jsonio import load_json
-from nnseg.predictions.dicom_predict import check_model_for_dicom
+from nnseg.predictions.dicom.dicom_predict import check_model_for_dicom
 from nnseg.serve.models import ServedModel, label_names
 
 #: ITK-SNAP's default colours of labels 1..20 (then repeated).
