@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nnseg.cli.context import Context
-from nnseg.predictions.defaults import DEFAULT_FOLDS
+from nnseg.predictions.inference.defaults import DEFAULT_FOLDS
 
 EPILOG = """examples:
   # refine label 1 of an existing segmentation with one click and one negative click (voxel i,j,k of the image)
@@ -90,7 +90,7 @@ def _model_folder(args: argparse.Namespace, ctx: Context) -> Path | None:
         return None if args.m is None else Path(args.m)
     if args.m is not None or args.d is None or args.c is None:
         raise ValueError("name the automatic model with -d DATASET -c CONFIGURATION (and -tr/-p), or -m MODEL_FOLDER")
-    from nnseg.predictions.model_folder import resolve_model_folder
+    from nnseg.predictions.inference.model_folder import resolve_model_folder
 
     return resolve_model_folder(ctx.roots().results, ctx.dataset_name(args.d), trainer=args.tr,
                                 plans_identifier=args.p, configuration=args.c)
@@ -116,7 +116,7 @@ def _device(requested: str | None) -> str:
 
 def run_refine(args: argparse.Namespace, ctx: Context) -> int:
     from nnseg.interactive.refine import RefineRequest, run_refinement
-    from nnseg.predictions.options import PredictOptions
+    from nnseg.predictions.inference.options import PredictOptions
 
     device = _device(args.device)
     options = PredictOptions(folds=tuple(args.f), checkpoint=args.chk, device=device, precision=args.precision,

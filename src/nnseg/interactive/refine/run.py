@@ -1,7 +1,7 @@
 """Refine an automatic segmentation with an interactive model: :class:`RefineRequest` + :func:`run_refinement`.
 
 The seed is an existing label map (a file) or the output of an nnU-Net/nnseg model, which runs first through the one
-prediction path (:func:`nnseg.predictions.run.run_prediction`). For each label to refine, the session gets the image
+prediction path (:func:`nnseg.predictions.request.run_prediction`). For each label to refine, the session gets the image
 and the label's mask as the initial mask (nnInteractive's initial-mask interaction), then the corrections in order,
 each predicted as a click in a viewer would be. The refined label replaces the label in the map (other labels are
 kept, except where the refined label now claims their voxels), and the map is written atomically with the image's
@@ -32,7 +32,7 @@ from nnseg.interactive.capabilities import Capabilities, read_capabilities
 from nnseg.interactive.refine.prompt_file import LabelPrompts, Prompt
 from nnseg.interactive.refine.rasterise import SessionPrompt, session_prompt, voxel_to_lps
 from nnseg.interactive.session import InteractiveSession
-from nnseg.predictions.options import PredictOptions
+from nnseg.predictions.inference.options import PredictOptions
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def _label_values(request: RefineRequest) -> list[int]:
             raise ValueError(f"label name(s) {names} need an automatic model (its dataset.json names the labels); "
                              "give the label values with --seg")
         return [int(lp.label) for lp in request.labels]
-    from nnseg.predictions.model_folder import load_trained_model
+    from nnseg.predictions.inference.model_folder import load_trained_model
 
     spec = load_trained_model(request.model).spec
     known = set(spec.foreground_labels) | set(spec.regions_class_order or [])
@@ -237,9 +237,9 @@ def _check_kind(call: SessionPrompt, caps: Capabilities, what: str, folder: Path
 
 def _automatic_segmentation(model: PathLike, files: Sequence[PathLike], options: PredictOptions,
                            case: _Case) -> np.ndarray:
-    """The model's label map of the case ``(i, j, k)``, predicted by :func:`nnseg.predictions.run.run_prediction`
+    """The model's label map of the case ``(i, j, k)``, predicted by :func:`nnseg.predictions.request.run_prediction`
     into a temporary folder (exactly what ``nnUNetv2_predict`` writes) and read back on the image's grid."""
-    from nnseg.predictions.run import PredictRequest, run_prediction
+    from nnseg.predictions.request import PredictRequest, run_prediction
 
     with tempfile.TemporaryDirectory(prefix="nnseg-refine-") as tmp:
         report = run_prediction(PredictRequest(model=model, files=[list(files)], output=tmp, options=options,
