@@ -102,7 +102,7 @@ class Predictor:
 
     def samples_per_call(self) -> int:
         """Network samples per call (tiles x mirrored copies) that fit the memory budget, 1-8 (see memory_plan)."""
-        return samples_per_call(self.model, memory_budget(self.max_memory_gb, self.device)[0])
+        return samples_per_call(self.model, memory_budget(self.max_memory_gb, self.device)[0], device=self.device)
 
     def tiles_per_call(self) -> int:
         """``tile_batch_size`` if set, else :meth:`samples_per_call` divided by the TTA passes (at least 1)."""
@@ -114,9 +114,10 @@ class Predictor:
         return 2 ** len(self.mirror_axes) if self.use_tta and self.mirror_axes else 1
 
     def tta_predictor(self, net: torch.nn.Module) -> Any:
-        """``net`` wrapped by mirroring TTA; the mirrored copies share one call when the sample budget allows it."""
-        batched = self.tile_batch_size is not None or self.samples_per_call() >= self.tta_passes()
-        return mirror_tta(net, self.mirror_axes if self.use_tta else None, batched=batched)
+        """``net`` wrapped by mirroring TTA; as many mirrored copies share one call as :meth:`samples_per_call` allows
+        (all of them with ``tile_batch_size``)."""
+        per_call = self.tta_passes() if self.tile_batch_size is not None else self.samples_per_call()
+        return mirror_tta(net, self.mirror_axes if self.use_tta else None, per_call=per_call)
 
     def predict_logits(self, data: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Logits ``(K, X, Y, Z)`` float32 of a preprocessed case ``(C, X, Y, Z)``, averaged over folds.

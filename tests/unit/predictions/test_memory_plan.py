@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from test_bounded_predict import LABELS, _model
 
 from nnseg.cli.main import main
-from nnseg.predictions.memory_plan import GIB, activation_bytes_per_sample, samples_per_call
+from nnseg.predictions.memory_plan import CPU_VOXELS_PER_CALL, GIB, activation_bytes_per_sample, samples_per_call
 from nnseg.predictions.model_folder import load_trained_model
 from nnseg.predictions.sliding_window import sliding_window_predict
 from nnseg.predictions.streaming_window import sliding_window_slabs
@@ -76,6 +77,19 @@ def test_samples_per_call_follow_patch_and_budget(tmp_path: Path, expected_dir: 
     assert samples_per_call(small, 2 * GIB) == 8  # the measured ceiling
     assert samples_per_call(big, 2 * GIB) < 8
     assert samples_per_call(big, 1) == 1
+
+
+def test_cpu_samples_per_call_stop_where_calls_are_efficient(tmp_path: Path, expected_dir: Path) -> None:
+    """The budget is a ceiling: on the CPU the fewest samples (a power of two) reaching CPU_VOXELS_PER_CALL voxels,
+    on a GPU as many as fit."""
+    for patch, expected in (([96, 96, 96], 1), ([40, 96, 112], 2), ([40, 56, 40], 8), ([32, 48, 48], 8)):
+        model = load_trained_model(_model(tmp_path / "x".join(map(str, patch)), expected_dir, labels=LABELS,
+                                          patch=patch))
+        assert samples_per_call(model, 1000 * GIB, device=torch.device("cpu")) == expected
+        assert samples_per_call(model, 1000 * GIB, device=torch.device("cpu")) * math.prod(patch) >= min(
+            CPU_VOXELS_PER_CALL, 8 * math.prod(patch))
+        assert samples_per_call(model, 1000 * GIB, device=torch.device("cuda")) == 8
+        assert samples_per_call(model, 1, device=torch.device("cpu")) == 1
 
 
 def test_fp32_ring_accumulator_is_exact_at_the_borders_of_an_anisotropic_patch() -> None:
