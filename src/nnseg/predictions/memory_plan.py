@@ -77,6 +77,15 @@ def activation_bytes_per_sample(model: TrainedModel) -> int:
     return 4 * (maps + patch * (model.num_input_channels + 2 * model.num_outputs))
 
 
+def largest_call_block(model: TrainedModel, samples: int) -> int:
+    """Bytes of the largest single tensor of one network call of ``samples`` samples (fp32): the first stage's
+    feature maps or the output logits at the plans' patch (deeper stages hold fewer voxels)."""
+    cfg = model.configuration
+    features = cfg.architecture.get("arch_kwargs", {}).get("features_per_stage") or [32]
+    widest = max(int(features[0]), model.num_outputs, model.num_input_channels)
+    return 4 * samples * widest * math.prod(cfg.patch_size)
+
+
 def samples_per_call(model: TrainedModel, budget: int, *, device: torch.device | None = None) -> int:
     """Network samples per call, between 1 and 8, never more than fit in a quarter of ``budget``: on CUDA/MPS as many
     as fit; on the CPU (``device`` None or cpu) the fewest (a power of two) that reach :data:`CPU_VOXELS_PER_CALL`."""

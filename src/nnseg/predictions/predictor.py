@@ -23,7 +23,7 @@ from nnseg.devices import (
     keep_freed_memory_for_reuse,
     resolve_precision,
 )
-from nnseg.predictions.memory_plan import memory_budget, samples_per_call
+from nnseg.predictions.memory_plan import largest_call_block, memory_budget, samples_per_call
 from nnseg.predictions.model_folder import (
     DEFAULT_FOLDS,
     Fold,
@@ -84,8 +84,6 @@ class Predictor:
         """
         PredictOptions(step_size=step_size, tile_batch_size=tile_batch_size)  # the option rules, before any loading
         dev = resolve_device(device)
-        if dev.type == "cpu":
-            keep_freed_memory_for_reuse()
         chosen = parse_folds(folds)
         paths = checkpoint_paths(model_folder, chosen, checkpoint_name=checkpoint)
         weights = load_fold_weights(paths)
@@ -95,10 +93,13 @@ class Predictor:
             net = build_inference_network(model, device=dev)
             load_weights(net, state, source=str(path))
             networks.append(net)
-        return cls(model=model, networks=networks, mirror_axes=weights.mirroring_axes, device=dev,
-                   precision=resolve_precision(precision, dev), step_size=step_size, use_tta=use_tta,
-                   tile_batch_size=tile_batch_size, accumulate_on_device=accumulate_on_device,
-                   folds=[fold_of(p.parent) for p in paths], max_memory_gb=max_memory_gb)
+        predictor = cls(model=model, networks=networks, mirror_axes=weights.mirroring_axes, device=dev,
+                        precision=resolve_precision(precision, dev), step_size=step_size, use_tta=use_tta,
+                        tile_batch_size=tile_batch_size, accumulate_on_device=accumulate_on_device,
+                        folds=[fold_of(p.parent) for p in paths], max_memory_gb=max_memory_gb)
+        if dev.type == "cpu":  # the heap keeps one network call's blocks; accumulators and exports go back to the OS
+            keep_freed_memory_for_reuse(largest_call_block(model, predictor.samples_in_one_call()))
+        return predictor
 
     def samples_per_call(self) -> int:
         """Network samples per call (tiles x mirrored copies) that fit the memory budget, 1-8 (see memory_plan)."""
@@ -109,6 +110,11 @@ class Predictor:
         if self.tile_batch_size is not None:
             return self.tile_batch_size
         return max(1, self.samples_per_call() // self.tta_passes())
+
+    def samples_in_one_call(self) -> int:
+        """Samples (tiles x mirrored copies) the network gets per call."""
+        copies = self.tta_passes() if self.tile_batch_size is not None else min(self.tta_passes(), self.samples_per_call())
+        return self.tiles_per_call() * copies
 
     def tta_passes(self) -> int:
         return 2 ** len(self.mirror_axes) if self.use_tta and self.mirror_axes else 1

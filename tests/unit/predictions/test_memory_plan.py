@@ -110,3 +110,25 @@ def test_fp32_ring_accumulator_is_exact_at_the_borders_of_an_anisotropic_patch()
     err16 = (fp16 - exact)[:, border].abs().max().item()
     assert err32 < 1e-4, err32
     assert err16 > 100 * err32  # the measurement can see the fp16 error
+
+
+def test_heap_keeps_one_network_calls_blocks_only(tmp_path: Path, expected_dir: Path, monkeypatch) -> None:
+    """The allocator's heap holds blocks up to one call's largest tensor; larger ones (accumulators, export arrays)
+    are returned to the OS, and a later model may raise the threshold, never lower it."""
+    import sys
+
+    import nnseg.devices as devices
+    from nnseg.predictions.memory_plan import largest_call_block
+
+    model = load_trained_model(_model(tmp_path / "m", expected_dir, labels=LABELS, patch=[40, 96, 112]))
+    features = model.configuration.architecture["arch_kwargs"]["features_per_stage"][0]
+    assert largest_call_block(model, 2) == 4 * 2 * max(features, model.num_outputs) * 40 * 96 * 112
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    monkeypatch.setattr(devices, "_MMAP_THRESHOLD", 0)
+    assert devices.keep_freed_memory_for_reuse(100 << 20)
+    assert devices._MMAP_THRESHOLD == 125 << 20
+    devices.keep_freed_memory_for_reuse(1 << 20)  # smaller: kept
+    assert devices._MMAP_THRESHOLD == 125 << 20
+    devices.keep_freed_memory_for_reuse(None)  # training: every block below 1 GB
+    assert devices._MMAP_THRESHOLD == 1 << 30
