@@ -21,6 +21,7 @@ from nnseg._types import Geometry, PathLike
 from nnseg.devices import (
     autocast_context,
     keep_freed_memory_for_reuse,
+    release_free_heap,
     resolve_precision,
 )
 from nnseg.predictions.memory_plan import largest_call_block, memory_budget, samples_per_call
@@ -148,6 +149,8 @@ class Predictor:
             raise RuntimeError("the predictor holds no networks; build it with Predictor.from_model_folder")
         if len(self.networks) > 1:
             total /= len(self.networks)
+        if self.device.type == "cpu":
+            release_free_heap()
         return total
 
     def preprocess(self, data: np.ndarray, geometry: Geometry,
