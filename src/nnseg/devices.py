@@ -107,7 +107,7 @@ def keep_freed_memory_for_reuse(largest_block: int | None = None) -> bool:
 
     Args:
         largest_block: bytes of the largest tensor the reused work allocates (prediction: one network call's, see
-            ``nnseg.predictions.memory_plan.largest_call_block``): blocks up to 1.25x it (at least 64 MB) stay in
+            ``nnseg.predictions.memory_plan.largest_call_block``): blocks up to 1.25x it (at least 256 MB) stay in
             the heap, larger ones (accumulators, export arrays) are ``mmap``-ed and go back to the OS when freed, so
             they do not fragment the heap and stay counted after they die (118-class CT: the process held 8.2 GB
             where nnU-Net's largest process held 3.9 GB). None: every block below 1 GB (training). A later call may
@@ -117,7 +117,7 @@ def keep_freed_memory_for_reuse(largest_block: int | None = None) -> bool:
         True if the setting is active.
     """
     global _ALLOCATOR_TUNED, _MMAP_THRESHOLD
-    threshold = 1 << 30 if largest_block is None else min(1 << 30, max(64 << 20, int(largest_block) * 5 // 4))
+    threshold = 1 << 30 if largest_block is None else min(1 << 30, max(256 << 20, int(largest_block) * 5 // 4))
     if not sys.platform.startswith("linux") or threshold <= _MMAP_THRESHOLD:
         return _ALLOCATOR_TUNED
     try:

@@ -55,6 +55,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return devices.resolve_device("auto" if device is None else str(device))
 
 
+TRIM_AFTER_BYTES = 1 << 28  # logits from this size on: free heap goes back to the OS before the export
+
+
 @dataclass
 class Predictor:
     """A loaded model ready to predict (build it with :meth:`from_model_folder`)."""
@@ -149,8 +152,8 @@ class Predictor:
             raise RuntimeError("the predictor holds no networks; build it with Predictor.from_model_folder")
         if len(self.networks) > 1:
             total /= len(self.networks)
-        if self.device.type == "cpu":
-            release_free_heap()
+        if self.device.type == "cpu" and total.numel() * total.element_size() >= TRIM_AFTER_BYTES:
+            release_free_heap()  # a large export follows: the network's reusable blocks need not stay resident
         return total
 
     def preprocess(self, data: np.ndarray, geometry: Geometry,

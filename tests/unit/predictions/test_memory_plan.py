@@ -126,9 +126,9 @@ def test_heap_keeps_one_network_calls_blocks_only(tmp_path: Path, expected_dir: 
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc only")
     monkeypatch.setattr(devices, "_MMAP_THRESHOLD", 0)
-    assert devices.keep_freed_memory_for_reuse(100 << 20)
-    assert devices._MMAP_THRESHOLD == 125 << 20
+    assert devices.keep_freed_memory_for_reuse(400 << 20)
+    assert devices._MMAP_THRESHOLD == 500 << 20
     devices.keep_freed_memory_for_reuse(1 << 20)  # smaller: kept
-    assert devices._MMAP_THRESHOLD == 125 << 20
+    assert devices._MMAP_THRESHOLD == 500 << 20
     devices.keep_freed_memory_for_reuse(None)  # training: every block below 1 GB
     assert devices._MMAP_THRESHOLD == 1 << 30
