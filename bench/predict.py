@@ -17,7 +17,7 @@ ratios; targets: nnseg <= 1.0x nnU-Net's peak RSS at <= 0.35x its wall. nnU-Net 
 ``../main/.site/nnunet``: ``bench/gpu_compare.sh online-install``), never as a dependency.
 
 Usage: python bench/predict.py [--precision auto fp32] [--disable_tta] [--cases 10] [--no_onnx]
-       python bench/predict.py --nnunet [--sets hippocampus two_channel ct118] [--nnunet-site DIR] [--precision]
+       python bench/predict.py --nnunet [--sets hippocampus two_channel ct118] [--nnunet-site DIR]
 """
 
 from __future__ import annotations
