@@ -10,7 +10,14 @@ total <= 0.4 x 47.1 s with the default precision, <= 0.6 x 47.1 s in fp32.
 The onnxruntime backend (``nnseg export-onnx`` + ``--backend onnxruntime``, fp32) runs last, and its CPU time is printed
 next to torch fp32's (``--no_onnx`` skips it).
 
+``--nnunet`` then runs ``nnUNetv2_predict`` of nnseg and of nnU-Net v2 side by side on three sets (the golden
+Hippocampus model with TTA, 6 two-channel synthetic cases with TTA, a 118-class medium CT; ``bench/predict_nnunet.py``)
+and prints, per set and tool, wall, CPU time and peak RSS (process tree, and the largest single process) with the
+ratios; targets: nnseg <= 1.0x nnU-Net's peak RSS at <= 0.35x its wall. nnU-Net comes from ``--nnunet-site`` (default
+``../main/.site/nnunet``: ``bench/gpu_compare.sh online-install``), never as a dependency.
+
 Usage: python bench/predict.py [--precision auto fp32] [--disable_tta] [--cases 10] [--no_onnx]
+       python bench/predict.py --nnunet [--sets hippocampus two_channel ct118] [--nnunet-site DIR]
 """
 
 from __future__ import annotations
@@ -71,7 +78,13 @@ def main() -> int:
     parser.add_argument("--disable_tta", action="store_true")
     parser.add_argument("--cases", type=int, default=10)
     parser.add_argument("--no_onnx", action="store_true", help="skip the onnxruntime run")
+    parser.add_argument("--nnunet", action="store_true", help="only the side-by-side runs with nnU-Net v2")
+    parser.add_argument("--sets", nargs="+", default=["hippocampus", "two_channel", "ct118"],
+                        choices=["hippocampus", "two_channel", "ct118"])
+    parser.add_argument("--nnunet-site", dest="nnunet_site", type=Path, default=REPO.parent / "main" / ".site" / "nnunet")
     args = parser.parse_args()
+    if args.nnunet:
+        return _side_by_side(args.sets, args.nnunet_site)
     from nnseg.devices import cpu_has_native_bf16
     from nnseg.sharing.install import install_model_zip
 
@@ -104,6 +117,21 @@ def main() -> int:
                   f"{cores} idle cores")
         if not args.no_onnx:
             _onnx_line(root, tta, cores, cpu_s.get("fp32"))
+    return 0
+
+
+def _side_by_side(sets: list[str], nnunet_site: Path) -> int:
+    """``--nnunet``: both tools' ``nnUNetv2_predict`` on each set (bench/predict_nnunet.py), one line per set."""
+    from cpuinfo import cpu_line  # bench/cpuinfo.py
+    from predict_nnunet import side_by_side
+
+    if not (nnunet_site / "nnunetv2").is_dir():
+        raise SystemExit(f"no nnunetv2 in {nnunet_site}: install it there (bench/gpu_compare.sh online-install) or "
+                         "pass --nnunet-site")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{cpu_line()}; load average {load:.1f} at the start (CPU time is the figure to compare on a shared machine)")
+    with tempfile.TemporaryDirectory() as tmp:
+        side_by_side(Path(tmp), sets=sets, nnunet_site=nnunet_site, cached={})
     return 0
 
 

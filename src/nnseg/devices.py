@@ -19,6 +19,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _ALLOCATOR_TUNED = False
+_MMAP_THRESHOLD = 0  # the heap's mmap threshold set by keep_freed_memory_for_reuse (0: not set)
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -95,7 +96,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def keep_freed_memory_for_reuse() -> bool:
+def keep_freed_memory_for_reuse(largest_block: int | None = None) -> bool:
     """Let glibc's malloc reuse freed activation buffers instead of returning them to the OS after every layer.
 
     CPU inference allocates and frees hundreds of MB per layer; by default glibc serves such blocks with fresh ``mmap``
@@ -104,19 +105,40 @@ def keep_freed_memory_for_reuse() -> bool:
     in bf16 with this setting). Raising the mmap and trim thresholds keeps freed memory in the heap; the price is that
     the process keeps its peak memory until it exits. Process-wide, applied once, Linux/glibc only.
 
+    Args:
+        largest_block: bytes of the largest tensor the reused work allocates (prediction: one network call's, see
+            ``nnseg.predictions.inference.memory_plan.largest_call_block``): blocks up to 1.25x it (at least 256 MB) stay in
+            the heap, larger ones (accumulators, export arrays) are ``mmap``-ed and go back to the OS when freed, so
+            they do not fragment the heap and stay counted after they die (118-class CT: the process held 8.2 GB
+            where nnU-Net's largest process held 3.9 GB). None: every block below 1 GB (training). A later call may
+            raise the threshold (several models in one server), never lower it.
+
     Returns:
         True if the setting is active.
     """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED or not sys.platform.startswith("linux"):
+    global _ALLOCATOR_TUNED, _MMAP_THRESHOLD
+    threshold = 1 << 30 if largest_block is None else min(1 << 30, max(256 << 20, int(largest_block) * 5 // 4))
+    if not sys.platform.startswith("linux") or threshold <= _MMAP_THRESHOLD:
         return _ALLOCATOR_TUNED
     try:
         libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 31) == 1
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, threshold) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 31) == 1
     except (OSError, AttributeError):  # not glibc (musl, ...): keep the defaults
         return False
-    _ALLOCATOR_TUNED = ok
+    _ALLOCATOR_TUNED, _MMAP_THRESHOLD = ok, threshold if ok else _MMAP_THRESHOLD
     return ok
+
+
+def release_free_heap() -> bool:
+    """Give the heap's free memory back to the OS now (``malloc_trim``): after a case's network calls, so that what
+    :func:`keep_freed_memory_for_reuse` keeps for the next call does not stay resident through the export (118-class
+    CT: up to 2 GB). The next case's first call page-faults its working set once. Linux/glibc only."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def return_large_blocks_to_os(threshold: int = 64 << 20) -> bool:

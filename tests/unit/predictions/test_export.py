@@ -169,3 +169,23 @@ def test_probabilities_follow_the_plans_resampling_function(plans: Plans, planne
         want = torch.from_numpy(resample_data_or_seg_to_shape(logits.numpy(), (8, 10, 12), (1, 1, 1), (0.5, 0.5, 0.5),
                                                                order=1, order_z=0))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_inplace_softmax_of_a_large_array_overwrites_it_and_keeps_the_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above INPLACE_NONLIN_BYTES the softmax runs block by block into its input (no second array of its size)."""
+    import nnseg.predictions.export.from_logits as export
+
+    monkeypatch.setattr(export, "INPLACE_NONLIN_BYTES", 4 * 3 * 1000)
+    monkeypatch.setattr(export, "_SOFTMAX_BLOCK", 3 * 97)  # many blocks, the last one partial
+    torch.manual_seed(0)
+    logits = torch.randn(3, 20, 11, 13) * 4
+    expected = torch.softmax(logits, dim=0)
+    work = logits.clone()
+    probs = export.apply_inference_nonlin(work, SPEC, inplace=True)
+    assert probs.data_ptr() == work.data_ptr()
+    torch.testing.assert_close(probs, expected, rtol=0, atol=1e-6)
+    assert torch.equal(torch.argmax(probs, 0), torch.argmax(expected, 0))
+    small = logits[:, :2].clone()  # below the threshold: a new array, bitwise the one-call softmax
+    out = export.apply_inference_nonlin(small, SPEC, inplace=True)
+    assert out.data_ptr() != small.data_ptr() and torch.equal(out, torch.softmax(small, dim=0))
+    assert torch.equal(export.apply_inference_nonlin(logits, SPEC), expected) and torch.equal(work, probs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from test_bounded_predict import LABELS, _model
 
 from nnseg.cli.main import main
-from nnseg.predictions.inference.memory_plan import GIB, activation_bytes_per_sample, samples_per_call
+from nnseg.predictions.inference.memory_plan import CPU_VOXELS_PER_CALL, GIB, activation_bytes_per_sample, samples_per_call
 from nnseg.predictions.inference.model_folder import load_trained_model
 from nnseg.predictions.inference.sliding_window import sliding_window_predict
 from nnseg.predictions.inference.streaming_window import sliding_window_slabs
@@ -78,6 +79,19 @@ def test_samples_per_call_follow_patch_and_budget(tmp_path: Path, expected_dir: 
     assert samples_per_call(big, 1) == 1
 
 
+def test_cpu_samples_per_call_stop_where_calls_are_efficient(tmp_path: Path, expected_dir: Path) -> None:
+    """The budget is a ceiling: on the CPU the fewest samples (a power of two) reaching CPU_VOXELS_PER_CALL voxels,
+    on a GPU as many as fit."""
+    for patch, expected in (([96, 96, 96], 1), ([40, 96, 112], 2), ([40, 56, 40], 8), ([32, 48, 48], 8)):
+        model = load_trained_model(_model(tmp_path / "x".join(map(str, patch)), expected_dir, labels=LABELS,
+                                          patch=patch))
+        assert samples_per_call(model, 1000 * GIB, device=torch.device("cpu")) == expected
+        assert samples_per_call(model, 1000 * GIB, device=torch.device("cpu")) * math.prod(patch) >= min(
+            CPU_VOXELS_PER_CALL, 8 * math.prod(patch))
+        assert samples_per_call(model, 1000 * GIB, device=torch.device("cuda")) == 8
+        assert samples_per_call(model, 1, device=torch.device("cpu")) == 1
+
+
 def test_fp32_ring_accumulator_is_exact_at_the_borders_of_an_anisotropic_patch() -> None:
     """nnU-Net's fp16 accumulator is ~0.5 off where Gaussian weights are tiny; the streamed fp32 one is not."""
     torch.manual_seed(0)
@@ -96,3 +110,25 @@ def test_fp32_ring_accumulator_is_exact_at_the_borders_of_an_anisotropic_patch()
     err16 = (fp16 - exact)[:, border].abs().max().item()
     assert err32 < 1e-4, err32
     assert err16 > 100 * err32  # the measurement can see the fp16 error
+
+
+def test_heap_keeps_one_network_calls_blocks_only(tmp_path: Path, expected_dir: Path, monkeypatch) -> None:
+    """The allocator's heap holds blocks up to one call's largest tensor; larger ones (accumulators, export arrays)
+    are returned to the OS, and a later model may raise the threshold, never lower it."""
+    import sys
+
+    import nnseg.devices as devices
+    from nnseg.predictions.inference.memory_plan import largest_call_block
+
+    model = load_trained_model(_model(tmp_path / "m", expected_dir, labels=LABELS, patch=[40, 96, 112]))
+    features = model.configuration.architecture["arch_kwargs"]["features_per_stage"][0]
+    assert largest_call_block(model, 2) == 4 * 2 * max(features, model.num_outputs) * 40 * 96 * 112
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    monkeypatch.setattr(devices, "_MMAP_THRESHOLD", 0)
+    assert devices.keep_freed_memory_for_reuse(400 << 20)
+    assert devices._MMAP_THRESHOLD == 500 << 20
+    devices.keep_freed_memory_for_reuse(1 << 20)  # smaller: kept
+    assert devices._MMAP_THRESHOLD == 500 << 20
+    devices.keep_freed_memory_for_reuse(None)  # training: every block below 1 GB
+    assert devices._MMAP_THRESHOLD == 1 << 30

@@ -29,6 +29,9 @@ def test_number_of_passes_unbatched(axes, ndim, passes):
     calls.clear()
     mirror_tta(predictor, axes, batched=True)(x)
     assert calls == [2 * passes]
+    calls.clear()
+    mirror_tta(predictor, axes, per_call=3)(x)  # 3 copies per call, the rest in the last one
+    assert calls == [2 * 3] * (passes // 3) + ([2 * (passes % 3)] if passes % 3 else [])
 
 
 @pytest.mark.parametrize("ndim,axes", [(3, (0, 1, 2)), (2, (0, 1))])
@@ -64,7 +67,10 @@ def test_batched_equals_unbatched_with_a_network(ndim, axes, rng):
     with torch.inference_mode():
         a = mirror_tta(net, axes, batched=True)(x)
         b = mirror_tta(net, axes, batched=False)(x)
+        groups = [mirror_tta(net, axes, per_call=n)(x) for n in (1, 3, 8)]  # some copies per call, the rest last
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for c in groups:
+        torch.testing.assert_close(c, b, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(a, net(x).detach(), atol=1e-3)  # the network is not flip-equivariant: TTA changes it
 
 
@@ -76,6 +82,8 @@ def test_no_axes_returns_predictor_and_bad_axes_raise():
     assert mirror_tta(f, ()) is f
     with pytest.raises(ValueError, match="distinct"):
         mirror_tta(f, (0, 0))
+    with pytest.raises(ValueError, match="per_call must be >= 1"):
+        mirror_tta(f, (0,), per_call=0)
     with pytest.raises(ValueError, match="do not exist"):
         mirror_tta(f, (0, 1, 2))(torch.zeros((1, 1, 4, 4)))
 

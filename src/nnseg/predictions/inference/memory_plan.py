@@ -17,8 +17,15 @@ The estimate adds, in bytes (float32 unless said):
 Samples per call (tiles x mirrored copies per network call) used to be a constant 8. Measured with the Hippocampus
 network (patch 40x56x40): H100, fp16, 343 tiles without TTA: 1 -> 8 tiles per call is 5.5x faster (0.93 -> 0.17 s),
 more gains little; with TTA 4 tiles gain only 1.2x. 2-core CPU, 8 tiles without TTA: CPU time 3.7 -> 1.6 s (bf16),
-5.7-8.9 -> 2.8 s (fp32) from 1 to 8 tiles per call. So 8 stays the ceiling, but the count is now the largest one whose
-activations fit in a quarter of the budget (CPU RAM, or free GPU memory on CUDA): large patches get fewer.
+5.7-8.9 -> 2.8 s (fp32) from 1 to 8 tiles per call. So 8 stays the ceiling, and the count never exceeds what fits in
+a quarter of the budget (CPU RAM, or free GPU memory on CUDA): large patches get fewer.
+
+The budget is a ceiling, not a target. On a GPU the count is the largest that fits (calls are cheap only when
+large). On the CPU a call is efficient once it holds about 2^19 voxels, and every sample more only adds activation
+memory: the count is the smallest power of two reaching 2^19 voxels (2-core AMD EPYC, bf16, CPU seconds per sample of
+the 2-channel anisotropic U-Net, patch 40x96x112 = 430k voxels: 1 -> 2.0-2.2, 2 -> 1.8, 4 -> 1.76, 8 -> 1.53-1.65 on a
+loaded machine; peak RSS 0.57, 0.86, 1.24, 1.99 GB; the Hippocampus patch, 90k voxels, keeps 8). With mirroring TTA the
+samples of a call are mirrored copies of one tile (:func:`nnseg.predictions.inference.tta.mirror_tta`'s ``per_call``).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from nnseg.plans.spacing import compute_new_shape
 
 GIB = 1 << 30
 MAX_SAMPLES_PER_CALL = 8
+CPU_VOXELS_PER_CALL = 1 << 19  # CPU calls are efficient from about this many input voxels on (measured, see above)
 BASELINE_BYTES = GIB  # interpreter, torch and its libraries (~0.45 GB), the weights, allocator slack (measured)
 SLAB_ROW_CHOICES = (64, 32, 16, 8, 4, 2, 1)
 SLAB_BYTES = GIB // 4  # larger export slabs only cost memory: 2 rows of a 118-class 512x512 plane are 0.25 GB
@@ -69,9 +77,25 @@ def activation_bytes_per_sample(model: TrainedModel) -> int:
     return 4 * (maps + patch * (model.num_input_channels + 2 * model.num_outputs))
 
 
-def samples_per_call(model: TrainedModel, budget: int) -> int:
-    """Network samples per call: as many as fit in a quarter of ``budget``, between 1 and 8."""
-    return max(1, min(MAX_SAMPLES_PER_CALL, budget // 4 // activation_bytes_per_sample(model)))
+def largest_call_block(model: TrainedModel, samples: int) -> int:
+    """Bytes of the largest single tensor of one network call of ``samples`` samples (fp32): the first stage's
+    feature maps or the output logits at the plans' patch (deeper stages hold fewer voxels)."""
+    cfg = model.configuration
+    features = cfg.architecture.get("arch_kwargs", {}).get("features_per_stage") or [32]
+    widest = max(int(features[0]), model.num_outputs, model.num_input_channels)
+    return 4 * samples * widest * math.prod(cfg.patch_size)
+
+
+def samples_per_call(model: TrainedModel, budget: int, *, device: torch.device | None = None) -> int:
+    """Network samples per call, between 1 and 8, never more than fit in a quarter of ``budget``: on CUDA/MPS as many
+    as fit; on the CPU (``device`` None or cpu) the fewest (a power of two) that reach :data:`CPU_VOXELS_PER_CALL`."""
+    fit = max(1, min(MAX_SAMPLES_PER_CALL, budget // 4 // activation_bytes_per_sample(model)))
+    if device is not None and device.type != "cpu":
+        return fit
+    enough = 1
+    while enough < MAX_SAMPLES_PER_CALL and enough * math.prod(model.configuration.patch_size) < CPU_VOXELS_PER_CALL:
+        enough *= 2
+    return min(fit, enough)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ from nnseg._types import Geometry, PathLike
 from nnseg.devices import (
     autocast_context,
     keep_freed_memory_for_reuse,
+    release_free_heap,
     resolve_precision,
 )
-from nnseg.predictions.inference.memory_plan import memory_budget, samples_per_call
+from nnseg.predictions.inference.memory_plan import largest_call_block, memory_budget, samples_per_call
 from nnseg.predictions.inference.model_folder import (
     DEFAULT_FOLDS,
     Fold,
@@ -52,6 +53,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         ValueError: unknown device, or CUDA/MPS requested but not available.
     """
     return devices.resolve_device("auto" if device is None else str(device))
+
+
+TRIM_AFTER_BYTES = 1 << 28  # logits from this size on: free heap goes back to the OS before the export
 
 
 @dataclass
@@ -84,8 +88,6 @@ class Predictor:
         """
         PredictOptions(step_size=step_size, tile_batch_size=tile_batch_size)  # the option rules, before any loading
         dev = resolve_device(device)
-        if dev.type == "cpu":
-            keep_freed_memory_for_reuse()
         chosen = parse_folds(folds)
         paths = checkpoint_paths(model_folder, chosen, checkpoint_name=checkpoint)
         weights = load_fold_weights(paths)
@@ -95,14 +97,17 @@ class Predictor:
             net = build_inference_network(model, device=dev)
             load_weights(net, state, source=str(path))
             networks.append(net)
-        return cls(model=model, networks=networks, mirror_axes=weights.mirroring_axes, device=dev,
-                   precision=resolve_precision(precision, dev), step_size=step_size, use_tta=use_tta,
-                   tile_batch_size=tile_batch_size, accumulate_on_device=accumulate_on_device,
-                   folds=[fold_of(p.parent) for p in paths], max_memory_gb=max_memory_gb)
+        predictor = cls(model=model, networks=networks, mirror_axes=weights.mirroring_axes, device=dev,
+                        precision=resolve_precision(precision, dev), step_size=step_size, use_tta=use_tta,
+                        tile_batch_size=tile_batch_size, accumulate_on_device=accumulate_on_device,
+                        folds=[fold_of(p.parent) for p in paths], max_memory_gb=max_memory_gb)
+        if dev.type == "cpu":  # the heap keeps one network call's blocks; accumulators and exports go back to the OS
+            keep_freed_memory_for_reuse(largest_call_block(model, predictor.samples_in_one_call()))
+        return predictor
 
     def samples_per_call(self) -> int:
         """Network samples per call (tiles x mirrored copies) that fit the memory budget, 1-8 (see memory_plan)."""
-        return samples_per_call(self.model, memory_budget(self.max_memory_gb, self.device)[0])
+        return samples_per_call(self.model, memory_budget(self.max_memory_gb, self.device)[0], device=self.device)
 
     def tiles_per_call(self) -> int:
         """``tile_batch_size`` if set, else :meth:`samples_per_call` divided by the TTA passes (at least 1)."""
@@ -110,13 +115,19 @@ class Predictor:
             return self.tile_batch_size
         return max(1, self.samples_per_call() // self.tta_passes())
 
+    def samples_in_one_call(self) -> int:
+        """Samples (tiles x mirrored copies) the network gets per call."""
+        copies = self.tta_passes() if self.tile_batch_size is not None else min(self.tta_passes(), self.samples_per_call())
+        return self.tiles_per_call() * copies
+
     def tta_passes(self) -> int:
         return 2 ** len(self.mirror_axes) if self.use_tta and self.mirror_axes else 1
 
     def tta_predictor(self, net: torch.nn.Module) -> Any:
-        """``net`` wrapped by mirroring TTA; the mirrored copies share one call when the sample budget allows it."""
-        batched = self.tile_batch_size is not None or self.samples_per_call() >= self.tta_passes()
-        return mirror_tta(net, self.mirror_axes if self.use_tta else None, batched=batched)
+        """``net`` wrapped by mirroring TTA; as many mirrored copies share one call as :meth:`samples_per_call` allows
+        (all of them with ``tile_batch_size``)."""
+        per_call = self.tta_passes() if self.tile_batch_size is not None else self.samples_per_call()
+        return mirror_tta(net, self.mirror_axes if self.use_tta else None, per_call=per_call)
 
     def predict_logits(self, data: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Logits ``(K, X, Y, Z)`` float32 of a preprocessed case ``(C, X, Y, Z)``, averaged over folds.
@@ -141,6 +152,8 @@ class Predictor:
             raise RuntimeError("the predictor holds no networks; build it with Predictor.from_model_folder")
         if len(self.networks) > 1:
             total /= len(self.networks)
+        if self.device.type == "cpu" and total.numel() * total.element_size() >= TRIM_AFTER_BYTES:
+            release_free_heap()  # a large export follows: the network's reusable blocks need not stay resident
         return total
 
     def preprocess(self, data: np.ndarray, geometry: Geometry,

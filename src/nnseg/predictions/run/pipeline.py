@@ -285,11 +285,11 @@ def _loop(predictor: Predictor, todo: Sequence[CaseFiles], output: Path, prev: P
             continue
         logits, network_s = _network(predictor, data)
         timing = CaseTiming(case.identifier, read=read_s, network=network_s)
-        del data
         while exports and (len(exports) >= max_pending or exports[0][1].done()):
             finish_one()
         exports.append((timing, writers.submit(_export_case, predictor, logits, props, geometry,
                                                output / case.identifier, save_probabilities)))
+        del data, logits  # the export holds the logits; neither is kept alive through the next case's network
     while exports:
         finish_one()
 
