@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+import nnseg.interactive.training  # noqa: F401 - registers the task ``interactive`` and -tr nnsegInteractiveTrainer
 from nnseg.devices import auto_device, resolve_precision
 from nnseg.plans.schema import load_plans
 from nnseg.raw.dataset_json import load_dataset_json
