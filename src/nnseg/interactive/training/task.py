@@ -11,6 +11,7 @@ an error region); the step then trains on the corrected inputs. The run writes a
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,8 +154,20 @@ def adapt_run(run: RunSpec) -> RunSpec:
     if run.config.full_val_every:
         raise ValueError(f"full_val_every={run.config.full_val_every} runs automatic whole-image validation, which an "
                          f"interactive model cannot do {where}; leave it at 0 (its final validation is a simulated user)")
+    _note_normalisation(run)
     return dataclasses.replace(run, num_input_channels=run.num_input_channels + layout().num_channels,
                                num_heads=NUM_OUTPUTS, regions=None)
+
+
+def _note_normalisation(run: RunSpec) -> None:
+    """The session z-scores every image itself: a plan that normalises otherwise (CT) trains on other intensities."""
+    plans = run.init_args.get("plans") or {}
+    cfg = plans.get("configurations", {}).get(run.init_args.get("configuration"), {})
+    schemes = [s for s in cfg.get("normalization_schemes", []) if s != "ZScoreNormalization"]
+    if schemes:
+        print(f"note: the plans normalise with {schemes}, but an interactive session z-scores each image with its own "
+              "mean and standard deviation: the model will see other intensities than in training. Plan with "
+              "ZScoreNormalization for interactive models (docs/INTERACTIVE.md)", file=sys.stderr)
 
 
 def model_files(run: RunSpec) -> dict:
