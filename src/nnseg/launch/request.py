@@ -26,6 +26,7 @@ from nnseg.training.config import (
     FIELD_RULES,
     TrainConfig,
     apply_overrides,
+    known_trainer_names,
     preset_for_trainer,
     trainer_name_for_epochs,
 )
@@ -134,7 +135,9 @@ def resolve_trainer(trainer: str = "nnUNetTrainer", *, epochs: int | None = None
     """
     config = preset_for_trainer(trainer)
     name = trainer
-    if epochs is not None:
+    if epochs is not None and trainer not in known_trainer_names():  # a preset (nnsegInteractiveTrainer): its folder
+        config = config.replace(num_epochs=epochs)
+    elif epochs is not None:
         if trainer not in ("nnUNetTrainer", "nnUNetTrainerNoMirroring") and config.num_epochs != epochs:
             raise ValueError(f"-tr {trainer} already sets {config.num_epochs} epochs; drop --epochs or -tr")
         name = trainer_name_for_epochs(epochs, mirroring=config.mirroring)

@@ -213,3 +213,9 @@ def test_automatic_prediction_refuses_an_interactive_model(tmp_path: Path) -> No
     folder = write_model_folder(tmp_path / f"{TRAINER_NAME}__nnUNetPlans__{CONFIGURATION}")
     with pytest.raises(ValueError, match="interactive model .*nnseg serve --interactive"):
         load_trained_model(folder)
+
+
+def test_epochs_flag_keeps_the_preset_and_its_folder() -> None:
+    name, config = resolve_trainer(TRAINER_NAME, epochs=40, iterations_per_epoch=25)
+    assert name == TRAINER_NAME and config.task == "interactive" and config.num_epochs == 40
+    assert config.iterations_per_epoch == 25 and config.oversample_foreground == 1.0
