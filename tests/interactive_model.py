@@ -91,3 +91,40 @@ def blob_image(shape=(48, 72, 104), seed: int = 0) -> np.ndarray:
     small = sum((g - c) ** 2 for g, c in zip(grid, (10, 62, 12))) <= 36
     image = rng.normal(0, 0.3, shape) + 2.0 * big + 3.0 * small
     return image.astype(np.float32)[None]
+
+
+def write_training_dataset(folder: Path, *, plans: dict, configuration: str, n: int = 4,
+                           shape: tuple[int, int, int] = (20, 20, 20), seed: int = 0) -> Path:
+    """A preprocessed dataset for interactive training, written straight to the store: ``n`` cases of two labelled
+    balls (label 2 in two pieces, so objects can be connected components) on noise; ``folder`` is
+    ``nnUNet_preprocessed/DatasetX_Name``."""
+    from nnseg.preprocessed.class_locations import sample_class_locations
+    from nnseg.preprocessed.store import save_case
+
+    cfg = plans["configurations"][configuration]
+    data_folder = folder / cfg["data_identifier"]
+    data_folder.mkdir(parents=True, exist_ok=True)
+    (folder / "nnUNetPlans.json").write_text(json.dumps({**plans, "dataset_name": folder.name}))
+    spec = {**dataset_json(), "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": n}
+    (folder / "dataset.json").write_text(json.dumps(spec))
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape)
+    for i in range(n):
+        seg = np.zeros(shape, np.int16)
+        for label, pieces in ((1, 1), (2, 2)):
+            for _ in range(pieces):
+                centre = [rng.uniform(0.25 * s, 0.75 * s) for s in shape]
+                seg[sum((g - c) ** 2 for g, c in zip(grid, centre)) <= rng.uniform(2.5, 4.0) ** 2] = label
+        data = (seg[None] * 1.5 + rng.normal(0, 0.5, (1, *shape))).astype(np.float32)
+        props = {"spacing": [1.0] * 3, "shape_before_cropping": list(shape),
+                 "bbox_used_for_cropping": [[0, s] for s in shape], "shape_after_cropping_and_before_resampling":
+                     list(shape), "class_locations": sample_class_locations(seg[None], [1, 2])}
+        save_case(data_folder, f"case_{i:03d}", data, seg[None], props, patch_size=cfg["patch_size"])
+    return folder
+
+
+def small_plans(patch: int = 16) -> dict:
+    """:func:`tiny_plans` with a ``patch``³ patch (fast training; too small for AutoZoom's refinement)."""
+    plans = tiny_plans()
+    plans["configurations"][CONFIGURATION]["patch_size"] = [patch] * 3
+    return plans

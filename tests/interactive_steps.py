@@ -2,7 +2,8 @@
 method names are the same), recording the target buffer after every step.
 
 Also runnable as a script in a separate interpreter that has nnInteractive on its path:
-    python tests/interactive_steps.py MODEL_FOLDER CASE.npz STEPS.json OUT.npz [--no-autozoom]
+    python tests/interactive_steps.py MODEL_FOLDER CASE.npz STEPS.json OUT.npz [--no-autozoom] [--logits IN.npy]
+(``--logits``: also save the network's output for the input in IN.npy to OUT.npz's ``logits``)
 A plain module at the tests root (on sys.path like shared_paths) so tests can import it by a unique name."""
 
 from __future__ import annotations
@@ -76,7 +77,11 @@ def _main(argv: list[str]) -> None:
     np.random.seed(0)
     data = dict(np.load(case))
     buffers = run_steps(session, data.pop("image"), json.loads(open(steps_file).read()), data)
-    np.savez_compressed(out, *buffers)
+    extra = {}
+    if "--logits" in argv:
+        with torch.no_grad():
+            extra["logits"] = session.network(torch.from_numpy(np.load(argv[argv.index("--logits") + 1]))).numpy()
+    np.savez_compressed(out, *buffers, **extra)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+import nnseg.interactive.training  # noqa: F401 - registers the task ``interactive`` and -tr nnsegInteractiveTrainer
 from nnseg.devices import auto_device, resolve_precision
 from nnseg.plans.schema import load_plans
 from nnseg.raw.dataset_json import load_dataset_json
@@ -25,6 +26,7 @@ from nnseg.training.config import (
     FIELD_RULES,
     TrainConfig,
     apply_overrides,
+    known_trainer_names,
     preset_for_trainer,
     trainer_name_for_epochs,
 )
@@ -133,7 +135,9 @@ def resolve_trainer(trainer: str = "nnUNetTrainer", *, epochs: int | None = None
     """
     config = preset_for_trainer(trainer)
     name = trainer
-    if epochs is not None:
+    if epochs is not None and trainer not in known_trainer_names():  # a preset (nnsegInteractiveTrainer): its folder
+        config = config.replace(num_epochs=epochs)
+    elif epochs is not None:
         if trainer not in ("nnUNetTrainer", "nnUNetTrainerNoMirroring") and config.num_epochs != epochs:
             raise ValueError(f"-tr {trainer} already sets {config.num_epochs} epochs; drop --epochs or -tr")
         name = trainer_name_for_epochs(epochs, mirroring=config.mirroring)

@@ -17,6 +17,7 @@ from nnseg.launch.validate_cases import validate_fold
 from nnseg.training.distributed import DistributedTraining
 from nnseg.training.run_spec import RunSpec
 from nnseg.training.setup import FoldJob
+from nnseg.training.tasks import task_of
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,13 @@ def final_validation(run: RunSpec, job: FoldJob, *, best: bool, npz: bool, progr
     """Predict (this rank's share of) the validation cases with checkpoint_final (``best``: checkpoint_best) into
     ``validation`` (``validation_best``), then evaluate them on rank 0 and print the Dice."""
     world, rank = (1, 0) if ddp is None else (ddp.info.world_size, ddp.info.rank)
+    task = task_of(run.config.task)
+    if task is not None and task.final_validation is not None:  # e.g. an interactive model: a simulated user
+        if ddp is not None:
+            ddp.barrier()
+        if rank != 0:
+            return ValidationResult(run.output_folder / ("validation_best" if best else "validation"), None)
+        return ValidationResult(*task.final_validation(run, job, best=best, progress=progress))
     out = run.output_folder / ("validation_best" if best else "validation")
     writer = next_stage_writer(run, job)
     seconds = validate_fold(run.output_folder.parent, job.fold, run.data_folder, run.val_ids[rank::world], out,

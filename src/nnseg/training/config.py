@@ -54,6 +54,9 @@ class TrainConfig:
     ema_alpha: float = 0.9
     full_val_every: int = 0  # whole-image validation every N epochs (0: off); checkpoint_best and early stopping use it
     pretrained_new_channels: str = "mean"  # -pretrained_weights: input channels the source lacks ("mean", "zero", "random")
+    task: str = "segmentation"  # a name in training.tasks.TASKS ("interactive": promptable training, see docs/INTERACTIVE.md)
+    interactive_corrections: int = 3  # task interactive: at most this many simulated corrective prompts per batch
+    interactive_correction_prob: float = 0.5  # task interactive: share of batches that get corrective prompts
 
     def __post_init__(self) -> None:
         """Every value is checked against its rule in :data:`FIELD_RULES` when a TrainConfig is made (or changed)."""
@@ -130,7 +133,8 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "save_every": _int_at_least(1), "ema_alpha": _float_in(0, 1),
     "network": ((lambda v: v is None or (isinstance(v, str) and bool(v))), "a registered network name or none"),
     "cpu_threads": _int_at_least(0), "pretrained_new_channels": _choice("mean", "zero", "random"),
-    "full_val_every": _int_at_least(0),
+    "full_val_every": _int_at_least(0), "task": _name(), "interactive_corrections": _int_at_least(0),
+    "interactive_correction_prob": _float_in(0, 1),
 }
 
 

@@ -72,6 +72,12 @@ class BatchMaker:
     cascade: CascadeInputs | None = None
 
     def train_batch(self, epoch: int, index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        batch, _ = self.augmented_batch(epoch, index)
+        return batch.image.contiguous(), make_targets(batch.seg, self.targets)
+
+    def augmented_batch(self, epoch: int, index: int) -> tuple[Batch, np.random.Generator]:
+        """Batch ``index`` of ``epoch`` sampled and augmented (labels, not yet loss targets), and its generator
+        (drawn further, it gives the same numbers in a resumed run)."""
         rng = batch_rng(self.seed, epoch, index, TRAIN)
         image, seg, _ = self.train_sampler.sample(rng)
         batch = Batch(torch.from_numpy(image).to(self.device), torch.from_numpy(seg).to(self.device))
@@ -79,7 +85,7 @@ class BatchMaker:
         batch = mask_outside(batch, self.targets.mask_channels)
         if self.cascade is not None:
             batch = self.cascade.train(batch.with_(seg=remove_negative_labels(batch.seg)), rng)
-        return batch.image.contiguous(), make_targets(batch.seg, self.targets)
+        return batch, rng
 
     def case_ids(self, epoch: int, index: int, *, train: bool = True) -> list[str]:
         """The cases of batch ``index`` of ``epoch``, re-drawn from the batch's seed (nothing is kept per batch)."""
@@ -87,13 +93,18 @@ class BatchMaker:
         return sampler.choose_cases(batch_rng(self.seed, epoch, index, kind))
 
     def val_batch(self, epoch: int, index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        batch, _ = self.sampled_val_batch(epoch, index)
+        return batch.image, make_targets(batch.seg, self.targets)
+
+    def sampled_val_batch(self, epoch: int, index: int) -> tuple[Batch, np.random.Generator]:
+        """Validation batch ``index`` of ``epoch`` (not augmented; labels) and its generator."""
         rng = batch_rng(self.seed, epoch, index, VAL)
         image, seg, _ = self.val_sampler.sample(rng)
         batch = Batch(torch.from_numpy(image).to(self.device), torch.from_numpy(seg).to(self.device))
         batch = mask_outside(batch, self.targets.mask_channels)
         if self.cascade is not None:
             batch = self.cascade.validation(batch.with_(seg=remove_negative_labels(batch.seg)))
-        return batch.image, make_targets(batch.seg, self.targets)
+        return batch, rng
 
 
 def prefetched(make: Callable[[int], Any], count: int, *, background: bool) -> Iterator[Any]:

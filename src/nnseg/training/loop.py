@@ -35,6 +35,7 @@ from nnseg.training.pretrained import read_pretrained
 from nnseg.training.run_spec import Components, RunSpec, build_components
 from nnseg.training.schedule import LR_SCHEDULES
 from nnseg.training.state import TrainState, checkpoint_dict, state_from_checkpoint
+from nnseg.training.tasks import task_of
 
 CHECKPOINT_ORDER = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 
@@ -134,9 +135,24 @@ def _save(run: RunSpec, parts: Components, state: TrainState, name: str, next_ep
     ckpt = checkpoint_dict(
         state, network_weights=parts.module.state_dict(), optimizer_state=parts.optimizer.state_dict(),
         grad_scaler_state=None if parts.scaler is None else parts.scaler.state_dict(), init_args=run.init_args,
-        trainer_name=nnunet_trainer_class(run.trainer_name), mirror_axes=run.mirror_axes, next_epoch=next_epoch,
+        trainer_name=checkpoint_trainer_name(run), mirror_axes=run.mirror_axes, next_epoch=next_epoch,
         train_config=run.config.to_json())
     save_checkpoint(ckpt, run.output_folder / name)
+
+
+def checkpoint_trainer_name(run: RunSpec) -> str:
+    """The trainer class a checkpoint records: the task's (an interactive model: nnInteractive's), else nnU-Net's."""
+    task = task_of(run.config.task)
+    if task is not None and task.checkpoint_trainer_name:
+        return task.checkpoint_trainer_name
+    return nnunet_trainer_class(run.trainer_name)
+
+
+def _prepared(parts: Components, batches: Any, epoch: int, *, train: bool) -> Any:
+    """The task's rework of each batch (``Components.prepare``), in this thread: it may run the network."""
+    for i, (image, targets) in enumerate(batches):
+        yield (image, targets) if parts.prepare is None else parts.prepare(parts.network, image, targets, epoch, i,
+                                                                           train)
 
 
 def _restore(run: RunSpec, parts: Components) -> TrainState | None:
@@ -166,8 +182,9 @@ def _patch_validation(run: RunSpec, parts: Components, epoch: int) -> tuple[list
     """nnU-Net's online validation: ``val_iterations_per_epoch`` patch batches, losses and TP/FP/FN counts."""
     n_fg = run.num_heads if run.regions is not None else run.num_heads - 1  # pseudo Dice: foreground only
     val_losses, counts = [], np.zeros((3, n_fg))
-    for i, (image, targets) in enumerate(prefetched(lambda i: parts.batches.val_batch(epoch, i),
-                                                    run.config.val_iterations_per_epoch, background=run.background)):
+    batches = prefetched(lambda i: parts.batches.val_batch(epoch, i), run.config.val_iterations_per_epoch,
+                         background=run.background)
+    for i, (image, targets) in enumerate(_prepared(parts, batches, epoch, train=False)):
         loss, c = validation_step(parts.network, image, targets, parts.loss, precision=run.precision,
                                   regions=run.regions is not None, ignore_label=run.ignore_label, partial=run.partial)
         _check_finite(run, parts, loss, image, epoch, i, train=False)
@@ -205,7 +222,8 @@ def run_epoch(run: RunSpec, parts: Components, state: TrainState, hooks: Hooks, 
         group["lr"] = lr
     parts.network.train()
     losses = []
-    batches = prefetched(lambda i: parts.batches.train_batch(epoch, i), cfg.iterations_per_epoch, background=run.background)
+    batches = _prepared(parts, prefetched(lambda i: parts.batches.train_batch(epoch, i), cfg.iterations_per_epoch,
+                                          background=run.background), epoch, train=True)
     for i, (image, targets) in enumerate(hooks.wrap_iterations(batches, epoch=epoch, total=cfg.iterations_per_epoch)):
         losses.append(train_step(parts.network, image, targets, parts.loss, parts.optimizer, parts.scaler,
                                  precision=run.precision, grad_clip=cfg.grad_clip))

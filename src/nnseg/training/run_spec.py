@@ -23,6 +23,7 @@ from nnseg.training.losses import LOSSES, DeepSupervisionLoss, deep_supervision_
 from nnseg.training.partial import PartialCodes
 from nnseg.training.sampling import PatchSampler
 from nnseg.training.schedule import LR_SCHEDULES
+from nnseg.training.tasks import Prepare, task_names, task_of
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 
@@ -40,6 +41,7 @@ def check_component_names(config: TrainConfig) -> None:
              "optimizer": (config.optimizer, OPTIMIZERS.names()), "augmentation": (config.augmentation, AUGMENTATIONS.names())}
     if config.network is not None:
         named["network"] = (config.network, NETWORKS.names())
+    named["task"] = (config.task, task_names())
     for field, (value, known) in named.items():
         if value not in known:
             raise ValueError(f"unknown {field} {value!r}; available: {known} (set it with --set {field}=NAME, or "
@@ -105,6 +107,7 @@ class Components:
     scaler: torch.amp.GradScaler | None
     loss: nn.Module
     batches: BatchMaker
+    prepare: Prepare | None = None  # the task's rework of each batch in the training thread (training.tasks)
 
 
 def _loss(run: RunSpec) -> nn.Module:
@@ -115,7 +118,8 @@ def _loss(run: RunSpec) -> nn.Module:
     return DeepSupervisionLoss(base, deep_supervision_weights(max(1, n_outputs)))
 
 
-def _batches(run: RunSpec) -> BatchMaker:
+def standard_batches(run: RunSpec) -> BatchMaker:
+    """nnU-Net's batches: patches sampled, augmented and turned into the (deep-supervision) loss targets."""
     setup = augmentation_setup(run.patch_size, mirroring=run.config.mirroring)
     transforms = AUGMENTATIONS[run.config.augmentation](setup)
     common = dict(folder=run.data_folder, final_patch_size=run.patch_size, batch_size=run.batch_size,
@@ -146,7 +150,10 @@ def build_components(run: RunSpec) -> Components:
                                           momentum=cfg.momentum)
     scaler = torch.amp.GradScaler("cuda") if run.device.type == "cuda" and run.precision == "fp16" else None
     runner = torch.compile(network) if use_compile(run) else network
-    return Components(runner, network, optimizer, scaler, _loss(run), _batches(run))
+    task = task_of(cfg.task)
+    if task is None:
+        return Components(runner, network, optimizer, scaler, _loss(run), standard_batches(run))
+    return Components(runner, network, optimizer, scaler, _loss(run), task.make_batches(run), task.make_prepare(run))
 
 
 def use_compile(run: RunSpec) -> bool:

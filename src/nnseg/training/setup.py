@@ -28,6 +28,7 @@ from nnseg.training.preflight import (
     check_pretrained_weights,
 )
 from nnseg.training.run_spec import RunSpec, architecture_for, check_component_names
+from nnseg.training.tasks import task_of
 from nnseg.training.splits import check_splits_cases, fold_cases, load_or_create_splits, some_cases
 
 __all__ = ["TRAIN_CONFIG_FILE", "FoldJob", "check_saved_config", "make_run_spec", "save_run_files"]
@@ -128,7 +129,7 @@ def _run_spec(job: FoldJob, cases: dict[str, list[str]], data_folder: Path, out:
     seed = job.config.seed if job.config.seed is not None else int(np.random.SeedSequence().entropy % (2**31))
     labels = label_setup(job.spec)
     prev = _prev_stage(job, cfg.previous_stage, cases["train"] + cases["val"])
-    return RunSpec(
+    run = RunSpec(
         architecture=architecture_for(job.config, dict(cfg.architecture)), patch_size=tuple(int(p) for p in cfg.patch_size),
         batch_size=int(job.config.batch_size or cfg.batch_size), batch_dice=bool(cfg.batch_dice),
         num_input_channels=job.spec.num_channels + (len(job.spec.foreground_labels) if prev else 0),
@@ -141,6 +142,8 @@ def _run_spec(job: FoldJob, cases: dict[str, list[str]], data_folder: Path, out:
         config=job.config, device=job.device, precision=job.precision, seed=seed, background=job.background,
         disable_checkpointing=job.disable_checkpointing, prev_stage_folder=prev,
         cascade_labels=tuple(job.spec.foreground_labels) if prev else (), partial=partial_codes(job.spec))
+    task = task_of(job.config.task)
+    return run if task is None else task.adapt_run(run)
 
 
 def _prev_stage(job: FoldJob, previous_stage: str | None, identifiers: list[str]) -> Path | None:
@@ -165,6 +168,9 @@ def save_run_files(run: RunSpec, job: FoldJob) -> None:
         plans["configurations"][job.configuration_name]["architecture"] = run.architecture
     save_json(plans, model / "plans.json")
     save_json(job.spec.to_json(), model / "dataset.json")
+    task = task_of(run.config.task)
+    for name, content in ({} if task is None else task.model_files(run)).items():
+        save_json(content, model / name)
     fingerprint = Path(job.preprocessed_dataset_folder) / "dataset_fingerprint.json"
     if fingerprint.is_file():
         save_json(load_json(fingerprint), model / "dataset_fingerprint.json", sort_keys=True)

@@ -31,6 +31,7 @@ BAD_VALUES = {
     "augmentation": [3], "batch_size": [0, -2, True], "seed": [-1], "precision": ["fp8"], "compile": ["maybe"],
     "early_stopping_patience": [0], "time_budget_hours": [0.0, -1.0, math.inf], "save_every": [0], "ema_alpha": [1.5],
     "network": ["", 3], "cpu_threads": [-1, 1.5], "pretrained_new_channels": ["median"], "full_val_every": [-1, 1.5],
+    "task": ["", 2], "interactive_corrections": [-1, 1.5], "interactive_correction_prob": [1.5, -0.5, math.nan],
 }
 
 

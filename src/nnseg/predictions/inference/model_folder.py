@@ -97,13 +97,18 @@ def load_trained_model(folder: PathLike, *, configuration: str | None = None) ->
 
     Raises:
         FileNotFoundError: the folder or one of its json files is missing.
-        ValueError: the configuration cannot be determined or is not in the plans.
+        ValueError: the configuration cannot be determined or is not in the plans, or the folder holds an interactive
+            model (``inference_info.json``).
     """
     folder = Path(folder)
     for name in ("plans.json", "dataset.json"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} is missing; a model folder holds plans.json, dataset.json and "
                                     f"fold_<k>/checkpoint_final.pth (is {folder} a model folder?)")
+    if (folder / "inference_info.json").is_file():
+        raise ValueError(f"{folder} is an interactive model (it has inference_info.json): it segments what prompts "
+                         "point at, not automatically. Run it with `nnseg serve --interactive FOLDER` or "
+                         "nnseg.interactive.InteractiveSession (docs/INTERACTIVE.md)")
     plans_json, dataset_json = load_json(folder / "plans.json"), load_json(folder / "dataset.json")
     parts = _split_folder_name(folder)
     if configuration is None:
