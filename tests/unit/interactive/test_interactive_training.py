@@ -208,7 +208,7 @@ def test_partially_labelled_datasets_are_refused(interactive_data: Path, tmp_pat
 
 def test_automatic_prediction_refuses_an_interactive_model(tmp_path: Path) -> None:
     from interactive_model import write_model_folder
-    from nnseg.predictions.model_folder import load_trained_model
+    from nnseg.predictions.inference.model_folder import load_trained_model
 
     folder = write_model_folder(tmp_path / f"{TRAINER_NAME}__nnUNetPlans__{CONFIGURATION}")
     with pytest.raises(ValueError, match="interactive model .*nnseg serve --interactive"):
