@@ -96,3 +96,15 @@ def test_fp32_ring_accumulator_is_exact_at_the_borders_of_an_anisotropic_patch()
     err16 = (fp16 - exact)[:, border].abs().max().item()
     assert err32 < 1e-4, err32
     assert err16 > 100 * err32  # the measurement can see the fp16 error
+
+
+@pytest.mark.parametrize("rows, step, per_row, tiles", [(1, 8, 1, 1), (5, 8, 3, 2), (12, 8, 7, 8), (4, 20, 2, 8),
+                                                        (30, 8, 14, 6), (3, 8, 1, 8), (9, 4, 5, 5)])
+def test_ring_rows_equal_window_rows_over_every_tile(rows: int, step: int, per_row: int, tiles: int) -> None:
+    """The memory plan's ring size without listing the tiles equals the streaming window's over the listed tiles."""
+    from nnseg.predictions.memory_plan import ring_rows
+    from nnseg.predictions.streaming_window import window_rows
+
+    starts = list(range(0, rows * step, step))
+    listed = [s for s in starts for _ in range(per_row)]
+    assert ring_rows(starts, per_row, 16, tiles) == window_rows(listed, 16, tiles)
