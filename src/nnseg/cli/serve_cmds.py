@@ -31,8 +31,10 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
                    help="torch, or onnxruntime with the files `nnseg export-onnx` wrote [torch]")
     p.add_argument("--max-memory", "--max_memory", dest="max_memory", type=float, default=None, metavar="GB",
-                   help="memory budget of one case, as nnseg predict's: a case that does not fit is predicted in bounded "
-                        "memory, one that cannot fit even so is refused (413) [85 %% of the memory free at the time]")
+                   help="memory budget of the server, shared by its workers; each case is planned as nnseg predict "
+                        "--max-memory plans it: a case whose one-shot path does not fit is predicted in bounded memory, "
+                        "one that cannot fit even so is refused before it is queued (413); a case that fits but not "
+                        "beside the running ones waits [85 %% of the memory free once the models are loaded]")
     p.add_argument("--max_upload_mb", type=float, default=512.0, help="largest request body in MiB [512]")
     p.add_argument("--max_queued", type=int, default=16, help="jobs that may wait; more are answered 429 [16]")
     p.add_argument("--result_ttl_s", type=float, default=600.0, help="seconds a finished job's result is kept [600]")

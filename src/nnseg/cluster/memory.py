@@ -7,8 +7,9 @@ header (shape, channel count; the voxels are not read) and the plans:
 
 * preprocessing / fingerprint: ``(voxels in + voxels after resampling) x (channels + 1) x 4 bytes x 4`` (the float32
   image and segmentation, resampling's float copies and per-label segmentation resampling), plus 200 MB;
-* prediction: ``voxels after resampling x (channels + 3 x classes) x 4 bytes`` (input, logits, Gaussian weights and
-  accumulator) ``+ voxels in x 2 x classes x 4 bytes`` (probabilities at the original size) plus 1 GB (networks);
+* prediction: the estimate of the memory plan the worker runs (:func:`nnseg.predictions.inference.memory_plan.plan_case`: the
+  one-shot path if it fits the budget, else the bounded path), from the header's shape and spacing without cropping
+  (an upper bound); one estimate for the cluster and the single-machine command;
 * training: nnU-Net's feature-map proxy (:func:`nnseg.networks.memory.estimate_feature_map_size`) x batch size x 12
   bytes (activations, gradients, autocast copies) plus 2 GB (process, data loading).
 
@@ -24,9 +25,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nnseg.predictions.inference.memory_plan import CaseDoesNotFit, case_shapes, plan_case, samples_per_call
+from nnseg.predictions.inference.model_folder import TrainedModel
+
 MB = 2**20
 PREPROCESS_BASE = 200 * MB
-PREDICT_BASE = 1024 * MB
 TRAIN_BASE = 2048 * MB
 
 
@@ -93,11 +96,29 @@ def preprocess_bytes(images: Sequence[Path], target_spacings: Sequence[Sequence[
     return int((voxels + voxels * factor) * (len(images) + 1) * 4 * 4 + PREPROCESS_BASE)
 
 
-def predict_bytes(images: Sequence[Path], *, target_spacing: Sequence[float] | None, num_classes: int) -> int:
-    """Estimated peak bytes of predicting one case of ``images`` with ``num_classes`` outputs."""
-    voxels, spacing = _voxels(images[0])
-    resampled = voxels * resampling_factor(spacing, target_spacing)
-    return int(resampled * (len(images) + 3 * num_classes) * 4 + voxels * 2 * num_classes * 4 + PREDICT_BASE)
+def predict_bytes(model: TrainedModel, images: Sequence[Path], *, budget: int, folds: int, use_tta: bool,
+                  tile_batch_size: int | None = None, save_probabilities: bool = False) -> int:
+    """Estimated peak bytes of predicting one case of ``images`` with ``model``: the memory plan's estimate for the path
+    a worker with ``budget`` bytes takes (``folds`` networks; TTA mirrors every axis, the most a model allows).
+
+    A case that fits no path asks for the whole ``budget`` (its task then fails on the worker with the plan's
+    message); an unreadable header too.
+    """
+    header = image_header(images[0])
+    if header is None:
+        return int(budget)
+    shape, spacing = header
+    if len(shape) == 2:  # a 2D image as the readers return it: one slice, spacing 999 x the largest
+        shape, spacing = (*shape, 1), (*spacing, 999.0 * max(spacing))
+    shapes = case_shapes(model, (len(images), *shape[::-1]), spacing[::-1])  # arrays are (z, y, x), as every reader's
+    samples = samples_per_call(model, budget)
+    tiles = tile_batch_size or max(1, samples // (2 ** len(model.configuration.patch_size) if use_tta else 1))
+    try:
+        plan = plan_case(model, "case", shapes, budget=budget, budget_source="", samples=samples, tiles=tiles,
+                         folds=folds, save_probabilities=save_probabilities)
+    except CaseDoesNotFit:
+        return int(budget)
+    return int(plan.estimate)
 
 
 def train_bytes(configuration: Any, *, input_channels: int, num_classes: int, batch_size: int | None = None) -> int:

@@ -13,16 +13,19 @@ does so alone (:mod:`nnseg.cluster.tasks`): every other case is written, then th
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from nnseg.cluster.connect import open_client
 from nnseg.cluster.memory import predict_bytes
 from nnseg.cluster.tasks import DEFAULT_RETRIES, memory_capacities, run_tasks, task_resources
 from nnseg.jsonio import remove_temporary_files
 from nnseg.predictions.run.bounded import MemoryPolicy
+from nnseg.predictions.inference.memory_plan import memory_budget
 from nnseg.predictions.inference.model_folder import checkpoint_paths, fold_of, load_trained_model, parse_folds
 from nnseg.predictions.inference.onnx_backend import load_predictor
 from nnseg.predictions.inference.options import PredictOptions
@@ -126,13 +129,26 @@ def predict_on_cluster(cluster: str, request: PredictRequest, *, retries: int = 
     return report
 
 
+def worker_budget(options: PredictOptions, capacities: Mapping[str, float | None]) -> int:
+    """The budget a worker plans a case against: ``--max-memory``, else the largest worker's ``MEMORY``, else 85 % of
+    the memory free on this machine (a local cluster's workers share it)."""
+    known = [c for c in capacities.values() if c]
+    if options.max_memory_gb is None and known:
+        return int(max(known))
+    return memory_budget(options.max_memory_gb, torch.device("cpu"))[0]
+
+
 def _run_cases(client: Any, settings: PredictSettings, model: Any, todo: Sequence[CaseFiles], out: Path, *,
                progress: bool, retries: int) -> Iterator[int]:
     """The index in ``todo`` of each case written, as its task finishes (see :func:`run_tasks`)."""
     capacities = memory_capacities(client)
-    gpu = (settings.options.device or "").startswith("cuda")
-    resources = [task_resources(client, memory=predict_bytes(list(c.images), num_classes=model.num_outputs,
-                                                             target_spacing=model.configuration.spacing),
+    opts = settings.options
+    gpu = (opts.device or "").startswith("cuda")
+    budget, folds = worker_budget(opts, capacities), len(checkpoint_paths(settings.model_folder, parse_folds(opts.folds),
+                                                                          checkpoint_name=opts.checkpoint))
+    resources = [task_resources(client, memory=predict_bytes(model, list(c.images), budget=budget, folds=folds,
+                                                             use_tta=opts.use_tta, tile_batch_size=opts.tile_batch_size,
+                                                             save_probabilities=settings.save_probabilities),
                                 gpu=gpu, capacities=capacities) for c in todo]
     jobs = [(settings, c, out) for c in todo]
     hint = (" The other cases are written; fix or remove the failed inputs, then rerun with --continue_prediction "

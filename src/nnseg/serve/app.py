@@ -3,7 +3,8 @@
 Native API (every answer is JSON except label maps; errors are ``{"detail": "..."}``):
 
 * ``GET /health`` (no token): ``{"status": "ok"}``. ``GET /`` (no token): the browser page (:mod:`nnseg.serve.page`).
-* ``GET /v1/models``: the served models (labels, channels, configuration, folds, device, backend).
+* ``GET /v1/models``: the served models (labels, channels, configuration, folds, device, backend), the queue, and
+  the memory budget with what running jobs hold of it (:mod:`nnseg.serve.memory`).
 * ``POST /v1/models/{model}/predict``: multipart ``file`` (one per channel, NIfTI/NRRD/MHA) -> the label map
   (same format as the upload, or ``?result_format=.nrrd``). Waits for the result.
 * The upload may instead be a ``.zip`` of one DICOM image series (NIfTI answer, or ``?result_format=dicom-seg``:
@@ -135,8 +136,11 @@ def _model_router(state: ServeState, devices: Sequence[str]) -> Any:
 
     @router.get("/v1/models")
     async def list_models() -> dict[str, Any]:
+        memory = state.queue.memory
         return {"models": describe_all(state.models, devices), "queue": state.queue.counts(),
-                "max_queued": state.queue.max_queued, "max_upload_bytes": state.max_upload_bytes}
+                "max_queued": state.queue.max_queued, "max_upload_bytes": state.max_upload_bytes,
+                "memory_budget_bytes": memory.total if memory else None,
+                "memory_in_use_bytes": memory.used if memory else None}
 
     @router.get("/v1/models/{model}")
     async def get_model(model: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 
 from nnseg.predictions.dicom.dicom_predict import check_model_for_dicom, segments_for, write_series_image, write_series_seg
+from nnseg.predictions.inference.memory_plan import CasePlan
 from nnseg.raw.dicom import require
 from nnseg.raw.dicom.files import DicomSeries, scan_dicom
 from nnseg.raw.dicom.series import series_geometry
@@ -108,12 +109,13 @@ class UnzipBudget:
 
 
 def check_dicom_zip(upload: Path, *, max_unzipped_bytes: int, budget: UnzipBudget | None = None,
-                    model: ServedModel | None = None) -> int:
+                    model: ServedModel | None = None) -> tuple[int, CasePlan | None]:
     """The checks made when a zip arrives (see the module text); the series is read (headers only) and removed.
     With ``model``, the series' shape and spacing also get the prediction checks and the memory plan
     (:func:`~nnseg.serve.models.check_shape`: a one-slice series for a 3D model 422, too large 413).
 
-    Returns the bytes reserved in ``budget`` (release them when the job ends; 0 without a budget).
+    Returns the bytes reserved in ``budget`` (release them when the job ends; 0 without a budget) and the case's
+    memory plan (None without ``model``).
 
     Raises:
         CaseError: 400 not a zip / unsafe, nested, encrypted or clashing entries, 413 too large unpacked, 429 the
@@ -121,19 +123,19 @@ def check_dicom_zip(upload: Path, *, max_unzipped_bytes: int, budget: UnzipBudge
     """
     total = _check_entries(upload, max_unzipped_bytes)
     reserved = budget.reserve(total) if budget is not None else 0
-    scratch = upload.parent / "dicom_check"
+    scratch, plan = upload.parent / "dicom_check", None
     try:
         series = read_one_series(upload, scratch)
         if model is not None:
             geometry = series_geometry(series)
-            check_shape(model, [upload], (1, *geometry.shape), geometry.spacing[::-1], names=SERIES)
+            plan = check_shape(model, [upload], (1, *geometry.shape), geometry.spacing[::-1], names=SERIES)
     except BaseException:
         if budget is not None:
             budget.release(reserved)
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return reserved
+    return reserved, plan
 
 
 def _check_entries(upload: Path, limit: int) -> int:

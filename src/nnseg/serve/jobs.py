@@ -6,6 +6,11 @@ a folder under the server's work folder holding its uploads and its result; the 
 job ends, the folder (and result) when the job is removed: by the client (``DELETE``), after a synchronous answer, or
 ``result_ttl_s`` seconds after it ended (a sweeper thread removes expired jobs, and ``also_sweep``, every
 :func:`sweep_interval` seconds; lookups sweep first, so an expired job is never answered). Nothing else is ever written.
+
+With the server's memory budget (:class:`~nnseg.serve.memory.ServerMemory`), a worker takes the job at the head of
+the queue only once it could reserve the job's planned bytes (``Job.memory``, set before the job is queued); it gives
+them back when the job ends. The head job waits (still ``queued``, cancellable) while running jobs hold too much of
+the budget, and the jobs behind it wait too (first come, first served: a large case is not overtaken for ever).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from nnseg.serve.dicom_upload import DICOM_ZIP, predict_dicom_zip
+from nnseg.serve.memory import ServerMemory
 from nnseg.serve.models import CaseError, JobCancelled, ServedModel, predict_case
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    memory: int = 0  # bytes its case is planned to take (the memory plan's estimate), reserved while it runs
     _callbacks: list[Callable[[Job], None]] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
@@ -66,7 +73,8 @@ class JobQueue:
     """Bounded FIFO of jobs with one worker thread per device (``runners``: per device, model name -> model)."""
 
     def __init__(self, runners: Sequence[Mapping[str, ServedModel]], *, work_dir: Path, max_queued: int = 16,
-                 result_ttl_s: float = 600.0, also_sweep: Callable[[], None] | None = None) -> None:
+                 result_ttl_s: float = 600.0, also_sweep: Callable[[], None] | None = None,
+                 memory: ServerMemory | None = None) -> None:
         if max_queued < 1:
             raise ValueError(f"max_queued must be >= 1, got {max_queued}")
         self.work_dir = work_dir
@@ -74,6 +82,7 @@ class JobQueue:
         self.max_queued = max_queued
         self.result_ttl_s = result_ttl_s
         self._jobs: dict[str, Job] = {}
+        self.memory = memory
         self._waiting: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._stop = False
@@ -158,6 +167,7 @@ class JobQueue:
             if job.status == QUEUED:
                 self._waiting.remove(job)
                 self._finish(job, CANCELLED)
+                self._cond.notify_all()  # it may have been the head a worker waited with for memory
         return job
 
     def remove(self, job_id: str) -> None:
@@ -210,18 +220,26 @@ class JobQueue:
         for cb in callbacks:
             cb(job)
 
-    def _next(self) -> Job | None:
+    def _next(self) -> tuple[Job, int] | None:
+        """The head job once its memory is reserved, with the bytes reserved (None: the queue stops)."""
         with self._cond:
-            while not self._waiting and not self._stop:
+            reserved = None
+            while not self._stop and (not self._waiting or (reserved := self._reserve(self._waiting[0])) is None):
                 self._cond.wait()
             if self._stop:
                 return None
             job = self._waiting.popleft()
             job.status, job.started = RUNNING, time.time()
-            return job
+            return job, int(reserved or 0)
+
+    def _reserve(self, job: Job) -> int | None:
+        if self.memory is None or job.memory <= 0:
+            return 0
+        return self.memory.try_reserve(job.memory)
 
     def _work(self, models: Mapping[str, ServedModel]) -> None:
-        while (job := self._next()) is not None:
+        while (taken := self._next()) is not None:
+            job, reserved = taken
             status, error, code = DONE, None, None
             try:
                 run = predict_dicom_zip if job.inputs[0].name.endswith(DICOM_ZIP) else predict_case
@@ -238,4 +256,7 @@ class JobQueue:
                 text = str(e).replace(str(job.folder), "<job folder>").replace(str(self.work_dir), "<work folder>")
                 status, error, code = FAILED, f"{type(e).__name__}: {text.splitlines()[0] if text else ''}", 500
             with self._cond:
+                if self.memory is not None:
+                    self.memory.release(reserved)
                 self._finish(job, status, error, code)
+                self._cond.notify_all()  # a job waiting for memory may fit now

@@ -28,6 +28,7 @@ from nnseg.predictions.inference.predictor import Predictor
 from nnseg.predictions.inference.sliding_window import tile_slicers
 from nnseg.raw.discover import CaseFiles
 from nnseg.raw.image_io import ImageReadError, get_io
+from nnseg.serve.memory import ServerMemory
 
 #: Upload endings the server reads and writes (SimpleITK formats; the file name is used for nothing else).
 UPLOAD_ENDINGS = (".nii.gz", ".nrrd", ".mha")
@@ -47,7 +48,7 @@ class JobCancelled(Exception):
 
 
 #: How every served model is loaded: nnseg predict's options (the device is each worker's; ``max_memory_gb`` is the
-#: memory budget of one case, None: 85 % of the memory free then).
+#: server's memory budget, shared by its workers: :mod:`nnseg.serve.memory`).
 ModelOptions = PredictOptions
 
 
@@ -82,6 +83,7 @@ class ServedModel:
     predictor: Predictor
     backend: str
     tracker: _Tracker = field(default_factory=_Tracker)
+    memory: ServerMemory | None = None  # the server's shared budget (None: ``max_memory_gb`` / 85 % free, per case)
 
     def describe(self) -> dict[str, Any]:
         """What clients need to know: labels, channels, configuration, folds, device, backend."""
@@ -164,7 +166,10 @@ def io_name_for(model: ServedModel, inputs: Sequence[Path]) -> str:
 
 
 def memory_policy(model: ServedModel) -> MemoryPolicy:
-    """The server's budget (``--max-memory``, else 85 % of the memory free now) for one case of ``model``."""
+    """The budget one case of ``model`` is planned against: the server's whole shared budget
+    (:mod:`nnseg.serve.memory`), or without one ``--max-memory`` / 85 % of the memory free now."""
+    if model.memory is not None:
+        return model.memory.policy()
     return MemoryPolicy.create(model.predictor, max_memory_gb=model.predictor.max_memory_gb)
 
 

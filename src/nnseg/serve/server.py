@@ -22,6 +22,7 @@ from typing import Any
 from nnseg.locks import LOCK_NAME, acquire_lock, owner_alive, read_lock
 from nnseg.serve.auth import LOOPBACK_NAMES, RequestGuard, check_binding, resolve_token
 from nnseg.serve.jobs import JobQueue
+from nnseg.serve.memory import ServerMemory
 from nnseg.serve.timeouts import timed_h11_protocol
 from nnseg.serve.models import ModelOptions, load_models
 from nnseg.serve.uploads import ImageStore
@@ -80,9 +81,12 @@ def build_state(models: Sequence[str | Path], *, devices: Sequence[str], token: 
     from nnseg.serve.dicom_upload import UNZIPPED_PER_UPLOAD, UnzipBudget
 
     per_device = [load_models(models, device=d, options=options) for d in devices]
+    memory = ServerMemory.resolve(options.max_memory_gb, devices[0])  # after loading: what the models left free
+    for served in (m for device_models in per_device for m in device_models.values()):
+        served.memory = memory
     store = ImageStore(work_dir / "uploads")
     queue = JobQueue(per_device, work_dir=work_dir / "jobs", max_queued=limits.max_queued,
-                     result_ttl_s=limits.result_ttl_s, also_sweep=store.sweep)
+                     result_ttl_s=limits.result_ttl_s, also_sweep=store.sweep, memory=memory)
     upload = int(limits.max_upload_mb * 2**20)
     unzipped = UNZIPPED_PER_UPLOAD * upload if limits.max_unzipped_mb is None else int(limits.max_unzipped_mb * 2**20)
     return ServeState(models=per_device[0], queue=queue, store=store, token=token, max_upload_bytes=upload,
@@ -132,6 +136,7 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
         extra = f", interactive {interactive.folder}" if interactive is not None else ""
         print(f"nnseg serve: http://{host}:{bound[1]}/ models {sorted(state.models)}{extra} on {chosen} "
               f"(MONAI Label: http://{host}:{bound[1]}/info/)", flush=True)
+        _print_budget(state.queue.memory)
         config = uvicorn.Config(app, log_level=limits.log_level, timeout_graceful_shutdown=10,
                                 http=timed_h11_protocol(limits.request_timeout_s))
         started = True
@@ -146,6 +151,12 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
         sock.close()
         if started:  # a failed start says only what failed (the caller prints it); its files are removed all the same
             print("nnseg serve: stopped, temporary files removed", file=sys.stderr, flush=True)
+
+
+def _print_budget(memory: ServerMemory | None) -> None:
+    if memory is not None:
+        print(f"nnseg serve: memory budget {memory.total / 2**30:.2f} GB ({memory.source}); a case that does not "
+              "fit it even in bounded memory is answered 413", flush=True)
 
 
 def remove_stale_work_dirs(tmp: Path) -> list[Path]:

@@ -102,7 +102,8 @@ async def job_from_form(state: ServeState, model_name: str, form: Any, *, image_
         if len(job.inputs) < channels:
             raise CaseError(f"model {model_name} expects {channels} channel file(s) "
                             f"{model.predictor.model.spec.channel_names}, got {len(job.inputs)}", status=422)
-        await asyncio.to_thread(check_upload, model, job.inputs)  # the header checks and the memory plan
+        plan = await asyncio.to_thread(check_upload, model, job.inputs)  # the header checks and the memory plan
+        job.memory = plan.estimate  # reserved from the server's budget while it runs
         state.queue.submit(job)
     except BaseException:
         state.queue.discard(job)
@@ -118,9 +119,10 @@ async def _dicom_job(state: ServeState, model_name: str, uploads: Sequence[Any],
     reserved = 0
     try:
         await save_upload(uploads[0], job.inputs[0])
-        reserved = await asyncio.to_thread(check_dicom_zip, job.inputs[0], budget=state.unzip,
-                                           model=state.model(model_name),
-                                           max_unzipped_bytes=UNZIPPED_PER_UPLOAD * state.max_upload_bytes)
+        reserved, plan = await asyncio.to_thread(check_dicom_zip, job.inputs[0], budget=state.unzip,
+                                                 model=state.model(model_name),
+                                                 max_unzipped_bytes=UNZIPPED_PER_UPLOAD * state.max_upload_bytes)
+        job.memory = plan.estimate if plan is not None else 0
         state.queue.submit(job)
     except BaseException:
         if state.unzip is not None:

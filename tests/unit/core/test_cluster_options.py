@@ -12,6 +12,8 @@ import SimpleITK as sitk
 
 from nnseg.cluster.connect import parse_cluster, require_dask
 from nnseg.cluster.memory import fit_to_workers, predict_bytes, preprocess_bytes, resampling_factor
+from nnseg.predictions.inference.memory_plan import GIB, case_shapes, plan_case, samples_per_call
+from nnseg.predictions.inference.model_folder import load_trained_model
 
 
 def test_parse_cluster(tmp_path: Path) -> None:
@@ -31,18 +33,46 @@ def _image(path: Path, shape: tuple[int, int, int], spacing: float) -> Path:
     return path
 
 
-def test_memory_estimates_grow_with_the_case_and_fit_the_workers(tmp_path: Path) -> None:
+def _golden_model(tmp_path: Path, expected_dir: Path) -> Path:
+    folder = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    folder.mkdir()
+    golden = expected_dir / "Dataset004_Hippocampus"
+    (folder / "plans.json").write_bytes((golden / "nnUNetPlans.json").read_bytes())
+    (folder / "dataset.json").write_bytes((golden / "dataset.json").read_bytes())
+    return folder
+
+
+def test_memory_estimates_grow_with_the_case_and_fit_the_workers(tmp_path: Path, expected_dir: Path) -> None:
     small = _image(tmp_path / "small.nii.gz", (36, 50, 35), 1.0)
     big = _image(tmp_path / "big.nii.gz", (128, 128, 128), 1.0)
     assert preprocess_bytes([big]) > 8 * preprocess_bytes([small]) - 8 * 200 * 2**20
     assert preprocess_bytes([big], [(0.5, 0.5, 0.5)]) > preprocess_bytes([big])  # upsampling to a finer spacing
     assert preprocess_bytes([big, big]) > preprocess_bytes([big])  # channels
-    assert predict_bytes([big], target_spacing=(1, 1, 1), num_classes=3) > \
-        predict_bytes([small], target_spacing=(1, 1, 1), num_classes=3)
+    model = load_trained_model(_golden_model(tmp_path, expected_dir))
+    budget = 8 * GIB
+    common = dict(budget=budget, folds=1, use_tta=False)
+    assert predict_bytes(model, [big], **common) > predict_bytes(model, [small], **common)  # type: ignore[arg-type]
+    assert predict_bytes(model, [big], **{**common, "folds": 5}) > predict_bytes(model, [big], **common)  # type: ignore[arg-type]
     assert resampling_factor((1, 1, 3), (1, 1, 1)) == pytest.approx(3.0)
     assert fit_to_workers(10**9, {"a": 4e9, "b": 2e9}) == 10**9
     assert fit_to_workers(10**11, {"a": 4e9, "b": 2e9}) == 4 * 10**9  # runs alone on the largest worker
     assert fit_to_workers(10**9, {"a": 4e9, "b": None}) is None  # a worker without MEMORY: no memory resource
+
+
+def test_the_cluster_sizes_a_case_with_the_memory_plans_estimate(tmp_path: Path, expected_dir: Path) -> None:
+    """One estimate: a task asks for what the worker's memory plan estimates (one-shot when it fits, bounded when
+    not), and a case that fits no path asks for the whole budget (the worker then refuses it with the plan's words)."""
+    model = load_trained_model(_golden_model(tmp_path, expected_dir))
+    image = _image(tmp_path / "ct.nii.gz", (120, 160, 140), 1.0)
+    shapes = case_shapes(model, (1, 120, 160, 140), (1.0, 1.0, 1.0))
+    modes = set()
+    for budget in (8 * GIB, int(1.3 * GIB)):
+        samples = samples_per_call(model, budget)
+        plan = plan_case(model, "ct", shapes, budget=budget, budget_source="", samples=samples, tiles=samples, folds=2)
+        assert predict_bytes(model, [image], budget=budget, folds=2, use_tta=False) == plan.estimate
+        modes.add(plan.mode)
+    assert modes == {"one-shot", "bounded"}
+    assert predict_bytes(model, [image], budget=GIB // 2, folds=2, use_tta=False) == GIB // 2
 
 
 def test_missing_dask_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -132,3 +132,15 @@ def test_heap_keeps_one_network_calls_blocks_only(tmp_path: Path, expected_dir: 
     assert devices._MMAP_THRESHOLD == 500 << 20
     devices.keep_freed_memory_for_reuse(None)  # training: every block below 1 GB
     assert devices._MMAP_THRESHOLD == 1 << 30
+
+
+@pytest.mark.parametrize("rows, step, per_row, tiles", [(1, 8, 1, 1), (5, 8, 3, 2), (12, 8, 7, 8), (4, 20, 2, 8),
+                                                        (30, 8, 14, 6), (3, 8, 1, 8), (9, 4, 5, 5)])
+def test_ring_rows_equal_window_rows_over_every_tile(rows: int, step: int, per_row: int, tiles: int) -> None:
+    """The memory plan's ring size without listing the tiles equals the streaming window's over the listed tiles."""
+    from nnseg.predictions.inference.memory_plan import ring_rows
+    from nnseg.predictions.inference.streaming_window import window_rows
+
+    starts = list(range(0, rows * step, step))
+    listed = [s for s in starts for _ in range(per_row)]
+    assert ring_rows(starts, per_row, 16, tiles) == window_rows(listed, 16, tiles)

@@ -38,7 +38,6 @@ import torch
 
 from nnseg.networks.memory import estimate_feature_map_size
 from nnseg.predictions.inference.model_folder import TrainedModel
-from nnseg.predictions.inference.streaming_window import window_rows
 from nnseg.plans.spacing import compute_new_shape
 
 GIB = 1 << 30
@@ -147,9 +146,17 @@ def _stream_geometry(model: TrainedModel, shapes: CaseShapes, tiles: int, axis: 
     starts = list(range(0, padded[axis] - patch[axis] + 1, step)) or [0]
     tiles_per_row = max(1, math.prod(max(1, math.ceil((padded[a] - patch[a]) / (patch[a] * 0.5)) + 1)
                                      for a in range(3) if a != axis))
-    per_row = [s for s in starts for _ in range(tiles_per_row)]
-    ring = window_rows(per_row, patch[axis], tiles)
-    return ring, step, math.prod(padded) // padded[axis]
+    return ring_rows(starts, tiles_per_row, patch[axis], tiles), step, math.prod(padded) // padded[axis]
+
+
+def ring_rows(starts: Sequence[int], per_row: int, patch_rows: int, tiles: int) -> int:
+    """:func:`~nnseg.predictions.inference.streaming_window.window_rows` of evenly spaced ``starts`` each repeated ``per_row``
+    times, without listing every tile (a 960^3 grid has 1.7 M; listing them took a minute per plan): the calls'
+    spreads repeat every ``lcm(per_row, tiles)`` tiles."""
+    total = len(starts) * per_row
+    period = min(total, math.lcm(per_row, tiles) + tiles)
+    return int(patch_rows) + max(starts[(min(i + tiles, total) - 1) // per_row] - starts[i // per_row]
+                                 for i in range(0, period, tiles))
 
 
 def estimate_parts(model: TrainedModel, shapes: CaseShapes, *, samples: int, tiles: int, folds: int,
