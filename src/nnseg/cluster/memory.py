@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nnseg.predictions.inference.memory_plan import CaseDoesNotFit, case_shapes, plan_case, samples_per_call
+from nnseg.predictions.inference.memory_plan import CaseDoesNotFit, case_shapes, plan_case, samples_per_call, tiles_per_call
 from nnseg.predictions.inference.model_folder import TrainedModel
 
 MB = 2**20
@@ -112,7 +112,8 @@ def predict_bytes(model: TrainedModel, images: Sequence[Path], *, budget: int, f
         shape, spacing = (*shape, 1), (*spacing, 999.0 * max(spacing))
     shapes = case_shapes(model, (len(images), *shape[::-1]), spacing[::-1])  # arrays are (z, y, x), as every reader's
     samples = samples_per_call(model, budget)
-    tiles = tile_batch_size or max(1, samples // (2 ** len(model.configuration.patch_size) if use_tta else 1))
+    tiles = tiles_per_call(samples, tile_batch_size=tile_batch_size,
+                           tta_passes=2 ** len(model.configuration.patch_size) if use_tta else 1)
     try:
         plan = plan_case(model, "case", shapes, budget=budget, budget_source="", samples=samples, tiles=tiles,
                          folds=folds, save_probabilities=save_probabilities)

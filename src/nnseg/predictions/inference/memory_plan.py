@@ -85,6 +85,14 @@ def largest_call_block(model: TrainedModel, samples: int) -> int:
     return 4 * samples * widest * math.prod(cfg.patch_size)
 
 
+def tiles_per_call(samples: int, *, tile_batch_size: int | None, tta_passes: int) -> int:
+    """Tiles per network call: ``tile_batch_size`` if set, else ``samples`` (per call) divided by the TTA passes, at
+    least 1 (the predictor's choice, and the cluster's estimate of it)."""
+    if tile_batch_size is not None:
+        return int(tile_batch_size)
+    return max(1, int(samples) // int(tta_passes))
+
+
 def samples_per_call(model: TrainedModel, budget: int, *, device: torch.device | None = None) -> int:
     """Network samples per call, between 1 and 8, never more than fit in a quarter of ``budget``: on CUDA/MPS as many
     as fit; on the CPU (``device`` None or cpu) the fewest (a power of two) that reach :data:`CPU_VOXELS_PER_CALL`."""

@@ -24,7 +24,7 @@ from nnseg.devices import (
     release_free_heap,
     resolve_precision,
 )
-from nnseg.predictions.inference.memory_plan import largest_call_block, memory_budget, samples_per_call
+from nnseg.predictions.inference.memory_plan import largest_call_block, memory_budget, samples_per_call, tiles_per_call
 from nnseg.predictions.inference.model_folder import (
     DEFAULT_FOLDS,
     Fold,
@@ -111,9 +111,8 @@ class Predictor:
 
     def tiles_per_call(self) -> int:
         """``tile_batch_size`` if set, else :meth:`samples_per_call` divided by the TTA passes (at least 1)."""
-        if self.tile_batch_size is not None:
-            return self.tile_batch_size
-        return max(1, self.samples_per_call() // self.tta_passes())
+        return tiles_per_call(self.samples_per_call(), tile_batch_size=self.tile_batch_size,
+                              tta_passes=self.tta_passes())
 
     def samples_in_one_call(self) -> int:
         """Samples (tiles x mirrored copies) the network gets per call."""
