@@ -17,8 +17,12 @@ Prints the mean Dice after 1, 3, 5 and 10 interactions for both initial prompts,
 the same objects, and the median seconds per interaction. Targets: after 3 interactions >= automatic + 0.04, after 5
 >= 0.90, median <= 1.0 s per interaction.
 
-Usage: python bench/interactive.py [--work DIR] [--automatic-model FOLDER] [--epochs 40] [--iterations 25]
-       [--train-only] [--initial point,box] [--interactions 10] [--cases N] [--checkpoint checkpoint_latest.pth]
+With ``--from-automatic`` the interactive model starts from the automatic model's weights
+(``nnUNetv2_train ... -tr nnsegInteractiveTrainer -pretrained_weights .../checkpoint_final.pth``: body and image channel
+loaded, prompt channels from zero, heads new) and trains the same 40 x 25 iterations on top of the automatic model's.
+
+Usage: python bench/interactive.py [--work DIR] [--automatic-model FOLDER] [--from-automatic] [--epochs 40]
+       [--iterations 25] [--train-only] [--initial point,box] [--interactions 10] [--cases N] [--checkpoint checkpoint_latest.pth]
 A run is resumable: steps already done in --work (preprocessing, trainings, predictions) are not repeated.
 """
 
@@ -60,8 +64,9 @@ def prepare(work: Path, env: dict[str, str], val_cases: int) -> tuple[Path, list
     return source, test
 
 
-def train(env: dict[str, str], args: argparse.Namespace, *, interactive: bool) -> Path:
-    """Train (or continue) fold 0; returns the model folder."""
+def train(env: dict[str, str], args: argparse.Namespace, *, interactive: bool, pretrained: Path | None = None) -> Path:
+    """Train (or continue) fold 0, fine-tuning from ``pretrained`` (a checkpoint) when given; returns the model
+    folder."""
     results = Path(env["nnUNet_results"]) / DATASET
     budget = ["--set", f"num_epochs={args.epochs}", "--set", f"iterations_per_epoch={args.iterations}",
               "--set", "val_iterations_per_epoch=5", "--set", "batch_size=2", "--set", "save_every=5", "--seed", "0"]
@@ -73,6 +78,7 @@ def train(env: dict[str, str], args: argparse.Namespace, *, interactive: bool) -
     fold = folder / "fold_0"
     if not (fold / "checkpoint_final.pth").is_file():
         resume = ["--c"] if (fold / "checkpoint_latest.pth").is_file() else []
+        resume += ["-pretrained_weights", str(pretrained)] if pretrained is not None and not resume else []
         seconds = run(["nnUNetv2_train", "961", "3d_fullres", "0", "-device", "cpu", *extra, *budget, *resume], env,
                       quiet=False)
         print(f"trained {folder.name} in {seconds:.0f} s", flush=True)
@@ -138,7 +144,8 @@ def report(scores: dict[str, np.ndarray], auto: list[float], seconds: list[float
            test: list[str]) -> None:
     shown = [n for n in REPORTED if n <= args.interactions]
     print(f"\nInteractive Hippocampus: {len(test)} held-out cases, {len(auto)} objects (labels), interactive model "
-          f"{args.epochs} x {args.iterations} iterations, batch 2, CPU; robot: initial prompt then clicks at the centre "
+          f"{args.epochs} x {args.iterations} iterations{' fine-tuned from the automatic model' if args.from_automatic else ''}, "
+          f"batch 2, CPU; robot: initial prompt then clicks at the centre "
           "of the largest error region")
     print("| initial prompt | " + " | ".join(f"Dice after {n}" for n in shown) + " |")
     print("|---|" + "---|" * len(shown))
@@ -168,6 +175,9 @@ def main() -> None:
     parser.add_argument("--interactions", type=int, default=10)
     parser.add_argument("--initial", default="point,box", help="initial prompts to run: point, box or both")
     parser.add_argument("--train-only", action="store_true", help="stop after training the interactive model")
+    parser.add_argument("--from-automatic", action="store_true",
+                        help="fine-tune the interactive model from the automatic model (-pretrained_weights: body and "
+                             "image channel loaded, prompt channels from zero) instead of training it from scratch")
     parser.add_argument("--checkpoint", default="checkpoint_final.pth",
                         help="the interactive model's checkpoint to measure (checkpoint_latest.pth: a run not finished)")
     parser.add_argument("--cases", type=int, default=0, help="measure only the first N held-out cases (0: all 40)")
@@ -176,14 +186,16 @@ def main() -> None:
     env = roots(work)
     print(cpu_line(), flush=True)
     source, test = prepare(work, env, args.val_cases)
+    automatic = (args.automatic_model or train(env, args, interactive=False)) if args.from_automatic else None
     if args.checkpoint == "checkpoint_final.pth":
-        interactive = train(env, args, interactive=True)
+        pretrained = automatic / "fold_0" / "checkpoint_final.pth" if automatic is not None else None
+        interactive = train(env, args, interactive=True, pretrained=pretrained)
     else:  # measuring a run that is still going: no training here
         interactive = Path(env["nnUNet_results"]) / DATASET / INTERACTIVE
     if args.train_only:
         return
     test = test[: args.cases] if args.cases else test
-    automatic = args.automatic_model or train(env, args, interactive=False)
+    automatic = automatic or args.automatic_model or train(env, args, interactive=False)
     images = test_images(source, work / "test_images", test)
     predicted = automatic_predictions(automatic, images, work / "test_automatic", env)
     start = time.perf_counter()

@@ -10,6 +10,8 @@ Rules (``-pretrained_weights``):
   channel whose name the pretrained ``dataset.json`` declares (case-insensitive) gets that channel's weights, the
   others get the mean over the pretrained channels (``--set pretrained_new_channels=mean``), zeros (``zero``) or
   keep their fresh initialisation (``random``); without pretrained names channels are matched by position;
+* inputs a training task appends after the images (an interactive model's prompt channels) start at zero whatever
+  that setting, so the fine-tuned network first computes what the pretrained one did and learns to use them;
 * anything else (a name the source lacks, another shape) keeps its fresh initialisation and is reported as skipped.
 
 A source of which nothing outside the heads and the input fits is refused: it is another architecture.
@@ -84,12 +86,12 @@ def channel_sources(target: Sequence[str], source: Sequence[str] | None, num_sou
     return out
 
 
-def _map_input(own: torch.Tensor, src: torch.Tensor, plan: list[int | None], rule: str) -> torch.Tensor | None:
+def _map_input(own: torch.Tensor, src: torch.Tensor, plan: list[int | None], rules: list[str]) -> torch.Tensor | None:
     if own.is_meta:
         return None
     out = own.detach().clone()
     src = src.to(out.dtype)
-    for i, j in enumerate(plan):
+    for i, (j, rule) in enumerate(zip(plan, rules)):
         if j is not None:
             out[:, i] = src[:, j]
         elif rule == "mean":
@@ -99,27 +101,44 @@ def _map_input(own: torch.Tensor, src: torch.Tensor, plan: list[int | None], rul
     return out
 
 
+def _module_path(key: str) -> str:
+    """A tensor's name without the aliases a network registers it under (the decoder's reference to the encoder,
+    ``all_modules.0`` beside ``conv``)."""
+    return key.removeprefix("decoder.").replace(".all_modules.0.", ".conv.")
+
+
 def _input_keys(own: Mapping[str, torch.Tensor]) -> set[str]:
-    """The input convolution's keys (the first tensor of 3+ dims, and aliases of the same shape)."""
-    first = next((v for v in own.values() if v.ndim >= 3), None)
-    return set() if first is None else {k for k, v in own.items() if v.shape == first.shape}
+    """The input convolution's keys: the first tensor of 3+ dims and its aliases (not another convolution that
+    happens to have the same shape, e.g. a decoder convolution with as many inputs as the network)."""
+    first = next((k for k, v in own.items() if v.ndim >= 3), None)
+    if first is None:
+        return set()
+    return {k for k, v in own.items() if _module_path(k) == _module_path(first) and v.shape == own[first].shape}
 
 
 @dataclass(frozen=True)
 class TargetInfo:
-    """The fine-tuned network's dataset: input channel names and labels (``dataset.json``)."""
+    """The fine-tuned network's dataset: input channel names and labels (``dataset.json``); ``task_channels``: names
+    of the last inputs, a training task's, which start at zero."""
 
     channel_names: list[str]
     labels: dict[str, Any]
     new_channels: str = "mean"
+    task_channels: tuple[str, ...] = ()
 
     @classmethod
     def from_dataset_json(cls, spec: Mapping[str, Any], *, extra_channels: Sequence[str] = (),
-                          new_channels: str = "mean") -> "TargetInfo":
-        """From a ``dataset.json`` dict; ``extra_channels``: inputs beyond the images (a cascade's one-hot maps)."""
+                          new_channels: str = "mean", task_channels: Sequence[str] = ()) -> "TargetInfo":
+        """From a ``dataset.json`` dict; ``extra_channels``: inputs beyond the images (a cascade's one-hot maps), then
+        ``task_channels`` (a training task's inputs, e.g. an interactive model's prompts)."""
         names = dict(spec.get("channel_names") or spec.get("modality") or {})
         ordered = [str(names[k]) for k in sorted(names, key=lambda k: int(k) if str(k).isdigit() else 0)]
-        return cls([*ordered, *extra_channels], dict(spec.get("labels") or {}), new_channels)
+        return cls([*ordered, *extra_channels, *task_channels], dict(spec.get("labels") or {}), new_channels,
+                   tuple(task_channels))
+
+    def rule(self, index: int) -> str:
+        """How the channel at ``index`` starts when the source lacks it: task channels at zero, others by the rule."""
+        return "zero" if index >= len(self.channel_names) - len(self.task_channels) else self.new_channels
 
 
 def _channel_plan(own: Mapping[str, torch.Tensor], source: PretrainedSource, target: TargetInfo,
@@ -136,8 +155,9 @@ def _channel_plan(own: Mapping[str, torch.Tensor], source: PretrainedSource, tar
     if plan == list(range(num_source)) and len(plan) == num_source:
         return set(), None  # same channels in the same order: a plain load
     for i, (name, j) in enumerate(zip(target.channel_names, plan)):
+        rule = target.rule(i)
         origin = (f"copied from pretrained channel {j}" + (f" {names[j]!r}" if names else "")) if j is not None \
-            else f"new: {target.new_channels}" + (" of the pretrained channels" if target.new_channels == "mean" else "")
+            else f"new: {rule}" + (" of the pretrained channels" if rule == "mean" else "")
         report.channels.append(f"{i} {name!r}: {origin}")
     return set(keys), plan
 
@@ -155,7 +175,7 @@ def plan_transfer(own: Mapping[str, torch.Tensor], source: PretrainedSource, tar
         if key in input_keys and plan is not None and src is not None and _shape(src)[0] == _shape(mine)[0] \
                 and list(src.shape[2:]) == list(mine.shape[2:]):
             report.mapped.append({**entry, "why": "input channels mapped by name"})
-            mapped = _map_input(mine, src, plan, target.new_channels)
+            mapped = _map_input(mine, src, plan, [target.rule(i) for i in range(len(plan))])
             if mapped is not None:
                 values[key] = mapped
         elif HEAD_MARK in key and not (same_labels and entry["shape"] == entry["source_shape"]):

@@ -29,10 +29,10 @@ from nnseg.training.distributed import DistributedTraining
 from nnseg.training.failures import non_finite_loss_error, unreadable_checkpoint_error
 from nnseg.training.fold_state import discard_failed_start, write_train_config
 from nnseg.training.hooks import Hooks
-from nnseg.training.finetune import TargetInfo, load_pretrained
+from nnseg.training.finetune import load_pretrained
 from nnseg.training.partial import PartialCodes
 from nnseg.training.pretrained import read_pretrained
-from nnseg.training.run_spec import Components, RunSpec, build_components
+from nnseg.training.run_spec import Components, RunSpec, build_components, pretrained_target
 from nnseg.training.schedule import LR_SCHEDULES
 from nnseg.training.state import TrainState, checkpoint_dict, state_from_checkpoint
 from nnseg.training.tasks import task_of
@@ -318,8 +318,6 @@ def _train(run: RunSpec, hooks: Hooks, *, resume: bool, pretrained_weights: Path
 
 def load_pretrained_weights(run: RunSpec, network: nn.Module, path: Path, *, report: bool = True) -> None:
     """Fine-tuning's load (:mod:`nnseg.training.finetune`); the report goes to the console and the fold folder."""
-    target = TargetInfo.from_dataset_json(run.init_args.get("dataset_json") or {},
-                                          new_channels=run.config.pretrained_new_channels,
-                                          extra_channels=[f"previous stage label {c}" for c in run.cascade_labels])
+    target = pretrained_target(run, run.init_args.get("dataset_json") or {})
     load_pretrained(network, read_pretrained(Path(path)), target, path=Path(path),
                     report_folder=run.output_folder if report and not run.disable_checkpointing else None)

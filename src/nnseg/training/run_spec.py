@@ -19,6 +19,7 @@ from nnseg.training.augment.pipeline import AUGMENTATIONS, augmentation_setup, s
 from nnseg.training.cascade import CascadeInputs
 from nnseg.training.config import TrainConfig
 from nnseg.training.data import BatchMaker, TargetSpec
+from nnseg.training.finetune import TargetInfo
 from nnseg.training.losses import LOSSES, DeepSupervisionLoss, deep_supervision_scales, deep_supervision_weights
 from nnseg.training.partial import PartialCodes
 from nnseg.training.sampling import PatchSampler
@@ -161,3 +162,11 @@ def use_compile(run: RunSpec) -> bool:
     if run.config.compile.lower() in ("false", "0", "f", "off", "no"):
         return False
     return run.device.type == "cuda" and os.name != "nt"
+
+
+def pretrained_target(run: RunSpec, dataset_json: dict[str, Any]) -> TargetInfo:
+    """What ``-pretrained_weights`` load into: the dataset's channels, a cascade's label maps, the task's inputs."""
+    task = task_of(run.config.task)
+    return TargetInfo.from_dataset_json(dataset_json, new_channels=run.config.pretrained_new_channels,
+                                        extra_channels=[f"previous stage label {c}" for c in run.cascade_labels],
+                                        task_channels=[] if task is None else task.input_names(run))

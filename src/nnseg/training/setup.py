@@ -16,7 +16,6 @@ from nnseg.preprocessed.store import list_cases
 from nnseg.raw.dataset_json import DatasetSpec
 from nnseg.training.cascade import check_prev_stage_cases, prev_stage_folder
 from nnseg.training.config import TrainConfig
-from nnseg.training.finetune import TargetInfo
 from nnseg.training.fold_state import TRAIN_CONFIG_FILE, check_saved_config
 from nnseg.training.partial import partial_codes
 from nnseg.training.preflight import (
@@ -27,7 +26,7 @@ from nnseg.training.preflight import (
     check_plans_plausible,
     check_pretrained_weights,
 )
-from nnseg.training.run_spec import RunSpec, architecture_for, check_component_names
+from nnseg.training.run_spec import RunSpec, architecture_for, check_component_names, pretrained_target
 from nnseg.training.tasks import task_of
 from nnseg.training.splits import check_splits_cases, fold_cases, load_or_create_splits, some_cases
 
@@ -119,8 +118,7 @@ def _preflight(run: RunSpec, job: FoldJob, pretrained_weights: Path | None) -> N
     check_plans_plausible(patch_size=run.patch_size, batch_size=run.batch_size, image_shapes=shapes,
                           available=available_memory_bytes(run.device), where=where, **common)  # type: ignore[arg-type]
     if pretrained_weights is not None:
-        target = TargetInfo.from_dataset_json(job.spec.to_json(), new_channels=run.config.pretrained_new_channels,
-                                              extra_channels=[f"previous stage label {c}" for c in run.cascade_labels])
+        target = pretrained_target(run, job.spec.to_json())
         check_pretrained_weights(Path(pretrained_weights), target=target, **common)  # type: ignore[arg-type]
 
 

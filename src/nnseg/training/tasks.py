@@ -38,6 +38,8 @@ class TrainingTask:
         checkpoint_trainer_name: the trainer class checkpoints record (None: nnU-Net's rule).
         model_files: ``run -> {file name: JSON}`` written into the model folder beside plans.json.
         final_validation: replaces nnU-Net's final validation: ``(run, job, best, progress) -> (folder, mean Dice)``.
+        input_names: ``run -> names`` of the input channels the task appends after the images (fine-tuning starts
+            them at zero, so a pretrained automatic model is where an interactive one begins).
     """
 
     adapt_run: Callable[[Any], Any]  # RunSpec -> RunSpec (run_spec imports this module: no import back)
@@ -46,6 +48,7 @@ class TrainingTask:
     checkpoint_trainer_name: str | None = None
     model_files: Callable[[Any], dict[str, Any]] = lambda run: {}
     final_validation: Callable[..., Any] | None = None
+    input_names: Callable[[Any], list[str]] = lambda run: []
 
 
 TASKS: Registry[TrainingTask] = Registry("training task")

@@ -3,6 +3,7 @@ nnInteractive model folder (tiny synthetic data, CPU)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -219,3 +220,33 @@ def test_epochs_flag_keeps_the_preset_and_its_folder() -> None:
     name, config = resolve_trainer(TRAINER_NAME, epochs=40, iterations_per_epoch=25)
     assert name == TRAINER_NAME and config.task == "interactive" and config.num_epochs == 40
     assert config.iterations_per_epoch == 25 and config.oversample_foreground == 1.0
+
+
+def test_fine_tuning_from_an_automatic_model_starts_with_silent_prompt_channels(interactive_data: Path,
+                                                                                  tmp_path: Path) -> None:
+    """``-pretrained_weights`` of an automatic model: the image channel and the body are loaded, the 7 prompt channels
+    start at zero (whatever ``pretrained_new_channels``), so training begins from the automatic segmentation."""
+    from nnseg.launch.train import run_training
+    from nnseg.training.finetune import REPORT_FILE
+
+    from nnseg.networks import build_network
+
+    spec = json.loads((interactive_data / "dataset.json").read_text())
+    torch.manual_seed(5)
+    automatic = build_network(small_plans()["configurations"][CONFIGURATION]["architecture"], input_channels=1,
+                              num_classes=len(spec["labels"]), deep_supervision=True)
+    source = automatic.state_dict()
+    torch.save({"network_weights": source, "init_args": {"dataset_json": spec}}, tmp_path / "automatic.pth")
+    request = _request(interactive_data, tmp_path / "results", "initial_lr=0.0", "pretrained_new_channels=mean")
+    outcome = run_training(dataclasses.replace(request, pretrained_weights=tmp_path / "automatic.pth"))
+    report = json.loads((outcome.output_folder / REPORT_FILE).read_text())
+    assert len(report["channels"]) == 8 and "copied from pretrained channel 0" in report["channels"][0]
+    assert all("new: zero" in c and "prompt" in c for c in report["channels"][1:])
+    assert report["counts"]["skipped"] == 0 and report["counts"]["reinitialised"] > 0  # 3 labels -> 2 outputs
+    tuned = load_checkpoint(outcome.output_folder / "checkpoint_final.pth")["network_weights"]
+    first = "encoder.stages.0.0.convs.0.conv.weight"
+    torch.testing.assert_close(tuned[first][:, :1], source[first])  # lr 0: what was loaded is what is saved
+    assert tuned[first][:, 1:].abs().max() == 0
+    body = [k for k in source if ".seg_layers." not in k and k in tuned and k.removeprefix("decoder.") != first
+            and "all_modules" not in k]
+    assert body and [k for k in body if not torch.equal(tuned[k], source[k])] == []

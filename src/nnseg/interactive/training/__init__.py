@@ -6,7 +6,8 @@ nnsegInteractiveTrainer`` finds them). See docs/INTERACTIVE.md, "Training an int
 
 from __future__ import annotations
 
-from nnseg.interactive.training.task import INFERENCE_INFO, adapt_run, make_batches, make_prepare, model_files
+from nnseg.interactive.training.task import (
+    INFERENCE_INFO, adapt_run, input_names, make_batches, make_prepare, model_files)
 from nnseg.interactive.training.validation import robot_validation
 from nnseg.training.config import TRAINER_PRESETS, TrainConfig
 from nnseg.training.tasks import TASKS, TrainingTask
@@ -16,7 +17,7 @@ CHECKPOINT_TRAINER = "nnInteractiveTrainer_stub"  # the class nnInteractive's se
 
 INTERACTIVE_TASK = TrainingTask(adapt_run=adapt_run, make_batches=make_batches, make_prepare=make_prepare,
                                 checkpoint_trainer_name=CHECKPOINT_TRAINER, model_files=model_files,
-                                final_validation=robot_validation)
+                                final_validation=robot_validation, input_names=input_names)
 
 TASKS.add("interactive", INTERACTIVE_TASK)
 # every patch is centred on an object (a patch without one teaches nothing about prompts)

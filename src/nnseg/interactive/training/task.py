@@ -170,5 +170,16 @@ def _note_normalisation(run: RunSpec) -> None:
               "ZScoreNormalization for interactive models (docs/INTERACTIVE.md)", file=sys.stderr)
 
 
+def input_names(run: RunSpec) -> list[str]:
+    """The prompt channels' names, e.g. ``prompt 3: points +`` (fine-tuning from an automatic model starts them at
+    zero, so training begins from that model's segmentation)."""
+    lay = layout()
+    kinds: dict[int, list[str]] = {lay.prev_seg: ["previous mask"]}
+    for kind, (pos, neg) in lay.pairs.items():
+        kinds.setdefault(pos, []).append(f"{kind} +")
+        kinds.setdefault(neg, []).append(f"{kind} -")
+    return [f"prompt {i}: {', '.join(kinds.get(i, ['unused']))}" for i in range(lay.num_channels)]
+
+
 def model_files(run: RunSpec) -> dict:
     return {"inference_info.json": dict(INFERENCE_INFO)}
