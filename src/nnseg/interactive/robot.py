@@ -78,8 +78,8 @@ def run_robot(session: InteractiveSession, image: np.ndarray, target: np.ndarray
     session.set_target_buffer(buffer)
     scores, seconds = [], []
     for step in range(interactions):
-        start = time.perf_counter()
         error = None if step == 0 else largest_error(buffer > 0, target)
+        start = time.perf_counter()  # the user's wait: the prompt's prediction, not the robot finding its click
         if step == 0:
             _initial(session, target, initial)
         elif error is not None:
