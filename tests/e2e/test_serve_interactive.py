@@ -87,6 +87,36 @@ def test_full_sequence_over_the_protocol_equals_the_in_process_session(server, f
             assert np.array_equal(mine, ref), f"step {i} {steps[i]}"
 
 
+def test_what_slicer_nninteractive_remote_mode_uses(server, folder):
+    """3D Slicer's SlicerNNInteractive (Remote mode) drives ``nninteractive-client``: it reads these capabilities,
+    pushes its auto-zoom choice, heartbeats from a Qt timer, reads ``_last_paste_bbox`` to refresh only the changed
+    region, seeds with the selected segment, undoes and closes. Each works against nnseg and the changed region
+    holds every voxel the prompt changed."""
+    image = blob_image(shape=SMALL, seed=7)
+    client = _client(server)
+    try:
+        assert client.supports_undo and client.supports_initial_label and client.liveness_timeout_seconds > 0
+        assert client.preferred_scribble_thickness and all(client.supported_interactions.values())
+        client.set_do_autozoom(False)
+        client.set_image(image)
+        target = np.zeros(SMALL, np.uint8)
+        client.set_target_buffer(target)
+        before = target.copy()
+        client.add_point_interaction((20, 22, 24), include_interaction=True)
+        box = client._last_paste_bbox
+        assert box is not None and target.any()
+        outside = np.ones(SMALL, bool)
+        outside[tuple(slice(a, b) for a, b in box)] = False
+        assert np.array_equal(target[outside], before[outside])
+        assert client.heartbeat() > 0
+        seeded = target.copy()
+        client.add_initial_seg_interaction(seeded, run_prediction=False)
+        client.add_point_interaction((20, 22, 30), include_interaction=False)
+        assert client.undo()
+    finally:
+        client.close()
+
+
 def _small_sequence(url: str, k: int) -> np.ndarray:
     image = blob_image(shape=SMALL, seed=k)
     client = _client(url)
