@@ -81,23 +81,6 @@ def test_missing_dask_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> N
         require_dask()
 
 
-@pytest.mark.parametrize("name", ["a.nii.gz", "a.nii", "a.nrrd"])
-@pytest.mark.parametrize("shape_zyx", [(7, 5, 3), (1, 6, 4)])
-def test_header_shape_and_spacing_equal_simpleitks(tmp_path: Path, name: str, shape_zyx: tuple[int, ...]) -> None:
-    """The NIfTI fast path (and the SimpleITK path for other formats) reads what SimpleITK reads."""
-    from nnseg.cluster.memory import image_header
-
-    image = sitk.GetImageFromArray(np.zeros(shape_zyx, dtype=np.int16))
-    image.SetSpacing((0.7, 1.25, 3.0))
-    path = tmp_path / name
-    sitk.WriteImage(image, str(path))
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    shape, spacing = image_header(path)
-    assert shape == reader.GetSize() and spacing == pytest.approx(reader.GetSpacing())
-
-
 def test_a_damaged_nifti_header_falls_back_to_the_file_size(tmp_path: Path) -> None:
     from nnseg.cluster.memory import image_header
 

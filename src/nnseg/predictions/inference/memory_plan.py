@@ -222,8 +222,8 @@ def _advice(model: TrainedModel, shapes: CaseShapes, parts: Mapping[str, int], b
 
 def plan_case(model: TrainedModel, identifier: str, shapes: CaseShapes, *, budget: int, budget_source: str,
               samples: int, tiles: int, folds: int = 1, save_probabilities: bool = False, slab_rows: int | None = None,
-              bounded: bool = False, axis: int = 0) -> CasePlan:
-    """Choose the path for one case: one-shot if it fits (and neither ``slab_rows`` nor ``bounded`` is given), else
+              axis: int = 0) -> CasePlan:
+    """Choose the path for one case: one-shot if it fits (and ``slab_rows`` is not given), else
     the bounded path with the largest slab that fits; if none does, the same with one tile per network call (no
     spread of tile rows in the ring accumulator, activations of one tile). ``CasePlan.samples`` is then 1.
 
@@ -231,7 +231,7 @@ def plan_case(model: TrainedModel, identifier: str, shapes: CaseShapes, *, budge
         CaseDoesNotFit: not even one output row per slab fits; the message names the case, the estimate and the fix.
     """
     common = dict(folds=folds, save_probabilities=save_probabilities, axis=axis)
-    if slab_rows is None and not bounded:
+    if slab_rows is None:
         parts = estimate_parts(model, shapes, slab_rows=None, samples=samples, tiles=tiles, **common)  # type: ignore[arg-type]
         if _total(parts) <= budget:
             return CasePlan(identifier, "one-shot", 0, samples, _total(parts), budget, budget_source, parts)
@@ -254,3 +254,49 @@ def plan_case(model: TrainedModel, identifier: str, shapes: CaseShapes, *, budge
         f"{choices[-1]} output row(s) per export slab and one tile per network call, more than the "
         f"{budget / GIB:.2f} GB allowed ({budget_source}); {_advice(model, shapes, parts, budget)}. Raise --max-memory "
         "(or free memory), or predict on a machine with more memory. Nothing was written.")
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """What a case's plan depends on besides the model and the case: the budget (bytes, and where it comes from, for
+    the message), network samples and tiles per call, folds, whether probabilities are written, and a forced slab size
+    (None: the plan chooses; set: the bounded path)."""
+
+    budget: int
+    budget_source: str
+    samples: int
+    tiles: int
+    folds: int = 1
+    save_probabilities: bool = False
+    slab_rows: int | None = None
+
+
+def streaming_axis(model: TrainedModel, *, save_probabilities: bool) -> int:
+    """The export's axis: 0, or with probabilities the plans axis that is the input file's last
+    (``transpose_backward[2]``); the network always streams along 0 (see :mod:`nnseg.predictions.export.logit_spill`)."""
+    return int(model.plans.transpose_backward[2]) if save_probabilities else 0
+
+
+def plan_for_case(model: TrainedModel, identifier: str, shapes: CaseShapes, options: PlanOptions) -> CasePlan:
+    """:func:`plan_case` for the path the predictor runs (the export along :func:`streaming_axis`); the plan records
+    the network grid it was made for."""
+    plan = plan_case(model, identifier, shapes, budget=options.budget, budget_source=options.budget_source,
+                     samples=options.samples, tiles=options.tiles, folds=options.folds,
+                     save_probabilities=options.save_probabilities, slab_rows=options.slab_rows,
+                     axis=streaming_axis(model, save_probabilities=options.save_probabilities))
+    plan.grid = tuple(shapes.grid)
+    return plan
+
+
+def plan_from_header(model: TrainedModel, identifier: str, raw_shape: Sequence[int], spacing: Sequence[float],
+                     options: PlanOptions) -> CasePlan:
+    """The plan of a case known from its header: raw ``(C, X, Y, Z)`` shape and spacing as the reader returns them
+    (:meth:`nnseg.raw.io_sitk.ImageHeader.array_shape` for a file's header), no cropping assumed (an upper bound).
+    The one step behind the per-case check every entry point runs
+    (:func:`nnseg.predictions.run.bounded.check_case_header`) and the cluster's task sizes
+    (:func:`nnseg.cluster.memory.predict_bytes`).
+
+    Raises:
+        CaseDoesNotFit: see :func:`plan_case`.
+    """
+    return plan_for_case(model, identifier, case_shapes(model, raw_shape, spacing), options)

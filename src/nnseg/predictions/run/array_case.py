@@ -17,12 +17,11 @@ from nnseg.predictions.run.bounded import (
     MemoryPolicy,
     bounded_labels,
     check_case_shape,
-    plan_for_case,
     shapes_of_preprocessed,
 )
 from nnseg.predictions.export.from_logits import convert_logits
 from nnseg.predictions.run.input_checks import check_prediction_case
-from nnseg.predictions.inference.memory_plan import CaseDoesNotFit
+from nnseg.predictions.inference.memory_plan import CaseDoesNotFit, plan_for_case
 from nnseg.predictions.inference.predictor import Predictor
 from nnseg.raw.discover import CaseFiles
 
@@ -58,7 +57,7 @@ def predict_array_case(predictor: Predictor, image: Any, geometry: Geometry, *, 
         CaseDoesNotFit: the case needs the bounded path and its probabilities are asked for (they alone exceed it).
     """
     data, props = predictor.preprocess(np.asarray(image, dtype=np.float32), geometry, prev_stage)
-    plan = plan_for_case(predictor, name, shapes_of_preprocessed(data, props), memory)
+    plan = plan_for_case(predictor.model, name, shapes_of_preprocessed(data, props), memory.options(predictor))
     model = predictor.model
     if plan.mode == "bounded":
         if return_probabilities:

@@ -30,7 +30,14 @@ from nnseg.jsonio import atomic_path
 from nnseg.predictions.export.from_logits import current_and_target_spacing, write_segmentation
 from nnseg.predictions.run.input_checks import check_case_geometry
 from nnseg.predictions.export.logit_spill import LogitSpill
-from nnseg.predictions.inference.memory_plan import CasePlan, CaseShapes, case_shapes, memory_budget, plan_case
+from nnseg.predictions.inference.memory_plan import (
+    CasePlan,
+    CaseShapes,
+    PlanOptions,
+    memory_budget,
+    plan_from_header,
+    streaming_axis,
+)
 from nnseg.predictions.inference.predictor import Predictor
 from nnseg.predictions.export.predict_io import save_properties_pkl
 from nnseg.predictions.export.slab_resample import SlabResampler, slab_resampler
@@ -39,6 +46,7 @@ from nnseg.predictions.export.streaming_export import CaseSink, SlabExporter
 from nnseg.predictions.inference.streaming_window import sliding_window_slabs
 from nnseg.raw.discover import CaseFiles
 from nnseg.raw.image_io import get_io
+from nnseg.raw.io_sitk import SITK_READERS, read_image_header
 
 
 @dataclass
@@ -48,12 +56,6 @@ class BoundedTiming:
     network: float = 0.0
     export: float = 0.0
     after_network: float = 0.0
-
-
-def streaming_axis(predictor: Predictor, *, save_probabilities: bool) -> int:
-    """The export's axis: 0, or with probabilities the plans axis that is the input file's last
-    (``transpose_backward[2]``); the network always streams along 0 (see :mod:`nnseg.predictions.export.logit_spill`)."""
-    return int(predictor.model.plans.transpose_backward[2]) if save_probabilities else 0
 
 
 def case_resampler(predictor: Predictor, grid_shape: tuple[int, ...], properties: Mapping[str, Any],
@@ -129,7 +131,7 @@ def predict_case_bounded(predictor: Predictor, data: np.ndarray | torch.Tensor, 
     model = predictor.model
     if predictor.device.type == "cpu" or not predictor.accumulate_on_device:
         return_large_blocks_to_os()
-    axis = streaming_axis(predictor, save_probabilities=save_probabilities)
+    axis = streaming_axis(model, save_probabilities=save_probabilities)
     resampler = case_resampler(predictor, tuple(int(s) for s in data.shape[1:]), properties, axis)
     reader = model.plans.image_reader_writer
     geometry = geometry or Geometry.from_properties(dict(properties), reader=reader)
@@ -213,7 +215,7 @@ def _run(predictor: Predictor, data: Any, properties: Mapping[str, Any], resampl
 
 @dataclass(frozen=True)
 class MemoryPolicy:
-    """What :func:`plan_for_case` needs besides the case: budget, forced slab size, outputs."""
+    """How cases are planned besides the predictor: budget, forced slab size, outputs (:meth:`options`)."""
 
     budget: int
     budget_source: str
@@ -228,16 +230,11 @@ class MemoryPolicy:
         budget, source = memory_budget(max_memory_gb, predictor.device)
         return cls(budget, source, slab_rows, save_probabilities)
 
-
-def plan_for_case(predictor: Predictor, identifier: str, shapes: CaseShapes, policy: MemoryPolicy) -> CasePlan:
-    """:func:`nnseg.predictions.inference.memory_plan.plan_case` with the predictor's folds and samples per call."""
-    plan = plan_case(predictor.model, identifier, shapes, budget=policy.budget, budget_source=policy.budget_source,
-                     samples=predictor.samples_per_call(), tiles=predictor.tiles_per_call(),
-                     folds=len(predictor.networks), save_probabilities=policy.save_probabilities,
-                     slab_rows=policy.slab_rows, bounded=policy.slab_rows is not None,
-                     axis=streaming_axis(predictor, save_probabilities=policy.save_probabilities))
-    plan.grid = tuple(shapes.grid)
-    return plan
+    def options(self, predictor: Predictor) -> PlanOptions:
+        """The :class:`~nnseg.predictions.inference.memory_plan.PlanOptions` of ``predictor`` under this policy: its
+        samples and tiles per call and folds."""
+        return PlanOptions(self.budget, self.budget_source, predictor.samples_per_call(), predictor.tiles_per_call(),
+                           len(predictor.networks), self.save_probabilities, self.slab_rows)
 
 
 def shapes_of_preprocessed(data: np.ndarray, properties: Mapping[str, Any]) -> CaseShapes:
@@ -259,8 +256,9 @@ def check_case_header(predictor: Predictor, case: CaseFiles, policy: MemoryPolic
     """The checks one case gets from its headers, before its voxels are read: 2D vs 3D and the resampling factor
     (:func:`nnseg.predictions.run.input_checks.check_case_geometry`), then the memory plan.
 
-    Shapes come from the file headers (SimpleITK readers) without cropping, an upper bound; other readers read the
-    image. ``reader``: the reader/writer of these files (default the plans').
+    Shapes come from the first file's header (SimpleITK readers: :func:`nnseg.raw.io_sitk.read_image_header`, its 2D
+    rule :meth:`~nnseg.raw.io_sitk.ImageHeader.array_shape`) without cropping, an upper bound; other readers, 4D
+    files and vector pixels read the image. ``reader``: the reader/writer of these files (default the plans').
 
     Raises:
         ValueError: the geometry check. :class:`nnseg.predictions.inference.memory_plan.CaseDoesNotFit`: not even the bounded
@@ -281,21 +279,15 @@ def check_case_shape(predictor: Predictor, case: CaseFiles, raw_shape: Sequence[
                          "file per channel in channel order")
     check_case_geometry(case.images[0], raw_shape[1:], spacing, plans=model.plans, configuration=model.configuration,
                         configuration_name=model.configuration_name)
-    return plan_for_case(predictor, case.identifier, case_shapes(model, raw_shape, spacing), policy)
+    return plan_from_header(model, case.identifier, raw_shape, spacing, policy.options(predictor))
 
 
 def _header_shape(reader: str, case: CaseFiles) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """``(C, X, Y, Z)`` and spacing as the reader would return them (a 2D file: ``(C, 1, X, Y)``, spacing 999*max)."""
-    if reader in ("SimpleITKIO", "SimpleITKIOWithReorient"):
-        import SimpleITK as sitk
-
-        info = sitk.ImageFileReader()
-        info.SetFileName(str(case.images[0]))
-        info.ReadImageInformation()
-        size, spacing = tuple(info.GetSize())[::-1], tuple(abs(float(s)) for s in info.GetSpacing())[::-1]
-        if len(size) == 3 and info.GetNumberOfComponents() == 1:
-            return (len(case.images), *size), spacing
-        if len(size) == 2 and info.GetNumberOfComponents() == 1:
-            return (len(case.images), 1, *size), (max(spacing) * 999, *spacing)
+    if reader in SITK_READERS:
+        header = read_image_header(case.images[0])
+        shape = header.array_shape(len(case.images)) if header.components == 1 else None
+        if shape is not None:
+            return shape
     data, geometry = get_io(reader).read_images(case.images)
     return tuple(data.shape), tuple(float(s) for s in geometry.spacing)

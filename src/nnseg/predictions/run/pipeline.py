@@ -26,14 +26,12 @@ from nnseg.locks import LOCK_NAME, folder_lock
 from nnseg.predictions.run.bounded import (
     MemoryPolicy,
     check_case_header,
-    plan_for_case,
     predict_case_bounded,
     shapes_of_preprocessed,
-    streaming_axis,
 )
 from nnseg.predictions.export.from_logits import convert_logits, export_prediction, write_segmentation
 from nnseg.predictions.run.input_checks import check_output_folder, check_prediction_case
-from nnseg.predictions.inference.memory_plan import CasePlan
+from nnseg.predictions.inference.memory_plan import CasePlan, plan_for_case, streaming_axis
 from nnseg.predictions.inference.model_folder import TrainedModel
 from nnseg.predictions.inference.predictor import CaseTiming, PredictionReport, Predictor
 from nnseg.raw.discover import CaseFiles, image_cases
@@ -156,7 +154,7 @@ def predict_case(predictor: Predictor, case: CaseFiles, output: Path, *, save_pr
     :func:`run_pipeline` overlaps the same steps over many cases.
 
     Args:
-        memory: plan the case (:func:`nnseg.predictions.run.bounded.plan_for_case`): the bounded path when the one-shot
+        memory: plan the case (:func:`nnseg.predictions.inference.memory_plan.plan_for_case`): the bounded path when the one-shot
             estimate exceeds the budget, :class:`~nnseg.predictions.inference.memory_plan.CaseDoesNotFit` when not even that
             fits (nothing written). None: always one-shot.
         io_name: the reader/writer of this case's files (default the plans').
@@ -221,7 +219,7 @@ def run_pipeline(predictor: Predictor, cases: Sequence[CaseFiles], output: Path,
     """Predict ``cases`` into ``output`` (see the module docstring); returns what was written and the timings.
 
     ``output`` is a folder :func:`locked_output` checked and locked, with the run files written. With ``memory``, each
-    case is planned after preprocessing (:func:`nnseg.predictions.run.bounded.plan_for_case`): a case whose one-shot
+    case is planned after preprocessing (:func:`nnseg.predictions.inference.memory_plan.plan_for_case`): a case whose one-shot
     estimate exceeds the budget is predicted in the calling thread by the bounded path.
     """
     from tqdm import tqdm
@@ -307,7 +305,7 @@ def _bounded_plan(predictor: Predictor, identifier: str, data: np.ndarray, props
     """The memory plan if this case takes the bounded path, else None."""
     if memory is None:
         return None
-    plan = plan_for_case(predictor, identifier, shapes_of_preprocessed(data, props), memory)
+    plan = plan_for_case(predictor.model, identifier, shapes_of_preprocessed(data, props), memory.options(predictor))
     return plan if plan.mode == "bounded" else None
 
 
@@ -329,7 +327,7 @@ def _run_bounded(predictor: Predictor, identifier: str, data: np.ndarray, props:
     without ``outer``)."""
     from tqdm import tqdm
 
-    axis = streaming_axis(predictor, save_probabilities=save_probabilities)
+    axis = streaming_axis(predictor.model, save_probabilities=save_probabilities)
     rows = {"network": int(data.shape[1]),
             "export": int(props["shape_after_cropping_and_before_resampling"][axis])}
     with tqdm(total=sum(rows.values()), disable=outer is None or bool(getattr(outer, "disable", False)), unit="row",
