@@ -19,8 +19,9 @@ STAGES = ["raw", "fingerprint", "plans", "preprocessed", "training", "prediction
           "launch", "cluster", "serve"]
 SHARED = {"_types", "_facade", "registry", "jsonio", "paths", "networks", "devices", "safe_pickle", "parallel", "locks",
           "fs_errors", "extensions"}
-#: stage packages whose sub-packages are layered too: each imports only from itself and the ones before it
-LAYERS = {"predictions": ["inference", "export", "run", "dicom", "request"]}
+#: packages whose sub-packages are layered too: each imports only from itself and the ones before it
+#: (``cli``: nnU-Net's workflow commands, then the services built on them; main/table/context sit above both)
+LAYERS = {"predictions": ["inference", "export", "run", "dicom", "request"], "cli": ["workflow", "services"]}
 
 
 def code_lines(node: ast.AST, source_lines: list[str]) -> int:

@@ -9,6 +9,6 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":  # pragma: no cover - exercised through torchrun subprocesses
-    from nnseg.cli.ddp_cmds import main_predict
+    from nnseg.cli.workflow.ddp_cmds import main_predict
 
     sys.exit(main_predict())

@@ -10,6 +10,6 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":  # pragma: no cover - exercised through torchrun subprocesses
-    from nnseg.cli.ddp_cmds import main_train
+    from nnseg.cli.workflow.ddp_cmds import main_train
 
     sys.exit(main_train())

@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     from nnseg.cli.context import Context
     from nnseg.cli.main import build_parser
     from nnseg.cli.table import by_name
-    from nnseg.cli.train_cmds import train_request
+    from nnseg.cli.workflow.train_cmds import train_request
     from nnseg.launch.train import run_training
     from nnseg.training.ddp_checks import checksum_hooks
     from nnseg.training.distributed import dist_info_from_env

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nnseg import devices
-from nnseg.cli import predict_cmds
+from nnseg.cli.workflow import predict_cmds
 from nnseg.predictions.run.predict import resolve_device
 
 

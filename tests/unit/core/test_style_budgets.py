@@ -75,3 +75,19 @@ def test_a_prediction_sub_package_importing_a_later_one_fails_the_check(tmp_path
     out = capsys.readouterr().out
     assert "predictions/inference/predictor.py: predictions/inference imports later sub-package(s) ['request']" in out
     assert "run/pipeline" not in out and "1 problem(s)" in out
+
+
+def test_a_cli_workflow_command_importing_a_service_fails_the_check(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    tool = runpy.run_path(str(TOOL))
+    pkg = _fake_package(tmp_path, {
+        "__init__.py": "", "cli/__init__.py": "", "cli/context.py": "", "cli/workflow/__init__.py": "",
+        "cli/services/__init__.py": "",
+        "cli/services/cluster_cmds.py": "from nnseg.cli.workflow.train_cmds import recipe\n",
+        "cli/workflow/train_cmds.py": "from nnseg.cli.context import Context\n\ndef recipe():\n"
+                                      "    from nnseg.cli.services.serve_cmds import x\n",
+    })
+    assert tool["main"](pkg) == 1
+    out = capsys.readouterr().out
+    assert "cli/workflow/train_cmds.py: cli/workflow imports later sub-package(s) ['services']" in out
+    assert "cluster_cmds" not in out and "1 problem(s)" in out

@@ -139,7 +139,8 @@ def test_dicom_libraries_are_optional_and_lazy() -> None:
 
     with pytest.raises(ImportError, match=r"pip install nnseg\[dicom\]"):
         require("pydicom_that_is_not_installed")
-    code = ("import sys, argparse; from nnseg.cli import predict_cmds, dicom_cmds; import nnseg.raw.dicom.files, "
+    code = ("import sys, argparse; from nnseg.cli.workflow import predict_cmds; from nnseg.cli.services import dicom_cmds; "
+            "import nnseg.raw.dicom.files, "
             "nnseg.predictions.dicom.dicomweb; predict_cmds.add_predict(argparse.ArgumentParser()); "
             "print(sorted(m for m in ('pydicom', 'highdicom', 'dicomweb_client') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

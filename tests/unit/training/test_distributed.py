@@ -13,7 +13,7 @@ import torch
 from tinydata import tiny_plans, tiny_spec
 from torch import nn
 
-from nnseg.cli.ddp_cmds import shard_predict_args
+from nnseg.cli.workflow.ddp_cmds import shard_predict_args
 from nnseg.training.checkpoint import load_checkpoint
 from nnseg.training.config import TrainConfig
 from nnseg.training.ddp_checks import WeightChecksums, checksum_hooks, weights_digest

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from nnseg.cli.context import Context
-from nnseg.cli.train_cmds import add_recipe_options, recipe
+from nnseg.cli.workflow.train_cmds import add_recipe_options, recipe
 
 
 def add_cross_validate(p: argparse.ArgumentParser) -> None:

@@ -56,7 +56,7 @@ def run_export_model(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def add_download_model(parser: argparse.ArgumentParser) -> None:
-    from nnseg.cli.predict_cmds import add_zip_limit_options
+    from nnseg.cli.workflow.predict_cmds import add_zip_limit_options
     from nnseg.sharing.download import DEFAULT_RETRIES, DEFAULT_TIMEOUT
 
     parser.add_argument("url", type=str, help="URL of the pretrained model zip")
@@ -78,7 +78,7 @@ def _cache_dir(ctx: Context) -> Path | None:
 
 
 def run_download_model(args: argparse.Namespace, ctx: Context) -> int:
-    from nnseg.cli.predict_cmds import zip_limits
+    from nnseg.cli.workflow.predict_cmds import zip_limits
     from nnseg.sharing.download import download_model
 
     results = ctx.roots().results

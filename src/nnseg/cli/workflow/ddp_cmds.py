@@ -52,7 +52,7 @@ def main_predict(argv: Sequence[str] | None = None) -> int:
     args = build_parser(cmd, prog=prog).parse_args(list(sys.argv[1:] if argv is None else argv))
     ctx = Context(env=dict(os.environ), cwd=Path.cwd())
     try:
-        from nnseg.cli.predict_cmds import run_predict
+        from nnseg.cli.workflow.predict_cmds import run_predict
 
         return int(run_predict(shard_predict_args(args, dist_info_from_env(ctx.env)), ctx) or 0)
     except (OSError, *USER_ERRORS) as e:
