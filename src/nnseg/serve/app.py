@@ -4,7 +4,7 @@ Native API (every answer is JSON except label maps; errors are ``{"detail": "...
 
 * ``GET /health`` (no token): ``{"status": "ok"}``. ``GET /`` (no token): the browser page (:mod:`nnseg.serve.page`).
 * ``GET /v1/models``: the served models (labels, channels, configuration, folds, device, backend), the queue, and
-  the memory budget with what running jobs hold of it (:mod:`nnseg.serve.memory`).
+  the memory budget with what running jobs and interactive sessions hold of it (:mod:`nnseg.serve.memory`).
 * ``POST /v1/models/{model}/predict``: multipart ``file`` (one per channel, NIfTI/NRRD/MHA) -> the label map
   (same format as the upload, or ``?result_format=.nrrd``). Waits for the result.
 * The upload may instead be a ``.zip`` of one DICOM image series (NIfTI answer, or ``?result_format=dicom-seg``:
@@ -79,7 +79,7 @@ def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",), guard: R
     app = fastapi.FastAPI(title="nnseg serve", version=__version__, docs_url="/docs", redoc_url=None)
     app.state.nnseg = state
     _install_errors(app, state)
-    app.include_router(_model_router(state, devices))
+    app.include_router(_model_router(state, devices, interactive))
     app.include_router(_job_router(state))
     app.include_router(monai_label_router(state))
     app.include_router(page_api_router(state))
@@ -125,7 +125,7 @@ def _form(request: Any) -> Any:
     return request.form(max_files=MAX_FILES, max_fields=32)
 
 
-def _model_router(state: ServeState, devices: Sequence[str]) -> Any:
+def _model_router(state: ServeState, devices: Sequence[str], interactive: Any = None) -> Any:
     fastapi = _fastapi()
     router = fastapi.APIRouter()
     Request = fastapi.Request
@@ -140,7 +140,9 @@ def _model_router(state: ServeState, devices: Sequence[str]) -> Any:
         return {"models": describe_all(state.models, devices), "queue": state.queue.counts(),
                 "max_queued": state.queue.max_queued, "max_upload_bytes": state.max_upload_bytes,
                 "memory_budget_bytes": memory.total if memory else None,
-                "memory_in_use_bytes": memory.used if memory else None}
+                "memory_in_use_bytes": memory.used if memory else None,
+                "memory_held_bytes": memory.held() if memory else None,
+                "interactive": interactive.describe() if interactive is not None else None}
 
     @router.get("/v1/models/{model}")
     async def get_model(model: str) -> dict[str, Any]:

@@ -86,6 +86,8 @@ class JobQueue:
         self._waiting: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._stop = False
+        if memory is not None:  # an interactive session giving its memory back may let the head job start
+            memory.on_release(self._wake)
         self._threads = [threading.Thread(target=self._work, args=(models,), name=f"nnseg-serve-worker-{i}", daemon=True)
                          for i, models in enumerate(runners)]
         self._also_sweep = also_sweep
@@ -93,6 +95,10 @@ class JobQueue:
         self._threads.append(threading.Thread(target=self._sweeper, name="nnseg-serve-sweeper", daemon=True))
         for t in self._threads:
             t.start()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def _sweeper(self) -> None:
         while not self._stopped.wait(sweep_interval(self.result_ttl_s)):

@@ -128,15 +128,16 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
     state = sessions = None
     started = False
     try:
-        sessions = _interactive_sessions(interactive, chosen[0])
+        model = _interactive_model(interactive, chosen[0])
         state = build_state(models, devices=chosen, token=token, options=options or ModelOptions(), limits=limits,
                             work_dir=work_dir)
+        sessions = _interactive_sessions(model, interactive, state.queue.memory)
         app = create_app(state, devices=chosen, guard=request_guard(host, token, limits), interactive=sessions)
         bound = sock.getsockname()
         extra = f", interactive {interactive.folder}" if interactive is not None else ""
         print(f"nnseg serve: http://{host}:{bound[1]}/ models {sorted(state.models)}{extra} on {chosen} "
               f"(MONAI Label: http://{host}:{bound[1]}/info/)", flush=True)
-        _print_budget(state.queue.memory)
+        _print_budget(state.queue.memory, sessions)
         config = uvicorn.Config(app, log_level=limits.log_level, timeout_graceful_shutdown=10,
                                 http=timed_h11_protocol(limits.request_timeout_s))
         started = True
@@ -153,10 +154,17 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
             print("nnseg serve: stopped, temporary files removed", file=sys.stderr, flush=True)
 
 
-def _print_budget(memory: ServerMemory | None) -> None:
-    if memory is not None:
-        print(f"nnseg serve: memory budget {memory.total / 2**30:.2f} GB ({memory.source}); a case that does not "
-              "fit it even in bounded memory is answered 413", flush=True)
+def _print_budget(memory: ServerMemory | None, sessions: Any = None) -> None:
+    if memory is None:
+        return
+    refused = "a case that does not fit it even in bounded memory"
+    held = ""
+    if sessions is not None:
+        held = (f"; interactive predictions hold {sessions.budget.shared / 2**30:.2f} GB, each interactive session "
+                "its image's estimate")
+        refused += ", or an interactive image whose estimate does not,"
+    print(f"nnseg serve: memory budget {memory.total / 2**30:.2f} GB ({memory.source}){held}; {refused} is answered "
+          "413", flush=True)
 
 
 def remove_stale_work_dirs(tmp: Path) -> list[Path]:
@@ -185,15 +193,22 @@ def request_guard(host: str, token: str | None, limits: ServerOptions) -> Reques
     return RequestGuard(hosts=hosts, origins=set(limits.allowed_origins), body_timeout_s=limits.request_timeout_s)
 
 
-def _interactive_sessions(options: Any, device: str) -> Any:
-    """The session registry of the ``--interactive`` model (None without one)."""
+def _interactive_model(options: Any, device: str) -> Any:
+    """The ``--interactive`` model, loaded before the server's budget is measured (None without one)."""
     if options is None:
         return None
     from nnseg.interactive import load_interactive_model
+
+    return load_interactive_model(options.folder, fold=options.fold, device=device)
+
+
+def _interactive_sessions(model: Any, options: Any, memory: ServerMemory | None) -> Any:
+    """The session registry of the ``--interactive`` model, drawing from the server's budget (None without one)."""
+    if model is None:
+        return None
     from nnseg.serve.interactive_sessions import SessionRegistry
 
-    model = load_interactive_model(options.folder, fold=options.fold, device=device)
-    return SessionRegistry(model, options)
+    return SessionRegistry(model, options, memory)
 
 
 def _stop(signum: int, frame: Any) -> None:
