@@ -53,7 +53,8 @@ def _held(url: str) -> dict:
     info = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
     return {"total": info["memory_budget_bytes"], "used": info["memory_in_use_bytes"],
             "sessions": info["memory_held_bytes"].get("interactive sessions", 0),
-            "prediction": info["memory_held_bytes"].get("interactive prediction", 0), "interactive": info["interactive"]}
+            "prediction": info["memory_held_bytes"].get("interactive prediction", 0),
+            "interactive": info["interactive"]}
 
 
 def _segment(client, shape) -> np.ndarray:

@@ -8,7 +8,7 @@ Native API (every answer is JSON except label maps; errors are ``{"detail": "...
 * ``POST /v1/models/{model}/predict``: multipart ``file`` (one per channel, NIfTI/NRRD/MHA) -> the label map
   (same format as the upload, or ``?result_format=.nrrd``). Waits for the result.
 * The upload may instead be a ``.zip`` of one DICOM image series (NIfTI answer, or ``?result_format=dicom-seg``:
-  a DICOM SEG, ``application/dicom``); see :mod:`nnseg.serve.dicom_upload`.
+  a DICOM SEG, ``application/dicom``); see :mod:`nnseg.serve.automatic.dicom_upload`.
 * ``POST /v1/models/{model}/jobs``: the same upload -> 202 ``{"id", "status", ...}``; ``GET /v1/jobs/{id}`` gives
   status and progress (0..1), ``GET /v1/jobs/{id}/result`` the label map, ``POST /v1/jobs/{id}/cancel`` cancels it
   (status ``cancelled``), ``DELETE /v1/jobs/{id}`` cancels it and deletes it with its files.
@@ -27,9 +27,9 @@ from typing import Any
 
 from nnseg import __version__
 from nnseg.serve.auth import LOOPBACK_NAMES, BearerAuth, RequestGuard, SameOrigin
-from nnseg.serve.jobs import QueueFull
-from nnseg.serve.models import CaseError
-from nnseg.serve.service import (
+from nnseg.serve.automatic.jobs import QueueFull
+from nnseg.serve.automatic.models import CaseError
+from nnseg.serve.automatic.service import (
     MAX_FILES,
     ClientGone,
     NotFound,
@@ -39,7 +39,7 @@ from nnseg.serve.service import (
     job_result,
     run_to_bytes,
 )
-from nnseg.serve.uploads import RequestTimeout, SizeLimit, UploadTooLarge
+from nnseg.serve.automatic.uploads import RequestTimeout, SizeLimit, UploadTooLarge
 
 PUBLIC_PATHS = {"/health", "/auth/", "/auth", "/auth/token"}
 MEDIA_TYPES = {".nii.gz": "application/gzip", ".nrrd": "application/octet-stream", ".mha": "application/octet-stream",
@@ -67,8 +67,8 @@ def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",), guard: R
     """The FastAPI app over ``state`` (models loaded, queue running); :mod:`nnseg.serve.server` runs it.
 
     ``guard``: the Host / cross-origin rules and the body timeout (default: loopback names only, no foreign origin).
-    ``interactive``: a :class:`~nnseg.serve.interactive_sessions.SessionRegistry` whose model is served with
-    nnInteractive's protocol (:mod:`nnseg.serve.interactive_api`) at the root, beside the native API.
+    ``interactive``: a :class:`~nnseg.serve.interactive.sessions.SessionRegistry` whose model is served with
+    nnInteractive's protocol (:mod:`nnseg.serve.interactive.api`) at the root, beside the native API.
     """
     guard = guard or RequestGuard(hosts=None if state.token else set(LOOPBACK_NAMES))
     fastapi = _fastapi()
@@ -86,7 +86,7 @@ def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",), guard: R
     app.include_router(page_router())
     public = set(PUBLIC_PATHS) | public_paths()
     if interactive is not None:
-        from nnseg.serve.interactive_api import PUBLIC_PATHS as INTERACTIVE_PUBLIC, interactive_router
+        from nnseg.serve.interactive.api import PUBLIC_PATHS as INTERACTIVE_PUBLIC, interactive_router
 
         app.include_router(interactive_router(interactive))
         public |= INTERACTIVE_PUBLIC

@@ -21,11 +21,11 @@ from typing import Any
 
 from nnseg.locks import LOCK_NAME, acquire_lock, owner_alive, read_lock
 from nnseg.serve.auth import LOOPBACK_NAMES, RequestGuard, check_binding, resolve_token
-from nnseg.serve.jobs import JobQueue
+from nnseg.serve.automatic.jobs import JobQueue
 from nnseg.serve.memory import ServerMemory
 from nnseg.serve.timeouts import timed_h11_protocol
-from nnseg.serve.models import ModelOptions, load_models
-from nnseg.serve.uploads import ImageStore
+from nnseg.serve.automatic.models import ModelOptions, load_models
+from nnseg.serve.automatic.uploads import ImageStore
 
 log = logging.getLogger(__name__)
 WORK_PREFIX = "nnseg-serve-"
@@ -33,7 +33,7 @@ WORK_PREFIX = "nnseg-serve-"
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """Limits of the server (the models' options are :class:`~nnseg.serve.models.ModelOptions`)."""
+    """Limits of the server (the models' options are :class:`~nnseg.serve.automatic.models.ModelOptions`)."""
 
     max_upload_mb: float = 512.0
     max_queued: int = 16
@@ -76,9 +76,9 @@ def _bind(host: str, port: int) -> socket.socket:
 def build_state(models: Sequence[str | Path], *, devices: Sequence[str], token: str | None, options: ModelOptions,
                 limits: ServerOptions, work_dir: Path) -> Any:
     """Load the models on every device and start the queue's workers; returns the :class:`ServeState`."""
-    from nnseg.serve.service import ServeState
+    from nnseg.serve.automatic.service import ServeState
 
-    from nnseg.serve.dicom_upload import UNZIPPED_PER_UPLOAD, UnzipBudget
+    from nnseg.serve.automatic.dicom_upload import UNZIPPED_PER_UPLOAD, UnzipBudget
 
     per_device = [load_models(models, device=d, options=options) for d in devices]
     memory = ServerMemory.resolve(options.max_memory_gb, devices[0])  # after loading: what the models left free
@@ -104,7 +104,7 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
         devices: one worker per device, each with its own copy of the models (default: cuda if available, else cpu).
         options: folds, checkpoint, precision, TTA, step size, backend (as ``nnseg predict``).
         limits: upload size, queue length, how long results are kept.
-        interactive: an :class:`~nnseg.serve.interactive_sessions.InteractiveOptions`: also serve that nnInteractive
+        interactive: an :class:`~nnseg.serve.interactive.sessions.InteractiveOptions`: also serve that nnInteractive
             model folder with nnInteractive's protocol (on the first device), for ``nninteractive-client``.
 
     Raises:
@@ -206,7 +206,7 @@ def _interactive_sessions(model: Any, options: Any, memory: ServerMemory | None)
     """The session registry of the ``--interactive`` model, drawing from the server's budget (None without one)."""
     if model is None:
         return None
-    from nnseg.serve.interactive_sessions import SessionRegistry
+    from nnseg.serve.interactive.sessions import SessionRegistry
 
     return SessionRegistry(model, options, memory)
 

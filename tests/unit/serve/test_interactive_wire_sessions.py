@@ -9,8 +9,8 @@ import pytest
 
 from interactive_model import blob_image, write_model_folder
 from nnseg.interactive import load_interactive_model, prediction_memory_bytes
-from nnseg.serve.interactive_sessions import AtCapacity, InteractiveOptions, LeaseGone, SessionRegistry
-from nnseg.serve.interactive_wire import pack, unpack
+from nnseg.serve.interactive.sessions import AtCapacity, InteractiveOptions, LeaseGone, SessionRegistry
+from nnseg.serve.interactive.wire import pack, unpack
 
 serialization = pytest.importorskip("nnInteractive.inference.remote.serialization",
                                     reason="nninteractive-client is not installed")
@@ -80,7 +80,7 @@ def test_registry_limits_sessions_and_reaps_idle_ones(tmp_path):
 
 
 def test_sessions_hold_their_images_estimate_of_the_servers_budget(tmp_path):
-    from nnseg.serve.interactive_sessions import TooLarge
+    from nnseg.serve.interactive.sessions import TooLarge
     from nnseg.serve.memory import ServerMemory
 
     model = load_interactive_model(write_model_folder(tmp_path / "m"))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from nnseg.serve.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobQueue
+from nnseg.serve.automatic.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobQueue
 from nnseg.serve.memory import ServerMemory
-from nnseg.serve.models import CaseError
+from nnseg.serve.automatic.models import CaseError
 
 GB = 2**30
 
@@ -48,7 +48,7 @@ def _queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memory: ServerMemory
         try:
             while not release["ok"].wait(0.01):
                 if cancelled.is_set():
-                    from nnseg.serve.models import JobCancelled
+                    from nnseg.serve.automatic.models import JobCancelled
 
                     raise JobCancelled()
                 if release["fail"].is_set() and name == "fails":
@@ -58,7 +58,7 @@ def _queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memory: ServerMemory
             with lock:
                 running.remove(name)
 
-    monkeypatch.setattr("nnseg.serve.jobs.predict_case", fake_predict)
+    monkeypatch.setattr("nnseg.serve.automatic.jobs.predict_case", fake_predict)
     queue = JobQueue([{"m": _Model()} for _ in range(workers)], work_dir=tmp_path / "jobs", memory=memory)
     return queue, running, peak, release
 

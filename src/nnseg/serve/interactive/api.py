@@ -25,8 +25,8 @@ import numpy as np
 from nnseg import __version__
 from nnseg.interactive import InteractiveSession
 from nnseg.interactive.capabilities import SESSION_VERSION
-from nnseg.serve.interactive_sessions import AtCapacity, LeaseGone, SessionRegistry, TooLarge
-from nnseg.serve.interactive_wire import pack, packed_shape, unpack
+from nnseg.serve.interactive.sessions import AtCapacity, LeaseGone, SessionRegistry, TooLarge
+from nnseg.serve.interactive.wire import pack, packed_shape, unpack
 
 LEASE_HEADER, META_HEADER = "X-Lease-Token", "X-Meta"
 # nnseg's addition for the browser page (no blosc2 there): `X-Array-Codec: raw` lets the request's packed arrays and the

@@ -121,7 +121,8 @@ class _Entry:
 class SessionRegistry:
     """Lease token -> session, with the limits of :class:`InteractiveOptions` and a reaper thread."""
 
-    def __init__(self, model: InteractiveModel, options: InteractiveOptions, memory: ServerMemory | None = None) -> None:
+    def __init__(self, model: InteractiveModel, options: InteractiveOptions,
+                 memory: ServerMemory | None = None) -> None:
         self.model, self.options = model, options
         self.budget = SessionBudget(memory, model)
         self._entries: dict[str, _Entry] = {}
@@ -163,9 +164,9 @@ class SessionRegistry:
 
     def image_bytes(self, image_shape: Any, target_itemsize: int = 1) -> int:
         """The memory estimate of a session of this server holding an image ``[c, x, y, z]``."""
-        return session_memory_bytes(image_shape, num_interaction_channels=self.model.capabilities.num_interaction_channels,
-                                    patch_size=self.model.patch_size, target_itemsize=target_itemsize,
-                                    enable_undo=self.options.enable_undo)
+        channels = self.model.capabilities.num_interaction_channels
+        return session_memory_bytes(image_shape, num_interaction_channels=channels, patch_size=self.model.patch_size,
+                                    target_itemsize=target_itemsize, enable_undo=self.options.enable_undo)
 
     def _entry(self, token: str | None, *, touch: bool) -> _Entry:
         if not token:

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnseg.serve.dicom_upload import DICOM_ZIP, predict_dicom_zip
+from nnseg.serve.automatic.dicom_upload import DICOM_ZIP, predict_dicom_zip
 from nnseg.serve.memory import ServerMemory
-from nnseg.serve.models import CaseError, JobCancelled, ServedModel, predict_case
+from nnseg.serve.automatic.models import CaseError, JobCancelled, ServedModel, predict_case
 
 log = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
