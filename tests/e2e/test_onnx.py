@@ -67,7 +67,7 @@ def test_export_and_onnxruntime_predictions_equal_torch(exported: dict[str, Path
 
 def test_served_with_onnxruntime(exported: dict[str, Path], tmp_path: Path) -> None:
     """The server's model loading with ``--backend onnxruntime`` (its HTTP layer is the same for both backends)."""
-    from nnseg.serve.models import ModelOptions, load_models, predict_case
+    from nnseg.serve.automatic.models import ModelOptions, load_models, predict_case
 
     if not (exported["model"] / "fold_0" / "checkpoint_final.onnx").is_file():
         assert main(["export-onnx", "-m", str(exported["model"]), "-f", "0"]) == 0

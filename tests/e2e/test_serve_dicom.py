@@ -165,8 +165,8 @@ def test_bad_zips_are_refused_with_json_naming_the_problem(server: dict, dicom_c
 
 
 def test_missing_pydicom_is_a_501_naming_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    import nnseg.serve.dicom_upload as dicom_upload
-    from nnseg.serve.models import CaseError
+    import nnseg.serve.automatic.dicom_upload as dicom_upload
+    from nnseg.serve.automatic.models import CaseError
 
     monkeypatch.setitem(sys.modules, "pydicom", None)  # `import pydicom` raises ImportError
     with pytest.raises(CaseError, match=r"pip install nnseg\[dicom\]") as caught:

@@ -201,7 +201,7 @@ def test_bad_payloads_are_400_and_the_server_keeps_serving(server):
         r = http.post("/add_point_interaction", json={"coordinates": [20, 22, 24], "include_interaction": True})
         assert r.status_code == 200 and '"ran_prediction":true' in r.headers["X-Meta"]
         # nnseg's uncompressed codec 0 (the browser page's) only where the request asks for it; unknown codecs refused
-        from nnseg.serve.interactive_wire import pack, unpack
+        from nnseg.serve.interactive.wire import pack, unpack
 
         plain = pack(image, raw=True)
         r = http.post("/set_image", content=plain)

@@ -5,6 +5,8 @@ Public API:
     InteractiveSession(model, *, precision='auto', do_autozoom=True, enable_undo=True, seed=0)
     save_interactive_model(folder, *, network, plans_json, dataset_json, configuration, inference_info, ...)
     read_capabilities(folder) -> Capabilities
+    session_memory_bytes(image_shape, *, num_interaction_channels, patch_size, ...) -> int (what a session holds)
+    prediction_memory_bytes(architecture, patch_size, *, image_channels, interaction_channels) -> int (shared)
 See docs/INTERACTIVE.md for the model folder, the prompts and the prediction.
 """
 
@@ -13,7 +15,9 @@ from __future__ import annotations
 from nnseg.interactive.capabilities import Capabilities, read_capabilities
 from nnseg.interactive.model import (InteractiveModel, build_interactive_network, load_interactive_model,
                                      save_interactive_model)
-from nnseg.interactive.session import InteractiveSession
+from nnseg.interactive.predict import prediction_memory_bytes
+from nnseg.interactive.session import InteractiveSession, session_memory_bytes
 
 __all__ = ["Capabilities", "InteractiveModel", "InteractiveSession", "build_interactive_network",
-           "load_interactive_model", "read_capabilities", "save_interactive_model"]
+           "load_interactive_model", "prediction_memory_bytes", "read_capabilities",
+           "save_interactive_model", "session_memory_bytes"]

@@ -7,8 +7,10 @@ Pure over tensors: reads the normalised image and the interaction channels, retu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,10 +20,12 @@ from nnseg.devices import autocast_context
 from nnseg.interactive.cover import cover_boxes
 from nnseg.interactive.ops import (Box, clip_box, crop_padded, dilate_nonnegative, nonzero_box, paste,
                                    round_to_nearest_odd, slicer, to_local, union_box, window_filter)
+from nnseg.networks.memory import estimate_feature_map_size
 
 MAX_ZOOM = 4.0
 ZOOM_GROWTH = 1.5
 BORDER_ABS, BORDER_MIN, BORDER_REL = 1500, 100, 0.2
+NUM_OUTPUTS = 2
 
 
 @dataclass
@@ -176,7 +180,8 @@ def refine(ctx: PredictContext, boxes: list[Box], coarse: torch.Tensor, coarse_b
         local = slicer(to_local(b, cache_box))
         pred = run_network(ctx, torch.cat((image[(slice(None), *local)], cache[(slice(None), *local)])))
         cache[(ctx.prev_seg, *local)] = pred.to(cache.dtype)
-    pastes = [(b, cache[(ctx.prev_seg, *slicer(to_local(b, cache_box)))].clone()) for b in boxes]
+    # views of the cache (not copies): however many boxes the cover picks, the pastes hold no memory of their own
+    pastes = [(b, cache[(ctx.prev_seg, *slicer(to_local(b, cache_box)))]) for b in boxes]
     return Prediction(pastes=pastes, changed=cache_box, zoom=0.0)
 
 
@@ -196,3 +201,31 @@ def predict_at(ctx: PredictContext, centre: Sequence[int], zoom: float, *, do_au
     result = refine(ctx, boxes, pred, box)
     result.zoom = zoom
     return result
+
+
+def prediction_memory_bytes(architecture: Mapping[str, Any], patch_size: Sequence[int], *, image_channels: int,
+                            interaction_channels: int) -> int:
+    """Upper bound of the working memory of one prediction that does not depend on the image (bytes).
+
+    Predictions run one at a time (the server's one prediction thread), so this is held once, not per session.
+    With ``P`` the patch's voxels, ``Z`` the voxels of the patch at the largest zoom-out (``MAX_ZOOM`` per axis),
+    ``C`` image and ``N`` interaction channels:
+
+    * the network on one patch: every conv output (fp32, :func:`nnseg.networks.memory.estimate_feature_map_size`,
+      which over-counts what inference keeps alive), its float32 input ``(C + N) P`` and logits ``2 P`` plus the
+      int64 arg-max ``P`` (``4 (maps + (C + N + 4) P)``);
+    * the zoomed-out input: the image crop ``4 C Z`` and one prompt channel's crop with its dilation and the
+      previous mask's crop (``8 Z``), their resampled copies ``(4 C + 2 N + 2) P``;
+    * the coarse prediction resampled to the zoomed box: float32, bool and uint8 (``6 Z``).
+
+    What grows with the image (the refinement crops, the change map) is counted per session
+    (:func:`nnseg.interactive.session.session_memory_bytes`).
+    """
+    patch = [int(p) for p in patch_size]
+    voxels, zoomed = math.prod(patch), math.prod(round(p * MAX_ZOOM) for p in patch)
+    channels = int(image_channels) + int(interaction_channels)
+    maps = estimate_feature_map_size(architecture, patch, input_channels=channels, num_classes=NUM_OUTPUTS,
+                                     deep_supervision=False)
+    network = 4 * (maps + (channels + 2 * NUM_OUTPUTS) * voxels)
+    zoom_input = (4 * image_channels + 8) * zoomed + (4 * image_channels + 2 * interaction_channels + 2) * voxels
+    return int(network + zoom_input + 6 * zoomed)

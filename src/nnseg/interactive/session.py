@@ -13,6 +13,7 @@ docs/INTERACTIVE.md. Example::
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +31,39 @@ from nnseg.interactive.prompts import (box_prompt, check_mask_prompt, check_poin
 from nnseg.interactive.undo import UndoLog
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
+#: per image voxel, scratch of one prediction or prompt that grows with the image (see session_memory_bytes)
+SCRATCH_BYTES_PER_VOXEL = 32
+
+
+def session_memory_bytes(image_shape: Sequence[int], *, num_interaction_channels: int, patch_size: Sequence[int],
+                         target_itemsize: int = 1, enable_undo: bool = True) -> int:
+    """Upper bound of the memory a session holds once an image ``[c, x, y, z]`` is set (bytes; host and device).
+
+    With ``V`` the image's voxels, ``C`` its channels, ``N`` interaction channels, ``t`` the target buffer's
+    itemsize and ``R = prod(s + p)`` (each axis of the image grown by the patch: the refinement's padded crop):
+
+    * the normalised image ``4 C V`` (float32), the interaction channels ``2 N V`` (float16), the target buffer
+      ``t V``;
+    * with undo, the pre-images of one prompt, at worst every channel and the whole target (an initial mask),
+      and the target copy undo compares with: ``2 N V + 2 t V``;
+    * the scratch of one prediction or prompt that grows with the image: the refinement crops of image and
+      channels ``(4 C + 2 N) R``, and :data:`SCRATCH_BYTES_PER_VOXEL` ``V`` (previous-mask box, float16 change map
+      and its window filters, comparisons: 16; a prompt mask upload with its checked copy and float16 values: 13;
+      slack: 3).
+
+    The patch-sized working memory of the network, shared by all sessions (one prediction at a time), is
+    :func:`nnseg.interactive.predict.prediction_memory_bytes`. Not counted: the request body being decoded.
+    """
+    shape = [int(v) for v in image_shape]
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"image_shape must be [c, x, y, z] with positive sizes, got {list(image_shape)}")
+    channels, spatial = shape[0], shape[1:]
+    voxels = math.prod(spatial)
+    crop = math.prod(s + int(p) for s, p in zip(spatial, patch_size))
+    held = (4 * channels + 2 * num_interaction_channels + target_itemsize) * voxels
+    undo = (2 * num_interaction_channels + 2 * target_itemsize) * voxels if enable_undo else 0
+    scratch = (4 * channels + 2 * num_interaction_channels) * crop + SCRATCH_BYTES_PER_VOXEL * voxels
+    return int(held + undo + scratch)
 
 
 class InteractiveSession:

@@ -4,11 +4,11 @@ Native API (every answer is JSON except label maps; errors are ``{"detail": "...
 
 * ``GET /health`` (no token): ``{"status": "ok"}``. ``GET /`` (no token): the browser page (:mod:`nnseg.serve.page`).
 * ``GET /v1/models``: the served models (labels, channels, configuration, folds, device, backend), the queue, and
-  the memory budget with what running jobs hold of it (:mod:`nnseg.serve.memory`).
+  the memory budget with what running jobs and interactive sessions hold of it (:mod:`nnseg.serve.memory`).
 * ``POST /v1/models/{model}/predict``: multipart ``file`` (one per channel, NIfTI/NRRD/MHA) -> the label map
   (same format as the upload, or ``?result_format=.nrrd``). Waits for the result.
 * The upload may instead be a ``.zip`` of one DICOM image series (NIfTI answer, or ``?result_format=dicom-seg``:
-  a DICOM SEG, ``application/dicom``); see :mod:`nnseg.serve.dicom_upload`.
+  a DICOM SEG, ``application/dicom``); see :mod:`nnseg.serve.automatic.dicom_upload`.
 * ``POST /v1/models/{model}/jobs``: the same upload -> 202 ``{"id", "status", ...}``; ``GET /v1/jobs/{id}`` gives
   status and progress (0..1), ``GET /v1/jobs/{id}/result`` the label map, ``POST /v1/jobs/{id}/cancel`` cancels it
   (status ``cancelled``), ``DELETE /v1/jobs/{id}`` cancels it and deletes it with its files.
@@ -27,9 +27,9 @@ from typing import Any
 
 from nnseg import __version__
 from nnseg.serve.auth import LOOPBACK_NAMES, BearerAuth, RequestGuard, SameOrigin
-from nnseg.serve.jobs import QueueFull
-from nnseg.serve.models import CaseError
-from nnseg.serve.service import (
+from nnseg.serve.automatic.jobs import QueueFull
+from nnseg.serve.automatic.models import CaseError
+from nnseg.serve.automatic.service import (
     MAX_FILES,
     ClientGone,
     NotFound,
@@ -39,7 +39,7 @@ from nnseg.serve.service import (
     job_result,
     run_to_bytes,
 )
-from nnseg.serve.uploads import RequestTimeout, SizeLimit, UploadTooLarge
+from nnseg.serve.automatic.uploads import RequestTimeout, SizeLimit, UploadTooLarge
 
 PUBLIC_PATHS = {"/health", "/auth/", "/auth", "/auth/token"}
 MEDIA_TYPES = {".nii.gz": "application/gzip", ".nrrd": "application/octet-stream", ".mha": "application/octet-stream",
@@ -67,8 +67,8 @@ def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",), guard: R
     """The FastAPI app over ``state`` (models loaded, queue running); :mod:`nnseg.serve.server` runs it.
 
     ``guard``: the Host / cross-origin rules and the body timeout (default: loopback names only, no foreign origin).
-    ``interactive``: a :class:`~nnseg.serve.interactive_sessions.SessionRegistry` whose model is served with
-    nnInteractive's protocol (:mod:`nnseg.serve.interactive_api`) at the root, beside the native API.
+    ``interactive``: a :class:`~nnseg.serve.interactive.sessions.SessionRegistry` whose model is served with
+    nnInteractive's protocol (:mod:`nnseg.serve.interactive.api`) at the root, beside the native API.
     """
     guard = guard or RequestGuard(hosts=None if state.token else set(LOOPBACK_NAMES))
     fastapi = _fastapi()
@@ -79,14 +79,14 @@ def create_app(state: ServeState, *, devices: Sequence[str] = ("cpu",), guard: R
     app = fastapi.FastAPI(title="nnseg serve", version=__version__, docs_url="/docs", redoc_url=None)
     app.state.nnseg = state
     _install_errors(app, state)
-    app.include_router(_model_router(state, devices))
+    app.include_router(_model_router(state, devices, interactive))
     app.include_router(_job_router(state))
     app.include_router(monai_label_router(state))
     app.include_router(page_api_router(state))
     app.include_router(page_router())
     public = set(PUBLIC_PATHS) | public_paths()
     if interactive is not None:
-        from nnseg.serve.interactive_api import PUBLIC_PATHS as INTERACTIVE_PUBLIC, interactive_router
+        from nnseg.serve.interactive.api import PUBLIC_PATHS as INTERACTIVE_PUBLIC, interactive_router
 
         app.include_router(interactive_router(interactive))
         public |= INTERACTIVE_PUBLIC
@@ -125,7 +125,7 @@ def _form(request: Any) -> Any:
     return request.form(max_files=MAX_FILES, max_fields=32)
 
 
-def _model_router(state: ServeState, devices: Sequence[str]) -> Any:
+def _model_router(state: ServeState, devices: Sequence[str], interactive: Any = None) -> Any:
     fastapi = _fastapi()
     router = fastapi.APIRouter()
     Request = fastapi.Request
@@ -140,7 +140,9 @@ def _model_router(state: ServeState, devices: Sequence[str]) -> Any:
         return {"models": describe_all(state.models, devices), "queue": state.queue.counts(),
                 "max_queued": state.queue.max_queued, "max_upload_bytes": state.max_upload_bytes,
                 "memory_budget_bytes": memory.total if memory else None,
-                "memory_in_use_bytes": memory.used if memory else None}
+                "memory_in_use_bytes": memory.used if memory else None,
+                "memory_held_bytes": memory.held() if memory else None,
+                "interactive": interactive.describe() if interactive is not None else None}
 
     @router.get("/v1/models/{model}")
     async def get_model(model: str) -> dict[str, Any]:

@@ -129,7 +129,7 @@ class BearerAuth:
 
 @dataclass(frozen=True)
 class RequestGuard:
-    """The rules of :class:`SameOrigin` (and the body timeout of :class:`nnseg.serve.uploads.SizeLimit`)."""
+    """The rules of :class:`SameOrigin` (and the body timeout of :class:`nnseg.serve.automatic.uploads.SizeLimit`)."""
 
     hosts: set[str] | None = None  # Host names accepted (None: any, e.g. a server with a token)
     origins: set[str] = field(default_factory=set)  # browser origins allowed to change state

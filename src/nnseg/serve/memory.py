@@ -12,11 +12,17 @@ predicts with ``--max-memory GB`` is served by a server started with the same ``
 
 Each estimate counts the process's own baseline (interpreter, torch, the weights; 1 GB), so two cases running at once
 count it twice: the sum is an upper bound.
+
+Interactive sessions (``--interactive``) draw from the same budget: the interactive model's prediction working
+memory is held from start-up to shutdown, and each session holds its image's estimate
+(:func:`nnseg.interactive.session_memory_bytes`) from ``/set_image`` until it is released or reaped. Holders are
+named (``jobs``, ``interactive sessions``, ``interactive prediction``) so ``GET /v1/models`` shows who holds what.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import torch
 
@@ -32,8 +38,9 @@ class ServerMemory:
             raise ValueError(f"the server's memory budget must be positive, got {total} bytes")
         self.total = int(total)
         self.source = source
-        self._used = 0
+        self._held: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
 
     @classmethod
     def resolve(cls, max_memory_gb: float | None, device: str) -> ServerMemory:
@@ -48,18 +55,42 @@ class ServerMemory:
     @property
     def used(self) -> int:
         with self._lock:
-            return self._used
+            return sum(self._held.values())
 
-    def try_reserve(self, nbytes: int) -> int | None:
+    def held(self) -> dict[str, int]:
+        """Bytes held per holder (``jobs``, ``interactive sessions``, ...)."""
+        with self._lock:
+            return dict(self._held)
+
+    def free(self) -> int:
+        return self.total - self.used
+
+    def on_release(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (outside this object's lock) whenever bytes are given back: a waiting job may fit."""
+        self._listeners.append(listener)
+
+    def try_reserve(self, nbytes: int, holder: str = "jobs") -> int | None:
         """Reserve ``nbytes`` (at most the whole budget) if that much is free now; returns the bytes reserved, or
         None (nothing reserved) when the running cases hold too much of the budget."""
         nbytes = max(0, min(int(nbytes), self.total))
-        with self._lock:
-            if self._used + nbytes > self.total:
-                return None
-            self._used += nbytes
-            return nbytes
+        return nbytes if self.try_swap(0, nbytes, holder) else None
 
-    def release(self, nbytes: int) -> None:
+    def try_swap(self, old: int, new: int, holder: str) -> bool:
+        """Replace a reservation of ``old`` bytes by one of ``new`` if the rest of the budget leaves room (atomic:
+        on False the ``old`` reservation is kept as it was)."""
         with self._lock:
-            self._used = max(0, self._used - int(nbytes))
+            if sum(self._held.values()) - old + new > self.total:
+                return False
+            self._held[holder] = max(0, self._held.get(holder, 0) - int(old)) + int(new)
+        if new < old:
+            self._notify()
+        return True
+
+    def release(self, nbytes: int, holder: str = "jobs") -> None:
+        with self._lock:
+            self._held[holder] = max(0, self._held.get(holder, 0) - int(nbytes))
+        self._notify()
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            listener()

@@ -7,7 +7,7 @@ Formats as MONAI Label 0.8's server (``monailabel/endpoints/{info,infer,datastor
   "scoring": {}, "train_stats": {}, "datastore": {"total", "completed", "label_tags"}}``.
 * ``PUT /datastore/?image=ID`` (and ``/datastore/image``): multipart ``file`` (+ ``params``) -> ``{"image": ID}``.
   3D Slicer uploads the volume it shows this way, then asks for inference by id. Images are kept briefly, in memory's
-  index only (see :class:`~nnseg.serve.uploads.ImageStore`).
+  index only (see :class:`~nnseg.serve.automatic.uploads.ImageStore`).
 * ``POST /infer/{model}?image=ID[&output=image|json|all]``: multipart ``params`` (JSON; ``result_extension`` such as
   ``.nrrd`` picks the label format) and optionally ``file`` (the image itself). Answer (default ``all``): a
   ``multipart/form-data`` body with the field ``params`` (JSON: ``label_names``, ``latencies``) and the file field
@@ -25,9 +25,9 @@ import uuid
 from typing import Any
 
 from nnseg import __version__
-from nnseg.serve.models import CaseError
-from nnseg.serve.service import MAX_FILES, ServeState, job_from_form, run_to_bytes
-from nnseg.serve.uploads import save_upload, upload_ending
+from nnseg.serve.automatic.models import CaseError
+from nnseg.serve.automatic.service import MAX_FILES, ServeState, job_from_form, run_to_bytes
+from nnseg.serve.automatic.uploads import save_upload, upload_ending
 
 
 def monai_info(state: ServeState) -> dict[str, Any]:

@@ -21,11 +21,11 @@ from typing import Any
 
 from nnseg.locks import LOCK_NAME, acquire_lock, owner_alive, read_lock
 from nnseg.serve.auth import LOOPBACK_NAMES, RequestGuard, check_binding, resolve_token
-from nnseg.serve.jobs import JobQueue
+from nnseg.serve.automatic.jobs import JobQueue
 from nnseg.serve.memory import ServerMemory
 from nnseg.serve.timeouts import timed_h11_protocol
-from nnseg.serve.models import ModelOptions, load_models
-from nnseg.serve.uploads import ImageStore
+from nnseg.serve.automatic.models import ModelOptions, load_models
+from nnseg.serve.automatic.uploads import ImageStore
 
 log = logging.getLogger(__name__)
 WORK_PREFIX = "nnseg-serve-"
@@ -33,7 +33,7 @@ WORK_PREFIX = "nnseg-serve-"
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """Limits of the server (the models' options are :class:`~nnseg.serve.models.ModelOptions`)."""
+    """Limits of the server (the models' options are :class:`~nnseg.serve.automatic.models.ModelOptions`)."""
 
     max_upload_mb: float = 512.0
     max_queued: int = 16
@@ -76,9 +76,9 @@ def _bind(host: str, port: int) -> socket.socket:
 def build_state(models: Sequence[str | Path], *, devices: Sequence[str], token: str | None, options: ModelOptions,
                 limits: ServerOptions, work_dir: Path) -> Any:
     """Load the models on every device and start the queue's workers; returns the :class:`ServeState`."""
-    from nnseg.serve.service import ServeState
+    from nnseg.serve.automatic.service import ServeState
 
-    from nnseg.serve.dicom_upload import UNZIPPED_PER_UPLOAD, UnzipBudget
+    from nnseg.serve.automatic.dicom_upload import UNZIPPED_PER_UPLOAD, UnzipBudget
 
     per_device = [load_models(models, device=d, options=options) for d in devices]
     memory = ServerMemory.resolve(options.max_memory_gb, devices[0])  # after loading: what the models left free
@@ -104,7 +104,7 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
         devices: one worker per device, each with its own copy of the models (default: cuda if available, else cpu).
         options: folds, checkpoint, precision, TTA, step size, backend (as ``nnseg predict``).
         limits: upload size, queue length, how long results are kept.
-        interactive: an :class:`~nnseg.serve.interactive_sessions.InteractiveOptions`: also serve that nnInteractive
+        interactive: an :class:`~nnseg.serve.interactive.sessions.InteractiveOptions`: also serve that nnInteractive
             model folder with nnInteractive's protocol (on the first device), for ``nninteractive-client``.
 
     Raises:
@@ -128,15 +128,16 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
     state = sessions = None
     started = False
     try:
-        sessions = _interactive_sessions(interactive, chosen[0])
+        model = _interactive_model(interactive, chosen[0])
         state = build_state(models, devices=chosen, token=token, options=options or ModelOptions(), limits=limits,
                             work_dir=work_dir)
+        sessions = _interactive_sessions(model, interactive, state.queue.memory)
         app = create_app(state, devices=chosen, guard=request_guard(host, token, limits), interactive=sessions)
         bound = sock.getsockname()
         extra = f", interactive {interactive.folder}" if interactive is not None else ""
         print(f"nnseg serve: http://{host}:{bound[1]}/ models {sorted(state.models)}{extra} on {chosen} "
               f"(MONAI Label: http://{host}:{bound[1]}/info/)", flush=True)
-        _print_budget(state.queue.memory)
+        _print_budget(state.queue.memory, sessions)
         config = uvicorn.Config(app, log_level=limits.log_level, timeout_graceful_shutdown=10,
                                 http=timed_h11_protocol(limits.request_timeout_s))
         started = True
@@ -153,10 +154,17 @@ def serve(models: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 
             print("nnseg serve: stopped, temporary files removed", file=sys.stderr, flush=True)
 
 
-def _print_budget(memory: ServerMemory | None) -> None:
-    if memory is not None:
-        print(f"nnseg serve: memory budget {memory.total / 2**30:.2f} GB ({memory.source}); a case that does not "
-              "fit it even in bounded memory is answered 413", flush=True)
+def _print_budget(memory: ServerMemory | None, sessions: Any = None) -> None:
+    if memory is None:
+        return
+    refused = "a case that does not fit it even in bounded memory"
+    held = ""
+    if sessions is not None:
+        held = (f"; interactive predictions hold {sessions.budget.shared / 2**30:.2f} GB, each interactive session "
+                "its image's estimate")
+        refused += ", or an interactive image whose estimate does not,"
+    print(f"nnseg serve: memory budget {memory.total / 2**30:.2f} GB ({memory.source}){held}; {refused} is answered "
+          "413", flush=True)
 
 
 def remove_stale_work_dirs(tmp: Path) -> list[Path]:
@@ -185,15 +193,22 @@ def request_guard(host: str, token: str | None, limits: ServerOptions) -> Reques
     return RequestGuard(hosts=hosts, origins=set(limits.allowed_origins), body_timeout_s=limits.request_timeout_s)
 
 
-def _interactive_sessions(options: Any, device: str) -> Any:
-    """The session registry of the ``--interactive`` model (None without one)."""
+def _interactive_model(options: Any, device: str) -> Any:
+    """The ``--interactive`` model, loaded before the server's budget is measured (None without one)."""
     if options is None:
         return None
     from nnseg.interactive import load_interactive_model
-    from nnseg.serve.interactive_sessions import SessionRegistry
 
-    model = load_interactive_model(options.folder, fold=options.fold, device=device)
-    return SessionRegistry(model, options)
+    return load_interactive_model(options.folder, fold=options.fold, device=device)
+
+
+def _interactive_sessions(model: Any, options: Any, memory: ServerMemory | None) -> Any:
+    """The session registry of the ``--interactive`` model, drawing from the server's budget (None without one)."""
+    if model is None:
+        return None
+    from nnseg.serve.interactive.sessions import SessionRegistry
+
+    return SessionRegistry(model, options, memory)
 
 
 def _stop(signum: int, frame: Any) -> None:

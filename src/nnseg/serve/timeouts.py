@@ -3,7 +3,7 @@
 uvicorn closes idle keep-alive connections, but waits without limit for a connection's first request and for the
 headers of any request. :func:`timed_h11_protocol` makes uvicorn's h11 protocol close a connection whose request
 headers are not complete ``timeout_s`` seconds after it opened (or after the previous answer). The body is timed by
-:class:`nnseg.serve.uploads.SizeLimit` (408).
+:class:`nnseg.serve.automatic.uploads.SizeLimit` (408).
 """
 
 from __future__ import annotations

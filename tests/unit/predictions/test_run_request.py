@@ -30,7 +30,7 @@ def test_options_are_checked_once_and_hashable() -> None:
 
 def test_serve_and_cluster_use_the_same_options() -> None:
     from nnseg.cluster.predict import PredictSettings
-    from nnseg.serve.models import ModelOptions
+    from nnseg.serve.automatic.models import ModelOptions
 
     assert ModelOptions is PredictOptions
     settings = PredictSettings(Path("m"), PredictOptions(folds=(0,)), False, None)

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from interactive_model import write_model_folder
-from nnseg.interactive import load_interactive_model
-from nnseg.serve.interactive_sessions import AtCapacity, InteractiveOptions, LeaseGone, SessionRegistry
-from nnseg.serve.interactive_wire import pack, unpack
+from interactive_model import blob_image, write_model_folder
+from nnseg.interactive import load_interactive_model, prediction_memory_bytes
+from nnseg.serve.interactive.sessions import AtCapacity, InteractiveOptions, LeaseGone, SessionRegistry
+from nnseg.serve.interactive.wire import pack, unpack
 
 serialization = pytest.importorskip("nnInteractive.inference.remote.serialization",
                                     reason="nninteractive-client is not installed")
@@ -77,3 +77,43 @@ def test_registry_limits_sessions_and_reaps_idle_ones(tmp_path):
         registry.close()
     with pytest.raises(ValueError, match="max_sessions"):
         InteractiveOptions(folder="x", max_sessions=0)
+
+
+def test_sessions_hold_their_images_estimate_of_the_servers_budget(tmp_path):
+    from nnseg.serve.interactive.sessions import TooLarge
+    from nnseg.serve.memory import ServerMemory
+
+    model = load_interactive_model(write_model_folder(tmp_path / "m"))
+    probe = SessionRegistry(model, InteractiveOptions(folder="m"))
+    small, large = probe.image_bytes([1, 40, 44, 48]), probe.image_bytes([1, 80, 88, 96])
+    probe.close()
+    shared = prediction_memory_bytes(model.configuration.architecture, model.patch_size, image_channels=1,
+                                     interaction_channels=model.capabilities.num_interaction_channels)
+    memory = ServerMemory(shared + small * 3 // 2, "--max-memory test")
+    registry = SessionRegistry(model, InteractiveOptions(folder="m", max_sessions=3, idle_timeout_s=0.3,
+                                                         liveness_timeout_s=30), memory)
+    image = blob_image(shape=(40, 44, 48))
+    need = lambda s: (small, "an image")  # noqa: E731
+    try:
+        assert memory.held() == {"interactive prediction": shared}
+        a, b = registry.claim(), registry.claim()
+        with pytest.raises(TooLarge, match="--max-memory"):
+            registry.run(a, lambda s: s.set_image(blob_image(shape=(80, 88, 96))), memory=lambda s: (large, "x"))
+        registry.run(a, lambda s: s.set_image(image), memory=need)
+        assert memory.held()["interactive sessions"] == small
+        with pytest.raises(AtCapacity, match="memory budget"):
+            registry.run(b, lambda s: s.set_image(image), memory=need)
+        with pytest.raises(ValueError, match="constant"):  # a failed image keeps the previous one and its bytes
+            registry.run(a, lambda s: s.set_image(np.ones((1, 8, 8, 8), np.float32)), memory=lambda s: (1, "x"))
+        assert registry.run(a, lambda s: s.image is not None) and memory.held()["interactive sessions"] == small
+        registry.release(a)
+        assert memory.held()["interactive sessions"] == 0
+        registry.run(b, lambda s: s.set_image(image), memory=need)
+        assert registry.describe()["memory_held_bytes"] == small
+        time.sleep(0.6)  # b is reaped as idle: its bytes come back
+        assert memory.held()["interactive sessions"] == 0
+        c = registry.claim()
+        registry.run(c, lambda s: s.set_image(image), memory=need)
+    finally:
+        registry.close()
+    assert memory.used == 0

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from nnseg.serve.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobQueue
+from nnseg.serve.automatic.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobQueue
 from nnseg.serve.memory import ServerMemory
-from nnseg.serve.models import CaseError
+from nnseg.serve.automatic.models import CaseError
 
 GB = 2**30
 
@@ -48,7 +48,7 @@ def _queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memory: ServerMemory
         try:
             while not release["ok"].wait(0.01):
                 if cancelled.is_set():
-                    from nnseg.serve.models import JobCancelled
+                    from nnseg.serve.automatic.models import JobCancelled
 
                     raise JobCancelled()
                 if release["fail"].is_set() and name == "fails":
@@ -58,7 +58,7 @@ def _queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memory: ServerMemory
             with lock:
                 running.remove(name)
 
-    monkeypatch.setattr("nnseg.serve.jobs.predict_case", fake_predict)
+    monkeypatch.setattr("nnseg.serve.automatic.jobs.predict_case", fake_predict)
     queue = JobQueue([{"m": _Model()} for _ in range(workers)], work_dir=tmp_path / "jobs", memory=memory)
     return queue, running, peak, release
 
@@ -121,5 +121,36 @@ def test_a_job_waiting_for_memory_is_cancelled_at_once(tmp_path: Path, monkeypat
         _until(lambda: after.status == RUNNING)
         release["ok"].set()
         _until(lambda: after.status == DONE)
+    finally:
+        queue.shutdown()
+
+
+def test_named_holders_swap_atomically_and_releases_wake_listeners() -> None:
+    memory = ServerMemory(10 * GB, "test")
+    woken: list[int] = []
+    memory.on_release(lambda: woken.append(1))
+    assert memory.try_reserve(3 * GB) == 3 * GB and memory.try_swap(0, 5 * GB, "interactive sessions")
+    assert memory.held() == {"jobs": 3 * GB, "interactive sessions": 5 * GB} and memory.free() == 2 * GB
+    assert not memory.try_swap(5 * GB, 8 * GB, "interactive sessions")  # 3 + 8 > 10: the 5 GB stay held
+    assert memory.held()["interactive sessions"] == 5 * GB and not woken
+    assert memory.try_swap(5 * GB, 7 * GB, "interactive sessions") and memory.used == 10 * GB
+    assert memory.try_swap(7 * GB, 1 * GB, "interactive sessions") and woken == [1]  # shrinking wakes waiters
+    memory.release(3 * GB)
+    assert memory.held() == {"jobs": 0, "interactive sessions": 1 * GB} and len(woken) == 2
+
+
+def test_a_job_waiting_for_what_an_interactive_session_holds_starts_when_it_is_released(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    memory = ServerMemory(10 * GB, "test")
+    queue, running, _, release = _queue(tmp_path, monkeypatch, memory, workers=1)
+    try:
+        assert memory.try_swap(0, 8 * GB, "interactive sessions")
+        job = _submit(queue, "job", 4 * GB)
+        time.sleep(0.3)
+        assert job.status == QUEUED
+        memory.try_swap(8 * GB, 0, "interactive sessions")  # the session is released: no job ending wakes the worker
+        _until(lambda: job.status == RUNNING)
+        release["ok"].set()
+        _until(lambda: job.status == DONE)
     finally:
         queue.shutdown()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnseg.serve.models import CaseError
+from nnseg.serve.automatic.models import CaseError
 from nnseg.serve.page.dicom import _read_labels
 from nnseg.serve.page.info import PALETTE, has_validation, label_colors, parse_color
 from nnseg.serve.page.routes import CSP, asset_names, page_router, public_paths

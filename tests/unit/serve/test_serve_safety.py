@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from nnseg.serve.auth import authorized, check_binding, is_loopback, resolve_token
-from nnseg.serve.jobs import CANCELLED, DONE, JobQueue, QueueFull
-from nnseg.serve.models import CaseError, model_name
+from nnseg.serve.automatic.jobs import CANCELLED, DONE, JobQueue, QueueFull
+from nnseg.serve.automatic.models import CaseError, model_name
 from nnseg.serve.monai_label import multipart_body
-from nnseg.serve.uploads import ImageStore, upload_ending
+from nnseg.serve.automatic.uploads import ImageStore, upload_ending
 
 TOKEN = "0123456789abcdef0123"
 
@@ -65,7 +65,7 @@ def test_queue_bound_cancel_and_clean_up(tmp_path: Path, monkeypatch: pytest.Mon
     release = threading.Event()
 
     def fake_predict(model, inputs, output, *, progress, cancelled):  # noqa: ANN001, ANN202
-        from nnseg.serve.models import JobCancelled
+        from nnseg.serve.automatic.models import JobCancelled
 
         progress(0.5)
         while not release.wait(0.01):
@@ -73,7 +73,7 @@ def test_queue_bound_cancel_and_clean_up(tmp_path: Path, monkeypatch: pytest.Mon
                 raise JobCancelled()
         output.write_bytes(b"seg")
 
-    monkeypatch.setattr("nnseg.serve.jobs.predict_case", fake_predict)
+    monkeypatch.setattr("nnseg.serve.automatic.jobs.predict_case", fake_predict)
     queue = JobQueue([{"m": _SlowModel()}], work_dir=tmp_path / "jobs", max_queued=2, result_ttl_s=0.2)
     jobs = []
     for _ in range(3):
@@ -122,7 +122,7 @@ def test_host_and_origin_rules() -> None:
 
 
 def test_unzip_budget_is_shared(tmp_path: Path) -> None:
-    from nnseg.serve.dicom_upload import UnzipBudget
+    from nnseg.serve.automatic.dicom_upload import UnzipBudget
 
     budget = UnzipBudget(100, tmp_path)
     assert budget.reserve(60) == 60

@@ -69,7 +69,7 @@ def add_interactive_serve(p: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace, ctx: Context) -> int:
     from nnseg.serve.auth import TOKEN_ENV
-    from nnseg.serve.models import ModelOptions
+    from nnseg.serve.automatic.models import ModelOptions
     from nnseg.serve.server import ServerOptions, serve
 
     options = ModelOptions(folds=tuple(args.f), checkpoint=args.chk, precision=args.precision,
@@ -83,7 +83,7 @@ def run_serve(args: argparse.Namespace, ctx: Context) -> int:
     token = args.token or ctx.env.get(TOKEN_ENV) or None
     interactive = None
     if args.interactive is not None:
-        from nnseg.serve.interactive_sessions import InteractiveOptions
+        from nnseg.serve.interactive.sessions import InteractiveOptions
 
         interactive = InteractiveOptions(
             folder=args.interactive, fold=args.interactive_fold, max_sessions=args.interactive_max_sessions,

@@ -17,12 +17,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from nnseg.serve.dicom_upload import check_dicom_request, is_dicom_zip
-from nnseg.serve.models import CaseError
+from nnseg.serve.automatic.dicom_upload import check_dicom_request, is_dicom_zip
+from nnseg.serve.automatic.models import CaseError
 from nnseg.serve.page.dicom import scratch_folder, series_image, series_seg
 from nnseg.serve.page.info import ReportCache, describe_for_page
-from nnseg.serve.service import NotFound, ServeState
-from nnseg.serve.uploads import save_upload
+from nnseg.serve.automatic.service import NotFound, ServeState
+from nnseg.serve.automatic.uploads import save_upload
 
 
 def _one_file(form: Any, field: str, *, zip_expected: bool) -> Any:

@@ -2,7 +2,7 @@
 
 The page sends the zip twice more than the job does (once to see the image, once per SEG download); every file lives
 in a folder of its own under the server's work folder, removed when the request ends. The zip gets the same checks as
-a job's (:func:`~nnseg.serve.dicom_upload.check_dicom_zip`) and the image is written by the same function
+a job's (:func:`~nnseg.serve.automatic.dicom_upload.check_dicom_zip`) and the image is written by the same function
 (:func:`~nnseg.predictions.dicom.dicom_predict.write_series_image`), so it has the job's geometry voxel for voxel.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from nnseg.predictions.dicom.dicom_predict import segments_for, write_series_image, write_series_seg
-from nnseg.serve.dicom_upload import UNZIPPED_PER_UPLOAD, client_message, read_one_series, check_dicom_zip
-from nnseg.serve.models import CaseError, ServedModel, label_names
+from nnseg.serve.automatic.dicom_upload import UNZIPPED_PER_UPLOAD, client_message, read_one_series, check_dicom_zip
+from nnseg.serve.automatic.models import CaseError, ServedModel, label_names
 
 
 def scratch_folder(work_dir: Path) -> Path:
@@ -44,7 +44,7 @@ def series_image(zip_file: Path, *, max_upload_bytes: int) -> bytes:
     """The NIfTI (gzip) image of the one series in a zip, as a job would predict it.
 
     Raises:
-        CaseError: 400/413/422 as for a job's zip (see :mod:`nnseg.serve.dicom_upload`).
+        CaseError: 400/413/422 as for a job's zip (see :mod:`nnseg.serve.automatic.dicom_upload`).
     """
     return _convert(zip_file, max_upload_bytes=max_upload_bytes)[2].read_bytes()
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from nnseg.jsonio import load_json
 from nnseg.predictions.dicom.dicom_predict import check_model_for_dicom
-from nnseg.serve.models import ServedModel, label_names
+from nnseg.serve.automatic.models import ServedModel, label_names
 
 #: ITK-SNAP's default colours of labels 1..20 (then repeated).
 PALETTE = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255), (255, 239, 213),

@@ -1,7 +1,7 @@
 """Uploads: the request size limit, the allowed endings, and the short-lived image store of the MONAI Label API.
 
-A client's file name is used only to read its ending (one of :data:`~nnseg.serve.models.UPLOAD_ENDINGS`); files are
-written under names the server makes (``<job>/input_0000.nii.gz``, ``<store>/<uuid>.nrrd``). A request body larger
+A client's file name is used only to read its ending (one of
+:data:`~nnseg.serve.automatic.models.UPLOAD_ENDINGS`); files are written under names the server makes (``<job>/input_0000.nii.gz``, ``<store>/<uuid>.nrrd``). A request body larger
 than ``max_upload_bytes`` is refused with 413 before it is read (``Content-Length``) or as soon as it grows past the
 limit (chunked uploads). A body must arrive within the request timeout plus 16 KiB/s (408 otherwise); headers
 within the request timeout (:mod:`nnseg.serve.timeouts`).
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nnseg.serve.auth import drain, send_json
-from nnseg.serve.models import UPLOAD_ENDINGS, CaseError
+from nnseg.serve.automatic.models import UPLOAD_ENDINGS, CaseError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

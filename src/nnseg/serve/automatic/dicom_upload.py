@@ -27,7 +27,7 @@ from nnseg.predictions.inference.memory_plan import CasePlan
 from nnseg.raw.dicom import require
 from nnseg.raw.dicom.files import DicomSeries, scan_dicom
 from nnseg.raw.dicom.series import series_geometry
-from nnseg.serve.models import UPLOAD_ENDINGS, CaseError, ServedModel, check_shape, predict_case
+from nnseg.serve.automatic.models import UPLOAD_ENDINGS, CaseError, ServedModel, check_shape, predict_case
 
 DICOM_ZIP = ".zip"
 DICOM_SEG = "dicom-seg"
@@ -112,7 +112,7 @@ def check_dicom_zip(upload: Path, *, max_unzipped_bytes: int, budget: UnzipBudge
                     model: ServedModel | None = None) -> tuple[int, CasePlan | None]:
     """The checks made when a zip arrives (see the module text); the series is read (headers only) and removed.
     With ``model``, the series' shape and spacing also get the prediction checks and the memory plan
-    (:func:`~nnseg.serve.models.check_shape`: a one-slice series for a 3D model 422, too large 413).
+    (:func:`~nnseg.serve.automatic.models.check_shape`: a one-slice series for a 3D model 422, too large 413).
 
     Returns the bytes reserved in ``budget`` (release them when the job ends; 0 without a budget) and the case's
     memory plan (None without ``model``).

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnseg.serve.dicom_upload import (
+from nnseg.serve.automatic.dicom_upload import (
     DICOM_ZIP,
     SEG_ENDING,
     UNZIPPED_PER_UPLOAD,
@@ -24,9 +24,9 @@ from nnseg.serve.dicom_upload import (
     dicom_result_ending,
     is_dicom_zip,
 )
-from nnseg.serve.jobs import DONE, FINISHED, Job, JobQueue
-from nnseg.serve.models import UPLOAD_ENDINGS, CaseError, ServedModel, check_upload
-from nnseg.serve.uploads import ImageStore, save_upload, upload_ending
+from nnseg.serve.automatic.jobs import DONE, FINISHED, Job, JobQueue
+from nnseg.serve.automatic.models import UPLOAD_ENDINGS, CaseError, ServedModel, check_upload
+from nnseg.serve.automatic.uploads import ImageStore, save_upload, upload_ending
 
 MAX_FILES = 16
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ async def job_from_form(state: ServeState, model_name: str, form: Any, *, image_
 
 
 async def _dicom_job(state: ServeState, model_name: str, uploads: Sequence[Any], result_format: str | None) -> Job:
-    """Queue the zip of a DICOM series (checked when it arrives: see :mod:`nnseg.serve.dicom_upload`)."""
+    """Queue the zip of a DICOM series (checked when it arrives: see :mod:`nnseg.serve.automatic.dicom_upload`)."""
     ending = dicom_result_ending(result_format)
     check_dicom_request(state.model(model_name), files=len(uploads), seg=ending == SEG_ENDING)
     job = state.queue.new_job(model_name, [DICOM_ZIP], ending)

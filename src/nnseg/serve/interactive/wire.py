@@ -64,6 +64,11 @@ def _header(buf: bytes, raw: bool) -> tuple[np.dtype, tuple[int, ...], int, int]
     return np.dtype(name), tuple(int(s) for s in shape), end, codec
 
 
+def packed_shape(buf: bytes, *, raw: bool = False) -> tuple[int, ...]:
+    """The shape a packed body declares, from its checked header (nothing is decompressed)."""
+    return _header(buf, raw)[1]
+
+
 def unpack(buf: bytes, *, max_bytes: int, raw: bool = False) -> np.ndarray:
     """The array of a packed body (``raw``: codec 0, uncompressed chunks, is taken too).
 

@@ -5,8 +5,11 @@ Paths, bodies and answers are nnInteractive 2.6.0's (docs/INTERACTIVE.md, "Serve
 ``/set_do_autozoom``, ``/reset_interactions``, ``/undo``, ``/predict`` and ``/add_*_interaction``. Prompt answers carry
 ``X-Meta: {"ran_prediction", "bbox", "dtype", "shape"}`` and the changed region of the target buffer as a packed array.
 A request with ``X-Array-Codec: raw`` (the browser page's) may send and gets uncompressed packed arrays.
-Errors are ``{"detail": ...}``: 400 bad payload or prompt, 410 expired/unknown lease, 503 at capacity (Retry-After),
-and 401 without the server's bearer token (the server's auth middleware).
+Errors are ``{"detail": ...}``: 400 bad payload or prompt, 410 expired/unknown lease, 503 at capacity (Retry-After:
+every session slot taken, or an image that fits the server's memory budget but not beside what jobs and other
+sessions hold now; ``nninteractive-client`` raises ``ServerAtCapacityError`` with the detail), 413 an image whose
+memory estimate exceeds the whole budget (restart with a larger ``--max-memory``), and 401 without the server's
+bearer token (the server's auth middleware).
 """
 
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at runtime
@@ -22,8 +25,8 @@ import numpy as np
 from nnseg import __version__
 from nnseg.interactive import InteractiveSession
 from nnseg.interactive.capabilities import SESSION_VERSION
-from nnseg.serve.interactive_sessions import AtCapacity, LeaseGone, SessionRegistry
-from nnseg.serve.interactive_wire import pack, unpack
+from nnseg.serve.interactive.sessions import AtCapacity, LeaseGone, SessionRegistry, TooLarge
+from nnseg.serve.interactive.wire import pack, packed_shape, unpack
 
 LEASE_HEADER, META_HEADER = "X-Lease-Token", "X-Meta"
 # nnseg's addition for the browser page (no blosc2 there): `X-Array-Codec: raw` lets the request's packed arrays and the
@@ -98,6 +101,15 @@ def target_buffer_request(body: dict[str, Any]) -> tuple[tuple[int, ...], np.dty
     return tuple(int(s) for s in shape), dtype
 
 
+def target_buffer_bytes(registry: SessionRegistry, session: InteractiveSession, shape: tuple[int, ...],
+                        dtype: np.dtype) -> tuple[int, str]:
+    """What ``session`` holds with a target buffer of ``shape`` and ``dtype`` (and its image, if one is set)."""
+    what = f"a target buffer of shape {list(shape)} {dtype}"
+    if session.image is None:
+        return math.prod(shape) * dtype.itemsize, what
+    return registry.image_bytes([session.image.shape[0], *shape], dtype.itemsize), what
+
+
 def wants_raw(request: Any) -> bool:
     """Whether the request asks for uncompressed packed arrays (``X-Array-Codec: raw``); other values are refused."""
     codec = request.headers.get(CODEC_HEADER)
@@ -129,6 +141,8 @@ def _http_errors(fn: Callable[[], Any]) -> Any:
         raise HTTPException(410, detail=str(e)) from None
     except AtCapacity as e:
         raise HTTPException(503, detail=str(e), headers={"Retry-After": "10"}) from None
+    except TooLarge as e:
+        raise HTTPException(413, detail=str(e)) from None
     except ValueError as e:
         raise HTTPException(400, detail=str(e)) from None
 
@@ -171,7 +185,8 @@ def _lease_routes(router: Any, registry: SessionRegistry) -> None:
 
     @router.post("/release")
     async def release(request: Request) -> dict[str, bool]:
-        registry.release(request.headers.get(LEASE_HEADER))
+        lease = request.headers.get(LEASE_HEADER)
+        await _in_thread(lambda: registry.release(lease))
         return {"released": True}
 
     @router.post("/heartbeat")
@@ -197,11 +212,14 @@ def _state_routes(router: Any, registry: SessionRegistry) -> None:
 
         def work() -> dict[str, Any]:
             registry.remaining_s(lease, heartbeat=False)  # an unknown lease is refused before decompressing
-            image = unpack(raw, max_bytes=ram_share_bytes(), raw=plain)
-            if image.ndim != 4:
-                raise ValueError(f"the image must be 4D [c, x, y, z], got shape {list(image.shape)}")
-            registry.run(lease, lambda s: s.set_image(image))
-            return {"original_image_shape": list(image.shape)}
+            shape = packed_shape(raw, raw=plain)
+            if len(shape) != 4:
+                raise ValueError(f"the image must be 4D [c, x, y, z], got shape {list(shape)}")
+            need = (registry.image_bytes(shape), f"an image of shape {list(shape)}")
+            # its estimate is reserved before the body is decompressed; refused, nothing is held
+            registry.run(lease, lambda s: s.set_image(unpack(raw, max_bytes=ram_share_bytes(), raw=plain)),
+                         memory=lambda s: need)
+            return {"original_image_shape": list(shape)}
 
         return await _in_thread(work)
 
@@ -211,7 +229,8 @@ def _state_routes(router: Any, registry: SessionRegistry) -> None:
 
         def work() -> dict[str, Any]:
             shape, dtype = target_buffer_request(_json_body(raw))
-            registry.run(lease, lambda s: s.set_target_buffer(np.zeros(shape, dtype)))
+            registry.run(lease, lambda s: s.set_target_buffer(np.zeros(shape, dtype)),
+                         memory=lambda s: target_buffer_bytes(registry, s, shape, dtype))
             return {}
 
         return await _in_thread(work)

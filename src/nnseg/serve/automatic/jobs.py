@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnseg.serve.dicom_upload import DICOM_ZIP, predict_dicom_zip
+from nnseg.serve.automatic.dicom_upload import DICOM_ZIP, predict_dicom_zip
 from nnseg.serve.memory import ServerMemory
-from nnseg.serve.models import CaseError, JobCancelled, ServedModel, predict_case
+from nnseg.serve.automatic.models import CaseError, JobCancelled, ServedModel, predict_case
 
 log = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
@@ -86,6 +86,8 @@ class JobQueue:
         self._waiting: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._stop = False
+        if memory is not None:  # an interactive session giving its memory back may let the head job start
+            memory.on_release(self._wake)
         self._threads = [threading.Thread(target=self._work, args=(models,), name=f"nnseg-serve-worker-{i}", daemon=True)
                          for i, models in enumerate(runners)]
         self._also_sweep = also_sweep
@@ -93,6 +95,10 @@ class JobQueue:
         self._threads.append(threading.Thread(target=self._sweeper, name="nnseg-serve-sweeper", daemon=True))
         for t in self._threads:
             t.start()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def _sweeper(self) -> None:
         while not self._stopped.wait(sweep_interval(self.result_ttl_s)):
