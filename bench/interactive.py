@@ -72,6 +72,7 @@ def train(env: dict[str, str], args: argparse.Namespace, *, interactive: bool, p
               "--set", "val_iterations_per_epoch=5", "--set", "batch_size=2", "--set", "save_every=5", "--seed", "0"]
     if interactive:
         folder, extra = results / INTERACTIVE, ["-tr", "nnsegInteractiveTrainer"]
+        extra += [a for kv in args.set for a in ("--set", kv)]
     else:
         folder, extra = results / f"nnUNetTrainer_{args.epochs}epochs__nnUNetPlans__3d_fullres", []
         budget = ["--epochs", str(args.epochs)] + budget[2:]
@@ -145,7 +146,7 @@ def report(scores: dict[str, np.ndarray], auto: list[float], seconds: list[float
     shown = [n for n in REPORTED if n <= args.interactions]
     print(f"\nInteractive Hippocampus: {len(test)} held-out cases, {len(auto)} objects (labels), interactive model "
           f"{args.epochs} x {args.iterations} iterations{' fine-tuned from the automatic model' if args.from_automatic else ''}, "
-          f"batch 2, CPU; robot: initial prompt then clicks at the centre "
+          f"batch 2{''.join(', ' + kv for kv in args.set)}, CPU; robot: initial prompt then clicks at the centre "
           "of the largest error region")
     print("| initial prompt | " + " | ".join(f"Dice after {n}" for n in shown) + " |")
     print("|---|" + "---|" * len(shown))
@@ -175,6 +176,8 @@ def main() -> None:
     parser.add_argument("--interactions", type=int, default=10)
     parser.add_argument("--initial", default="point,box", help="initial prompts to run: point, box or both")
     parser.add_argument("--train-only", action="store_true", help="stop after training the interactive model")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for the interactive training, e.g. interactive_corrections=5 (repeatable)")
     parser.add_argument("--from-automatic", action="store_true",
                         help="fine-tune the interactive model from the automatic model (-pretrained_weights: body and "
                              "image channel loaded, prompt channels from zero) instead of training it from scratch")
