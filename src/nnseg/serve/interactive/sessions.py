@@ -30,6 +30,7 @@ from nnseg.serve.memory import ServerMemory
 T = TypeVar("T")
 SESSIONS, PREDICTION = "interactive sessions", "interactive prediction"
 GB = float(1 << 30)
+LEASE_GONE = "lease expired or unknown: the session was released or idle too long; claim a new one"
 
 
 class LeaseGone(KeyError):
@@ -69,12 +70,10 @@ class SessionBudget:
     def swap(self, old: int, new: int, what: str) -> None:
         """Hold ``new`` bytes instead of ``old`` for a session (raises, holding ``old`` still, when they do not fit)."""
         memory = self.memory
-        if memory is None or new <= old:
-            if memory is not None:
-                memory.try_swap(old, new, SESSIONS)
+        if memory is None:
             return
         room = memory.total - self.shared
-        if new > room:
+        if new > max(old, room):  # only growth can be too large; giving back (new <= old) always fits
             raise TooLarge(f"{what} needs about {new / GB:.2f} GB in an interactive session (its memory estimate), "
                            f"more than the {room / GB:.2f} GB the server's memory budget ({memory.source}) leaves "
                            f"beside the interactive prediction ({self.shared / GB:.2f} GB); restart the server with a "
@@ -174,7 +173,7 @@ class SessionRegistry:
         with self._mu:
             entry = self._entries.get(token)
         if entry is None:
-            raise LeaseGone("lease expired or unknown: the session was released or idle too long; claim a new one")
+            raise LeaseGone(LEASE_GONE)
         if touch:
             entry.seen = time.monotonic()
         return entry
@@ -215,8 +214,7 @@ class SessionRegistry:
         with self._mu:
             if self._entries.get(token or "") is not entry:  # released or reaped meanwhile: it holds nothing
                 if strict:
-                    raise LeaseGone("lease expired or unknown: the session was released or idle too long; claim a "
-                                    "new one")
+                    raise LeaseGone(LEASE_GONE)
                 return
             self.budget.swap(entry.reserved, nbytes, what)
             entry.reserved = nbytes
