@@ -79,7 +79,6 @@ class SimpleITKIOWithReorient(SimpleITKIO):
 
 
 GZIP_CHUNK = 1 << 24
-SITK_READERS = ("SimpleITKIO", "SimpleITKIOWithReorient")
 
 
 @dataclass(frozen=True)
