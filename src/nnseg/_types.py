@@ -105,6 +105,11 @@ class ImageIO(Protocol):
         """Read one case's channel files into float32 ``(C, X, Y, Z)``."""
         ...
 
+    def read_header(self, paths: Sequence[PathLike]) -> tuple[Shape, Spacing] | None:
+        """``(data.shape, geometry.spacing)`` of :meth:`read_images` from the headers (no voxels); None when only
+        reading the image tells."""
+        ...
+
     def read_seg(self, path: PathLike) -> tuple[np.ndarray, Geometry]:
         """Read a label map into float32 ``(1, X, Y, Z)``."""
         ...

@@ -2,15 +2,17 @@
 
 A worker started with ``--resources "MEMORY=16e9"`` runs tasks only while the sum of their ``MEMORY`` stays within
 16 GB; a 512^3 case (estimated ~10 GB for preprocessing) therefore runs alone, while 100 Hippocampus cases (~40 MB
-each) run as many at a time as the worker has threads. The estimates are coarse upper bounds built from the image
-header (shape, channel count; the voxels are not read) and the plans:
+each) run as many at a time as the worker has threads. The estimates are coarse upper bounds built from the case's
+headers as its reader/writer gives them (:func:`case_header`: shape incl. channels and spacing, every reader, the voxels
+not read) and the plans:
 
 * preprocessing / fingerprint: ``(voxels in + voxels after resampling) x (channels + 1) x 4 bytes x 4`` (the float32
-  image and segmentation, resampling's float copies and per-label segmentation resampling), plus 200 MB;
+  image and segmentation, resampling's float copies and per-label segmentation resampling), plus 200 MB; a case whose
+  header tells nothing (unreadable, or a layout only reading tells) counts its first file's size in voxels;
 * prediction: the estimate of the memory plan the worker runs, from the same header step as the worker's own check
-  (:func:`nnseg.raw.io_sitk.read_image_header`, then :func:`nnseg.predictions.inference.memory_plan.plan_from_header`:
-  the one-shot path if it fits the budget, else the bounded path), without cropping (an upper bound); one estimate for
-  the cluster and the single-machine command;
+  (the reader's ``read_header``, as :func:`nnseg.predictions.run.bounded.check_case_header`, then
+  :func:`nnseg.predictions.inference.memory_plan.plan_from_header`: the one-shot path if it fits the budget, else the
+  bounded path), without cropping (an upper bound); one estimate for the cluster and the single-machine command;
 * training: nnU-Net's feature-map proxy (:func:`nnseg.networks.memory.estimate_feature_map_size`) x batch size x 12
   bytes (activations, gradients, autocast copies) plus 2 GB (process, data loading).
 
@@ -34,7 +36,8 @@ from nnseg.predictions.inference.memory_plan import (
     tiles_per_call,
 )
 from nnseg.predictions.inference.model_folder import TrainedModel
-from nnseg.raw.io_sitk import ImageHeader, read_image_header
+from nnseg.raw.image_io import get_io
+from nnseg.raw.io_common import ShapeAndSpacing
 
 MB = 2**20
 PREPROCESS_BASE = 200 * MB
@@ -42,47 +45,51 @@ TRAIN_BASE = 2048 * MB
 
 
 @lru_cache(maxsize=1 << 16)
-def image_header(path: Path) -> ImageHeader | None:
-    """The file's header (:func:`nnseg.raw.io_sitk.read_image_header`: NIfTI-1 read directly, other formats with
-    SimpleITK), or None if it cannot be read; cached, as one run sizes a case for more than one task."""
+def case_header(images: tuple[Path, ...], *, reader: str) -> ShapeAndSpacing | None:
+    """``(C, X, Y, Z)`` and spacing of a case as ``reader`` reads ``images`` (one file per channel), from the headers
+    (the reader's ``read_header``, the step the worker's own check takes); None when the headers cannot be read or do
+    not tell. Cached, as one run sizes a case for more than one task."""
     try:
-        return read_image_header(Path(path))
-    except Exception:  # noqa: BLE001 - any unreadable header falls back to the file size
+        return get_io(reader).read_header(list(images))
+    except Exception:  # noqa: BLE001 - an unreadable header falls back to the file size / the whole budget
         return None
 
 
-def _voxels(path: Path) -> tuple[int, tuple[float, ...] | None]:
-    header = image_header(path)
-    if header is None:  # assume 4x compression of float32 voxels
-        return max(1, Path(path).stat().st_size), None  # bytes x 4 (compression) / 4 bytes per voxel
-    return math.prod(header.size), header.spacing
-
-
 def resampling_factor(spacing: Sequence[float] | None, target: Sequence[float] | None) -> float:
-    """How many times more voxels the image has after resampling to ``target`` (1 when unknown)."""
+    """How many times more voxels the image has after resampling to ``target`` (1 when unknown). A 2D target for a 3D
+    spacing (a ``2d`` configuration, or a 2D image's ``(999 x max, sx, sy)``) resamples the two finest axes."""
+    if spacing and target and len(spacing) == len(target) + 1:
+        spacing = sorted(float(s) for s in spacing)[:-1]
     if not spacing or not target or len(spacing) != len(target):
         return 1.0
     return max(1e-3, math.prod(float(s) / float(t) for s, t in zip(sorted(spacing), sorted(target))))
 
 
-def preprocess_bytes(images: Sequence[Path], target_spacings: Sequence[Sequence[float]] = ()) -> int:
-    """Estimated peak bytes of preprocessing (or fingerprinting) one case of ``images`` (one file per channel)."""
-    voxels, spacing = _voxels(images[0])
+def preprocess_bytes(images: Sequence[Path], target_spacings: Sequence[Sequence[float]] = (), *,
+                     reader: str = "SimpleITKIO") -> int:
+    """Estimated peak bytes of preprocessing (or fingerprinting) one case of ``images`` (one file per channel) that
+    ``reader`` reads."""
+    header = case_header(tuple(Path(p) for p in images), reader=reader)
+    if header is None:  # assume 4x compression of float32 voxels: bytes x 4 (compression) / 4 bytes per voxel
+        voxels, spacing, channels = max(1, Path(images[0]).stat().st_size), None, len(images)
+    else:
+        voxels, spacing, channels = math.prod(header[0][1:]), header[1], header[0][0]
     factor = max([resampling_factor(spacing, t) for t in target_spacings] or [1.0])
-    return int((voxels + voxels * factor) * (len(images) + 1) * 4 * 4 + PREPROCESS_BASE)
+    return int((voxels + voxels * factor) * (channels + 1) * 4 * 4 + PREPROCESS_BASE)
 
 
 def predict_bytes(model: TrainedModel, images: Sequence[Path], *, budget: int, folds: int, use_tta: bool,
-                  tile_batch_size: int | None = None, save_probabilities: bool = False) -> int:
+                  tile_batch_size: int | None = None, save_probabilities: bool = False,
+                  reader: str | None = None) -> int:
     """Estimated peak bytes of predicting one case of ``images`` with ``model``: the memory plan's estimate for the path
     a worker with ``budget`` bytes takes (``folds`` networks; TTA mirrors every axis, the most a model allows).
+    ``reader``: the reader/writer of the files (default the plans').
 
     A case that fits no path asks for the whole ``budget`` (its task then fails on the worker with the plan's
     message); an unreadable header too.
     """
-    header = image_header(images[0])
-    shape = header.array_shape(len(images)) if header is not None else None
-    if shape is None:  # unreadable, or 4D: only reading the image tells
+    shape = case_header(tuple(Path(p) for p in images), reader=reader or model.plans.image_reader_writer)
+    if shape is None:  # unreadable, or e.g. 4D: only reading the image tells
         return int(budget)
     samples = samples_per_call(model, budget)
     tiles = tiles_per_call(samples, tile_batch_size=tile_batch_size,

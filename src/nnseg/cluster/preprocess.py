@@ -35,11 +35,13 @@ def _target_spacing(context: Any, configuration: str) -> tuple[float, ...]:
 
 
 def case_memory(job: Any) -> int:
-    """Estimated bytes of one fingerprint job or preprocessing job (``CaseJob``: resampled to its configurations)."""
+    """Estimated bytes of one fingerprint job or preprocessing job (``CaseJob``: resampled to its configurations),
+    from the headers as the job's reader/writer reads them (the fingerprint job's ``io_name``, the plans')."""
     context = getattr(job, "context", None)
     if context is None:
-        return preprocess_bytes(list(job.images))
-    return preprocess_bytes(list(job.images), [_target_spacing(context, c) for c in job.configurations])
+        return preprocess_bytes(list(job.images), reader=getattr(job, "io_name", "SimpleITKIO"))
+    reader = str(context.plans_json.get("image_reader_writer", "SimpleITKIO"))
+    return preprocess_bytes(list(job.images), [_target_spacing(context, c) for c in job.configurations], reader=reader)
 
 
 @contextmanager

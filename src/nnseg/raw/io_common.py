@@ -3,7 +3,8 @@
 Each reader class implements ``_read_file(path) -> (array (C, X, Y, Z), Geometry)`` for one file and
 ``_write_file(seg (X, Y, Z) uint8/uint16, tmp_path, geometry)``; :class:`BaseImageIO` adds the checks that
 nnU-Net's readers make (all files of one case agree in shape and spacing; origin/direction/affine
-differences only warn) and writes atomically.
+differences only warn) and writes atomically. ``_read_file_header(path)`` gives one file's array shape and spacing
+from its header, without the voxels (:meth:`BaseImageIO.read_header`), or None where only reading the image tells.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import numpy as np
 
 from nnseg._types import Geometry, PathLike
 from nnseg.jsonio import atomic_path
+
+#: ``(shape, spacing)`` of a case as :meth:`BaseImageIO.read_images` returns it: ``data.shape`` (``(C, X, Y, Z)``)
+#: and ``geometry.spacing``
+ShapeAndSpacing = tuple[tuple[int, ...], tuple[float, ...]]
 
 
 class ImageReadError(ValueError):
@@ -45,6 +50,11 @@ class BaseImageIO:
     def _write_file(self, seg: np.ndarray, path: Path, geometry: Geometry) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def _read_file_header(self, path: Path) -> ShapeAndSpacing | None:
+        """``(array shape, spacing)`` that :meth:`_read_file` returns for ``path``, from the header only; None: only
+        reading the image tells (the default)."""
+        return None
+
     # -- public API ----------------------------------------------------------------------------------------
     def read_images(self, paths: Sequence[PathLike]) -> tuple[np.ndarray, Geometry]:
         """Read the channel files of one case.
@@ -64,6 +74,28 @@ class BaseImageIO:
         files = check_paths(paths, self.name)
         parts = [self._read_checked(f) for f in files]
         return stack_case(parts, files)
+
+    def read_header(self, paths: Sequence[PathLike]) -> ShapeAndSpacing | None:
+        """``(data.shape, geometry.spacing)`` of :meth:`read_images` on ``paths``, from the files' headers: no voxel is
+        read or decoded, so a whole-body volume costs a few kB of I/O.
+
+        Returns:
+            ``((C, X, Y, Z), spacing)`` in the reader's axis order and conventions (2D images: ``(C, 1, X, Y)``);
+            None when only reading the image tells (a layout the header leaves open, e.g. 4D or vector pixels, or a
+            header the library cannot read): then read the image, whose reader gives the error if there is one.
+
+        Raises:
+            FileNotFoundError: a file is missing.
+            ValueError: the headers disagree in shape or spacing (the error :meth:`read_images` gives).
+        """
+        files = check_paths(paths, self.name)
+        headers = []
+        for f in files:
+            header = self._header_checked(f)
+            if header is None:
+                return None
+            headers.append(header)
+        return stack_headers(headers, files)
 
     def read_seg(self, path: PathLike) -> tuple[np.ndarray, Geometry]:
         """Read a label map into float32 ``(1, X, Y, Z)`` with its geometry."""
@@ -91,6 +123,12 @@ class BaseImageIO:
                 f"{self.name} cannot read {path}: {type(e).__name__}: {e}. The file is corrupt or not in a format this "
                 f"reader understands; re-export it, or pick another reader with dataset.json['overwrite_image_reader_writer']"
             ) from e
+
+    def _header_checked(self, path: Path) -> ShapeAndSpacing | None:
+        try:
+            return self._read_file_header(path)
+        except Exception:  # noqa: BLE001 - an unreadable header: reading the image gives the reader's own error
+            return None
 
 
 def check_paths(paths: Sequence[PathLike], reader: str) -> list[Path]:
@@ -120,14 +158,8 @@ def stack_case(parts: Sequence[tuple[np.ndarray, Geometry]], files: Sequence[Pat
     arrays = [a for a, _ in parts]
     geos = [g for _, g in parts]
     listing = ", ".join(str(f) for f in files)
-    shapes = [a.shape[1:] for a in arrays]
-    if any(s != shapes[0] for s in shapes):
-        raise ImageReadError(f"the images of one case differ in shape {[tuple(s) for s in shapes]}: {listing}; "
-                             f"all channels (and the label) of a case must be on the same voxel grid")
-    for attr in ("spacing", "sitk_spacing"):
-        values = [getattr(g, attr) for g in geos]
-        if not _all_close(values):
-            raise ImageReadError(f"the images of one case differ in {attr} {values}: {listing}; resample them to one grid")
+    spacings = {attr: [getattr(g, attr) for g in geos] for attr in ("spacing", "sitk_spacing")}
+    _check_same_grid([a.shape[1:] for a in arrays], spacings, listing)
     for attr in ("origin", "direction", "affine", "reoriented_affine"):
         values = [getattr(g, attr) for g in geos]
         if not _all_close(values):
@@ -135,6 +167,24 @@ def stack_case(parts: Sequence[tuple[np.ndarray, Geometry]], files: Sequence[Pat
                           UserWarning, stacklevel=3)
     data = np.vstack(arrays, dtype=np.float32, casting="unsafe")
     return data, geos[0]
+
+
+def stack_headers(headers: Sequence[ShapeAndSpacing], files: Sequence[Path]) -> ShapeAndSpacing:
+    """What :func:`stack_case` returns for per-file ``(shape (C_i, X, Y, Z), spacing)`` headers: the channels summed,
+    the first file's spacing; the same error when the files disagree in shape or spacing."""
+    shapes = [tuple(int(s) for s in shape) for shape, _ in headers]
+    _check_same_grid([s[1:] for s in shapes], {"spacing": [spacing for _, spacing in headers]},
+                     ", ".join(str(f) for f in files))
+    return (sum(s[0] for s in shapes), *shapes[0][1:]), tuple(headers[0][1])
+
+
+def _check_same_grid(shapes: Sequence[tuple[int, ...]], spacings: Mapping[str, Sequence[Any]], listing: str) -> None:
+    if any(s != shapes[0] for s in shapes):
+        raise ImageReadError(f"the images of one case differ in shape {[tuple(s) for s in shapes]}: {listing}; "
+                             f"all channels (and the label) of a case must be on the same voxel grid")
+    for attr, values in spacings.items():
+        if not _all_close(values):
+            raise ImageReadError(f"the images of one case differ in {attr} {values}: {listing}; resample them to one grid")
 
 
 def _all_close(values: Sequence[Any]) -> bool:

@@ -2,7 +2,8 @@
 
 Both transpose nibabel's (i, j, k) data to (k, j, i) and reverse the zooms, so arrays match SimpleITK's
 axis order. ``NibabelIOWithReorient`` first reorients the image to the closest RAS orientation and, when
-writing, turns the label map back into the file's original orientation.
+writing, turns the label map back into the file's original orientation. Their headers (``read_header``) come from
+``nibabel.load``, which reads no voxels.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from nnseg._types import Geometry
-from nnseg.raw.io_common import BaseImageIO, ImageReadError
+from nnseg.raw.io_common import BaseImageIO, ImageReadError, ShapeAndSpacing
 
 
 def _matrix(affine: Any) -> tuple[tuple[float, ...], ...]:
@@ -49,6 +50,9 @@ class NibabelIO(BaseImageIO):
         data = image.get_fdata().transpose(2, 1, 0)[None]
         return data, Geometry(spacing=spacing, reader=self.name, affine=_matrix(image.affine))
 
+    def _read_file_header(self, path: Path) -> ShapeAndSpacing | None:
+        return _shape_and_spacing(_load_3d(path, self.name))
+
     def _write_file(self, seg: np.ndarray, path: Path, geometry: Geometry) -> None:
         import nibabel
 
@@ -72,6 +76,9 @@ class NibabelIOWithReorient(BaseImageIO):
                             reoriented_affine=_matrix(reoriented.affine))
         return data, geometry
 
+    def _read_file_header(self, path: Path) -> ShapeAndSpacing | None:
+        return _shape_and_spacing(_reoriented_header(_load_3d(path, self.name)))
+
     def _write_file(self, seg: np.ndarray, path: Path, geometry: Geometry) -> None:
         import nibabel
         from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
@@ -86,6 +93,25 @@ class NibabelIOWithReorient(BaseImageIO):
             warnings.warn(f"{path}: the restored affine differs from the original one\n{back.affine}\nvs\n{original}",
                           UserWarning, stacklevel=4)
         nibabel.save(back, str(path))
+
+
+def _shape_and_spacing(image: Any) -> ShapeAndSpacing:
+    """``(1, k, j, i)`` and the zooms reversed: what the readers' ``get_fdata().transpose(2, 1, 0)[None]`` gives."""
+    return (1, *(int(s) for s in image.shape[::-1])), tuple(float(z) for z in image.header.get_zooms()[::-1])
+
+
+def _reoriented_header(image: Any) -> Any:
+    """``image.as_reoriented(io_orientation(image.affine))`` without the voxels: the same steps (the identity keeps the
+    image; else the reoriented shape and affine, the header rebuilt from them by nibabel) on a stand-in array of zero
+    strides, so the shape and zooms are nibabel's own."""
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
+
+    ornt = io_orientation(image.affine)
+    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
+        return image
+    stand_in = np.broadcast_to(np.zeros((), dtype=image.get_data_dtype()), image.shape)
+    affine = image.affine.dot(inv_ornt_aff(ornt, image.shape))
+    return image.__class__(apply_orientation(stand_in, ornt), affine, image.header)
 
 
 def _affine_or_default(geometry: Geometry, path: Path) -> Any:

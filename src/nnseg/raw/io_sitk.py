@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from nnseg._types import Geometry
-from nnseg.raw.io_common import BaseImageIO, ImageReadError
+from nnseg.raw.io_common import BaseImageIO, ImageReadError, ShapeAndSpacing
 
 
 class SimpleITKIO(BaseImageIO):
@@ -27,6 +27,11 @@ class SimpleITKIO(BaseImageIO):
 
     def _read_file(self, path: Path) -> tuple[np.ndarray, Geometry]:
         return _array_and_geometry(read_sitk_image(path), path, self.name)
+
+    def _read_file_header(self, path: Path) -> ShapeAndSpacing | None:
+        """:func:`read_image_header` with :meth:`ImageHeader.array_shape`'s rules; None for 4D and vector files."""
+        header = read_image_header(path)
+        return header.array_shape(1) if header.components == 1 else None
 
     def _write_file(self, seg: np.ndarray, path: Path, geometry: Geometry) -> None:
         import SimpleITK as sitk
@@ -53,6 +58,16 @@ class SimpleITKIOWithReorient(SimpleITKIO):
         array, geometry = _array_and_geometry(sitk.DICOMOrient(image, self.target_orientation), path, self.name)
         return array, replace(geometry, original_orientation=original)
 
+    def _read_file_header(self, path: Path) -> ShapeAndSpacing | None:
+        """The header's size and spacing permuted as ``DICOMOrient`` permutes the axes (SimpleITK's header read, for
+        the direction); None for anything but a 3D scalar image (``DICOMOrient`` takes 3D images only)."""
+        information = _sitk_information(path)
+        header = _header_of(information)
+        if header.components != 1 or len(header.size) != 3:
+            return None
+        order = reoriented_axes(information.GetDirection(), self.target_orientation)
+        return ImageHeader(tuple(header.size[i] for i in order), tuple(header.spacing[i] for i in order)).array_shape(1)
+
     def _write_file(self, seg: np.ndarray, path: Path, geometry: Geometry) -> None:
         import SimpleITK as sitk
 
@@ -64,7 +79,6 @@ class SimpleITKIOWithReorient(SimpleITKIO):
 
 
 GZIP_CHUNK = 1 << 24
-SITK_READERS = ("SimpleITKIO", "SimpleITKIOWithReorient")
 
 
 @dataclass(frozen=True)
@@ -98,15 +112,32 @@ def read_image_header(path: Path) -> ImageHeader:
     """
     path = Path(path)
     nifti = _nifti1_header(path) if path.name.lower().endswith((".nii.gz", ".nii")) else None
-    if nifti is not None:
-        return nifti
+    return nifti if nifti is not None else _header_of(_sitk_information(path))
+
+
+def _sitk_information(path: Path) -> Any:
+    """A SimpleITK ``ImageFileReader`` of ``path`` after ``ReadImageInformation`` (header only)."""
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
+    return reader
+
+
+def _header_of(reader: Any) -> ImageHeader:
     return ImageHeader(tuple(int(s) for s in reader.GetSize()), tuple(float(s) for s in reader.GetSpacing()),
                        int(reader.GetNumberOfComponents()))
+
+
+def reoriented_axes(direction: tuple[float, ...], orientation: str) -> tuple[int, ...]:
+    """For each axis of ``sitk.DICOMOrient(image, orientation)`` the axis of a 3D ``image`` with ``direction`` it came
+    from (SimpleITK order), found by orienting a 1 x 2 x 3 probe with that direction (flips keep sizes)."""
+    import SimpleITK as sitk
+
+    probe = sitk.Image([1, 2, 3], sitk.sitkUInt8)
+    probe.SetDirection(direction)
+    return tuple(int(s) - 1 for s in sitk.DICOMOrient(probe, orientation).GetSize())
 
 
 #: NIfTI-1 scalar datatypes (uint8 ... uint64, float32/64): one component per voxel in SimpleITK too

@@ -2,7 +2,9 @@
 
 Images ``CASE_0000.tif`` take their spacing from ``CASE.json`` beside them, labels ``CASE.tif`` from
 ``CASE.json`` beside the label (``{"spacing": [sx, sy, sz]}`` in array-axis order). Without a sidecar the
-spacing is (1, 1, 1) and a warning says so. The writer stores zlib-compressed TIFF plus the sidecar.
+spacing is (1, 1, 1) and a warning says so. The writer stores zlib-compressed TIFF plus the sidecar. The header
+(``read_header``) is the shape of the file's first series (what ``tifffile.imread`` returns) and the sidecar's spacing,
+without decoding a page.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ import numpy as np
 
 from nnseg._types import Geometry, PathLike
 from nnseg.jsonio import load_json, save_json
-from nnseg.raw.io_common import BaseImageIO, ImageReadError, as_geometry, check_paths, stack_case, strip_ending
+from nnseg.raw.io_common import (
+    BaseImageIO,
+    ImageReadError,
+    ShapeAndSpacing,
+    as_geometry,
+    check_paths,
+    stack_case,
+    stack_headers,
+    strip_ending,
+)
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
 
@@ -31,9 +42,26 @@ class Tiff3DIO(BaseImageIO):
     def read_images(self, paths: Sequence[PathLike]) -> tuple[np.ndarray, Geometry]:
         """Read a case's stacks, float32 ``(C, X, Y, Z)``; spacing from ``CASE.json`` (the first file's case)."""
         files = check_paths(paths, self.name)
+        return self._read_with_sidecar(files, self._case_sidecar(files))
+
+    def read_header(self, paths: Sequence[PathLike]) -> ShapeAndSpacing | None:
+        """``(data.shape, geometry.spacing)`` of :meth:`read_images` from the stacks' page structure and ``CASE.json``,
+        no page decoded; None when a file's header does not tell (the read then gives the error). A missing sidecar
+        gives (1, 1, 1) without the warning (the read warns).
+
+        Raises:
+            ValueError: a malformed sidecar, or the files disagree in shape (the errors of :meth:`read_images`).
+        """
+        files = check_paths(paths, self.name)
+        shapes = [header[0] for header in map(self._header_checked, files) if header is not None]
+        if len(shapes) != len(files):
+            return None
+        spacing = _read_spacing(self._case_sidecar(files), files, warn=False)
+        return stack_headers([(shape, spacing) for shape in shapes], files)
+
+    def _case_sidecar(self, files: Sequence[Path]) -> Path:
         stem = strip_ending(files[0], self.supported_file_endings)
-        sidecar = files[0].with_name(_CHANNEL_SUFFIX.sub("", stem) + ".json")
-        return self._read_with_sidecar(files, sidecar)
+        return files[0].with_name(_CHANNEL_SUFFIX.sub("", stem) + ".json")
 
     def read_seg(self, path: PathLike) -> tuple[np.ndarray, Geometry]:
         """Read a label stack, float32 ``(1, X, Y, Z)``; spacing from ``CASE.json`` beside it."""
@@ -55,6 +83,10 @@ class Tiff3DIO(BaseImageIO):
                                  f"(2D images: use the .tif ending with NaturalImage2DIO)")
         return stack[None], Geometry(spacing=(1, 1, 1), reader=self.name)
 
+    def _read_file_header(self, path: Path) -> ShapeAndSpacing | None:
+        shape = tiff_shape(path)
+        return ((1, *shape), (1, 1, 1)) if shape is not None and len(shape) == 3 else None
+
     def _write_file(self, seg: np.ndarray, path: Path, geometry: Geometry) -> None:
         import tifffile
 
@@ -68,10 +100,20 @@ class Tiff3DIO(BaseImageIO):
         save_json({"spacing": spacing}, path.with_name(path.name[: -len(path.suffix)] + ".json"))
 
 
-def _read_spacing(sidecar: Path, files: Sequence[Path]) -> tuple[float, ...]:
+def tiff_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape ``tifffile.imread(path)`` returns (its first series), from the file's tags without decoding; None for
+    a file without pages."""
+    import tifffile
+
+    with tifffile.TiffFile(str(path)) as tif:
+        return tuple(int(s) for s in tif.series[0].shape) if tif.pages else None
+
+
+def _read_spacing(sidecar: Path, files: Sequence[Path], *, warn: bool = True) -> tuple[float, ...]:
     if not sidecar.is_file():
-        warnings.warn(f"no spacing file {sidecar} for {[str(f) for f in files]}; assuming spacing (1, 1, 1)",
-                      UserWarning, stacklevel=4)
+        if warn:
+            warnings.warn(f"no spacing file {sidecar} for {[str(f) for f in files]}; assuming spacing (1, 1, 1)",
+                          UserWarning, stacklevel=4)
         return (1, 1, 1)
     content = load_json(sidecar)
     spacing = content.get("spacing") if isinstance(content, dict) else None

@@ -6,14 +6,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import tifffile
+from PIL import Image
 
 from nnseg.cluster.connect import parse_cluster, require_dask
-from nnseg.cluster.memory import fit_to_workers, predict_bytes, preprocess_bytes, resampling_factor
+from nnseg.cluster.memory import case_header, fit_to_workers, predict_bytes, preprocess_bytes, resampling_factor
 from nnseg.predictions.inference.memory_plan import GIB, case_shapes, plan_case, samples_per_call
 from nnseg.predictions.inference.model_folder import load_trained_model
+from nnseg.raw.image_io import BaseImageIO, Tiff3DIO
 
 
 def test_parse_cluster(tmp_path: Path) -> None:
@@ -82,9 +86,35 @@ def test_missing_dask_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_a_damaged_nifti_header_falls_back_to_the_file_size(tmp_path: Path) -> None:
-    from nnseg.cluster.memory import image_header
-
     path = tmp_path / "broken.nii.gz"
     path.write_bytes(b"not a nifti file")
-    assert image_header(path) is None
-    assert preprocess_bytes([path]) > 0
+    assert case_header((path,), reader="SimpleITKIO") is None
+    assert preprocess_bytes([path]) == (len(b"not a nifti file") * 2) * 2 * 16 + 200 * 2**20
+
+
+@pytest.mark.parametrize("reader", ["Tiff3DIO", "NibabelIO", "NaturalImage2DIO"])
+def test_cases_of_every_reader_are_sized_from_their_headers(tmp_path: Path, reader: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zlib TIFF stack, a NIfTI and a PNG of zeros (tiny files) count their voxels, channels and spacing as their
+    reader reads them (the TIFF's spacing from its sidecar, the RGB PNG's three channels), the voxels unread."""
+    if reader == "Tiff3DIO":
+        path = tmp_path / "case_0000.tif"
+        tifffile.imwrite(str(path), np.zeros((64, 80, 96), np.uint8), compression="zlib", photometric="minisblack")
+        (tmp_path / "case.json").write_text('{"spacing": [3.0, 1.0, 1.0]}')
+        images, voxels, spacing = [path, path], 64 * 80 * 96, (3.0, 1.0, 1.0)
+    elif reader == "NibabelIO":
+        path = tmp_path / "case.nii.gz"
+        nibabel.save(nibabel.Nifti1Image(np.zeros((96, 80, 64), np.int16), np.diag([1.0, 1.0, 3.0, 1.0])), str(path))
+        images, voxels, spacing = [path], 64 * 80 * 96, (3.0, 1.0, 1.0)
+    else:
+        path = tmp_path / "case.png"
+        Image.fromarray(np.zeros((300, 200, 3), np.uint8)).save(path)
+        images, voxels, spacing = [path], 300 * 200, (999.0, 1.0, 1.0)
+    monkeypatch.setattr(BaseImageIO, "read_images", None)  # reading the voxels would fail
+    monkeypatch.setattr(Tiff3DIO, "read_images", None)
+    channels = 3 if reader == "NaturalImage2DIO" else len(images)
+    target = (1.0, 1.0) if reader == "NaturalImage2DIO" else (1.0, 1.0, 1.0)
+    factor = resampling_factor(spacing, target)
+    assert factor == pytest.approx(1.0 if reader == "NaturalImage2DIO" else 3.0)
+    expected = int(voxels * (1 + factor) * (channels + 1) * 16 + 200 * 2**20)
+    assert preprocess_bytes(images, [target], reader=reader) == expected

@@ -13,6 +13,7 @@ import nibabel
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import tifffile
 import torch
 from PIL import Image
 from test_bounded_predict import LABELS, _model
@@ -24,7 +25,7 @@ from nnseg.predictions.inference.memory_plan import GIB, CaseDoesNotFit, CasePla
 from nnseg.predictions.run.bounded import MemoryPolicy, check_case_header, check_case_shape
 from nnseg.predictions.run.predict import Predictor
 from nnseg.raw.discover import CaseFiles
-from nnseg.raw.image_io import get_io
+from nnseg.raw.image_io import BaseImageIO, Tiff3DIO, get_io
 
 
 def _sitk(path: Path, shape_zyx: tuple[int, ...], spacing: tuple[float, ...]) -> Path:
@@ -63,18 +64,20 @@ def _fields(plan: CasePlan) -> tuple:
     return plan.mode, plan.slab_rows, plan.samples, plan.tiles, plan.estimate, plan.parts, plan.grid
 
 
-def _compare(predictor: Predictor, images: list[Path], budgets: list[int], *, reader: str = "SimpleITKIO") -> set[str]:
+def _compare(predictor: Predictor, images: list[Path], budgets: list[int], *, reader: str = "SimpleITKIO",
+             read: tuple | None = None) -> set[str]:
     """For each budget and output: the cluster's size is the estimate of the per-case check's plan (the whole budget
-    when the case fits no path), and the header's plan equals the plan of the image the reader returns."""
+    when the case fits no path), and the header's plan equals the plan of the image the reader returns (``read``:
+    ``read_images``' answer, read beforehand)."""
     case = CaseFiles("case", tuple(images), None)
-    data, geometry = get_io(reader).read_images(images)
+    data, geometry = read or get_io(reader).read_images(images)
     modes = set()
     for budget in budgets:
         for save in (False, True):
             worker = dataclasses.replace(predictor, max_memory_gb=budget / GIB)
             policy = MemoryPolicy(budget, "test", save_probabilities=save)
             size = predict_bytes(predictor.model, images, budget=budget, folds=len(predictor.networks), use_tta=True,
-                                 tile_batch_size=predictor.tile_batch_size, save_probabilities=save)
+                                 tile_batch_size=predictor.tile_batch_size, save_probabilities=save, reader=reader)
             try:
                 plan = check_case_header(worker, case, policy, reader=reader)
             except CaseDoesNotFit:
@@ -89,9 +92,10 @@ def _compare(predictor: Predictor, images: list[Path], budgets: list[int], *, re
     return modes
 
 
-def _budgets(predictor: Predictor, images: list[Path]) -> list[int]:
+def _budgets(predictor: Predictor, images: list[Path], reader: str | None = None) -> list[int]:
     """A budget for each path: one-shot, bounded (just under the one-shot estimate) and none."""
-    one_shot = predict_bytes(predictor.model, images, budget=1 << 50, folds=len(predictor.networks), use_tta=True)
+    one_shot = predict_bytes(predictor.model, images, budget=1 << 50, folds=len(predictor.networks), use_tta=True,
+                             reader=reader)
     return [1 << 50, one_shot - 1, GIB // 4]
 
 
@@ -109,6 +113,56 @@ def test_the_cluster_and_the_per_case_check_plan_a_header_alike(tmp_path: Path, 
     for folds in (1, 3):
         several = dataclasses.replace(predictor, networks=predictor.networks * folds)
         assert {"one-shot", "bounded", "does not fit"} <= _compare(several, [image], _budgets(several, [image]))
+
+
+def _tiff_case(d: Path) -> Path:
+    tifffile.imwrite(str(d / "case_0000.tif"), np.zeros((30, 44, 38), np.uint8), photometric="minisblack")
+    (d / "case.json").write_text(json.dumps({"spacing": [2.5, 0.9, 1.1]}))
+    return d / "case_0000.tif"
+
+
+def _nifti(path: Path, affine: np.ndarray) -> Path:
+    nibabel.save(nibabel.Nifti1Image(np.zeros((40, 36, 30), np.int16), affine), str(path))
+    return path
+
+
+def _sitk_permuted(path: Path) -> Path:
+    image = sitk.GetImageFromArray(np.zeros((30, 44, 38), np.int16))
+    image.SetSpacing((0.9, 1.1, 2.5))
+    image.SetDirection((0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0))  # DICOMOrient("RAS") permutes the axes
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+#: reader -> (model, image): big cases in these formats used to be read whole before their memory plan
+NO_READ = {
+    "NibabelIO": ("3d", lambda d: _nifti(d / "case.nii.gz", np.diag([0.9, 1.1, 2.5, 1.0]))),
+    "NibabelIOWithReorient": ("3d_transposed", lambda d: _nifti(
+        d / "case.nii", np.array([[0, 0, -2.5, 10], [-0.9, 0, 0, 5], [0, 1.1, 0, 3], [0, 0, 0, 1.0]]))),
+    "Tiff3DIO": ("3d", _tiff_case),
+    "NaturalImage2DIO": ("2d", lambda d: _png(d / "case.png")),
+    "SimpleITKIOWithReorient": ("3d", lambda d: _sitk_permuted(d / "case.nii.gz")),
+}
+
+
+@pytest.mark.parametrize("reader", sorted(NO_READ))
+def test_the_per_case_check_reads_no_image_with_any_reader(tmp_path: Path, expected_dir: Path, reader: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every reader's header gives the per-case check and the cluster the plan of the image the reader returns, while
+    reading an image fails (a whole-body TIFF or NIfTI is not materialised before its memory plan)."""
+    model_name, make = NO_READ[reader]
+    folder = _model(tmp_path / "m", expected_dir, **MODELS[model_name])
+    image = make(tmp_path)
+    predictor = Predictor.from_model_folder(folder, folds=(0,), device="cpu", precision="fp32")
+    read = get_io(reader).read_images([image])
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the image was read")
+
+    monkeypatch.setattr(BaseImageIO, "read_images", refuse)
+    monkeypatch.setattr(Tiff3DIO, "read_images", refuse)
+    assert {"one-shot", "bounded", "does not fit"} <= _compare(predictor, [image], _budgets(predictor, [image], reader),
+                                                               reader=reader, read=read)
 
 
 def _golden_model(root: Path, dataset: Path, configuration: str) -> Path:

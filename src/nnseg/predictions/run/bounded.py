@@ -46,7 +46,6 @@ from nnseg.predictions.export.streaming_export import CaseSink, SlabExporter
 from nnseg.predictions.inference.streaming_window import sliding_window_slabs
 from nnseg.raw.discover import CaseFiles
 from nnseg.raw.image_io import get_io
-from nnseg.raw.io_sitk import SITK_READERS, read_image_header
 
 
 @dataclass
@@ -256,9 +255,10 @@ def check_case_header(predictor: Predictor, case: CaseFiles, policy: MemoryPolic
     """The checks one case gets from its headers, before its voxels are read: 2D vs 3D and the resampling factor
     (:func:`nnseg.predictions.run.input_checks.check_case_geometry`), then the memory plan.
 
-    Shapes come from the first file's header (SimpleITK readers: :func:`nnseg.raw.io_sitk.read_image_header`, its 2D
-    rule :meth:`~nnseg.raw.io_sitk.ImageHeader.array_shape`) without cropping, an upper bound; other readers, 4D
-    files and vector pixels read the image. ``reader``: the reader/writer of these files (default the plans').
+    Shapes come from the files' headers through the reader's own ``read_header``
+    (:meth:`nnseg.raw.io_common.BaseImageIO.read_header`: every reader, no voxel read) without cropping, an upper bound;
+    only where a header leaves the shape open (4D files and vector pixels for the SimpleITK readers, an unreadable
+    header) is the image read. ``reader``: the reader/writer of these files (default the plans').
 
     Raises:
         ValueError: the geometry check. :class:`nnseg.predictions.inference.memory_plan.CaseDoesNotFit`: not even the bounded
@@ -283,11 +283,11 @@ def check_case_shape(predictor: Predictor, case: CaseFiles, raw_shape: Sequence[
 
 
 def _header_shape(reader: str, case: CaseFiles) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """``(C, X, Y, Z)`` and spacing as the reader would return them (a 2D file: ``(C, 1, X, Y)``, spacing 999*max)."""
-    if reader in SITK_READERS:
-        header = read_image_header(case.images[0])
-        shape = header.array_shape(len(case.images)) if header.components == 1 else None
-        if shape is not None:
-            return shape
-    data, geometry = get_io(reader).read_images(case.images)
-    return tuple(data.shape), tuple(float(s) for s in geometry.spacing)
+    """``(C, X, Y, Z)`` and spacing as the reader would return them (a 2D file: ``(C, 1, X, Y)``, spacing 999*max):
+    from its headers, else (None: only the image tells) from reading the image."""
+    io = get_io(reader)
+    header = io.read_header(case.images)
+    if header is None:
+        data, geometry = io.read_images(case.images)
+        header = data.shape, geometry.spacing
+    return tuple(int(s) for s in header[0]), tuple(float(s) for s in header[1])
