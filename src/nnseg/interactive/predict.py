@@ -219,7 +219,7 @@ def prediction_memory_bytes(architecture: Mapping[str, Any], patch_size: Sequenc
     * the coarse prediction resampled to the zoomed box: float32, bool and uint8 (``6 Z``).
 
     What grows with the image (the refinement crops, the change map) is counted per session
-    (:func:`nnseg.interactive.session.session_memory_bytes`).
+    (:func:`nnseg.interactive.memory.session_memory_bytes`).
     """
     patch = [int(p) for p in patch_size]
     voxels, zoomed = math.prod(patch), math.prod(round(p * MAX_ZOOM) for p in patch)

@@ -15,6 +15,17 @@ import torch
 from nnseg.interactive.ops import Box, nonzero_box, point_stamp, slicer, to_local
 
 
+def check_image(image: np.ndarray, *, channels: int) -> None:
+    """Raise ValueError unless ``image`` is a 4D array ``[c, x, y, z]`` of ``channels`` channels of real numbers (the
+    checks that need no copy of the image)."""
+    if not isinstance(image, np.ndarray) or image.ndim != 4:
+        raise ValueError(f"the image must be a 4D array [c, x, y, z], got {getattr(image, 'shape', type(image))}; "
+                         "add the channel axis with image[None]")
+    if image.shape[0] != channels or image.dtype.kind not in "biuf":
+        raise ValueError(f"the model takes {channels} image channel(s) of real numbers, got shape {image.shape} "
+                         f"of {image.dtype}")
+
+
 def normalise_image(image: np.ndarray, *, channels: int) -> torch.Tensor:
     """The image as float32 ``[c, x, y, z]``, z-scored with channel 0's mean and standard deviation inside the box
     of non-zero voxels (a copy: the caller's array is never changed).
@@ -22,12 +33,7 @@ def normalise_image(image: np.ndarray, *, channels: int) -> torch.Tensor:
     Raises:
         ValueError: not a 4D array with ``channels`` channels, non-finite values, all zero, or constant.
     """
-    if not isinstance(image, np.ndarray) or image.ndim != 4:
-        raise ValueError(f"the image must be a 4D array [c, x, y, z], got {getattr(image, 'shape', type(image))}; "
-                         "add the channel axis with image[None]")
-    if image.shape[0] != channels or image.dtype.kind not in "biuf":
-        raise ValueError(f"the model takes {channels} image channel(s) of real numbers, got shape {image.shape} "
-                         f"of {image.dtype}")
+    check_image(image, channels=channels)
     array = np.array(image, dtype=np.float32, copy=True)
     if not np.isfinite(array).all():
         raise ValueError("the image holds NaN or infinite values; replace them before segmenting")

@@ -13,7 +13,6 @@ docs/INTERACTIVE.md. Example::
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,47 +22,15 @@ import numpy as np
 import torch
 
 from nnseg.devices import resolve_precision
+from nnseg.interactive.memory import check_session_fits, session_budget
 from nnseg.interactive.model import InteractiveModel
 from nnseg.interactive.ops import Box, clip_box, nonzero_box, paste, slicer
 from nnseg.interactive.predict import PredictContext, predict_at
-from nnseg.interactive.prompts import (box_prompt, check_mask_prompt, check_point, normalise_image, point_region,
-                                       queue_entry_for_box)
+from nnseg.interactive.prompts import (box_prompt, check_image, check_mask_prompt, check_point, normalise_image,
+                                       point_region, queue_entry_for_box)
 from nnseg.interactive.undo import UndoLog
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
-#: per image voxel, scratch of one prediction or prompt that grows with the image (see session_memory_bytes)
-SCRATCH_BYTES_PER_VOXEL = 32
-
-
-def session_memory_bytes(image_shape: Sequence[int], *, num_interaction_channels: int, patch_size: Sequence[int],
-                         target_itemsize: int = 1, enable_undo: bool = True) -> int:
-    """Upper bound of the memory a session holds once an image ``[c, x, y, z]`` is set (bytes; host and device).
-
-    With ``V`` the image's voxels, ``C`` its channels, ``N`` interaction channels, ``t`` the target buffer's
-    itemsize and ``R = prod(s + p)`` (each axis of the image grown by the patch: the refinement's padded crop):
-
-    * the normalised image ``4 C V`` (float32), the interaction channels ``2 N V`` (float16), the target buffer
-      ``t V``;
-    * with undo, the pre-images of one prompt, at worst every channel and the whole target (an initial mask),
-      and the target copy undo compares with: ``2 N V + 2 t V``;
-    * the scratch of one prediction or prompt that grows with the image: the refinement crops of image and
-      channels ``(4 C + 2 N) R``, and :data:`SCRATCH_BYTES_PER_VOXEL` ``V`` (previous-mask box, float16 change map
-      and its window filters, comparisons: 16; a prompt mask upload with its checked copy and float16 values: 13;
-      slack: 3).
-
-    The patch-sized working memory of the network, shared by all sessions (one prediction at a time), is
-    :func:`nnseg.interactive.predict.prediction_memory_bytes`. Not counted: the request body being decoded.
-    """
-    shape = [int(v) for v in image_shape]
-    if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"image_shape must be [c, x, y, z] with positive sizes, got {list(image_shape)}")
-    channels, spatial = shape[0], shape[1:]
-    voxels = math.prod(spatial)
-    crop = math.prod(s + int(p) for s, p in zip(spatial, patch_size))
-    held = (4 * channels + 2 * num_interaction_channels + target_itemsize) * voxels
-    undo = (2 * num_interaction_channels + 2 * target_itemsize) * voxels if enable_undo else 0
-    scratch = (4 * channels + 2 * num_interaction_channels) * crop + SCRATCH_BYTES_PER_VOXEL * voxels
-    return int(held + undo + scratch)
 
 
 class InteractiveSession:
@@ -75,13 +42,25 @@ class InteractiveSession:
         do_autozoom: zoom out while the object leaves the patch.
         enable_undo: keep the pre-images that :meth:`undo` needs.
         seed: seeds the sampling of refinement boxes for voxels the greedy cover misses (reproducible results).
+        max_memory_gb: the memory budget :meth:`set_image` checks each image against before it allocates anything
+            (:func:`nnseg.interactive.check_session_fits`); None: 85 % of the memory free at that moment (RAM, or
+            free GPU memory on CUDA), as ``--max-memory`` of ``nnseg predict``.
+        check_memory: False when the caller budgets the session's memory itself (``nnseg serve`` reserves it from
+            the server's shared budget, ``nnseg refine`` checks the image's header before reading it).
+
+    Raises:
+        ValueError: ``max_memory_gb`` is not positive.
     """
 
     def __init__(self, model: InteractiveModel, *, precision: str = "auto", do_autozoom: bool = True,
-                 enable_undo: bool = True, seed: int = 0) -> None:
+                 enable_undo: bool = True, seed: int = 0, max_memory_gb: float | None = None,
+                 check_memory: bool = True) -> None:
         self.model = model
         self.capabilities = model.capabilities
         self.device = next(model.network.parameters()).device
+        if max_memory_gb is not None:
+            session_budget(model, max_memory_gb)  # refuses a non-positive budget now, not at the first image
+        self.max_memory_gb, self.check_memory = max_memory_gb, bool(check_memory)
         self.precision = resolve_precision(precision, self.device)
         self.do_autozoom = bool(do_autozoom)
         self.supports_undo = bool(enable_undo)
@@ -104,9 +83,21 @@ class InteractiveSession:
     def set_image(self, image: np.ndarray, image_properties: dict[str, Any] | None = None) -> None:
         """Set the image ``[c, x, y, z]`` (any real dtype); prompts and the target buffer are dropped.
 
+        Unless ``check_memory`` is off, the session's memory estimate for the image (with a uint8 target buffer) is
+        checked against the budget before anything is allocated; a measured budget (no ``max_memory_gb``) is taken
+        after the previous image is dropped (a refused image then leaves the session without one).
+
         Raises:
             ValueError: not 4D, wrong channel count, non-finite values, all zero or constant.
+            CaseDoesNotFit (a ValueError): the image does not fit the memory budget (the message says what to do).
         """
+        check_image(image, channels=self.model.num_image_channels)
+        if self.check_memory:
+            if self.max_memory_gb is None:
+                self.reset_session()  # what the previous image held is free memory for this one
+            budget, source = session_budget(self.model, self.max_memory_gb)
+            check_session_fits(self.model, np.shape(image), budget_bytes=budget, budget_source=source,
+                               enable_undo=self.supports_undo)
         tensor = normalise_image(image, channels=self.model.num_image_channels)
         self.reset_session()
         self.image = tensor

@@ -67,3 +67,45 @@ def test_estimate_covers_what_a_real_session_holds(tmp_path):
         model.configuration.architecture, model.patch_size, image_channels=1, interaction_channels=n)
     assert prediction_memory_bytes(model.configuration.architecture, model.patch_size, image_channels=2,
                                    interaction_channels=n) > shared
+
+
+def test_check_session_fits_adds_session_prediction_and_caller_and_refuses_above_the_budget(tmp_path):
+    from nnseg.interactive import check_session_fits
+    from nnseg.predictions.inference.memory_plan import CaseDoesNotFit
+
+    model = load_interactive_model(write_model_folder(tmp_path / "m"))
+    n, shape = model.capabilities.num_interaction_channels, [1, 40, 44, 48]
+    need = (session_memory_bytes(shape, num_interaction_channels=n, patch_size=model.patch_size, enable_undo=False)
+            + prediction_memory_bytes(model.configuration.architecture, model.patch_size, image_channels=1,
+                                      interaction_channels=n) + 123)
+    fits = dict(budget_source="--max-memory test", enable_undo=False, caller_bytes=123, caller_holds="the maps")
+    assert check_session_fits(model, shape, budget_bytes=need, **fits) == need
+    with pytest.raises(CaseDoesNotFit) as refused:
+        check_session_fits(model, shape, budget_bytes=need - 1, **fits)
+    message = str(refused.value)
+    for part in ("shape [1, 40, 44, 48]", f"{need / 2**30:.2f} GB", "the maps", "(--max-memory test)",
+                 "Raise --max-memory", "more memory", "crop the image"):
+        assert part in message, (part, message)
+
+
+def test_set_image_refuses_an_image_above_the_budget_before_allocating(tmp_path, monkeypatch):
+    from nnseg.predictions.inference import memory_plan
+
+    model = load_interactive_model(write_model_folder(tmp_path / "m"))
+    image = blob_image(shape=(40, 44, 48))
+    tiny = InteractiveSession(model, precision="fp32", max_memory_gb=0.001)
+    with pytest.raises(memory_plan.CaseDoesNotFit, match=r"shape \[1, 40, 44, 48\].*--max-memory 0.001"):
+        tiny.set_image(image)
+    assert tiny.image is None and tiny.interactions is None
+    big = InteractiveSession(model, precision="fp32", max_memory_gb=64)
+    big.set_image(image)
+    assert big.image is not None and tuple(big.interactions.shape[1:]) == (40, 44, 48)
+    with pytest.raises(ValueError, match="positive number of GB, got 0"):
+        InteractiveSession(model, max_memory_gb=0)
+    # no max_memory_gb: 85 % of the memory free now on the model's device (here: almost none)
+    monkeypatch.setattr(memory_plan, "available_bytes", lambda device: 1 << 20)
+    with pytest.raises(memory_plan.CaseDoesNotFit, match="85 % of the 0.0 GB RAM free now"):
+        InteractiveSession(model, precision="fp32").set_image(image)
+    unchecked = InteractiveSession(model, precision="fp32", check_memory=False)  # the caller budgets it (serve)
+    unchecked.set_image(image)
+    assert unchecked.image is not None

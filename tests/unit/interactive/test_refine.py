@@ -7,6 +7,7 @@ coordinates against voxels, and every bad input refused with nothing written.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -182,6 +183,43 @@ def test_bad_inputs_are_refused_before_anything_is_written(case: dict[str, Path]
                 "--seg", seg, "--label", "1", "--box", "1,1,1,5,5,5", "-device", "cpu"])
     assert err == 1 and "does not take bbox3d prompts" in capsys.readouterr().err
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_an_image_that_cannot_fit_is_refused_from_its_header_before_reading(case: dict[str, Path], tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnseg.raw.io_sitk import SimpleITKIO
+
+    def unread(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the image's voxels were read")
+
+    monkeypatch.setattr(SimpleITKIO, "read_images", unread)
+    err = _bad(case, tmp_path, ["--seg", str(case["seg"]), "--label", "1", "--point", "20,22,24",
+                                "--max-memory", "0.001"], capsys)
+    for part in ("shape [1, 40, 44, 48]", "does not fit in memory", "(--max-memory 0.001)", "Raise --max-memory",
+                 "crop the image", "Nothing was allocated or written"):
+        assert part in err, (part, err)
+
+
+def test_max_memory_bounds_the_refinement_and_the_automatic_model(case: dict[str, Path], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnseg.interactive.refine import run as refine_run
+    from nnseg.predictions.inference.memory_plan import CaseDoesNotFit
+    from nnseg.predictions.inference.options import PredictOptions
+
+    labels = [LabelPrompts(1, (Prompt("point", points=((20, 22, 24),)),))]
+    monkeypatch.setattr(refine_run, "header_shape", lambda files, io: None)  # a reader without a header read
+    with pytest.raises(CaseDoesNotFit, match=r"shape \[1, 40, 44, 48\].*\(--max-memory 0.001\)"):
+        _refine(case, tmp_path / "out.nii.gz", labels, max_memory_gb=0.001)  # checked right after reading
+    assert not (tmp_path / "out.nii.gz").exists()
+    assert _refine(case, tmp_path / "out.nii.gz", labels, max_memory_gb=64)[20, 22, 24] == 1
+    with pytest.raises(ValueError, match="--max-memory must be a positive number of GB, got -1"):
+        _refine(case, tmp_path / "neg.nii.gz", labels, max_memory_gb=-1)
+    request = RefineRequest(image=[case["image"]], interactive_model=case["model"], output=tmp_path / "o.nii.gz",
+                            labels=labels, model=tmp_path, max_memory_gb=3)
+    assert refine_run._predict_options(request).max_memory_gb == 3
+    own = replace(request, predict_options=PredictOptions(max_memory_gb=5))
+    assert refine_run._predict_options(own).max_memory_gb == 5
 
 
 def test_a_new_label_above_255_widens_the_map(case: dict[str, Path], tmp_path: Path) -> None:

@@ -118,3 +118,18 @@ def test_sessions_hold_their_images_estimate_of_the_servers_budget(tmp_path):
     finally:
         registry.close()
     assert memory.used == 0
+
+
+def test_server_sessions_are_budgeted_by_the_server_alone(tmp_path, monkeypatch):
+    """The session's own check (InteractiveSession.set_image, measured budget) is off in serve: SessionBudget is the
+    one place, so a machine with little free memory now does not refuse an image the server's budget holds."""
+    from nnseg.predictions.inference import memory_plan
+
+    model = load_interactive_model(write_model_folder(tmp_path / "m"))
+    registry = SessionRegistry(model, InteractiveOptions(folder="m"))
+    monkeypatch.setattr(memory_plan, "available_bytes", lambda device: 1 << 20)
+    try:
+        token = registry.claim()
+        assert registry.run(token, lambda s: (s.set_image(blob_image(shape=(40, 44, 48))), s.image is not None)[1])
+    finally:
+        registry.close()

@@ -83,6 +83,10 @@ def add_refine(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast precision [auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32]")
     g.add_argument("--no-autozoom", action="store_true", help="never zoom out when the object outgrows the patch")
+    g.add_argument("--max-memory", "--max_memory", dest="max_memory", type=float, default=None, metavar="GB",
+                   help="memory budget in GB (RAM; free GPU memory on CUDA) [85%% of the free memory]: an image whose "
+                        "interactive session cannot fit is refused before its voxels are read or anything is "
+                        "written; the automatic model (-d/-c, -m) predicts within it too")
 
 
 def _model_folder(args: argparse.Namespace, ctx: Context) -> Path | None:
@@ -125,7 +129,8 @@ def run_refine(args: argparse.Namespace, ctx: Context) -> int:
                             labels=_labels(args), segmentation=args.seg, model=_model_folder(args, ctx),
                             predict_options=options, interactive_fold=args.interactive_fold, device=device,
                             precision=args.precision, do_autozoom=not args.no_autozoom,
-                            refine_seed=args.refine_seed, save_automatic=args.save_automatic)
+                            refine_seed=args.refine_seed, save_automatic=args.save_automatic,
+                            max_memory_gb=args.max_memory)
     result = run_refinement(request)
     changed = ", ".join(f"label {k}: {v} voxels changed" for k, v in result.changed_voxels.items())
     auto = f"automatic model {result.automatic_s:.1f} s, " if request.model is not None else ""

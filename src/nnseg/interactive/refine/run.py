@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from nnseg._types import Geometry, ImageIO, PathLike
-from nnseg.interactive.capabilities import Capabilities, read_capabilities
+from nnseg.interactive.capabilities import Capabilities
+from nnseg.interactive.model import InteractiveModel, load_interactive_model
+from nnseg.interactive.refine.memory import check_refine_memory, header_shape
 from nnseg.interactive.refine.prompt_file import LabelPrompts, Prompt
 from nnseg.interactive.refine.rasterise import SessionPrompt, session_prompt, voxel_to_lps
 from nnseg.interactive.session import InteractiveSession
@@ -51,6 +53,10 @@ class RefineRequest:
         refine_seed: before the corrections, let the interactive model refine each seeded label as a whole
             (nnInteractive's initial mask with ``run_prediction``).
         save_automatic: also write the automatic segmentation here (with ``model``).
+        max_memory_gb: memory budget in GB (RAM; free GPU memory on CUDA) [85 % of the free memory]: an image whose
+            interactive session does not fit is refused, from its header before its voxels are read
+            (:mod:`nnseg.interactive.refine.memory`); also the automatic model's budget unless ``predict_options``
+            sets one.
     """
 
     image: Sequence[PathLike]
@@ -66,6 +72,7 @@ class RefineRequest:
     do_autozoom: bool = True
     refine_seed: bool = False
     save_automatic: PathLike | None = None
+    max_memory_gb: float | None = None
 
 
 @dataclass
@@ -111,13 +118,16 @@ def case_files(image: Sequence[PathLike]) -> list[Path]:
     return files
 
 
-def _read_case(files: Sequence[Path]) -> _Case:
+def _case_io(files: Sequence[Path]) -> ImageIO:
     from nnseg.raw.image_io import IMAGE_IO, SimpleITKIO, determine_io
 
     endings = sorted({e for n in IMAGE_IO for e in IMAGE_IO[n].supported_file_endings})
     ending = _ending(files[0], endings)
     # SimpleITK reads every NIfTI/NRRD/MHA: no trial read of the example (a whole image) for those endings
-    io = determine_io(ending) if ending in SimpleITKIO.supported_file_endings else determine_io(ending, files[0])
+    return determine_io(ending) if ending in SimpleITKIO.supported_file_endings else determine_io(ending, files[0])
+
+
+def _read_case(files: Sequence[Path], io: ImageIO) -> _Case:
     image, geometry = io.read_images(files)
     if image.ndim != 4 or (geometry.sitk_spacing is not None and len(geometry.sitk_spacing) == 2) or image.shape[1] == 1:
         raise ValueError(f"{files[0]} is a 2D image (shape {image.shape[1:]}); interactive models segment 3D images")
@@ -130,6 +140,8 @@ def _check_request(request: RefineRequest) -> None:
                          "(-d/-c/-f/-tr, or -m MODEL_FOLDER), not both and not neither")
     if not request.image:
         raise ValueError("no image: give the case's files, one per channel (-i CASE_0000.nii.gz ...)")
+    if request.max_memory_gb is not None and not request.max_memory_gb > 0:
+        raise ValueError(f"--max-memory must be a positive number of GB, got {request.max_memory_gb}")
     if request.save_automatic is not None and request.model is None:
         raise ValueError("--save-automatic writes the automatic model's segmentation; it needs an automatic model "
                          "(-d/-c or -m), not --seg")
@@ -173,12 +185,11 @@ def _label_values(request: RefineRequest) -> list[int]:
     return values
 
 
-def _check_output_ending(case: _Case, *targets: PathLike | None) -> None:
+def _check_output_ending(io: ImageIO, *targets: PathLike | None) -> None:
     for target in targets:
-        if target is not None and _ending(Path(target), case.io.supported_file_endings) not in \
-                case.io.supported_file_endings:
-            raise ValueError(f"cannot write {target}: the image was read with {case.io.name}, which writes "
-                             f"{list(case.io.supported_file_endings)}; name the output with one of these endings")
+        if target is not None and _ending(Path(target), io.supported_file_endings) not in io.supported_file_endings:
+            raise ValueError(f"cannot write {target}: the image is read with {io.name}, which writes "
+                             f"{list(io.supported_file_endings)}; name the output with one of these endings")
 
 
 def _on_grid(array: np.ndarray, geometry: Geometry, case: _Case, path: Path) -> np.ndarray:
@@ -282,15 +293,35 @@ def _write(labels_ijk: np.ndarray, path: PathLike, case: _Case) -> None:
     case.io.write_seg(np.ascontiguousarray(labels_ijk.transpose(2, 1, 0)), path, case.geometry)
 
 
-def _session(request: RefineRequest, channels: int) -> InteractiveSession:
-    from nnseg.interactive.model import load_interactive_model
-
-    model = load_interactive_model(request.interactive_model, fold=request.interactive_fold, device=request.device)
+def _check_channels(request: RefineRequest, model: InteractiveModel, channels: int) -> None:
     if model.num_image_channels != channels:
         raise ValueError(f"the interactive model {request.interactive_model} takes {model.num_image_channels} image "
                          f"channel(s), the image has {channels} ({list(map(str, request.image))}); give the channels "
                          "the model was trained on")
-    return InteractiveSession(model, precision=request.precision, do_autozoom=request.do_autozoom, enable_undo=False)
+
+
+def _checked_case(request: RefineRequest, model: InteractiveModel, files: Sequence[Path]) -> _Case:
+    """The case read, after its memory check: from the header before reading where a SimpleITK reader reads it,
+    else right after reading (:mod:`nnseg.interactive.refine.memory`)."""
+    io = _case_io(files)
+    _check_output_ending(io, request.output, request.save_automatic)
+    shape = header_shape(files, io)
+    if shape is not None:
+        _check_channels(request, model, shape[0])
+        check_refine_memory(model, shape, max_memory_gb=request.max_memory_gb, image_read=False)
+    case = _read_case(files, io)
+    _check_channels(request, model, case.image.shape[0])
+    if shape is None:
+        check_refine_memory(model, case.image.shape, max_memory_gb=request.max_memory_gb, image_read=True)
+    return case
+
+
+def _predict_options(request: RefineRequest) -> PredictOptions:
+    """The automatic model's options, with the refinement's ``--max-memory`` unless they set their own budget."""
+    options = request.predict_options
+    if options.max_memory_gb is None and request.max_memory_gb is not None:
+        return replace(options, max_memory_gb=request.max_memory_gb)
+    return options
 
 
 def run_refinement(request: RefineRequest) -> RefineResult:
@@ -298,18 +329,22 @@ def run_refinement(request: RefineRequest) -> RefineResult:
 
     Raises:
         FileNotFoundError / ValueError: a bad input, named with its flag and the fix; nothing is written.
+        CaseDoesNotFit (a ValueError): the session does not fit the memory budget (``max_memory_gb``); refused before
+            the image's voxels are read (SimpleITK readers) and before anything is written.
     """
     _check_request(request)
     request = replace(request, labels=[replace(lp, label=v) for lp, v in zip(request.labels, _label_values(request))])
     files = case_files(request.image)
-    case = _read_case(files)
-    _check_output_ending(case, request.output, request.save_automatic)
-    prompts = _session_prompts(request, case, read_capabilities(Path(request.interactive_model)))
+    model = load_interactive_model(request.interactive_model, fold=request.interactive_fold, device=request.device)
+    case = _checked_case(request, model, files)
+    prompts = _session_prompts(request, case, model.capabilities)
     seed = None if request.segmentation is None else _labels_on_grid(Path(request.segmentation), case)
-    session = _session(request, case.image.shape[0])
+    # memory checked above with the refinement's budget: the session does not check again
+    session = InteractiveSession(model, precision=request.precision, do_autozoom=request.do_autozoom,
+                                 enable_undo=False, check_memory=False)
     start = time.perf_counter()
     if seed is None:
-        seed = _automatic_segmentation(request.model, files, request.predict_options, case)  # type: ignore[arg-type]
+        seed = _automatic_segmentation(request.model, files, _predict_options(request), case)  # type: ignore[arg-type]
     automatic_s = time.perf_counter() - start if request.model is not None else 0.0
     start = time.perf_counter()
     refined = refine_labels(session, case.image, seed, prompts, refine_seed=request.refine_seed)

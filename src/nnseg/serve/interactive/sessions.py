@@ -144,9 +144,9 @@ class SessionRegistry:
                 raise AtCapacity(f"server is at capacity ({self.options.max_sessions} sessions); retry later or start "
                                  "the server with a larger --interactive_max_sessions")
             token = secrets.token_hex(16)
-            self._entries[token] = _Entry(InteractiveSession(
+            self._entries[token] = _Entry(InteractiveSession(  # memory: reserved from the budget (SessionBudget)
                 self.model, precision=self.options.precision, do_autozoom=self.options.do_autozoom,
-                enable_undo=self.options.enable_undo))
+                enable_undo=self.options.enable_undo, check_memory=False))
             return token
 
     def release(self, token: str | None) -> bool:
