@@ -1,10 +1,9 @@
 """The memory check of ``nnseg refine``: from the image's header, before its voxels are read.
 
 A refinement holds one interactive session without undo (:func:`nnseg.interactive.check_session_fits`, the check every
-interactive entry point runs) and, beside it, the image as read (float32) and its label maps. Files a SimpleITK
-reader reads are sized from their header (:func:`nnseg.raw.io_sitk.read_image_header`), so an image that cannot fit is
-refused before it is read; other readers (and 2D, 4D or vector-pixel files) are checked right after reading, before
-the session is built.
+interactive entry point runs) and, beside it, the image as read (float32) and its label maps. The image is sized from
+its files' headers (every reader's ``read_header``), so an image that cannot fit is refused before it is read; files
+whose header leaves the shape open (4D or vector pixels) are checked right after reading, before the session is built.
 """
 
 from __future__ import annotations
@@ -23,19 +22,12 @@ LABEL_MAPS_BYTES_PER_VOXEL = 10
 
 
 def header_shape(files: Sequence[Path], io: ImageIO) -> tuple[int, ...] | None:
-    """The image ``(C, i, j, k)`` as the session sees it, from the first file's header without reading voxels (a
-    SimpleITK reader, a 3D file of scalar pixels); None where only reading the files tells."""
-    from nnseg.raw.io_sitk import SITK_READERS, read_image_header
-
-    if io.name not in SITK_READERS:
-        return None
-    try:
-        header = read_image_header(Path(files[0]))
-    except RuntimeError:
-        return None  # reading the file reports what is wrong with it
-    found = header.array_shape(len(files)) if header.components == 1 else None
+    """The image ``(C, i, j, k)`` as the session sees it, from the files' headers without reading voxels (the reader's
+    ``read_header``); None where only reading the files tells (4D or vector pixels, an unreadable header) or for a 2D
+    file (reading it refuses it)."""
+    found = io.read_header(files)
     if found is None or found[0][1] == 1:
-        return None  # 4D or vector pixels, or a 2D file (reading it refuses it)
+        return None
     channels, k, j, i = found[0]
     return channels, i, j, k
 

@@ -301,8 +301,8 @@ def _check_channels(request: RefineRequest, model: InteractiveModel, channels: i
 
 
 def _checked_case(request: RefineRequest, model: InteractiveModel, files: Sequence[Path]) -> _Case:
-    """The case read, after its memory check: from the header before reading where a SimpleITK reader reads it,
-    else right after reading (:mod:`nnseg.interactive.refine.memory`)."""
+    """The case read, after its memory check: from the files' headers before reading, else (a header that leaves the
+    shape open) right after reading (:mod:`nnseg.interactive.refine.memory`)."""
     io = _case_io(files)
     _check_output_ending(io, request.output, request.save_automatic)
     shape = header_shape(files, io)
@@ -330,7 +330,7 @@ def run_refinement(request: RefineRequest) -> RefineResult:
     Raises:
         FileNotFoundError / ValueError: a bad input, named with its flag and the fix; nothing is written.
         CaseDoesNotFit (a ValueError): the session does not fit the memory budget (``max_memory_gb``); refused before
-            the image's voxels are read (SimpleITK readers) and before anything is written.
+            the image's voxels are read (from the files' headers) and before anything is written.
     """
     _check_request(request)
     request = replace(request, labels=[replace(lp, label=v) for lp, v in zip(request.labels, _label_values(request))])
