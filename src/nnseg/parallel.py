@@ -16,10 +16,13 @@ import multiprocessing
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_SHARED_POOL: ContextVar[Any] = ContextVar("nnseg_shared_spawn_pool", default=None)
 
 
 def spawn_map(fn: Callable[..., Any], jobs: Sequence[Any], *, num_processes: int, star: bool = False) -> list[Any]:
@@ -28,8 +31,28 @@ def spawn_map(fn: Callable[..., Any], jobs: Sequence[Any], *, num_processes: int
     workers = min(max(1, int(num_processes)), len(jobs))
     if workers <= 1:
         return [fn(*job) if star else fn(job) for job in jobs]
+    shared = _SHARED_POOL.get()
+    if shared is not None:
+        return shared.starmap(fn, jobs) if star else shared.map(fn, jobs)
     with spawn_context().Pool(workers, initializer=worker_initializer, initargs=worker_initargs()) as pool:
         return pool.starmap(fn, jobs) if star else pool.map(fn, jobs)
+
+
+@contextmanager
+def shared_spawn_pool(*, num_processes: int, num_jobs: int) -> Iterator[None]:
+    """Inside the block, every :func:`spawn_map` that would start a pool runs on this one pool of
+    ``min(num_processes, num_jobs)`` workers instead: for a series of maps over the same files (each pool start
+    spawns interpreters that import numpy/scipy again, about a second on a small machine). One worker: no pool."""
+    workers = min(max(1, int(num_processes)), num_jobs)
+    if workers <= 1:
+        yield
+        return
+    with spawn_context().Pool(workers, initializer=worker_initializer, initargs=worker_initargs()) as pool:
+        token = _SHARED_POOL.set(pool)
+        try:
+            yield
+        finally:
+            _SHARED_POOL.reset(token)
 
 
 def spawn_context() -> Any:

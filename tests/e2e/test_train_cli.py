@@ -95,11 +95,11 @@ def test_pretrained_weights_load_all_but_heads(env: dict[str, str]) -> None:
 
 
 def test_sigkill_mid_training_then_continue(env: dict[str, str]) -> None:
-    argv = [sys.executable, "-m", "nnseg.cli.main", "train", "991", "3d_fullres", "4", "--epochs", "6", *FAST,
+    argv = [sys.executable, "-m", "nnseg.cli.main", "train", "991", "3d_fullres", "4", "--epochs", "3", *FAST,
             "--set", "save_every=1", "--set", "iterations_per_epoch=6"]
     full_env = {**os.environ, **env}
     proc = subprocess.Popen(argv, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = _fold(env, "nnUNetTrainer_6epochs_NoMirroring", "4") / "checkpoint_latest.pth"
+    latest = _fold(env, "nnUNetTrainer_3epochs_NoMirroring", "4") / "checkpoint_latest.pth"
     deadline = time.time() + 120
     while not latest.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -111,7 +111,7 @@ def test_sigkill_mid_training_then_continue(env: dict[str, str]) -> None:
     done = subprocess.run(argv + ["--c"], env=full_env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     ckpt = load_checkpoint(latest.parent / "checkpoint_final.pth")
-    assert ckpt["current_epoch"] == 6 and len(ckpt["logging"]["train_losses"]) == 6
+    assert ckpt["current_epoch"] == 3 and len(ckpt["logging"]["train_losses"]) == 3
     assert all(not p.name.endswith(".pth.tmp") for p in latest.parent.iterdir()), leftovers
 
 

@@ -28,7 +28,7 @@ from nnseg.metrics.postprocess import (
     save_postprocessing,
 )
 from nnseg.jsonio import replace_path
-from nnseg.parallel import spawn_map
+from nnseg.parallel import shared_spawn_pool, spawn_map
 
 
 @dataclass(frozen=True)
@@ -146,11 +146,13 @@ def determine_postprocessing(pred_folder: PathLike, ref_folder: PathLike, *, lab
               f"e.g. {missing[0]}). Train every fold to decide on the whole dataset")
     labels = [tuple(r) if isinstance(r, (list, tuple)) else int(r) for r in labels_or_regions]
     evaluate = _Eval(ref_folder, labels, file_ending, io, ignore_label, num_processes)
-    baseline = load_summary(pred_folder / "summary.json") if (pred_folder / "summary.json").is_file() else evaluate(pred_folder)
     output = pred_folder / "postprocessed"
     if output.exists():
         shutil.rmtree(output)
-    steps, source, final = _greedy(pred_folder, output / "temp", files, evaluate, baseline, verbose)
+    with shared_spawn_pool(num_processes=num_processes, num_jobs=len(files)):  # one pool for every trial's maps
+        summary = pred_folder / "summary.json"
+        baseline = load_summary(summary) if summary.is_file() else evaluate(pred_folder)
+        steps, source, final = _greedy(pred_folder, output / "temp", files, evaluate, baseline, verbose)
     for name in [*files, "summary.json"]:
         shutil.copy2(source / name, output / name)
     shutil.rmtree(output / "temp")

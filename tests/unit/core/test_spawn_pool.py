@@ -41,3 +41,15 @@ def test_case_worker_runs_in_spawned_processes(tmp_path: Path) -> None:
 
 def _pid(_: int) -> int:
     return os.getpid()
+
+
+def test_maps_inside_a_shared_pool_run_on_its_workers_and_the_pool_is_gone_after() -> None:
+    """determine_postprocessing's trials start the pool once (each start re-imports numpy/scipy in every worker)."""
+    from nnseg.parallel import shared_spawn_pool, spawn_map
+
+    with shared_spawn_pool(num_processes=2, num_jobs=4):
+        first = set(spawn_map(os.getpid, [()] * 4, num_processes=2, star=True))
+        second = set(spawn_map(os.getpid, [()] * 4, num_processes=2, star=True))
+    assert os.getpid() not in first and second <= first  # the same workers, not this process
+    after = set(spawn_map(os.getpid, [()] * 4, num_processes=2, star=True))
+    assert not after & first  # outside the block each map starts (and ends) its own pool again
