@@ -34,7 +34,7 @@ def spawn_map(fn: Callable[..., Any], jobs: Sequence[Any], *, num_processes: int
     shared = _SHARED_POOL.get()
     if shared is not None:
         return shared.starmap(fn, jobs) if star else shared.map(fn, jobs)
-    with spawn_context().Pool(workers, initializer=worker_initializer, initargs=worker_initargs()) as pool:
+    with spawn_pool(workers) as pool:
         return pool.starmap(fn, jobs) if star else pool.map(fn, jobs)
 
 
@@ -47,12 +47,17 @@ def shared_spawn_pool(*, num_processes: int, num_jobs: int) -> Iterator[None]:
     if workers <= 1:
         yield
         return
-    with spawn_context().Pool(workers, initializer=worker_initializer, initargs=worker_initargs()) as pool:
+    with spawn_pool(workers) as pool:
         token = _SHARED_POOL.set(pool)
         try:
             yield
         finally:
             _SHARED_POOL.reset(token)
+
+
+def spawn_pool(workers: int) -> Any:
+    """A pool of ``workers`` spawn processes, each started by :func:`worker_initializer` (dies with this process)."""
+    return spawn_context().Pool(workers, initializer=worker_initializer, initargs=worker_initargs())
 
 
 def spawn_context() -> Any:

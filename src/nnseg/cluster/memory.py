@@ -88,15 +88,15 @@ def predict_bytes(model: TrainedModel, images: Sequence[Path], *, budget: int, f
     A case that fits no path asks for the whole ``budget`` (its task then fails on the worker with the plan's
     message); an unreadable header too.
     """
-    shape = case_header(tuple(Path(p) for p in images), reader=reader or model.plans.image_reader_writer)
-    if shape is None:  # unreadable, or e.g. 4D: only reading the image tells
+    header = case_header(tuple(Path(p) for p in images), reader=reader or model.plans.image_reader_writer)
+    if header is None:  # unreadable, or e.g. 4D: only reading the image tells
         return int(budget)
     samples = samples_per_call(model, budget)
     tiles = tiles_per_call(samples, tile_batch_size=tile_batch_size,
                            tta_passes=2 ** len(model.configuration.patch_size) if use_tta else 1)
     options = PlanOptions(int(budget), "", samples, tiles, folds, save_probabilities)
     try:
-        return int(plan_from_header(model, "case", *shape, options).estimate)
+        return int(plan_from_header(model, "case", *header, options).estimate)
     except CaseDoesNotFit:
         return int(budget)
 

@@ -55,6 +55,22 @@ def session_memory_bytes(image_shape: Sequence[int], *, num_interaction_channels
     return int(held + undo + scratch)
 
 
+def model_session_bytes(model: InteractiveModel, image_shape: Sequence[int], *, target_itemsize: int = 1,
+                        enable_undo: bool = True) -> int:
+    """:func:`session_memory_bytes` of a session of ``model`` (its interaction channels and patch) on an image
+    ``[c, x, y, z]``."""
+    return session_memory_bytes(image_shape, num_interaction_channels=model.capabilities.num_interaction_channels,
+                                patch_size=model.patch_size, target_itemsize=target_itemsize, enable_undo=enable_undo)
+
+
+def model_prediction_bytes(model: InteractiveModel) -> int:
+    """:func:`~nnseg.interactive.predict.prediction_memory_bytes` of ``model``'s network (held once, shared by its
+    sessions)."""
+    return prediction_memory_bytes(model.configuration.architecture, model.patch_size,
+                                   image_channels=model.num_image_channels,
+                                   interaction_channels=model.capabilities.num_interaction_channels)
+
+
 def session_budget(model: InteractiveModel, max_memory_gb: float | None) -> tuple[int, str]:
     """``(bytes, where they come from)``: ``max_memory_gb``, else 85 % of the memory free now on the device of the
     model's network (:func:`nnseg.predictions.inference.memory_plan.memory_budget`).
@@ -82,13 +98,8 @@ def check_session_fits(model: InteractiveModel, image_shape: Sequence[int], *, b
             its parts, the budget and ``budget_source``, and what to do.
     """
     shape = [int(v) for v in image_shape]
-    caps = model.capabilities
-    session = session_memory_bytes(shape, num_interaction_channels=caps.num_interaction_channels,
-                                   patch_size=model.patch_size, target_itemsize=target_itemsize,
-                                   enable_undo=enable_undo)
-    network = prediction_memory_bytes(model.configuration.architecture, model.patch_size,
-                                      image_channels=model.num_image_channels,
-                                      interaction_channels=caps.num_interaction_channels)
+    session = model_session_bytes(model, shape, target_itemsize=target_itemsize, enable_undo=enable_undo)
+    network = model_prediction_bytes(model)
     total = session + network + int(caller_bytes)
     if total <= budget_bytes:
         return total

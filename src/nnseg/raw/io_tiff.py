@@ -26,7 +26,6 @@ from nnseg.raw.io_common import (
     as_geometry,
     check_paths,
     stack_case,
-    stack_headers,
     strip_ending,
 )
 
@@ -52,12 +51,11 @@ class Tiff3DIO(BaseImageIO):
         Raises:
             ValueError: a malformed sidecar, or the files disagree in shape (the errors of :meth:`read_images`).
         """
-        files = check_paths(paths, self.name)
-        shapes = [header[0] for header in map(self._header_checked, files) if header is not None]
-        if len(shapes) != len(files):
+        found = super().read_header(paths)  # the stacks' shapes; their spacing is the sidecar's
+        if found is None:
             return None
-        spacing = _read_spacing(self._case_sidecar(files), files, warn=False)
-        return stack_headers([(shape, spacing) for shape in shapes], files)
+        files = check_paths(paths, self.name)
+        return found[0], _read_spacing(self._case_sidecar(files), files, warn=False)
 
     def _case_sidecar(self, files: Sequence[Path]) -> Path:
         stem = strip_ending(files[0], self.supported_file_endings)

@@ -24,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from nnseg.interactive import InteractiveModel, InteractiveSession, prediction_memory_bytes, session_memory_bytes
+from nnseg.interactive import InteractiveModel, InteractiveSession
+from nnseg.interactive.memory import model_prediction_bytes, model_session_bytes
 from nnseg.serve.memory import ServerMemory
 
 T = TypeVar("T")
@@ -59,9 +60,7 @@ class SessionBudget:
         self.memory, self.shared = memory, 0
         if memory is None:
             return
-        self.shared = prediction_memory_bytes(model.configuration.architecture, model.patch_size,
-                                              image_channels=model.num_image_channels,
-                                              interaction_channels=model.capabilities.num_interaction_channels)
+        self.shared = model_prediction_bytes(model)
         if not memory.try_swap(0, self.shared, PREDICTION):
             raise ValueError(f"the interactive model's prediction working memory ({self.shared / GB:.2f} GB) does "
                              f"not fit the server's memory budget ({memory.free() / GB:.2f} of {memory.total / GB:.2f}"
@@ -163,9 +162,8 @@ class SessionRegistry:
 
     def image_bytes(self, image_shape: Any, target_itemsize: int = 1) -> int:
         """The memory estimate of a session of this server holding an image ``[c, x, y, z]``."""
-        channels = self.model.capabilities.num_interaction_channels
-        return session_memory_bytes(image_shape, num_interaction_channels=channels, patch_size=self.model.patch_size,
-                                    target_itemsize=target_itemsize, enable_undo=self.options.enable_undo)
+        return model_session_bytes(self.model, image_shape, target_itemsize=target_itemsize,
+                                   enable_undo=self.options.enable_undo)
 
     def _entry(self, token: str | None, *, touch: bool) -> _Entry:
         if not token:
